@@ -1,0 +1,130 @@
+//! Matrix multiply with bias through the `gemm` crate (blocked, SIMD, threaded with rayon).
+//!
+//! Weights are `(OC, C)`, so the forward is `out = inp · Wᵀ + b` and the backward is one GEMM
+//! for `dinp`, one for `dW` and a column sum for `db`. `gemm` takes strides, so no transpose is
+//! ever materialised. Its threads split the output, never the reduction, so results do not
+//! depend on scheduling.
+
+use super::{Float, sum_row_chunks};
+use gemm::Parallelism;
+
+fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
+    // Below ~1 MFLOP the thread hand-off costs more than it saves.
+    if m * n * k < 1 << 20 {
+        Parallelism::None
+    } else {
+        Parallelism::Rayon(rayon::current_num_threads())
+    }
+}
+
+/// dst (M,N) = [dst +] lhs (M,K) · rhs (K,N), all given by (row stride, column stride).
+#[allow(clippy::too_many_arguments)]
+fn gemm_strided<F: Float>(
+    dst: &mut [F],
+    accumulate: bool,
+    (m, n, k): (usize, usize, usize),
+    lhs: &[F],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[F],
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    assert!(dst.len() >= m * n, "gemm destination too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs,
+        "gemm lhs too small"
+    );
+    assert!(
+        k == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs,
+        "gemm rhs too small"
+    );
+    // SAFETY: the asserts above keep every index the strides reach inside the slices; dst does
+    // not alias lhs or rhs (it is a &mut).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            F::one(),
+            F::one(),
+            false,
+            false,
+            false,
+            parallelism(m, n, k),
+        )
+    }
+}
+
+/// out (N,OC) = inp (N,C) · wᵀ + bias. Overwrites `out`.
+pub fn matmul_forward<F: Float>(
+    out: &mut [F],
+    inp: &[F],
+    w: &[F],
+    bias: Option<&[F]>,
+    n: usize,
+    c: usize,
+    oc: usize,
+) {
+    let out = &mut out[..n * oc];
+    if let Some(bias) = bias {
+        for row in out.chunks_mut(oc) {
+            row.copy_from_slice(&bias[..oc]);
+        }
+    }
+    gemm_strided(out, bias.is_some(), (n, oc, c), inp, (c, 1), w, (1, c));
+}
+
+/// dinp (N,C) = dout · w (overwritten); dw (OC,C) += doutᵀ · inp; dbias (OC) += Σₙ dout.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_backward<F: Float>(
+    dinp: &mut [F],
+    dw: &mut [F],
+    dbias: Option<&mut [F]>,
+    dout: &[F],
+    inp: &[F],
+    w: &[F],
+    n: usize,
+    c: usize,
+    oc: usize,
+) {
+    gemm_strided(
+        &mut dinp[..n * c],
+        false,
+        (n, c, oc),
+        dout,
+        (oc, 1),
+        w,
+        (c, 1),
+    );
+    gemm_strided(
+        &mut dw[..oc * c],
+        true,
+        (oc, c, n),
+        dout,
+        (1, oc),
+        inp,
+        (c, 1),
+    );
+    if let Some(dbias) = dbias {
+        let sums = sum_row_chunks(n, oc, |i, acc| {
+            for (a, &d) in acc.iter_mut().zip(&dout[i * oc..][..oc]) {
+                *a += d.f64();
+            }
+        });
+        for (g, s) in dbias[..oc].iter_mut().zip(sums) {
+            *g += F::of(s);
+        }
+    }
+}

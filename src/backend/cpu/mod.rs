@@ -1,0 +1,581 @@
+//! The CPU reference backend: every op as a plain function over slices, and the arenas behind
+//! the schedule's handles.
+//!
+//! The op functions (`encoder_forward`, `layernorm_backward`, …) are what the GPU kernels are
+//! checked against, so they aim to be obviously right: one function per op, shapes in the doc
+//! line, f64 for reductions. They are generic over [`Float`] so the tests can run them in f64
+//! against finite differences; the trainer runs them in f32. Every reduction sums fixed chunks in
+//! a fixed order, so results are bitwise reproducible whatever the thread count.
+
+pub mod adamw;
+pub mod attention;
+pub mod encoder;
+pub mod gelu;
+pub mod layernorm;
+pub mod loss;
+pub mod matmul;
+
+pub use adamw::{adamw, norm_squared};
+pub use attention::{attention_backward, attention_forward};
+pub use encoder::{encoder_backward, encoder_forward};
+pub use gelu::{gelu_backward, gelu_forward, residual_forward};
+pub use layernorm::{layernorm_backward, layernorm_forward};
+pub use loss::cross_entropy;
+pub use matmul::{matmul_backward, matmul_forward};
+
+use super::{AdamWStep, Backend, Precision, Result};
+use crate::model::layout::{ActLayout, Arena, Tensor};
+use rayon::prelude::*;
+use std::fmt::Debug;
+
+/// The element types the reference runs in: f32 for training, f64 for gradient checks.
+pub trait Float:
+    num_traits::Float + num_traits::NumAssign + Send + Sync + Default + Debug + 'static
+{
+    fn of(x: f64) -> Self;
+    fn f64(self) -> f64;
+}
+
+impl Float for f32 {
+    fn of(x: f64) -> Self {
+        x as f32
+    }
+    fn f64(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Float for f64 {
+    fn of(x: f64) -> Self {
+        x
+    }
+    fn f64(self) -> f64 {
+        self
+    }
+}
+
+/// Rows per task in column-wise reductions (bias and layernorm-weight gradients).
+const ROWS_PER_CHUNK: usize = 64;
+
+/// Σ over rows 0..n of `add_row(row, acc)` into a `width`-long f64 vector: rows are grouped into
+/// fixed chunks summed in parallel, then the chunk sums are added in chunk order.
+pub(crate) fn sum_row_chunks(
+    n: usize,
+    width: usize,
+    add_row: impl Fn(usize, &mut [f64]) + Sync,
+) -> Vec<f64> {
+    let partials: Vec<Vec<f64>> = (0..n.div_ceil(ROWS_PER_CHUNK))
+        .into_par_iter()
+        .map(|chunk| {
+            let mut acc = vec![0.0; width];
+            for row in chunk * ROWS_PER_CHUNK..((chunk + 1) * ROWS_PER_CHUNK).min(n) {
+                add_row(row, &mut acc);
+            }
+            acc
+        })
+        .collect();
+    let mut total = vec![0.0; width];
+    for p in partials {
+        for (t, x) in total.iter_mut().zip(p) {
+            *t += x;
+        }
+    }
+    total
+}
+
+/// The CPU backend's memory: one vector per arena.
+pub struct CpuBackend<F: Float = f32> {
+    pub params: Vec<F>,
+    pub grads: Vec<F>,
+    pub opt_m: Vec<F>,
+    pub opt_v: Vec<F>,
+    pub acts: Vec<F>,
+    pub act_grads: Vec<F>,
+    pub stats: Vec<F>,
+    pub inputs: Vec<i32>,
+}
+
+/// Raw views of every arena for one op: lets an op take several disjoint spans of the same
+/// arena, mutable and shared, after [`disjoint`] has checked they do not overlap.
+struct Bases<F> {
+    floats: [(*mut F, usize); 7],
+    ints: (*mut i32, usize),
+}
+
+fn float_index(a: Arena) -> usize {
+    match a {
+        Arena::Params => 0,
+        Arena::Grads => 1,
+        Arena::OptM => 2,
+        Arena::OptV => 3,
+        Arena::Acts => 4,
+        Arena::ActGrads => 5,
+        Arena::Stats => 6,
+        Arena::Inputs => panic!("the Inputs arena holds i32, not floats"),
+    }
+}
+
+impl<F> Bases<F> {
+    fn span<X>(base: (*mut X, usize), t: Tensor) -> *mut X {
+        assert!(
+            t.end() <= base.1,
+            "{t:?} is outside its arena of {} elements",
+            base.1
+        );
+        // SAFETY: in bounds (asserted).
+        unsafe { base.0.add(t.offset) }
+    }
+    /// SAFETY: `t` is not aliased by any other span in use (see [`disjoint`]).
+    unsafe fn mutable<'a>(&self, t: Tensor) -> &'a mut [F] {
+        unsafe {
+            std::slice::from_raw_parts_mut(Self::span(self.floats[float_index(t.arena)], t), t.len)
+        }
+    }
+    /// SAFETY: `t` is not written through another span during the op.
+    unsafe fn shared<'a>(&self, t: Tensor) -> &'a [F] {
+        unsafe {
+            std::slice::from_raw_parts(Self::span(self.floats[float_index(t.arena)], t), t.len)
+        }
+    }
+    /// SAFETY: the Inputs arena is only written by `upload_ints`, never during an op.
+    unsafe fn ints<'a>(&self, t: Tensor) -> &'a [i32] {
+        assert_eq!(t.arena, Arena::Inputs, "token ids live in the Inputs arena");
+        unsafe { std::slice::from_raw_parts(Self::span(self.ints, t), t.len) }
+    }
+}
+
+/// Panics when a written span overlaps any other span of the op: a schedule bug, never input.
+fn disjoint(writes: &[Tensor], reads: &[Tensor]) {
+    for (i, w) in writes.iter().enumerate() {
+        for other in writes[i + 1..].iter().chain(reads) {
+            assert!(
+                !w.overlaps(*other),
+                "op writes {w:?} while using the overlapping {other:?}"
+            );
+        }
+    }
+}
+
+impl<F: Float> CpuBackend<F> {
+    /// Zeroed arenas for `param_total` parameters and the activation plan `acts`.
+    pub fn new(param_total: usize, acts: &ActLayout) -> Self {
+        CpuBackend {
+            params: vec![F::zero(); param_total],
+            grads: vec![F::zero(); param_total],
+            opt_m: vec![F::zero(); param_total],
+            opt_v: vec![F::zero(); param_total],
+            acts: vec![F::zero(); acts.acts_total],
+            act_grads: vec![F::zero(); acts.act_grads_total],
+            stats: vec![F::zero(); acts.stats_total],
+            inputs: vec![0; acts.inputs_total],
+        }
+    }
+
+    /// One arena as a slice.
+    pub fn arena(&self, a: Arena) -> &[F] {
+        match a {
+            Arena::Params => &self.params,
+            Arena::Grads => &self.grads,
+            Arena::OptM => &self.opt_m,
+            Arena::OptV => &self.opt_v,
+            Arena::Acts => &self.acts,
+            Arena::ActGrads => &self.act_grads,
+            Arena::Stats => &self.stats,
+            Arena::Inputs => panic!("the Inputs arena holds i32, not floats"),
+        }
+    }
+
+    /// One arena as a mutable slice.
+    pub fn arena_mut(&mut self, a: Arena) -> &mut [F] {
+        match a {
+            Arena::Params => &mut self.params,
+            Arena::Grads => &mut self.grads,
+            Arena::OptM => &mut self.opt_m,
+            Arena::OptV => &mut self.opt_v,
+            Arena::Acts => &mut self.acts,
+            Arena::ActGrads => &mut self.act_grads,
+            Arena::Stats => &mut self.stats,
+            Arena::Inputs => panic!("the Inputs arena holds i32, not floats"),
+        }
+    }
+
+    /// The elements of one tensor.
+    pub fn get(&self, t: Tensor) -> &[F] {
+        &self.arena(t.arena)[t.offset..t.end()]
+    }
+
+    /// The elements of one tensor, mutable.
+    pub fn get_mut(&mut self, t: Tensor) -> &mut [F] {
+        &mut self.arena_mut(t.arena)[t.offset..t.end()]
+    }
+
+    fn bases(&mut self) -> Bases<F> {
+        let raw = |v: &mut Vec<F>| (v.as_mut_ptr(), v.len());
+        Bases {
+            floats: [
+                raw(&mut self.params),
+                raw(&mut self.grads),
+                raw(&mut self.opt_m),
+                raw(&mut self.opt_v),
+                raw(&mut self.acts),
+                raw(&mut self.act_grads),
+                raw(&mut self.stats),
+            ],
+            ints: (self.inputs.as_mut_ptr(), self.inputs.len()),
+        }
+    }
+}
+
+impl<F: Float> Backend for CpuBackend<F> {
+    fn describe(&self) -> String {
+        format!(
+            "cpu ({} threads, {})",
+            rayon::current_num_threads(),
+            std::any::type_name::<F>()
+        )
+    }
+
+    fn precision(&self) -> Precision {
+        Precision::F32
+    }
+
+    fn zero(&mut self, t: Tensor) -> Result<()> {
+        match t.arena {
+            Arena::Inputs => self.inputs[t.offset..t.end()].fill(0),
+            _ => self.get_mut(t).fill(F::zero()),
+        }
+        Ok(())
+    }
+
+    fn upload(&mut self, t: Tensor, data: &[f32]) -> Result<()> {
+        assert_eq!(
+            data.len(),
+            t.len,
+            "upload of {} values into {t:?}",
+            data.len()
+        );
+        for (d, &x) in self.get_mut(t).iter_mut().zip(data) {
+            *d = F::of(x as f64);
+        }
+        Ok(())
+    }
+
+    fn upload_ints(&mut self, t: Tensor, data: &[i32]) -> Result<()> {
+        assert_eq!(t.arena, Arena::Inputs);
+        assert_eq!(data.len(), t.len, "upload of {} ids into {t:?}", data.len());
+        self.inputs[t.offset..t.end()].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn download(&mut self, t: Tensor) -> Result<Vec<f32>> {
+        Ok(self.get(t).iter().map(|x| x.f64() as f32).collect())
+    }
+
+    fn encoder_forward(
+        &mut self,
+        out: Tensor,
+        tokens: Tensor,
+        wte: Tensor,
+        wpe: Tensor,
+        b: usize,
+        t: usize,
+        c: usize,
+    ) -> Result<()> {
+        let m = self.bases();
+        disjoint(&[out], &[wte, wpe]);
+        // SAFETY: spans checked disjoint; the arenas are not resized during the op.
+        unsafe {
+            encoder_forward(
+                m.mutable(out),
+                m.ints(tokens),
+                m.shared(wte),
+                m.shared(wpe),
+                b,
+                t,
+                c,
+            )
+        };
+        Ok(())
+    }
+
+    fn encoder_backward(
+        &mut self,
+        dwte: Tensor,
+        dwpe: Tensor,
+        dout: Tensor,
+        tokens: Tensor,
+        b: usize,
+        t: usize,
+        c: usize,
+    ) -> Result<()> {
+        let m = self.bases();
+        disjoint(&[dwte, dwpe], &[dout]);
+        // SAFETY: as above.
+        unsafe {
+            encoder_backward(
+                m.mutable(dwte),
+                m.mutable(dwpe),
+                m.shared(dout),
+                m.ints(tokens),
+                b,
+                t,
+                c,
+            )
+        };
+        Ok(())
+    }
+
+    fn layernorm_forward(
+        &mut self,
+        out: Tensor,
+        mean: Tensor,
+        rstd: Tensor,
+        inp: Tensor,
+        w: Tensor,
+        bias: Tensor,
+        n: usize,
+        c: usize,
+    ) -> Result<()> {
+        let m = self.bases();
+        disjoint(&[out, mean, rstd], &[inp, w, bias]);
+        // SAFETY: as above.
+        unsafe {
+            layernorm_forward(
+                m.mutable(out),
+                m.mutable(mean),
+                m.mutable(rstd),
+                m.shared(inp),
+                m.shared(w),
+                m.shared(bias),
+                n,
+                c,
+            )
+        };
+        Ok(())
+    }
+
+    fn layernorm_backward(
+        &mut self,
+        dinp: Tensor,
+        dw: Tensor,
+        db: Tensor,
+        dout: Tensor,
+        inp: Tensor,
+        w: Tensor,
+        mean: Tensor,
+        rstd: Tensor,
+        n: usize,
+        c: usize,
+    ) -> Result<()> {
+        let m = self.bases();
+        disjoint(&[dinp, dw, db], &[dout, inp, w, mean, rstd]);
+        // SAFETY: as above.
+        unsafe {
+            layernorm_backward(
+                m.mutable(dinp),
+                m.mutable(dw),
+                m.mutable(db),
+                m.shared(dout),
+                m.shared(inp),
+                m.shared(w),
+                m.shared(mean),
+                m.shared(rstd),
+                n,
+                c,
+            )
+        };
+        Ok(())
+    }
+
+    fn matmul_forward(
+        &mut self,
+        out: Tensor,
+        inp: Tensor,
+        w: Tensor,
+        bias: Option<Tensor>,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
+        let m = self.bases();
+        disjoint(&[out], &[inp, w]);
+        if let Some(b) = bias {
+            disjoint(&[out], &[b]);
+        }
+        // SAFETY: as above.
+        unsafe {
+            matmul_forward(
+                m.mutable(out),
+                m.shared(inp),
+                m.shared(w),
+                bias.map(|b| m.shared(b)),
+                n,
+                c,
+                oc,
+            )
+        };
+        Ok(())
+    }
+
+    fn matmul_backward(
+        &mut self,
+        dinp: Tensor,
+        dw: Tensor,
+        dbias: Option<Tensor>,
+        dout: Tensor,
+        inp: Tensor,
+        w: Tensor,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
+        let m = self.bases();
+        let mut writes = vec![dinp, dw];
+        writes.extend(dbias);
+        disjoint(&writes, &[dout, inp, w]);
+        // SAFETY: as above.
+        unsafe {
+            matmul_backward(
+                m.mutable(dinp),
+                m.mutable(dw),
+                dbias.map(|b| m.mutable(b)),
+                m.shared(dout),
+                m.shared(inp),
+                m.shared(w),
+                n,
+                c,
+                oc,
+            )
+        };
+        Ok(())
+    }
+
+    fn attention_forward(
+        &mut self,
+        out: Tensor,
+        lse: Tensor,
+        qkv: Tensor,
+        b: usize,
+        t: usize,
+        nh: usize,
+        hs: usize,
+        causal: bool,
+    ) -> Result<()> {
+        let m = self.bases();
+        disjoint(&[out, lse], &[qkv]);
+        // SAFETY: as above.
+        unsafe {
+            attention_forward(
+                m.mutable(out),
+                m.mutable(lse),
+                m.shared(qkv),
+                b,
+                t,
+                nh,
+                hs,
+                causal,
+            )
+        };
+        Ok(())
+    }
+
+    fn attention_backward(
+        &mut self,
+        dqkv: Tensor,
+        dout: Tensor,
+        qkv: Tensor,
+        out: Tensor,
+        lse: Tensor,
+        b: usize,
+        t: usize,
+        nh: usize,
+        hs: usize,
+        causal: bool,
+    ) -> Result<()> {
+        let m = self.bases();
+        disjoint(&[dqkv], &[dout, qkv, out, lse]);
+        // SAFETY: as above.
+        unsafe {
+            attention_backward(
+                m.mutable(dqkv),
+                m.shared(dout),
+                m.shared(qkv),
+                m.shared(out),
+                m.shared(lse),
+                b,
+                t,
+                nh,
+                hs,
+                causal,
+            )
+        };
+        Ok(())
+    }
+
+    fn gelu_forward(&mut self, out: Tensor, inp: Tensor) -> Result<()> {
+        let m = self.bases();
+        disjoint(&[out], &[inp]);
+        // SAFETY: as above.
+        unsafe { gelu_forward(m.mutable(out), m.shared(inp)) };
+        Ok(())
+    }
+
+    fn gelu_backward(&mut self, d: Tensor, inp: Tensor) -> Result<()> {
+        let m = self.bases();
+        disjoint(&[d], &[inp]);
+        // SAFETY: as above.
+        unsafe { gelu_backward(m.mutable(d), m.shared(inp)) };
+        Ok(())
+    }
+
+    fn residual_forward(&mut self, out: Tensor, a: Tensor, b: Tensor) -> Result<()> {
+        let m = self.bases();
+        disjoint(&[out], &[a, b]);
+        // SAFETY: as above.
+        unsafe { residual_forward(m.mutable(out), m.shared(a), m.shared(b)) };
+        Ok(())
+    }
+
+    fn cross_entropy(
+        &mut self,
+        losses: Tensor,
+        logits: Tensor,
+        targets: Tensor,
+        n: usize,
+        v: usize,
+        vp: usize,
+        dloss: Option<f32>,
+    ) -> Result<()> {
+        let m = self.bases();
+        disjoint(&[losses, logits], &[]);
+        // SAFETY: as above.
+        unsafe {
+            cross_entropy(
+                m.mutable(losses),
+                m.mutable(logits),
+                m.ints(targets),
+                n,
+                v,
+                vp,
+                dloss.map(|d| F::of(d as f64)),
+            )
+        };
+        Ok(())
+    }
+
+    fn grad_norm_squared(&mut self) -> Result<f64> {
+        Ok(norm_squared(&self.grads))
+    }
+
+    fn adamw(&mut self, step: &AdamWStep, decay_end: usize) -> Result<()> {
+        adamw(
+            &mut self.params,
+            &self.grads,
+            &mut self.opt_m,
+            &mut self.opt_v,
+            step,
+            decay_end,
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,236 @@
+//! The op set both backends implement, over [`Tensor`] handles into their own arenas.
+//!
+//! The schedule (`model::schedule`) walks the model forward and backward by calling these ops; a
+//! backend owns the memory behind the handles and runs each op on it. Conventions, as in llm.c:
+//! shapes use `B, T, C, NH, HS, V, Vp`; an op *overwrites* activations and activation gradients
+//! unless it says `+=`; parameter gradients always *accumulate* so that micro-batches add up.
+
+pub mod cpu;
+
+use crate::model::layout::{Arena, Tensor};
+use std::fmt;
+
+/// A failure inside a backend: a device error, memory exhaustion, a missing driver.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{0}")]
+    Device(String),
+    #[error("out of device memory: the plan needs {needed} bytes and {free} are free; {hint}")]
+    OutOfMemory {
+        needed: usize,
+        free: usize,
+        hint: String,
+    },
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+pub type Result<T> = std::result::Result<T, BackendError>;
+
+/// Hyper-parameters of one AdamW update.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWStep {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// Decoupled weight decay, applied to `[0, decay_end)` of the parameter arena only.
+    pub weight_decay: f32,
+    /// 1-based step count for bias correction.
+    pub t: u64,
+    /// Gradients are multiplied by this first (global-norm clipping).
+    pub grad_scale: f32,
+    /// Seed for stochastic rounding where the backend stores low-precision parameters.
+    pub seed: u64,
+}
+
+/// Which numbers a backend stores activations and parameters in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    Bf16,
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
+/// The op set of one device. Every op may return a device error.
+pub trait Backend {
+    /// A one-line description: device name, precision.
+    fn describe(&self) -> String;
+    /// Storage precision of parameters and activations.
+    fn precision(&self) -> Precision;
+
+    // ---- memory ----------------------------------------------------------------------------
+    /// Sets a tensor to zero.
+    fn zero(&mut self, t: Tensor) -> Result<()>;
+    /// Copies host values into a float tensor (converted to the arena's type).
+    fn upload(&mut self, t: Tensor, data: &[f32]) -> Result<()>;
+    /// Copies token ids into a tensor of the `Inputs` arena.
+    fn upload_ints(&mut self, t: Tensor, data: &[i32]) -> Result<()>;
+    /// Reads a float tensor back as f32. For `Params` this is the full-precision master copy.
+    fn download(&mut self, t: Tensor) -> Result<Vec<f32>>;
+    /// Waits for queued work (a no-op on the CPU); used for timing.
+    fn synchronize(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    // ---- ops -------------------------------------------------------------------------------
+    /// out (B,T,C) = wte[tokens] + wpe[0..T].
+    fn encoder_forward(
+        &mut self,
+        out: Tensor,
+        tokens: Tensor,
+        wte: Tensor,
+        wpe: Tensor,
+        b: usize,
+        t: usize,
+        c: usize,
+    ) -> Result<()>;
+    /// dwte += scatter(dout by tokens); dwpe += sum over B of dout.
+    fn encoder_backward(
+        &mut self,
+        dwte: Tensor,
+        dwpe: Tensor,
+        dout: Tensor,
+        tokens: Tensor,
+        b: usize,
+        t: usize,
+        c: usize,
+    ) -> Result<()>;
+    /// out (N,C) = (inp - mean) · rstd · w + b; mean, rstd (N) saved for the backward.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_forward(
+        &mut self,
+        out: Tensor,
+        mean: Tensor,
+        rstd: Tensor,
+        inp: Tensor,
+        w: Tensor,
+        bias: Tensor,
+        n: usize,
+        c: usize,
+    ) -> Result<()>;
+    /// dinp (N,C) +=, dw (C) +=, db (C) +=.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_backward(
+        &mut self,
+        dinp: Tensor,
+        dw: Tensor,
+        db: Tensor,
+        dout: Tensor,
+        inp: Tensor,
+        w: Tensor,
+        mean: Tensor,
+        rstd: Tensor,
+        n: usize,
+        c: usize,
+    ) -> Result<()>;
+    /// out (N,OC) = inp (N,C) · wᵀ (w is (OC,C)) + bias (OC).
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_forward(
+        &mut self,
+        out: Tensor,
+        inp: Tensor,
+        w: Tensor,
+        bias: Option<Tensor>,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()>;
+    /// dinp (N,C) = dout · w (overwritten); dw (OC,C) += doutᵀ · inp; dbias (OC) += Σ rows of dout.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_backward(
+        &mut self,
+        dinp: Tensor,
+        dw: Tensor,
+        dbias: Option<Tensor>,
+        dout: Tensor,
+        inp: Tensor,
+        w: Tensor,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()>;
+    /// out (B,T,C) = softmax(q·kᵀ/√HS [+ causal mask]) · v, heads read from qkv (B,T,3C);
+    /// lse (B,NH,T) = log Σ exp of each score row, saved for the backward.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_forward(
+        &mut self,
+        out: Tensor,
+        lse: Tensor,
+        qkv: Tensor,
+        b: usize,
+        t: usize,
+        nh: usize,
+        hs: usize,
+        causal: bool,
+    ) -> Result<()>;
+    /// dqkv (B,T,3C) = gradient of the attention from dout (overwritten).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &mut self,
+        dqkv: Tensor,
+        dout: Tensor,
+        qkv: Tensor,
+        out: Tensor,
+        lse: Tensor,
+        b: usize,
+        t: usize,
+        nh: usize,
+        hs: usize,
+        causal: bool,
+    ) -> Result<()>;
+    /// out (N) = tanh-GELU(inp).
+    fn gelu_forward(&mut self, out: Tensor, inp: Tensor) -> Result<()>;
+    /// d (N): gradient w.r.t. the GELU output on entry, w.r.t. its input on exit (in place).
+    fn gelu_backward(&mut self, d: Tensor, inp: Tensor) -> Result<()>;
+    /// out (N) = a + b.
+    fn residual_forward(&mut self, out: Tensor, a: Tensor, b: Tensor) -> Result<()>;
+    /// Fused softmax cross-entropy over the first V of Vp columns, rows with target < 0 ignored:
+    /// losses (N) = −log softmax(logits)[target] (0 where ignored). With `dloss`, logits (N,Vp)
+    /// are overwritten by dlogits = dloss · (softmax − onehot), zero in the padded columns and the
+    /// ignored rows.
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy(
+        &mut self,
+        losses: Tensor,
+        logits: Tensor,
+        targets: Tensor,
+        n: usize,
+        v: usize,
+        vp: usize,
+        dloss: Option<f32>,
+    ) -> Result<()>;
+
+    // ---- optimizer over the whole parameter arena -------------------------------------------
+    /// Σ g² over the whole gradient arena (f64 accumulation where the device allows).
+    fn grad_norm_squared(&mut self) -> Result<f64>;
+    /// One AdamW update of every parameter; weight decay below `decay_end` only.
+    fn adamw(&mut self, step: &AdamWStep, decay_end: usize) -> Result<()>;
+}
+
+/// Where a model runs, as chosen on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceKind {
+    /// A CUDA GPU when one is usable, else the CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl Arena {
+    /// Arenas that share the parameter layout.
+    pub fn is_param_like(self) -> bool {
+        matches!(
+            self,
+            Arena::Params | Arena::Grads | Arena::OptM | Arena::OptV
+        )
+    }
+}

@@ -1,0 +1,3 @@
+//! Data: llm.c token shards.
+
+pub mod shard;

@@ -1,0 +1,15 @@
+//! gptk: pretraining and fine-tuning of GPT-style language models, on NVIDIA GPUs through
+//! handwritten CUDA kernels and on the CPU through a reference implementation of every op.
+//!
+//! The crate is organised as the model is run:
+//! - [`model`]: shape ([`model::config`]), memory plan ([`model::layout`]), and the forward and
+//!   backward schedule ([`model::schedule`]) written once over the [`backend::Backend`] trait;
+//! - [`backend`]: the op set, with the CPU reference ([`backend::cpu`]);
+//! - [`checkpoint`]: Hugging Face GPT-2 safetensors in and out;
+//! - [`data`]: llm.c token shards.
+
+pub mod backend;
+pub mod checkpoint;
+pub mod data;
+pub mod model;
+pub mod rng;

@@ -1,0 +1,231 @@
+//! The model: configuration, memory layout, the forward/backward schedule, and [`Gpt`], which
+//! ties them to a backend.
+
+pub mod config;
+pub mod layout;
+pub mod schedule;
+
+use crate::backend::cpu::CpuBackend;
+use crate::backend::{AdamWStep, Backend, BackendError};
+use crate::rng::Rng;
+use config::{ModelConfig, NUM_SPECIAL_TOKENS};
+use layout::{ActLayout, Arena, ParamLayout};
+
+/// Standard deviation of GPT-2's weight initialisation.
+pub const INIT_STD: f64 = 0.02;
+
+/// A failure while running the model: a backend error or a batch it cannot take.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("batch {what} has {given} ids, the model was planned for {expected}")]
+    BatchShape {
+        what: &'static str,
+        given: usize,
+        expected: usize,
+    },
+    #[error(
+        "token id {id} at position {pos} is outside the vocabulary (ids must be below {limit})"
+    )]
+    TokenRange { id: i32, pos: usize, limit: usize },
+}
+
+/// A model on a backend: its layouts and the memory behind them.
+pub struct Gpt<K: Backend> {
+    pub cfg: ModelConfig,
+    pub params: ParamLayout,
+    pub acts: ActLayout,
+    pub backend: K,
+    /// Targets ≥ 0 in the current batch.
+    counted_targets: usize,
+}
+
+/// GPT-2's initialisation over the parameter layout: 2-D weights N(0, 0.02), residual
+/// projections scaled by 1/√(2L), biases 0, layernorm gains 1; embedding rows past the real and
+/// special tokens (pure alignment padding) stay 0 and never receive a gradient.
+pub fn init_params(cfg: &ModelConfig, p: &ParamLayout, seed: u64) -> Vec<f32> {
+    let mut host = vec![0f32; p.total];
+    let mut rng = Rng::derive(seed, 0x1417);
+    let residual_std = INIT_STD / (2.0 * cfg.n_layer as f64).sqrt();
+    for spec in &p.specs {
+        let span = &mut host[spec.tensor.offset..spec.tensor.end()];
+        if spec.name.ends_with("ln_1.weight")
+            || spec.name.ends_with("ln_2.weight")
+            || spec.name == "ln_f.weight"
+        {
+            span.fill(1.0);
+        } else if spec.decay {
+            let std = if spec.name.ends_with("c_proj.weight") {
+                residual_std
+            } else {
+                INIT_STD
+            };
+            let live = if spec.name == "wte.weight" {
+                (cfg.vocab_size + NUM_SPECIAL_TOKENS) * cfg.n_embd
+            } else {
+                span.len()
+            };
+            for x in &mut span[..live] {
+                *x = (rng.normal() * std) as f32;
+            }
+        }
+    }
+    host
+}
+
+impl<K: Backend> Gpt<K> {
+    /// The model with the activation plan `acts`; `build` makes the backend's arenas.
+    pub fn new(
+        cfg: ModelConfig,
+        acts: ActLayout,
+        build: impl FnOnce(&ParamLayout, &ActLayout) -> Result<K, BackendError>,
+    ) -> Result<Self, ModelError> {
+        let params = ParamLayout::new(&cfg);
+        let backend = build(&params, &acts)?;
+        Ok(Gpt {
+            cfg,
+            params,
+            acts,
+            backend,
+            counted_targets: 0,
+        })
+    }
+
+    /// Copies a full parameter vector (layout order, f32) to the backend.
+    pub fn load_params(&mut self, host: &[f32]) -> Result<(), ModelError> {
+        let all = layout::Tensor {
+            arena: Arena::Params,
+            offset: 0,
+            len: self.params.total,
+        };
+        Ok(self.backend.upload(all, host)?)
+    }
+
+    /// The full-precision parameters, layout order.
+    pub fn params_to_host(&mut self) -> Result<Vec<f32>, ModelError> {
+        let all = layout::Tensor {
+            arena: Arena::Params,
+            offset: 0,
+            len: self.params.total,
+        };
+        Ok(self.backend.download(all)?)
+    }
+
+    /// Sets the batch: `tokens` (B·T ids) and `targets` (B·T ids, −1 = not counted).
+    pub fn set_batch(&mut self, tokens: &[i32], targets: &[i32]) -> Result<(), ModelError> {
+        let n = self.acts.b * self.acts.t;
+        for (what, ids) in [("tokens", tokens), ("targets", targets)] {
+            if ids.len() != n {
+                return Err(ModelError::BatchShape {
+                    what,
+                    given: ids.len(),
+                    expected: n,
+                });
+            }
+        }
+        let vp = self.cfg.padded_vocab_size();
+        if let Some(pos) = tokens.iter().position(|&x| x < 0 || x as usize >= vp) {
+            return Err(ModelError::TokenRange {
+                id: tokens[pos],
+                pos,
+                limit: vp,
+            });
+        }
+        let v = self.cfg.vocab_size;
+        if let Some(pos) = targets
+            .iter()
+            .position(|&x| x < -1 || x >= 0 && x as usize >= v)
+        {
+            return Err(ModelError::TokenRange {
+                id: targets[pos],
+                pos,
+                limit: v,
+            });
+        }
+        self.counted_targets = targets.iter().filter(|&&x| x >= 0).count();
+        self.backend.upload_ints(self.acts.tokens, tokens)?;
+        self.backend.upload_ints(self.acts.targets, targets)?;
+        Ok(())
+    }
+
+    /// Number of targets that count towards the loss in the current batch.
+    pub fn counted_targets(&self) -> usize {
+        self.counted_targets
+    }
+
+    /// Forward pass and loss: the mean cross-entropy over counted targets (NaN if none count).
+    pub fn forward(&mut self, causal: bool) -> Result<f32, ModelError> {
+        schedule::forward(
+            &mut self.backend,
+            &self.cfg,
+            &self.params,
+            &self.acts,
+            causal,
+        )?;
+        schedule::classifier(&mut self.backend, &self.cfg, &self.params, &self.acts, None)?;
+        self.mean_loss()
+    }
+
+    /// Forward and backward: returns the mean loss and adds `loss_weight` × its gradient to the
+    /// parameter gradients (`loss_weight` = 1/accumulation steps for gradient accumulation).
+    pub fn forward_backward(&mut self, causal: bool, loss_weight: f32) -> Result<f32, ModelError> {
+        schedule::forward(
+            &mut self.backend,
+            &self.cfg,
+            &self.params,
+            &self.acts,
+            causal,
+        )?;
+        let dloss = loss_weight / self.counted_targets.max(1) as f32;
+        schedule::classifier(
+            &mut self.backend,
+            &self.cfg,
+            &self.params,
+            &self.acts,
+            Some(dloss),
+        )?;
+        schedule::backward(
+            &mut self.backend,
+            &self.cfg,
+            &self.params,
+            &self.acts,
+            causal,
+        )?;
+        self.mean_loss()
+    }
+
+    fn mean_loss(&mut self) -> Result<f32, ModelError> {
+        let losses = self.backend.download(self.acts.losses)?;
+        Ok((losses.iter().map(|&x| x as f64).sum::<f64>() / self.counted_targets as f64) as f32)
+    }
+
+    /// Clears the parameter gradients (before the first micro-batch of a step).
+    pub fn zero_grads(&mut self) -> Result<(), ModelError> {
+        let all = layout::Tensor {
+            arena: Arena::Grads,
+            offset: 0,
+            len: self.params.total,
+        };
+        Ok(self.backend.zero(all)?)
+    }
+
+    /// Global L2 norm of the parameter gradients.
+    pub fn grad_norm(&mut self) -> Result<f32, ModelError> {
+        Ok(self.backend.grad_norm_squared()?.sqrt() as f32)
+    }
+
+    /// One AdamW update of every parameter.
+    pub fn adamw(&mut self, step: &AdamWStep) -> Result<(), ModelError> {
+        Ok(self.backend.adamw(step, self.params.decay_end)?)
+    }
+}
+
+impl Gpt<CpuBackend<f32>> {
+    /// The model on the CPU reference backend.
+    pub fn cpu(cfg: ModelConfig, b: usize, t: usize) -> Self {
+        let acts = ActLayout::new(&cfg, b, t, None);
+        Gpt::new(cfg, acts, |p, a| Ok(CpuBackend::new(p.total, a)))
+            .expect("the CPU backend cannot fail to build")
+    }
+}
