@@ -1,19 +1,12 @@
 //! The `gptk` command line.
 
-use anyhow::{Context, Result, bail};
+mod cli;
+
 use clap::{Parser, Subcommand};
-use gptk::checkpoint;
-use gptk::data::shard::{SequentialBatches, Shard};
-use gptk::model::Gpt;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(
-    name = "gptk",
-    version,
-    about = "Pretrain and fine-tune GPT-style language models"
-)]
+#[command(name = "gptk", version, about = "Pretrain and fine-tune GPT-style language models")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,82 +15,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Mean next-token cross-entropy of a model over an llm.c token shard.
-    Eval(EvalArgs),
-}
-
-#[derive(clap::Args)]
-struct EvalArgs {
-    /// Checkpoint directory (model.safetensors + config.json) or a .safetensors file.
-    #[arg(long)]
-    model: PathBuf,
-    /// llm.c token shard (.bin).
-    #[arg(long)]
-    data: PathBuf,
-    /// Sequences per batch (B).
-    #[arg(long, default_value_t = 4)]
-    batch_size: usize,
-    /// Tokens per sequence (T).
-    #[arg(long, default_value_t = 1024)]
-    seq_len: usize,
-    /// Stop after this many batches (default: the whole shard).
-    #[arg(long)]
-    max_batches: Option<usize>,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    json: bool,
-}
-
-fn eval(args: &EvalArgs) -> Result<()> {
-    if args.batch_size == 0 || args.seq_len == 0 {
-        bail!("--batch-size and --seq-len must be at least 1");
-    }
-    let loaded = checkpoint::load(&args.model)?;
-    for note in &loaded.notes {
-        eprintln!("note: {note}");
-    }
-    let cfg = loaded.cfg.clone();
-    if args.seq_len > cfg.n_ctx {
-        bail!(
-            "--seq-len {} is longer than the model's context of {} positions",
-            args.seq_len,
-            cfg.n_ctx
-        );
-    }
-    let shard = Shard::open(&args.data)?;
-    let mut batches = SequentialBatches::new(&shard, args.batch_size, args.seq_len)?;
-    let total = args.max_batches.unwrap_or(usize::MAX).min(batches.count());
-    let mut model = Gpt::cpu(cfg.clone(), args.batch_size, args.seq_len);
-    model.load_params(&loaded.params)?;
-    let bt = args.batch_size * args.seq_len;
-    let (mut inputs, mut targets) = (vec![0i32; bt], vec![0i32; bt]);
-    let (mut sum, mut n) = (0f64, 0usize);
-    while n < total && batches.next_into(&mut inputs, &mut targets) {
-        model
-            .set_batch(&inputs, &targets)
-            .with_context(|| format!("{}: batch {n}", args.data.display()))?;
-        sum += model.forward(true)? as f64;
-        n += 1;
-    }
-    let loss = sum / n as f64;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({"loss": loss, "tokens": n * bt, "batches": n, "perplexity": loss.exp()})
-        );
-    } else {
-        println!(
-            "loss {loss:.6} (perplexity {:.3}) over {n} batches, {} tokens",
-            loss.exp(),
-            n * bt
-        );
-    }
-    Ok(())
+    Eval(cli::eval::EvalArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Eval(args) => eval(args),
+        Command::Eval(args) => cli::eval::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

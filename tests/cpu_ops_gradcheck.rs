@@ -30,11 +30,7 @@ fn check(name: &str, x: &mut [f64], analytic: &[f64], mut loss: impl FnMut(&[f64
         let numeric = (lp - lm) / (2.0 * H);
         let err = (numeric - analytic[i]).abs() / (1.0 + numeric.abs());
         worst = worst.max(err);
-        assert!(
-            err < TOL,
-            "{name}[{i}]: analytic {} vs numeric {numeric} (err {err:e})",
-            analytic[i]
-        );
+        assert!(err < TOL, "{name}[{i}]: analytic {} vs numeric {numeric} (err {err:e})", analytic[i]);
     }
     assert!(worst.is_finite());
 }
@@ -65,35 +61,11 @@ fn matmul_backward_matches_finite_differences() {
 fn matmul_backward_accumulates_weight_gradients() {
     let mut rng = Rng::new(2);
     let (n, c, oc) = (5, 3, 4);
-    let (inp, w, dout) = (
-        randn(&mut rng, n * c, 1.0),
-        randn(&mut rng, oc * c, 1.0),
-        randn(&mut rng, n * oc, 1.0),
-    );
+    let (inp, w, dout) = (randn(&mut rng, n * c, 1.0), randn(&mut rng, oc * c, 1.0), randn(&mut rng, n * oc, 1.0));
     let (mut dinp, mut dw1, mut db1) = (vec![0.0; n * c], vec![0.0; oc * c], vec![0.0; oc]);
-    matmul_backward(
-        &mut dinp,
-        &mut dw1,
-        Some(&mut db1),
-        &dout,
-        &inp,
-        &w,
-        n,
-        c,
-        oc,
-    );
+    matmul_backward(&mut dinp, &mut dw1, Some(&mut db1), &dout, &inp, &w, n, c, oc);
     let (mut dw2, mut db2) = (dw1.clone(), db1.clone());
-    matmul_backward(
-        &mut dinp,
-        &mut dw2,
-        Some(&mut db2),
-        &dout,
-        &inp,
-        &w,
-        n,
-        c,
-        oc,
-    );
+    matmul_backward(&mut dinp, &mut dw2, Some(&mut db2), &dout, &inp, &w, n, c, oc);
     for (a, b) in dw1.iter().zip(&dw2).chain(db1.iter().zip(&db2)) {
         assert!((2.0 * a - b).abs() < 1e-12);
     }
@@ -114,9 +86,7 @@ fn layernorm_backward_matches_finite_differences() {
         };
         let (_, mean, rstd) = fwd(&inp, &w, &b);
         let (mut dinp, mut dw, mut db) = (vec![0.0; n * c], vec![0.0; c], vec![0.0; c]);
-        layernorm_backward(
-            &mut dinp, &mut dw, &mut db, &wo, &inp, &w, &mean, &rstd, n, c,
-        );
+        layernorm_backward(&mut dinp, &mut dw, &mut db, &wo, &inp, &w, &mean, &rstd, n, c);
         let (w0, b0, i0) = (w.clone(), b.clone(), inp.clone());
         check("dinp", &mut inp, &dinp, |x| fwd(x, &w0, &b0).0);
         check("dw", &mut w, &dw, |x| fwd(&i0, x, &b0).0);
@@ -130,23 +100,11 @@ fn layernorm_output_is_normalised() {
     let (n, c) = (3, 33);
     let inp = randn(&mut rng, n * c, 5.0);
     let (mut out, mut mean, mut rstd) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
-    layernorm_forward(
-        &mut out,
-        &mut mean,
-        &mut rstd,
-        &inp,
-        &vec![1.0; c],
-        &vec![0.0; c],
-        n,
-        c,
-    );
+    layernorm_forward(&mut out, &mut mean, &mut rstd, &inp, &vec![1.0; c], &vec![0.0; c], n, c);
     for row in out.chunks(c) {
         let m = row.iter().sum::<f64>() / c as f64;
         let v = row.iter().map(|x| (x - m).powi(2)).sum::<f64>() / c as f64;
-        assert!(
-            m.abs() < 1e-12 && (v - 1.0).abs() < 1e-5,
-            "mean {m} var {v}"
-        );
+        assert!(m.abs() < 1e-12 && (v - 1.0).abs() < 1e-5, "mean {m} var {v}");
     }
 }
 
@@ -197,12 +155,7 @@ fn encoder_backward_matches_finite_differences() {
 #[test]
 fn attention_backward_matches_finite_differences() {
     let mut rng = Rng::new(7);
-    for &(b, t, nh, hs, causal) in &[
-        (1, 1, 1, 2, true),
-        (2, 5, 2, 3, true),
-        (1, 7, 3, 4, false),
-        (2, 3, 1, 5, false),
-    ] {
+    for &(b, t, nh, hs, causal) in &[(1, 1, 1, 2, true), (2, 5, 2, 3, true), (1, 7, 3, 4, false), (2, 3, 1, 5, false)] {
         let c = nh * hs;
         let mut qkv = randn(&mut rng, b * t * 3 * c, 1.0);
         let wo = randn(&mut rng, b * t * c, 1.0);
@@ -256,17 +209,9 @@ fn cross_entropy_gradient_matches_finite_differences_and_ignores() {
     let mut losses = vec![0.0; n];
     cross_entropy(&mut losses, &mut dlogits, &targets, n, v, vp, Some(dloss));
     for row in 0..n {
-        assert!(
-            dlogits[row * vp + v..(row + 1) * vp]
-                .iter()
-                .all(|&x| x == 0.0),
-            "padding columns get no gradient"
-        );
+        assert!(dlogits[row * vp + v..(row + 1) * vp].iter().all(|&x| x == 0.0), "padding columns get no gradient");
     }
-    assert!(
-        dlogits[vp..2 * vp].iter().all(|&x| x == 0.0),
-        "ignored rows get no gradient"
-    );
+    assert!(dlogits[vp..2 * vp].iter().all(|&x| x == 0.0), "ignored rows get no gradient");
     check("dlogits", &mut logits, &dlogits, fwd);
     // A uniform row costs ln V.
     let mut flat = vec![0.5; vp];
@@ -278,16 +223,8 @@ fn cross_entropy_gradient_matches_finite_differences_and_ignores() {
 #[test]
 fn adamw_matches_a_hand_computed_step() {
     use gptk::backend::AdamWStep;
-    let step = AdamWStep {
-        lr: 0.1,
-        beta1: 0.9,
-        beta2: 0.99,
-        eps: 1e-8,
-        weight_decay: 0.5,
-        t: 1,
-        grad_scale: 0.5,
-        seed: 0,
-    };
+    let step =
+        AdamWStep { lr: 0.1, beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.5, t: 1, grad_scale: 0.5, seed: 0 };
     let mut p = vec![1.0f64, 2.0];
     let g = vec![4.0, -2.0];
     let (mut m, mut v) = (vec![0.0; 2], vec![0.0; 2]);
@@ -295,10 +232,30 @@ fn adamw_matches_a_hand_computed_step() {
     // t=1: m̂ = g', v̂ = g'², update = sign(g')·(1 − ~eps); g' = g·0.5.
     let expect0 = 1.0 - 0.1 * (0.5 * 1.0 + 2.0 / (2.0 + 1e-8));
     let expect1 = 2.0 - 0.1 * (-1.0 / (1.0 + 1e-8));
-    assert!(
-        (p[0] - expect0).abs() < 1e-6 && (p[1] - expect1).abs() < 1e-6,
-        "{p:?}"
-    );
+    assert!((p[0] - expect0).abs() < 1e-6 && (p[1] - expect1).abs() < 1e-6, "{p:?}");
     assert!((m[0] - 0.2).abs() < 1e-6 && (v[1] - 0.01).abs() < 1e-6);
     assert!((norm_squared(&g) - 20.0).abs() < 1e-12);
+}
+
+#[test]
+fn cached_attention_equals_full_causal_attention() {
+    let mut rng = Rng::new(10);
+    let (b, t, nh, hs) = (2, 7, 3, 4);
+    let c = nh * hs;
+    let qkv = randn(&mut rng, b * t * 3 * c, 1.0);
+    let (mut full, mut lse) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
+    attention_forward(&mut full, &mut lse, &qkv, b, t, nh, hs, true);
+    let t_max = 9;
+    let mut kv = vec![f64::NAN; b * t_max * 2 * c];
+    for pos in 0..t {
+        let step: Vec<f64> = (0..b).flat_map(|bi| qkv[(bi * t + pos) * 3 * c..][..3 * c].to_vec()).collect();
+        let mut out = vec![f64::NAN; b * c];
+        attention_cached(&mut out, &step, &mut kv, b, t_max, pos, nh, hs);
+        for bi in 0..b {
+            for d in 0..c {
+                let want = full[(bi * t + pos) * c + d];
+                assert!((out[bi * c + d] - want).abs() < 1e-12, "pos {pos} b {bi} d {d}");
+            }
+        }
+    }
 }

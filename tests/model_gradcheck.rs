@@ -33,22 +33,12 @@ fn loss_f64(m: &mut Gpt<CpuBackend<f64>>, causal: bool) -> f64 {
 }
 
 fn gradcheck_f64(causal: bool, chunk: Option<usize>) {
-    let cfg = ModelConfig {
-        n_layer: 2,
-        n_head: 2,
-        n_embd: 8,
-        n_ctx: 7,
-        vocab_size: 13,
-    };
+    let cfg = ModelConfig { n_layer: 2, n_head: 2, n_embd: 8, n_ctx: 7, vocab_size: 13 };
     let (b, t) = (2, 5);
     let mut m = model_f64(&cfg, b, t, chunk);
     let mut rng = Rng::new(3);
-    let tokens: Vec<i32> = (0..b * t)
-        .map(|_| rng.below(cfg.vocab_size as u64 + 3) as i32)
-        .collect();
-    let mut targets: Vec<i32> = (0..b * t)
-        .map(|_| rng.below(cfg.vocab_size as u64) as i32)
-        .collect();
+    let tokens: Vec<i32> = (0..b * t).map(|_| rng.below(cfg.vocab_size as u64 + 3) as i32).collect();
+    let mut targets: Vec<i32> = (0..b * t).map(|_| rng.below(cfg.vocab_size as u64) as i32).collect();
     targets[1] = -1;
     targets[6] = -1;
     m.set_batch(&tokens, &targets).unwrap();
@@ -69,12 +59,7 @@ fn gradcheck_f64(causal: bool, chunk: Option<usize>) {
             m.backend.params[at] = orig;
             let numeric = (lp - lm) / (2.0 * h);
             let err = (numeric - grads[at]).abs() / (1e-3 + numeric.abs());
-            assert!(
-                err < 1e-4,
-                "{}[{i}]: analytic {} vs numeric {numeric}",
-                spec.name,
-                grads[at]
-            );
+            assert!(err < 1e-4, "{}[{i}]: analytic {} vs numeric {numeric}", spec.name, grads[at]);
             checked += 1;
         }
     }
@@ -82,11 +67,7 @@ fn gradcheck_f64(causal: bool, chunk: Option<usize>) {
     // Padding rows of the embedding beyond the special tokens never get a gradient.
     let live = (cfg.vocab_size + gptk::model::config::NUM_SPECIAL_TOKENS) * cfg.n_embd;
     let wte = m.params.wte;
-    assert!(
-        grads[wte.offset + live..wte.end()]
-            .iter()
-            .all(|&g| g == 0.0)
-    );
+    assert!(grads[wte.offset + live..wte.end()].iter().all(|&g| g == 0.0));
 }
 
 #[test]
@@ -107,13 +88,7 @@ fn chunked_classifier_gives_the_same_gradients() {
 
 #[test]
 fn gradient_accumulation_adds_micro_batches() {
-    let cfg = ModelConfig {
-        n_layer: 1,
-        n_head: 2,
-        n_embd: 8,
-        n_ctx: 4,
-        vocab_size: 9,
-    };
+    let cfg = ModelConfig { n_layer: 1, n_head: 2, n_embd: 8, n_ctx: 4, vocab_size: 9 };
     let mut m = model_f64(&cfg, 1, 4, None);
     m.set_batch(&[1, 2, 3, 4], &[2, 3, 4, 5]).unwrap();
     m.zero_grads().unwrap();

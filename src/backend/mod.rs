@@ -16,11 +16,7 @@ pub enum BackendError {
     #[error("{0}")]
     Device(String),
     #[error("out of device memory: the plan needs {needed} bytes and {free} are free; {hint}")]
-    OutOfMemory {
-        needed: usize,
-        free: usize,
-        hint: String,
-    },
+    OutOfMemory { needed: usize, free: usize, hint: String },
     #[error("{0}")]
     Unavailable(String),
 }
@@ -187,6 +183,21 @@ pub trait Backend {
         hs: usize,
         causal: bool,
     ) -> Result<()>;
+    /// One generation step of causal attention: the k and v of position `pos` (from qkv
+    /// (B,1,3C)) are written into the cache kv (B,Tmax,2C) laid out [k | v], then out (B,1,C) =
+    /// attention of the new q over cached positions 0..=pos.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_cached(
+        &mut self,
+        out: Tensor,
+        qkv: Tensor,
+        kv: Tensor,
+        b: usize,
+        t_max: usize,
+        pos: usize,
+        nh: usize,
+        hs: usize,
+    ) -> Result<()>;
     /// out (N) = tanh-GELU(inp).
     fn gelu_forward(&mut self, out: Tensor, inp: Tensor) -> Result<()>;
     /// d (N): gradient w.r.t. the GELU output on entry, w.r.t. its input on exit (in place).
@@ -228,9 +239,6 @@ pub enum DeviceKind {
 impl Arena {
     /// Arenas that share the parameter layout.
     pub fn is_param_like(self) -> bool {
-        matches!(
-            self,
-            Arena::Params | Arena::Grads | Arena::OptM | Arena::OptV
-        )
+        matches!(self, Arena::Params | Arena::Grads | Arena::OptM | Arena::OptV)
     }
 }

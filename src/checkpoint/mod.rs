@@ -32,26 +32,17 @@ const META_CONFIG: &str = "gptk_config";
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{}: {msg}", path.display())]
     Format { path: PathBuf, msg: String },
 }
 
 fn format_err(path: &Path, msg: impl Into<String>) -> CheckpointError {
-    CheckpointError::Format {
-        path: path.to_path_buf(),
-        msg: msg.into(),
-    }
+    CheckpointError::Format { path: path.to_path_buf(), msg: msg.into() }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| CheckpointError::Io { path: path.to_path_buf(), source }
 }
 
 /// A model read from disk: its shape and its parameters in gptk's layout order.
@@ -72,23 +63,13 @@ pub struct LoadedModel {
 /// Where the weights and config of `path` live: a directory holding `model.safetensors` (and
 /// usually `config.json`), or a `.safetensors` file (with `config.json` beside it if present).
 pub fn resolve(path: &Path) -> Result<(PathBuf, Option<PathBuf>), CheckpointError> {
-    let weights = if path.is_dir() {
-        path.join(MODEL_FILE)
-    } else {
-        path.to_path_buf()
-    };
+    let weights = if path.is_dir() { path.join(MODEL_FILE) } else { path.to_path_buf() };
     if !weights.is_file() {
-        let what = if path.is_dir() {
-            format!("no {MODEL_FILE} in this directory")
-        } else {
-            "no such file".to_string()
-        };
+        let what =
+            if path.is_dir() { format!("no {MODEL_FILE} in this directory") } else { "no such file".to_string() };
         return Err(format_err(path, what));
     }
-    let config = weights
-        .parent()
-        .map(|d| d.join(CONFIG_FILE))
-        .filter(|c| c.is_file());
+    let config = weights.parent().map(|d| d.join(CONFIG_FILE)).filter(|c| c.is_file());
     Ok((weights, config))
 }
 
@@ -124,10 +105,7 @@ pub fn load(path: &Path) -> Result<LoadedModel, CheckpointError> {
         None => {
             if let Some(json) = metadata.get(META_CONFIG) {
                 serde_json::from_str::<ModelConfig>(json).map_err(|e| {
-                    format_err(
-                        &weights_path,
-                        format!("metadata '{META_CONFIG}' is not a model config ({e})"),
-                    )
+                    format_err(&weights_path, format!("metadata '{META_CONFIG}' is not a model config ({e})"))
                 })?
             } else {
                 let cfg = infer_config(&weights_path, &by_name)?;
@@ -139,23 +117,15 @@ pub fn load(path: &Path) -> Result<LoadedModel, CheckpointError> {
             }
         }
     };
-    cfg.validate().map_err(|e| {
-        format_err(
-            config_path.as_deref().unwrap_or(&weights_path),
-            e.to_string(),
-        )
-    })?;
+    cfg.validate().map_err(|e| format_err(config_path.as_deref().unwrap_or(&weights_path), e.to_string()))?;
 
     let layout = ParamLayout::new(&cfg);
     let mut params = vec![0f32; layout.total];
     let mut used: HashSet<&str> = HashSet::new();
     for spec in &layout.specs {
-        let (full, view) = by_name.get(spec.name.as_str()).ok_or_else(|| {
-            format_err(
-                &weights_path,
-                format!("missing tensor '{}' (expected for {cfg})", spec.name),
-            )
-        })?;
+        let (full, view) = by_name
+            .get(spec.name.as_str())
+            .ok_or_else(|| format_err(&weights_path, format!("missing tensor '{}' (expected for {cfg})", spec.name)))?;
         used.insert(spec.name.as_str());
         let values = to_f32(&weights_path, full, view)?;
         let dst = &mut params[spec.tensor.offset..spec.tensor.end()];
@@ -165,10 +135,7 @@ pub fn load(path: &Path) -> Result<LoadedModel, CheckpointError> {
             if shape.len() != 2 || shape[1] != c || shape[0] < cfg.vocab_size || shape[0] > vp {
                 return Err(format_err(
                     &weights_path,
-                    format!(
-                        "tensor '{full}' has shape {shape:?}, expected [{}..={vp}, {c}]",
-                        cfg.vocab_size
-                    ),
+                    format!("tensor '{full}' has shape {shape:?}, expected [{}..={vp}, {c}]", cfg.vocab_size),
                 ));
             }
             dst[..values.len()].copy_from_slice(&values);
@@ -189,10 +156,7 @@ pub fn load(path: &Path) -> Result<LoadedModel, CheckpointError> {
             if shape != spec.shape.as_slice() {
                 return Err(format_err(
                     &weights_path,
-                    format!(
-                        "tensor '{full}' has shape {shape:?}, expected {:?}",
-                        spec.shape
-                    ),
+                    format!("tensor '{full}' has shape {shape:?}, expected {:?}", spec.shape),
                 ));
             }
             dst.copy_from_slice(&values);
@@ -226,119 +190,70 @@ pub fn load(path: &Path) -> Result<LoadedModel, CheckpointError> {
             continue; // causal-mask buffers of older transformers versions
         }
         if short.starts_with("gptk.") {
-            extra.insert(
-                short.clone(),
-                (view.shape().to_vec(), to_f32(&weights_path, full, view)?),
-            );
+            extra.insert(short.clone(), (view.shape().to_vec(), to_f32(&weights_path, full, view)?));
         } else {
             ignored.push(short.clone());
         }
     }
     if !ignored.is_empty() {
         ignored.sort();
-        notes.push(format!(
-            "ignored tensors that are not GPT-2 parameters: {}",
-            ignored.join(", ")
-        ));
+        notes.push(format!("ignored tensors that are not GPT-2 parameters: {}", ignored.join(", ")));
     }
-    Ok(LoadedModel {
-        cfg,
-        params,
-        notes,
-        metadata,
-        extra,
-    })
+    Ok(LoadedModel { cfg, params, notes, metadata, extra })
 }
 
 /// Decodes a tensor to f32, refusing dtypes a GPT-2 checkpoint does not use.
 fn to_f32(path: &Path, name: &str, view: &TensorView) -> Result<Vec<f32>, CheckpointError> {
     let data = view.data();
     Ok(match view.dtype() {
-        Dtype::F32 => data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F16 => data
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => data
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
+        Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        Dtype::F16 => data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Dtype::BF16 => data.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
         other => {
-            return Err(format_err(
-                path,
-                format!("tensor '{name}' has dtype {other:?}; supported: F32, F16, BF16"),
-            ));
+            return Err(format_err(path, format!("tensor '{name}' has dtype {other:?}; supported: F32, F16, BF16")));
         }
     })
 }
 
-fn get_usize(
-    path: &Path,
-    obj: &Map<String, Value>,
-    keys: &[&str],
-) -> Result<usize, CheckpointError> {
+fn get_usize(path: &Path, obj: &Map<String, Value>, keys: &[&str]) -> Result<usize, CheckpointError> {
     for key in keys {
         if let Some(v) = obj.get(*key) {
-            return v.as_u64().map(|x| x as usize).ok_or_else(|| {
-                format_err(
-                    path,
-                    format!("field '{key}' must be a non-negative integer, found {v}"),
-                )
-            });
+            return v
+                .as_u64()
+                .map(|x| x as usize)
+                .ok_or_else(|| format_err(path, format!("field '{key}' must be a non-negative integer, found {v}")));
         }
     }
-    Err(format_err(
-        path,
-        format!("missing field '{}'", keys.join("' or '")),
-    ))
+    Err(format_err(path, format!("missing field '{}'", keys.join("' or '"))))
 }
 
 /// Reads the fields of a Hugging Face GPT-2 `config.json` that fix the shape, and checks the
 /// ones that would change the arithmetic.
 pub fn config_from_json(path: &Path) -> Result<ModelConfig, CheckpointError> {
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-    let value: Value = serde_json::from_str(&text)
-        .map_err(|e| format_err(path, format!("not valid JSON ({e})")))?;
-    let obj = value
-        .as_object()
-        .ok_or_else(|| format_err(path, "expected a JSON object"))?;
+    let value: Value = serde_json::from_str(&text).map_err(|e| format_err(path, format!("not valid JSON ({e})")))?;
+    let obj = value.as_object().ok_or_else(|| format_err(path, "expected a JSON object"))?;
     if let Some(t) = obj.get("model_type").and_then(Value::as_str) {
         if t != "gpt2" {
-            return Err(format_err(
-                path,
-                format!("model_type is '{t}', only 'gpt2' is supported"),
-            ));
+            return Err(format_err(path, format!("model_type is '{t}', only 'gpt2' is supported")));
         }
     }
     if let Some(act) = obj.get("activation_function").and_then(Value::as_str) {
         if !matches!(act, "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast") {
             return Err(format_err(
                 path,
-                format!(
-                    "activation_function '{act}' is not supported (gptk uses tanh-GELU, 'gelu_new')"
-                ),
+                format!("activation_function '{act}' is not supported (gptk uses tanh-GELU, 'gelu_new')"),
             ));
         }
     }
     if let Some(eps) = obj.get("layer_norm_epsilon").and_then(Value::as_f64) {
         if (eps - 1e-5).abs() > 1e-12 {
-            return Err(format_err(
-                path,
-                format!("layer_norm_epsilon {eps} is not supported (gptk uses 1e-5)"),
-            ));
+            return Err(format_err(path, format!("layer_norm_epsilon {eps} is not supported (gptk uses 1e-5)")));
         }
     }
     if let Some(inner) = obj.get("n_inner") {
-        if !inner.is_null()
-            && inner.as_u64() != obj.get("n_embd").and_then(Value::as_u64).map(|c| 4 * c)
-        {
-            return Err(format_err(
-                path,
-                format!("n_inner {inner} is not supported (gptk's MLP is 4 × n_embd)"),
-            ));
+        if !inner.is_null() && inner.as_u64() != obj.get("n_embd").and_then(Value::as_u64).map(|c| 4 * c) {
+            return Err(format_err(path, format!("n_inner {inner} is not supported (gptk's MLP is 4 × n_embd)")));
         }
     }
     let vocab_size = match obj.get("gptk_vocab_size") {
@@ -349,65 +264,37 @@ pub fn config_from_json(path: &Path) -> Result<ModelConfig, CheckpointError> {
         n_layer: get_usize(path, obj, &["n_layer", "num_hidden_layers"])?,
         n_head: get_usize(path, obj, &["n_head", "num_attention_heads"])?,
         n_embd: get_usize(path, obj, &["n_embd", "hidden_size"])?,
-        n_ctx: get_usize(
-            path,
-            obj,
-            &["n_positions", "n_ctx", "max_position_embeddings"],
-        )?,
+        n_ctx: get_usize(path, obj, &["n_positions", "n_ctx", "max_position_embeddings"])?,
         vocab_size,
     };
-    cfg.validate()
-        .map_err(|e: ConfigError| format_err(path, e.to_string()))?;
+    cfg.validate().map_err(|e: ConfigError| format_err(path, e.to_string()))?;
     Ok(cfg)
 }
 
 /// The shape of a bare safetensors file from its tensors: layers counted, C from wte, context
 /// from wpe, heads from GPT-2's head size.
-fn infer_config(
-    path: &Path,
-    by_name: &HashMap<String, (&str, &TensorView)>,
-) -> Result<ModelConfig, CheckpointError> {
-    let shape_of = |name: &str| {
-        by_name
-            .get(name)
-            .map(|(_, v)| v.shape().to_vec())
-            .filter(|s| s.len() == 2)
-            .ok_or_else(|| {
-                format_err(
-                    path,
-                    format!("missing 2-D tensor '{name}' (needed to infer the model shape)"),
-                )
+fn infer_config(path: &Path, by_name: &HashMap<String, (&str, &TensorView)>) -> Result<ModelConfig, CheckpointError> {
+    let shape_of =
+        |name: &str| {
+            by_name.get(name).map(|(_, v)| v.shape().to_vec()).filter(|s| s.len() == 2).ok_or_else(|| {
+                format_err(path, format!("missing 2-D tensor '{name}' (needed to infer the model shape)"))
             })
-    };
+        };
     let wte = shape_of("wte.weight")?;
     let wpe = shape_of("wpe.weight")?;
     let n_layer = by_name
         .keys()
-        .filter_map(|n| {
-            n.strip_prefix("h.")?
-                .split('.')
-                .next()?
-                .parse::<usize>()
-                .ok()
-        })
+        .filter_map(|n| n.strip_prefix("h.")?.split('.').next()?.parse::<usize>().ok())
         .max()
         .map_or(0, |m| m + 1);
     let n_embd = wte[1];
     if n_embd % GPT2_HEAD_SIZE != 0 {
         return Err(format_err(
             path,
-            format!(
-                "n_embd {n_embd} is not a multiple of {GPT2_HEAD_SIZE}; add a {CONFIG_FILE} with n_head"
-            ),
+            format!("n_embd {n_embd} is not a multiple of {GPT2_HEAD_SIZE}; add a {CONFIG_FILE} with n_head"),
         ));
     }
-    Ok(ModelConfig {
-        n_layer,
-        n_head: n_embd / GPT2_HEAD_SIZE,
-        n_embd,
-        n_ctx: wpe[0],
-        vocab_size: wte[0],
-    })
+    Ok(ModelConfig { n_layer, n_head: n_embd / GPT2_HEAD_SIZE, n_embd, n_ctx: wpe[0], vocab_size: wte[0] })
 }
 
 /// The `config.json` gptk writes: what `transformers` needs to build `GPT2LMHeadModel`, plus
@@ -448,14 +335,9 @@ pub fn save(
     metadata: &HashMap<String, String>,
 ) -> Result<(), CheckpointError> {
     let layout = ParamLayout::new(cfg);
-    assert_eq!(
-        params.len(),
-        layout.total,
-        "parameter vector does not match the layout"
-    );
+    assert_eq!(params.len(), layout.total, "parameter vector does not match the layout");
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> =
-        Vec::with_capacity(layout.specs.len() + extra.len());
+    let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(layout.specs.len() + extra.len());
     for spec in &layout.specs {
         let src = &params[spec.tensor.offset..spec.tensor.end()];
         let (shape, bytes) = if spec.conv1d {
@@ -468,44 +350,26 @@ pub fn save(
             }
             (vec![c, oc], bytemuck::cast_slice::<f32, u8>(&t).to_vec())
         } else {
-            (
-                spec.shape.clone(),
-                bytemuck::cast_slice::<f32, u8>(src).to_vec(),
-            )
+            (spec.shape.clone(), bytemuck::cast_slice::<f32, u8>(src).to_vec())
         };
         buffers.push((format!("transformer.{}", spec.name), shape, bytes));
     }
     for (name, shape, values) in extra {
-        assert!(
-            name.starts_with("gptk."),
-            "extra tensor names start with 'gptk.'"
-        );
-        buffers.push((
-            name.clone(),
-            shape.clone(),
-            bytemuck::cast_slice::<f32, u8>(values).to_vec(),
-        ));
+        assert!(name.starts_with("gptk."), "extra tensor names start with 'gptk.'");
+        buffers.push((name.clone(), shape.clone(), bytemuck::cast_slice::<f32, u8>(values).to_vec()));
     }
     let weights = dir.join(MODEL_FILE);
     let views: Vec<(String, TensorView)> = buffers
         .iter()
         .map(|(n, s, b)| {
-            Ok((
-                n.clone(),
-                TensorView::new(Dtype::F32, s.clone(), b)
-                    .map_err(|e| format_err(&weights, e.to_string()))?,
-            ))
+            Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b).map_err(|e| format_err(&weights, e.to_string()))?))
         })
         .collect::<Result<_, CheckpointError>>()?;
     let mut meta = metadata.clone();
     meta.insert("format".into(), "pt".into());
-    meta.insert(
-        META_CONFIG.into(),
-        serde_json::to_string(cfg).expect("config serialises"),
-    );
+    meta.insert(META_CONFIG.into(), serde_json::to_string(cfg).expect("config serialises"));
     atomic::write_with(&weights, |tmp| {
-        safetensors::tensor::serialize_to_file(views, Some(meta), tmp)
-            .map_err(std::io::Error::other)
+        safetensors::tensor::serialize_to_file(views, Some(meta), tmp).map_err(std::io::Error::other)
     })
     .map_err(io_err(&weights))?;
     let config = dir.join(CONFIG_FILE);

@@ -34,35 +34,26 @@ pub struct Shard {
 impl Shard {
     /// Maps and validates a shard: magic, version, and a size that matches the token count.
     pub fn open(path: &Path) -> Result<Shard, ShardError> {
-        let io_err = |source| ShardError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let bad = |msg: String| ShardError::Format {
-            path: path.to_path_buf(),
-            msg,
-        };
+        let io_err = |source| ShardError::Io { path: path.to_path_buf(), source };
+        let bad = |msg: String| ShardError::Format { path: path.to_path_buf(), msg };
         let file = File::open(path).map_err(io_err)?;
         let len = file.metadata().map_err(io_err)?.len() as usize;
         if len < HEADER_BYTES {
-            return Err(bad(format!(
-                "{len} bytes is shorter than the {HEADER_BYTES}-byte llm.c shard header"
-            )));
+            return Err(bad(format!("{len} bytes is shorter than the {HEADER_BYTES}-byte llm.c shard header")));
         }
         // SAFETY: read-only map; a shard changed underneath a running job is outside what we defend.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;
-        let word = |i: usize| {
-            i32::from_le_bytes([map[4 * i], map[4 * i + 1], map[4 * i + 2], map[4 * i + 3]])
-        };
+        let word = |i: usize| i32::from_le_bytes([map[4 * i], map[4 * i + 1], map[4 * i + 2], map[4 * i + 3]]);
         if word(0) != SHARD_MAGIC {
-            return Err(bad(format!(
-                "bad magic {} (an llm.c token shard starts with {SHARD_MAGIC})",
-                word(0)
-            )));
+            return Err(bad(format!("bad magic {} (an llm.c token shard starts with {SHARD_MAGIC})", word(0))));
         }
         match word(1) {
             SHARD_VERSION => {}
-            2 => return Err(bad("version 2 (u32 tokens, LLaMA 3) is not supported; gptk reads version 1 (u16 GPT-2 tokens)".into())),
+            2 => {
+                return Err(bad(
+                    "version 2 (u32 tokens, LLaMA 3) is not supported; gptk reads version 1 (u16 GPT-2 tokens)".into(),
+                ));
+            }
             v => return Err(bad(format!("unsupported version {v} (expected {SHARD_VERSION})"))),
         }
         let count = word(2);
@@ -76,11 +67,7 @@ impl Shard {
                 "header says {num_tokens} tokens ({expected} bytes) but the file has {len} bytes"
             )));
         }
-        Ok(Shard {
-            path: path.to_path_buf(),
-            map,
-            num_tokens,
-        })
+        Ok(Shard { path: path.to_path_buf(), map, num_tokens })
     }
 
     pub fn path(&self) -> &Path {
@@ -112,8 +99,7 @@ impl Shard {
 
 /// Writes `tokens` as an llm.c shard (atomically: temporary file, fsync, rename).
 pub fn write_shard(path: &Path, tokens: &[u16]) -> io::Result<()> {
-    let count = i32::try_from(tokens.len())
-        .map_err(|_| io::Error::other("more than 2^31 tokens in one shard"))?;
+    let count = i32::try_from(tokens.len()).map_err(|_| io::Error::other("more than 2^31 tokens in one shard"))?;
     crate::checkpoint::atomic::write_with(path, |tmp| {
         let mut w = BufWriter::new(File::create(tmp)?);
         let mut header = [0i32; HEADER_INTS];
@@ -145,11 +131,7 @@ impl<'a> SequentialBatches<'a> {
         if shard.len() < bt + 1 {
             return Err(ShardError::Format {
                 path: shard.path.clone(),
-                msg: format!(
-                    "{} tokens is shorter than one batch of B*T+1 = {} tokens",
-                    shard.len(),
-                    bt + 1
-                ),
+                msg: format!("{} tokens is shorter than one batch of B*T+1 = {} tokens", shard.len(), bt + 1),
             });
         }
         Ok(SequentialBatches { shard, bt, next: 0 })
@@ -210,21 +192,9 @@ mod tests {
         assert!(e.contains("header says 3 tokens"), "{e}");
         bytes[0] = 0;
         std::fs::write(&path, &bytes).unwrap();
-        assert!(
-            Shard::open(&path)
-                .err()
-                .unwrap()
-                .to_string()
-                .contains("bad magic")
-        );
+        assert!(Shard::open(&path).err().unwrap().to_string().contains("bad magic"));
         std::fs::write(&path, [0u8; 10]).unwrap();
-        assert!(
-            Shard::open(&path)
-                .err()
-                .unwrap()
-                .to_string()
-                .contains("shorter than")
-        );
+        assert!(Shard::open(&path).err().unwrap().to_string().contains("shorter than"));
     }
 
     fn tempdir() -> PathBuf {

@@ -41,22 +41,8 @@ pub const PRESETS: &[Preset] = &[
     ("d24", 24, 16, 1024, 1024, "GPT-2 medium, 350M parameters"),
     ("d36", 36, 20, 1280, 1024, "GPT-2 large, 774M parameters"),
     ("d48", 48, 25, 1600, 1024, "GPT-2 XL, 1.5B parameters"),
-    (
-        "d6",
-        6,
-        6,
-        384,
-        512,
-        "6 layers, 384 wide: a small GPU or patient CPU model",
-    ),
-    (
-        "tiny",
-        4,
-        4,
-        256,
-        256,
-        "4 layers, 256 wide: trains on a laptop CPU",
-    ),
+    ("d6", 6, 6, 384, 512, "6 layers, 384 wide: a small GPU or patient CPU model"),
+    ("tiny", 4, 4, 256, 256, "4 layers, 256 wide: trains on a laptop CPU"),
     ("micro", 2, 2, 128, 128, "2 layers, 128 wide: smoke tests"),
 ];
 
@@ -72,9 +58,7 @@ pub enum ConfigError {
     HeadSplit { n_embd: usize, n_head: usize },
     #[error("unknown model preset '{0}' (known: {1})")]
     UnknownPreset(String, String),
-    #[error(
-        "vocab_size {0} is too large: token ids are stored as u16 in shards and must stay below 65536"
-    )]
+    #[error("vocab_size {0} is too large: token ids are stored as u16 in shards and must stay below 65536")]
     VocabTooLarge(usize),
 }
 
@@ -85,13 +69,7 @@ impl ModelConfig {
             let known: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
             ConfigError::UnknownPreset(name.to_string(), known.join(", "))
         })?;
-        let cfg = ModelConfig {
-            n_layer: p.1,
-            n_head: p.2,
-            n_embd: p.3,
-            n_ctx: p.4,
-            vocab_size,
-        };
+        let cfg = ModelConfig { n_layer: p.1, n_head: p.2, n_embd: p.3, n_ctx: p.4, vocab_size };
         cfg.validate()?;
         Ok(cfg)
     }
@@ -110,10 +88,7 @@ impl ModelConfig {
             }
         }
         if self.n_embd % self.n_head != 0 {
-            return Err(ConfigError::HeadSplit {
-                n_embd: self.n_embd,
-                n_head: self.n_head,
-            });
+            return Err(ConfigError::HeadSplit { n_embd: self.n_embd, n_head: self.n_head });
         }
         if self.padded_vocab_size() > 1 << 16 {
             return Err(ConfigError::VocabTooLarge(self.vocab_size));
@@ -136,12 +111,7 @@ impl ModelConfig {
     pub fn num_parameters(&self) -> usize {
         let (l, c) = (self.n_layer, self.n_embd);
         let v = self.vocab_size + NUM_SPECIAL_TOKENS;
-        let per_layer = 2 * c
-            + (3 * c * c + 3 * c)
-            + (c * c + c)
-            + 2 * c
-            + (4 * c * c + 4 * c)
-            + (4 * c * c + c);
+        let per_layer = 2 * c + (3 * c * c + 3 * c) + (c * c + c) + 2 * c + (4 * c * c + 4 * c) + (4 * c * c + c);
         v * c + self.n_ctx * c + l * per_layer + 2 * c
     }
 
@@ -187,18 +157,9 @@ mod tests {
     #[test]
     fn padding_leaves_room_for_special_tokens() {
         for v in [1, 123, 128, 256, 257, 50257] {
-            let cfg = ModelConfig {
-                n_layer: 1,
-                n_head: 1,
-                n_embd: 8,
-                n_ctx: 8,
-                vocab_size: v,
-            };
+            let cfg = ModelConfig { n_layer: 1, n_head: 1, n_embd: 8, n_ctx: 8, vocab_size: v };
             let vp = cfg.padded_vocab_size();
-            assert!(
-                vp >= v + NUM_SPECIAL_TOKENS && vp % VOCAB_PAD_MULTIPLE == 0,
-                "V={v} Vp={vp}"
-            );
+            assert!(vp >= v + NUM_SPECIAL_TOKENS && vp % VOCAB_PAD_MULTIPLE == 0, "V={v} Vp={vp}");
         }
     }
 
@@ -208,13 +169,7 @@ mod tests {
         cfg.n_head = 3;
         assert!(matches!(cfg.validate(), Err(ConfigError::HeadSplit { .. })));
         cfg.n_head = 0;
-        assert_eq!(
-            cfg.validate(),
-            Err(ConfigError::Zero {
-                field: "n_head",
-                value: 0
-            })
-        );
+        assert_eq!(cfg.validate(), Err(ConfigError::Zero { field: "n_head", value: 0 }));
         assert!(ModelConfig::preset("d13", 257).is_err());
     }
 }

@@ -50,16 +50,8 @@ pub struct Tensor {
 impl Tensor {
     /// Elements `[start, start + len)` of this tensor.
     pub fn slice(self, start: usize, len: usize) -> Tensor {
-        assert!(
-            start + len <= self.len,
-            "slice {start}+{len} of a tensor of {}",
-            self.len
-        );
-        Tensor {
-            arena: self.arena,
-            offset: self.offset + start,
-            len,
-        }
+        assert!(start + len <= self.len, "slice {start}+{len} of a tensor of {}", self.len);
+        Tensor { arena: self.arena, offset: self.offset + start, len }
     }
 
     /// The same span in another arena with the same layout (`Params` → `Grads`, `OptM`, `OptV`).
@@ -141,11 +133,7 @@ impl Carver {
         Carver { arena, next: 0 }
     }
     fn take(&mut self, len: usize) -> Tensor {
-        let t = Tensor {
-            arena: self.arena,
-            offset: self.next,
-            len,
-        };
+        let t = Tensor { arena: self.arena, offset: self.next, len };
         self.next = (self.next + len).div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN;
         t
     }
@@ -157,65 +145,26 @@ impl ParamLayout {
         let vp = cfg.padded_vocab_size();
         let mut carver = Carver::new(Arena::Params);
         let mut specs = Vec::new();
-        let mut add =
-            |carver: &mut Carver, name: String, shape: Vec<usize>, decay: bool, conv1d: bool| {
-                let t = carver.take(shape.iter().product());
-                specs.push(ParamSpec {
-                    name,
-                    shape,
-                    tensor: t,
-                    decay,
-                    conv1d,
-                });
-                t
-            };
+        let mut add = |carver: &mut Carver, name: String, shape: Vec<usize>, decay: bool, conv1d: bool| {
+            let t = carver.take(shape.iter().product());
+            specs.push(ParamSpec { name, shape, tensor: t, decay, conv1d });
+            t
+        };
         // Decayed group first: every 2-D weight (embeddings included, as in nanoGPT).
         let wte = add(&mut carver, "wte.weight".into(), vec![vp, c], true, false);
-        let wpe = add(
-            &mut carver,
-            "wpe.weight".into(),
-            vec![cfg.n_ctx, c],
-            true,
-            false,
-        );
+        let wpe = add(&mut carver, "wpe.weight".into(), vec![cfg.n_ctx, c], true, false);
         let mut mats = Vec::with_capacity(l);
         for i in 0..l {
-            let qkv_w = add(
-                &mut carver,
-                format!("h.{i}.attn.c_attn.weight"),
-                vec![3 * c, c],
-                true,
-                true,
-            );
-            let attproj_w = add(
-                &mut carver,
-                format!("h.{i}.attn.c_proj.weight"),
-                vec![c, c],
-                true,
-                true,
-            );
-            let fc_w = add(
-                &mut carver,
-                format!("h.{i}.mlp.c_fc.weight"),
-                vec![4 * c, c],
-                true,
-                true,
-            );
-            let fcproj_w = add(
-                &mut carver,
-                format!("h.{i}.mlp.c_proj.weight"),
-                vec![c, 4 * c],
-                true,
-                true,
-            );
+            let qkv_w = add(&mut carver, format!("h.{i}.attn.c_attn.weight"), vec![3 * c, c], true, true);
+            let attproj_w = add(&mut carver, format!("h.{i}.attn.c_proj.weight"), vec![c, c], true, true);
+            let fc_w = add(&mut carver, format!("h.{i}.mlp.c_fc.weight"), vec![4 * c, c], true, true);
+            let fcproj_w = add(&mut carver, format!("h.{i}.mlp.c_proj.weight"), vec![c, 4 * c], true, true);
             mats.push((qkv_w, attproj_w, fc_w, fcproj_w));
         }
         let decay_end = carver.next;
         let mut layers = Vec::with_capacity(l);
         for (i, (qkv_w, attproj_w, fc_w, fcproj_w)) in mats.into_iter().enumerate() {
-            let mut vec1 = |name: &str, n: usize| {
-                add(&mut carver, format!("h.{i}.{name}"), vec![n], false, false)
-            };
+            let mut vec1 = |name: &str, n: usize| add(&mut carver, format!("h.{i}.{name}"), vec![n], false, false);
             layers.push(LayerParams {
                 ln1_w: vec1("ln_1.weight", c),
                 ln1_b: vec1("ln_1.bias", c),
@@ -233,16 +182,7 @@ impl ParamLayout {
         }
         let lnf_w = add(&mut carver, "ln_f.weight".into(), vec![c], false, false);
         let lnf_b = add(&mut carver, "ln_f.bias".into(), vec![c], false, false);
-        ParamLayout {
-            specs,
-            total: carver.next,
-            decay_end,
-            wte,
-            wpe,
-            layers,
-            lnf_w,
-            lnf_b,
-        }
+        ParamLayout { specs, total: carver.next, decay_end, wte, wpe, layers, lnf_w, lnf_b }
     }
 
     /// Looks a tensor up by its (unprefixed) Hugging Face name.
@@ -296,6 +236,10 @@ pub struct ActLayout {
     pub dqkv: Tensor,
     /// Scratch (B, T, 4C): d fch_gelu, turned into d fch in place.
     pub d4c: Tensor,
+    /// Generation only: per layer, the key/value cache (B, Tmax, 2C) laid out [k | v].
+    pub kv_cache: Vec<Tensor>,
+    /// Generation only: positions the cache holds (Tmax).
+    pub kv_len: usize,
     /// Elements of each arena.
     pub acts_total: usize,
     pub act_grads_total: usize,
@@ -310,17 +254,23 @@ impl ActLayout {
     /// Plans activations for (b, t). `chunk` bounds the logits rows held at once; `None` picks
     /// the largest multiple of 64 rows under [`LOGITS_CHUNK_ELEMS`] (or all B·T rows).
     pub fn new(cfg: &ModelConfig, b: usize, t: usize, chunk: Option<usize>) -> Self {
+        Self::plan(cfg, b, t, chunk, 0)
+    }
+
+    /// Plans one-token steps for `b` sequences with a key/value cache of `t_max` positions per
+    /// layer: what generation with a KV cache runs on.
+    pub fn for_generation(cfg: &ModelConfig, b: usize, t_max: usize) -> Self {
+        Self::plan(cfg, b, 1, Some(b), t_max)
+    }
+
+    fn plan(cfg: &ModelConfig, b: usize, t: usize, chunk: Option<usize>, kv_len: usize) -> Self {
         let (c, nh) = (cfg.n_embd, cfg.n_head);
         let vp = cfg.padded_vocab_size();
         let bt = b * t;
         let chunk = chunk
             .unwrap_or_else(|| {
                 let rows = LOGITS_CHUNK_ELEMS / vp;
-                if rows >= bt {
-                    bt
-                } else {
-                    (rows / 64 * 64).max(64)
-                }
+                if rows >= bt { bt } else { (rows / 64 * 64).max(64) }
             })
             .clamp(1, bt.max(1));
         let mut acts = Carver::new(Arena::Acts);
@@ -354,6 +304,7 @@ impl ActLayout {
         let lnf_rstd = stats.take(bt);
         let logits = acts.take(chunk * vp);
         let losses = stats.take(bt);
+        let kv_cache = (0..if kv_len > 0 { cfg.n_layer } else { 0 }).map(|_| acts.take(b * kv_len * 2 * c)).collect();
         let dres = grads.take(bt * c);
         let dbtc = grads.take(bt * c);
         let dqkv = grads.take(bt * 3 * c);
@@ -375,6 +326,8 @@ impl ActLayout {
             dbtc,
             dqkv,
             d4c,
+            kv_cache,
+            kv_len,
             acts_total: acts.next,
             act_grads_total: grads.next,
             stats_total: stats.next,
@@ -384,11 +337,7 @@ impl ActLayout {
 
     /// The residual stream entering block `l`.
     pub fn residual_in(&self, l: usize) -> Tensor {
-        if l == 0 {
-            self.encoded
-        } else {
-            self.layers[l - 1].residual3
-        }
+        if l == 0 { self.encoded } else { self.layers[l - 1].residual3 }
     }
 }
 
@@ -398,13 +347,7 @@ mod tests {
 
     #[test]
     fn params_are_disjoint_aligned_and_decay_first() {
-        let cfg = ModelConfig {
-            n_layer: 3,
-            n_head: 3,
-            n_embd: 30,
-            n_ctx: 17,
-            vocab_size: 101,
-        };
+        let cfg = ModelConfig { n_layer: 3, n_head: 3, n_embd: 30, n_ctx: 17, vocab_size: 101 };
         let p = ParamLayout::new(&cfg);
         for (i, a) in p.specs.iter().enumerate() {
             assert_eq!(a.tensor.offset % TENSOR_ALIGN, 0);
@@ -412,12 +355,7 @@ mod tests {
             assert_eq!(a.decay, a.shape.len() == 2, "{}", a.name);
             assert_eq!(a.decay, a.tensor.end() <= p.decay_end, "{}", a.name);
             for b in &p.specs[i + 1..] {
-                assert!(
-                    !a.tensor.overlaps(b.tensor),
-                    "{} overlaps {}",
-                    a.name,
-                    b.name
-                );
+                assert!(!a.tensor.overlaps(b.tensor), "{} overlaps {}", a.name, b.name);
             }
         }
         assert!(p.total >= p.specs.iter().map(|s| s.tensor.len).sum::<usize>());
@@ -432,25 +370,14 @@ mod tests {
         let counted: usize = p.specs.iter().map(|s| s.tensor.len).sum();
         // The table holds all Vp rows; the config counts the real and special ones.
         let real_rows = cfg.vocab_size + super::super::config::NUM_SPECIAL_TOKENS;
-        assert_eq!(
-            counted - (vp - real_rows) * cfg.n_embd,
-            cfg.num_parameters()
-        );
+        assert_eq!(counted - (vp - real_rows) * cfg.n_embd, cfg.num_parameters());
     }
 
     #[test]
     fn activations_are_disjoint_per_arena() {
-        let cfg = ModelConfig {
-            n_layer: 2,
-            n_head: 2,
-            n_embd: 8,
-            n_ctx: 8,
-            vocab_size: 50,
-        };
+        let cfg = ModelConfig { n_layer: 2, n_head: 2, n_embd: 8, n_ctx: 8, vocab_size: 50 };
         let a = ActLayout::new(&cfg, 3, 5, Some(4));
-        let mut all = vec![
-            a.tokens, a.targets, a.encoded, a.lnf, a.lnf_mean, a.lnf_rstd, a.logits, a.losses,
-        ];
+        let mut all = vec![a.tokens, a.targets, a.encoded, a.lnf, a.lnf_mean, a.lnf_rstd, a.logits, a.losses];
         all.extend([a.dres, a.dbtc, a.dqkv, a.d4c]);
         for l in &a.layers {
             all.extend([

@@ -20,14 +20,8 @@ pub enum ModelError {
     #[error(transparent)]
     Backend(#[from] BackendError),
     #[error("batch {what} has {given} ids, the model was planned for {expected}")]
-    BatchShape {
-        what: &'static str,
-        given: usize,
-        expected: usize,
-    },
-    #[error(
-        "token id {id} at position {pos} is outside the vocabulary (ids must be below {limit})"
-    )]
+    BatchShape { what: &'static str, given: usize, expected: usize },
+    #[error("token id {id} at position {pos} is outside the vocabulary (ids must be below {limit})")]
     TokenRange { id: i32, pos: usize, limit: usize },
 }
 
@@ -50,22 +44,12 @@ pub fn init_params(cfg: &ModelConfig, p: &ParamLayout, seed: u64) -> Vec<f32> {
     let residual_std = INIT_STD / (2.0 * cfg.n_layer as f64).sqrt();
     for spec in &p.specs {
         let span = &mut host[spec.tensor.offset..spec.tensor.end()];
-        if spec.name.ends_with("ln_1.weight")
-            || spec.name.ends_with("ln_2.weight")
-            || spec.name == "ln_f.weight"
-        {
+        if spec.name.ends_with("ln_1.weight") || spec.name.ends_with("ln_2.weight") || spec.name == "ln_f.weight" {
             span.fill(1.0);
         } else if spec.decay {
-            let std = if spec.name.ends_with("c_proj.weight") {
-                residual_std
-            } else {
-                INIT_STD
-            };
-            let live = if spec.name == "wte.weight" {
-                (cfg.vocab_size + NUM_SPECIAL_TOKENS) * cfg.n_embd
-            } else {
-                span.len()
-            };
+            let std = if spec.name.ends_with("c_proj.weight") { residual_std } else { INIT_STD };
+            let live =
+                if spec.name == "wte.weight" { (cfg.vocab_size + NUM_SPECIAL_TOKENS) * cfg.n_embd } else { span.len() };
             for x in &mut span[..live] {
                 *x = (rng.normal() * std) as f32;
             }
@@ -83,32 +67,18 @@ impl<K: Backend> Gpt<K> {
     ) -> Result<Self, ModelError> {
         let params = ParamLayout::new(&cfg);
         let backend = build(&params, &acts)?;
-        Ok(Gpt {
-            cfg,
-            params,
-            acts,
-            backend,
-            counted_targets: 0,
-        })
+        Ok(Gpt { cfg, params, acts, backend, counted_targets: 0 })
     }
 
     /// Copies a full parameter vector (layout order, f32) to the backend.
     pub fn load_params(&mut self, host: &[f32]) -> Result<(), ModelError> {
-        let all = layout::Tensor {
-            arena: Arena::Params,
-            offset: 0,
-            len: self.params.total,
-        };
+        let all = layout::Tensor { arena: Arena::Params, offset: 0, len: self.params.total };
         Ok(self.backend.upload(all, host)?)
     }
 
     /// The full-precision parameters, layout order.
     pub fn params_to_host(&mut self) -> Result<Vec<f32>, ModelError> {
-        let all = layout::Tensor {
-            arena: Arena::Params,
-            offset: 0,
-            len: self.params.total,
-        };
+        let all = layout::Tensor { arena: Arena::Params, offset: 0, len: self.params.total };
         Ok(self.backend.download(all)?)
     }
 
@@ -117,31 +87,16 @@ impl<K: Backend> Gpt<K> {
         let n = self.acts.b * self.acts.t;
         for (what, ids) in [("tokens", tokens), ("targets", targets)] {
             if ids.len() != n {
-                return Err(ModelError::BatchShape {
-                    what,
-                    given: ids.len(),
-                    expected: n,
-                });
+                return Err(ModelError::BatchShape { what, given: ids.len(), expected: n });
             }
         }
         let vp = self.cfg.padded_vocab_size();
         if let Some(pos) = tokens.iter().position(|&x| x < 0 || x as usize >= vp) {
-            return Err(ModelError::TokenRange {
-                id: tokens[pos],
-                pos,
-                limit: vp,
-            });
+            return Err(ModelError::TokenRange { id: tokens[pos], pos, limit: vp });
         }
         let v = self.cfg.vocab_size;
-        if let Some(pos) = targets
-            .iter()
-            .position(|&x| x < -1 || x >= 0 && x as usize >= v)
-        {
-            return Err(ModelError::TokenRange {
-                id: targets[pos],
-                pos,
-                limit: v,
-            });
+        if let Some(pos) = targets.iter().position(|&x| x < -1 || x >= 0 && x as usize >= v) {
+            return Err(ModelError::TokenRange { id: targets[pos], pos, limit: v });
         }
         self.counted_targets = targets.iter().filter(|&&x| x >= 0).count();
         self.backend.upload_ints(self.acts.tokens, tokens)?;
@@ -161,7 +116,7 @@ impl<K: Backend> Gpt<K> {
             &self.cfg,
             &self.params,
             &self.acts,
-            causal,
+            schedule::Attention::Full { causal },
         )?;
         schedule::classifier(&mut self.backend, &self.cfg, &self.params, &self.acts, None)?;
         self.mean_loss()
@@ -175,23 +130,11 @@ impl<K: Backend> Gpt<K> {
             &self.cfg,
             &self.params,
             &self.acts,
-            causal,
+            schedule::Attention::Full { causal },
         )?;
         let dloss = loss_weight / self.counted_targets.max(1) as f32;
-        schedule::classifier(
-            &mut self.backend,
-            &self.cfg,
-            &self.params,
-            &self.acts,
-            Some(dloss),
-        )?;
-        schedule::backward(
-            &mut self.backend,
-            &self.cfg,
-            &self.params,
-            &self.acts,
-            causal,
-        )?;
+        schedule::classifier(&mut self.backend, &self.cfg, &self.params, &self.acts, Some(dloss))?;
+        schedule::backward(&mut self.backend, &self.cfg, &self.params, &self.acts, causal)?;
         self.mean_loss()
     }
 
@@ -202,11 +145,7 @@ impl<K: Backend> Gpt<K> {
 
     /// Clears the parameter gradients (before the first micro-batch of a step).
     pub fn zero_grads(&mut self) -> Result<(), ModelError> {
-        let all = layout::Tensor {
-            arena: Arena::Grads,
-            offset: 0,
-            len: self.params.total,
-        };
+        let all = layout::Tensor { arena: Arena::Grads, offset: 0, len: self.params.total };
         Ok(self.backend.zero(all)?)
     }
 
@@ -225,7 +164,6 @@ impl Gpt<CpuBackend<f32>> {
     /// The model on the CPU reference backend.
     pub fn cpu(cfg: ModelConfig, b: usize, t: usize) -> Self {
         let acts = ActLayout::new(&cfg, b, t, None);
-        Gpt::new(cfg, acts, |p, a| Ok(CpuBackend::new(p.total, a)))
-            .expect("the CPU backend cannot fail to build")
+        Gpt::new(cfg, acts, |p, a| Ok(CpuBackend::new(p.total, a))).expect("the CPU backend cannot fail to build")
     }
 }

@@ -9,62 +9,47 @@ use super::config::ModelConfig;
 use super::layout::{ActLayout, ParamLayout};
 use crate::backend::{Backend, Result};
 
+/// How the blocks attend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attention {
+    /// Over the whole sequence of `a.t` tokens: causal (CLM) or bidirectional (MLM).
+    Full { causal: bool },
+    /// One new token per sequence at position `pos`, against the key/value cache in
+    /// `a.kv_cache` (generation; `a.t` is 1).
+    Cached { pos: usize },
+}
+
 /// Embedding, every block, and the final layernorm: fills `a.lnf` from `a.tokens`.
 pub fn forward<K: Backend>(
     k: &mut K,
     cfg: &ModelConfig,
     p: &ParamLayout,
     a: &ActLayout,
-    causal: bool,
+    attn: Attention,
 ) -> Result<()> {
     let (b, t, c, nh) = (a.b, a.t, cfg.n_embd, cfg.n_head);
     let (n, hs) = (b * t, cfg.head_size());
-    k.encoder_forward(a.encoded, a.tokens, p.wte, p.wpe, b, t, c)?;
+    let wpe = match attn {
+        Attention::Full { .. } => p.wpe,
+        Attention::Cached { pos } => p.wpe.slice(pos * c, c),
+    };
+    k.encoder_forward(a.encoded, a.tokens, p.wte, wpe, b, t, c)?;
     for (l, (lp, la)) in p.layers.iter().zip(&a.layers).enumerate() {
         let residual = a.residual_in(l);
-        k.layernorm_forward(
-            la.ln1,
-            la.ln1_mean,
-            la.ln1_rstd,
-            residual,
-            lp.ln1_w,
-            lp.ln1_b,
-            n,
-            c,
-        )?;
+        k.layernorm_forward(la.ln1, la.ln1_mean, la.ln1_rstd, residual, lp.ln1_w, lp.ln1_b, n, c)?;
         k.matmul_forward(la.qkv, la.ln1, lp.qkv_w, Some(lp.qkv_b), n, c, 3 * c)?;
-        k.attention_forward(la.atty, la.att_lse, la.qkv, b, t, nh, hs, causal)?;
-        k.matmul_forward(
-            la.attproj,
-            la.atty,
-            lp.attproj_w,
-            Some(lp.attproj_b),
-            n,
-            c,
-            c,
-        )?;
+        match attn {
+            Attention::Full { causal } => k.attention_forward(la.atty, la.att_lse, la.qkv, b, t, nh, hs, causal)?,
+            Attention::Cached { pos } => {
+                k.attention_cached(la.atty, la.qkv, a.kv_cache[l], b, a.kv_len, pos, nh, hs)?
+            }
+        }
+        k.matmul_forward(la.attproj, la.atty, lp.attproj_w, Some(lp.attproj_b), n, c, c)?;
         k.residual_forward(la.residual2, residual, la.attproj)?;
-        k.layernorm_forward(
-            la.ln2,
-            la.ln2_mean,
-            la.ln2_rstd,
-            la.residual2,
-            lp.ln2_w,
-            lp.ln2_b,
-            n,
-            c,
-        )?;
+        k.layernorm_forward(la.ln2, la.ln2_mean, la.ln2_rstd, la.residual2, lp.ln2_w, lp.ln2_b, n, c)?;
         k.matmul_forward(la.fch, la.ln2, lp.fc_w, Some(lp.fc_b), n, c, 4 * c)?;
         k.gelu_forward(la.fch_gelu, la.fch)?;
-        k.matmul_forward(
-            la.fcproj,
-            la.fch_gelu,
-            lp.fcproj_w,
-            Some(lp.fcproj_b),
-            n,
-            4 * c,
-            c,
-        )?;
+        k.matmul_forward(la.fcproj, la.fch_gelu, lp.fcproj_w, Some(lp.fcproj_b), n, 4 * c, c)?;
         k.residual_forward(la.residual3, la.residual2, la.fcproj)?;
     }
     let last = a.residual_in(cfg.n_layer);
@@ -82,39 +67,16 @@ pub fn classifier<K: Backend>(
     a: &ActLayout,
     dloss: Option<f32>,
 ) -> Result<()> {
-    let (n, c, v, vp) = (
-        a.b * a.t,
-        cfg.n_embd,
-        cfg.vocab_size,
-        cfg.padded_vocab_size(),
-    );
+    let (n, c, v, vp) = (a.b * a.t, cfg.n_embd, cfg.vocab_size, cfg.padded_vocab_size());
     let mut start = 0;
     while start < n {
         let rows = a.chunk.min(n - start);
         let lnf = a.lnf.slice(start * c, rows * c);
         let logits = a.logits.slice(0, rows * vp);
         k.matmul_forward(logits, lnf, p.wte, None, rows, c, vp)?;
-        k.cross_entropy(
-            a.losses.slice(start, rows),
-            logits,
-            a.targets.slice(start, rows),
-            rows,
-            v,
-            vp,
-            dloss,
-        )?;
+        k.cross_entropy(a.losses.slice(start, rows), logits, a.targets.slice(start, rows), rows, v, vp, dloss)?;
         if dloss.is_some() {
-            k.matmul_backward(
-                a.dbtc.slice(start * c, rows * c),
-                p.wte.grad(),
-                None,
-                logits,
-                lnf,
-                p.wte,
-                rows,
-                c,
-                vp,
-            )?;
+            k.matmul_backward(a.dbtc.slice(start * c, rows * c), p.wte.grad(), None, logits, lnf, p.wte, rows, c, vp)?;
         }
         start += rows;
     }
@@ -133,41 +95,16 @@ pub fn logits<K: Backend>(
 ) -> Result<()> {
     let (c, vp) = (cfg.n_embd, cfg.padded_vocab_size());
     assert!(rows <= a.chunk && start + rows <= a.b * a.t);
-    k.matmul_forward(
-        a.logits.slice(0, rows * vp),
-        a.lnf.slice(start * c, rows * c),
-        p.wte,
-        None,
-        rows,
-        c,
-        vp,
-    )
+    k.matmul_forward(a.logits.slice(0, rows * vp), a.lnf.slice(start * c, rows * c), p.wte, None, rows, c, vp)
 }
 
 /// Everything after the classifier: from dlnf in `a.dbtc` to every parameter gradient (`+=`).
-pub fn backward<K: Backend>(
-    k: &mut K,
-    cfg: &ModelConfig,
-    p: &ParamLayout,
-    a: &ActLayout,
-    causal: bool,
-) -> Result<()> {
+pub fn backward<K: Backend>(k: &mut K, cfg: &ModelConfig, p: &ParamLayout, a: &ActLayout, causal: bool) -> Result<()> {
     let (b, t, c, nh) = (a.b, a.t, cfg.n_embd, cfg.n_head);
     let (n, hs) = (b * t, cfg.head_size());
     k.zero(a.dres)?;
     let last = a.residual_in(cfg.n_layer);
-    k.layernorm_backward(
-        a.dres,
-        p.lnf_w.grad(),
-        p.lnf_b.grad(),
-        a.dbtc,
-        last,
-        p.lnf_w,
-        a.lnf_mean,
-        a.lnf_rstd,
-        n,
-        c,
-    )?;
+    k.layernorm_backward(a.dres, p.lnf_w.grad(), p.lnf_b.grad(), a.dbtc, last, p.lnf_w, a.lnf_mean, a.lnf_rstd, n, c)?;
     for (l, (lp, la)) in p.layers.iter().zip(&a.layers).enumerate().rev() {
         let residual = a.residual_in(l);
         // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2)))).
@@ -183,17 +120,7 @@ pub fn backward<K: Backend>(
             c,
         )?;
         k.gelu_backward(a.d4c, la.fch)?;
-        k.matmul_backward(
-            a.dbtc,
-            lp.fc_w.grad(),
-            Some(lp.fc_b.grad()),
-            a.d4c,
-            la.ln2,
-            lp.fc_w,
-            n,
-            c,
-            4 * c,
-        )?;
+        k.matmul_backward(a.dbtc, lp.fc_w.grad(), Some(lp.fc_b.grad()), a.d4c, la.ln2, lp.fc_w, n, c, 4 * c)?;
         k.layernorm_backward(
             a.dres,
             lp.ln2_w.grad(),
@@ -218,20 +145,8 @@ pub fn backward<K: Backend>(
             c,
             c,
         )?;
-        k.attention_backward(
-            a.dqkv, a.dbtc, la.qkv, la.atty, la.att_lse, b, t, nh, hs, causal,
-        )?;
-        k.matmul_backward(
-            a.dbtc,
-            lp.qkv_w.grad(),
-            Some(lp.qkv_b.grad()),
-            a.dqkv,
-            la.ln1,
-            lp.qkv_w,
-            n,
-            c,
-            3 * c,
-        )?;
+        k.attention_backward(a.dqkv, a.dbtc, la.qkv, la.atty, la.att_lse, b, t, nh, hs, causal)?;
+        k.matmul_backward(a.dbtc, lp.qkv_w.grad(), Some(lp.qkv_b.grad()), a.dqkv, la.ln1, lp.qkv_w, n, c, 3 * c)?;
         k.layernorm_backward(
             a.dres,
             lp.ln1_w.grad(),

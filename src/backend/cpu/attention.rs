@@ -45,8 +45,7 @@ pub fn attention_forward<F: Float>(
         || (vec![0f64; t], vec![0f64; hs]),
         |(p, acc), bh| {
             let (bi, h) = (bh / nh, bh % nh);
-            let row =
-                |i: usize, part: usize| &qkv[(bi * t + i) * 3 * c + part * c + h * hs..][..hs];
+            let row = |i: usize, part: usize| &qkv[(bi * t + i) * 3 * c + part * c + h * hs..][..hs];
             for i in 0..t {
                 let q = row(i, 0);
                 let n_keys = if causal { i + 1 } else { t };
@@ -95,10 +94,7 @@ pub fn attention_backward<F: Float>(
 ) {
     let c = nh * hs;
     assert!(
-        dqkv.len() >= b * t * 3 * c
-            && dout.len() >= b * t * c
-            && out.len() >= b * t * c
-            && lse.len() >= b * nh * t
+        dqkv.len() >= b * t * 3 * c && dout.len() >= b * t * c && out.len() >= b * t * c && lse.len() >= b * nh * t
     );
     let scale = 1.0 / (hs as f64).sqrt();
     let dqkv_p = SharedMut(dqkv.as_mut_ptr());
@@ -106,8 +102,7 @@ pub fn attention_backward<F: Float>(
         || (vec![0f64; t * hs], vec![0f64; t * hs], vec![0f64; hs]),
         |(dk, dv, dq), bh| {
             let (bi, h) = (bh / nh, bh % nh);
-            let row =
-                |i: usize, part: usize| &qkv[(bi * t + i) * 3 * c + part * c + h * hs..][..hs];
+            let row = |i: usize, part: usize| &qkv[(bi * t + i) * 3 * c + part * c + h * hs..][..hs];
             dk.fill(0.0);
             dv.fill(0.0);
             for i in 0..t {
@@ -139,11 +134,55 @@ pub fn attention_backward<F: Float>(
                 unsafe {
                     for d in 0..hs {
                         *dqkv_p.at((bi * t + j) * 3 * c + c + h * hs + d) = F::of(dk[j * hs + d]);
-                        *dqkv_p.at((bi * t + j) * 3 * c + 2 * c + h * hs + d) =
-                            F::of(dv[j * hs + d]);
+                        *dqkv_p.at((bi * t + j) * 3 * c + 2 * c + h * hs + d) = F::of(dv[j * hs + d]);
                     }
                 }
             }
         },
     );
+}
+
+/// One generation step: stores k, v of position `pos` from qkv (B,1,3C) into kv (B,Tmax,2C),
+/// then out (B,1,C) = causal attention of the new q over positions 0..=pos.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_cached<F: Float>(
+    out: &mut [F],
+    qkv: &[F],
+    kv: &mut [F],
+    b: usize,
+    t_max: usize,
+    pos: usize,
+    nh: usize,
+    hs: usize,
+) {
+    let c = nh * hs;
+    assert!(pos < t_max && kv.len() >= b * t_max * 2 * c && qkv.len() >= b * 3 * c && out.len() >= b * c);
+    let scale = 1.0 / (hs as f64).sqrt();
+    for bi in 0..b {
+        let cache = &mut kv[bi * t_max * 2 * c..][..t_max * 2 * c];
+        cache[pos * 2 * c..][..2 * c].copy_from_slice(&qkv[bi * 3 * c + c..][..2 * c]);
+        let cache = &*cache;
+        let mut p = vec![0f64; pos + 1];
+        for h in 0..nh {
+            let q = &qkv[bi * 3 * c + h * hs..][..hs];
+            let mut max = f64::NEG_INFINITY;
+            for (j, pj) in p.iter_mut().enumerate() {
+                *pj = dot(q, &cache[j * 2 * c + h * hs..][..hs]).f64() * scale;
+                max = max.max(*pj);
+            }
+            let mut sum = 0.0;
+            for pj in p.iter_mut() {
+                *pj = (*pj - max).exp();
+                sum += *pj;
+            }
+            let o = &mut out[bi * c + h * hs..][..hs];
+            o.fill(F::zero());
+            for (j, pj) in p.iter().enumerate() {
+                let w = F::of(pj / sum);
+                for (o, &v) in o.iter_mut().zip(&cache[j * 2 * c + c + h * hs..][..hs]) {
+                    *o += w * v;
+                }
+            }
+        }
+    }
 }

@@ -4,25 +4,14 @@ use super::Float;
 use rayon::prelude::*;
 
 /// out (B,T,C) = wte[tokens[b,t]] + wpe[t]. Overwrites `out`.
-pub fn encoder_forward<F: Float>(
-    out: &mut [F],
-    tokens: &[i32],
-    wte: &[F],
-    wpe: &[F],
-    b: usize,
-    t: usize,
-    c: usize,
-) {
-    out[..b * t * c]
-        .par_chunks_mut(c)
-        .enumerate()
-        .for_each(|(i, row)| {
-            let tok = tokens[i] as usize;
-            let (e, p) = (&wte[tok * c..][..c], &wpe[(i % t) * c..][..c]);
-            for ((o, &x), &y) in row.iter_mut().zip(e).zip(p) {
-                *o = x + y;
-            }
-        });
+pub fn encoder_forward<F: Float>(out: &mut [F], tokens: &[i32], wte: &[F], wpe: &[F], b: usize, t: usize, c: usize) {
+    out[..b * t * c].par_chunks_mut(c).enumerate().for_each(|(i, row)| {
+        let tok = tokens[i] as usize;
+        let (e, p) = (&wte[tok * c..][..c], &wpe[(i % t) * c..][..c]);
+        for ((o, &x), &y) in row.iter_mut().zip(e).zip(p) {
+            *o = x + y;
+        }
+    });
 }
 
 /// dwte (Vp,C) += dout rows scattered by token; dwpe (T,C) += dout summed over B.
@@ -38,16 +27,13 @@ pub fn encoder_backward<F: Float>(
     t: usize,
     c: usize,
 ) {
-    dwpe[..t * c]
-        .par_chunks_mut(c)
-        .enumerate()
-        .for_each(|(pos, row)| {
-            for bi in 0..b {
-                for (g, &d) in row.iter_mut().zip(&dout[(bi * t + pos) * c..][..c]) {
-                    *g += d;
-                }
+    dwpe[..t * c].par_chunks_mut(c).enumerate().for_each(|(pos, row)| {
+        for bi in 0..b {
+            for (g, &d) in row.iter_mut().zip(&dout[(bi * t + pos) * c..][..c]) {
+                *g += d;
             }
-        });
+        }
+    });
     // Bucket positions by token (CSR), then each row of dwte gathers its own positions.
     let vp = dwte.len() / c;
     let mut start = vec![0usize; vp + 1];

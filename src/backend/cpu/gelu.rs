@@ -10,52 +10,34 @@ const ELEMS_PER_TASK: usize = 1 << 14;
 
 /// out (N) = 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
 pub fn gelu_forward<F: Float>(out: &mut [F], inp: &[F]) {
-    out.par_chunks_mut(ELEMS_PER_TASK)
-        .zip(inp.par_chunks(ELEMS_PER_TASK))
-        .for_each(|(o, x)| {
-            let (k, cubic, half, one) = (
-                F::of(SQRT_2_OVER_PI),
-                F::of(GELU_CUBIC),
-                F::of(0.5),
-                F::one(),
-            );
-            for (o, &x) in o.iter_mut().zip(x) {
-                let u = k * (x + cubic * x * x * x);
-                *o = half * x * (one + u.tanh());
-            }
-        });
+    out.par_chunks_mut(ELEMS_PER_TASK).zip(inp.par_chunks(ELEMS_PER_TASK)).for_each(|(o, x)| {
+        let (k, cubic, half, one) = (F::of(SQRT_2_OVER_PI), F::of(GELU_CUBIC), F::of(0.5), F::one());
+        for (o, &x) in o.iter_mut().zip(x) {
+            let u = k * (x + cubic * x * x * x);
+            *o = half * x * (one + u.tanh());
+        }
+    });
 }
 
 /// d (N): dL/d(out) on entry, dL/d(inp) on exit.
 pub fn gelu_backward<F: Float>(d: &mut [F], inp: &[F]) {
-    d.par_chunks_mut(ELEMS_PER_TASK)
-        .zip(inp.par_chunks(ELEMS_PER_TASK))
-        .for_each(|(d, x)| {
-            let (k, cubic, half, one, three) = (
-                F::of(SQRT_2_OVER_PI),
-                F::of(GELU_CUBIC),
-                F::of(0.5),
-                F::one(),
-                F::of(3.0),
-            );
-            for (d, &x) in d.iter_mut().zip(x) {
-                let th = (k * (x + cubic * x * x * x)).tanh();
-                let du = k * (one + three * cubic * x * x);
-                *d = *d * (half * (one + th) + half * x * (one - th * th) * du);
-            }
-        });
+    d.par_chunks_mut(ELEMS_PER_TASK).zip(inp.par_chunks(ELEMS_PER_TASK)).for_each(|(d, x)| {
+        let (k, cubic, half, one, three) = (F::of(SQRT_2_OVER_PI), F::of(GELU_CUBIC), F::of(0.5), F::one(), F::of(3.0));
+        for (d, &x) in d.iter_mut().zip(x) {
+            let th = (k * (x + cubic * x * x * x)).tanh();
+            let du = k * (one + three * cubic * x * x);
+            *d = *d * (half * (one + th) + half * x * (one - th * th) * du);
+        }
+    });
 }
 
 /// out (N) = a + b.
 pub fn residual_forward<F: Float>(out: &mut [F], a: &[F], b: &[F]) {
-    out.par_chunks_mut(ELEMS_PER_TASK)
-        .zip(
-            a.par_chunks(ELEMS_PER_TASK)
-                .zip(b.par_chunks(ELEMS_PER_TASK)),
-        )
-        .for_each(|(o, (a, b))| {
+    out.par_chunks_mut(ELEMS_PER_TASK).zip(a.par_chunks(ELEMS_PER_TASK).zip(b.par_chunks(ELEMS_PER_TASK))).for_each(
+        |(o, (a, b))| {
             for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
                 *o = a + b;
             }
-        });
+        },
+    );
 }

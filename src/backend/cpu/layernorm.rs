@@ -16,11 +16,8 @@ pub fn layernorm_forward<F: Float>(
     n: usize,
     c: usize,
 ) {
-    out[..n * c]
-        .par_chunks_mut(c)
-        .zip(mean[..n].par_iter_mut().zip(rstd[..n].par_iter_mut()))
-        .enumerate()
-        .for_each(|(i, (row, (m_out, s_out)))| {
+    out[..n * c].par_chunks_mut(c).zip(mean[..n].par_iter_mut().zip(rstd[..n].par_iter_mut())).enumerate().for_each(
+        |(i, (row, (m_out, s_out)))| {
             let x = &inp[i * c..][..c];
             let m = x.iter().map(|v| v.f64()).sum::<f64>() / c as f64;
             let var = x.iter().map(|v| (v.f64() - m).powi(2)).sum::<f64>() / c as f64;
@@ -30,7 +27,8 @@ pub fn layernorm_forward<F: Float>(
             }
             *m_out = F::of(m);
             *s_out = F::of(s);
-        });
+        },
+    );
 }
 
 /// dinp (N,C) +=, dw (C) +=, db (C) += the gradients of `layernorm_forward` given dout.
@@ -47,27 +45,24 @@ pub fn layernorm_backward<F: Float>(
     n: usize,
     c: usize,
 ) {
-    dinp[..n * c]
-        .par_chunks_mut(c)
-        .enumerate()
-        .for_each(|(i, drow)| {
-            let (x, dy) = (&inp[i * c..][..c], &dout[i * c..][..c]);
-            let (m, s) = (mean[i].f64(), rstd[i].f64());
-            let (mut dnorm_mean, mut dnorm_norm_mean) = (0.0f64, 0.0f64);
-            for k in 0..c {
-                let norm = (x[k].f64() - m) * s;
-                let dnorm = w[k].f64() * dy[k].f64();
-                dnorm_mean += dnorm;
-                dnorm_norm_mean += dnorm * norm;
-            }
-            dnorm_mean /= c as f64;
-            dnorm_norm_mean /= c as f64;
-            for k in 0..c {
-                let norm = (x[k].f64() - m) * s;
-                let dnorm = w[k].f64() * dy[k].f64();
-                drow[k] += F::of((dnorm - dnorm_mean - norm * dnorm_norm_mean) * s);
-            }
-        });
+    dinp[..n * c].par_chunks_mut(c).enumerate().for_each(|(i, drow)| {
+        let (x, dy) = (&inp[i * c..][..c], &dout[i * c..][..c]);
+        let (m, s) = (mean[i].f64(), rstd[i].f64());
+        let (mut dnorm_mean, mut dnorm_norm_mean) = (0.0f64, 0.0f64);
+        for k in 0..c {
+            let norm = (x[k].f64() - m) * s;
+            let dnorm = w[k].f64() * dy[k].f64();
+            dnorm_mean += dnorm;
+            dnorm_norm_mean += dnorm * norm;
+        }
+        dnorm_mean /= c as f64;
+        dnorm_norm_mean /= c as f64;
+        for k in 0..c {
+            let norm = (x[k].f64() - m) * s;
+            let dnorm = w[k].f64() * dy[k].f64();
+            drow[k] += F::of((dnorm - dnorm_mean - norm * dnorm_norm_mean) * s);
+        }
+    });
     // dw and db: [dw | db] partial sums over fixed row chunks, added in order.
     let sums = sum_row_chunks(n, 2 * c, |i, acc| {
         let (x, dy) = (&inp[i * c..][..c], &dout[i * c..][..c]);

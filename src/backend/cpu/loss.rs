@@ -18,35 +18,29 @@ pub fn cross_entropy<F: Float>(
     vp: usize,
     dloss: Option<F>,
 ) {
-    logits[..n * vp]
-        .par_chunks_mut(vp)
-        .zip(losses[..n].par_iter_mut())
-        .enumerate()
-        .for_each(|(i, (row, loss))| {
-            let target = targets[i];
-            if target < 0 {
-                *loss = F::zero();
-                if dloss.is_some() {
-                    row.fill(F::zero());
-                }
-                return;
+    logits[..n * vp].par_chunks_mut(vp).zip(losses[..n].par_iter_mut()).enumerate().for_each(|(i, (row, loss))| {
+        let target = targets[i];
+        if target < 0 {
+            *loss = F::zero();
+            if dloss.is_some() {
+                row.fill(F::zero());
             }
-            let target = target as usize;
-            assert!(target < v, "target {target} outside the vocabulary of {v}");
-            let max = row[..v]
-                .iter()
-                .fold(f64::NEG_INFINITY, |m, x| m.max(x.f64()));
-            let sum: f64 = row[..v].iter().map(|x| (x.f64() - max).exp()).sum();
-            let lse = max + sum.ln();
-            *loss = F::of(lse - row[target].f64());
-            if let Some(dloss) = dloss {
-                let dloss = dloss.f64();
-                for (j, x) in row[..v].iter_mut().enumerate() {
-                    let p = (x.f64() - lse).exp();
-                    let indicator = if j == target { 1.0 } else { 0.0 };
-                    *x = F::of((p - indicator) * dloss);
-                }
-                row[v..].fill(F::zero());
+            return;
+        }
+        let target = target as usize;
+        assert!(target < v, "target {target} outside the vocabulary of {v}");
+        let max = row[..v].iter().fold(f64::NEG_INFINITY, |m, x| m.max(x.f64()));
+        let sum: f64 = row[..v].iter().map(|x| (x.f64() - max).exp()).sum();
+        let lse = max + sum.ln();
+        *loss = F::of(lse - row[target].f64());
+        if let Some(dloss) = dloss {
+            let dloss = dloss.f64();
+            for (j, x) in row[..v].iter_mut().enumerate() {
+                let p = (x.f64() - lse).exp();
+                let indicator = if j == target { 1.0 } else { 0.0 };
+                *x = F::of((p - indicator) * dloss);
             }
-        });
+            row[v..].fill(F::zero());
+        }
+    });
 }

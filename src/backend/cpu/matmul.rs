@@ -10,11 +10,7 @@ use gemm::Parallelism;
 
 fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
     // Below ~1 MFLOP the thread hand-off costs more than it saves.
-    if m * n * k < 1 << 20 {
-        Parallelism::None
-    } else {
-        Parallelism::Rayon(rayon::current_num_threads())
-    }
+    if m * n * k < 1 << 20 { Parallelism::None } else { Parallelism::Rayon(rayon::current_num_threads()) }
 }
 
 /// dst (M,N) = [dst +] lhs (M,K) · rhs (K,N), all given by (row stride, column stride).
@@ -32,14 +28,8 @@ fn gemm_strided<F: Float>(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(
-        k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs,
-        "gemm lhs too small"
-    );
-    assert!(
-        k == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs,
-        "gemm rhs too small"
-    );
+    assert!(k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs, "gemm lhs too small");
+    assert!(k == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs, "gemm rhs too small");
     // SAFETY: the asserts above keep every index the strides reach inside the slices; dst does
     // not alias lhs or rhs (it is a &mut).
     unsafe {
@@ -68,15 +58,7 @@ fn gemm_strided<F: Float>(
 }
 
 /// out (N,OC) = inp (N,C) · wᵀ + bias. Overwrites `out`.
-pub fn matmul_forward<F: Float>(
-    out: &mut [F],
-    inp: &[F],
-    w: &[F],
-    bias: Option<&[F]>,
-    n: usize,
-    c: usize,
-    oc: usize,
-) {
+pub fn matmul_forward<F: Float>(out: &mut [F], inp: &[F], w: &[F], bias: Option<&[F]>, n: usize, c: usize, oc: usize) {
     let out = &mut out[..n * oc];
     if let Some(bias) = bias {
         for row in out.chunks_mut(oc) {
@@ -99,24 +81,8 @@ pub fn matmul_backward<F: Float>(
     c: usize,
     oc: usize,
 ) {
-    gemm_strided(
-        &mut dinp[..n * c],
-        false,
-        (n, c, oc),
-        dout,
-        (oc, 1),
-        w,
-        (c, 1),
-    );
-    gemm_strided(
-        &mut dw[..oc * c],
-        true,
-        (oc, c, n),
-        dout,
-        (1, oc),
-        inp,
-        (c, 1),
-    );
+    gemm_strided(&mut dinp[..n * c], false, (n, c, oc), dout, (oc, 1), w, (c, 1));
+    gemm_strided(&mut dw[..oc * c], true, (oc, c, n), dout, (1, oc), inp, (c, 1));
     if let Some(dbias) = dbias {
         let sums = sum_row_chunks(n, oc, |i, acc| {
             for (a, &d) in acc.iter_mut().zip(&dout[i * oc..][..oc]) {

@@ -16,7 +16,7 @@ pub mod loss;
 pub mod matmul;
 
 pub use adamw::{adamw, norm_squared};
-pub use attention::{attention_backward, attention_forward};
+pub use attention::{attention_backward, attention_cached, attention_forward};
 pub use encoder::{encoder_backward, encoder_forward};
 pub use gelu::{gelu_backward, gelu_forward, residual_forward};
 pub use layernorm::{layernorm_backward, layernorm_forward};
@@ -29,9 +29,7 @@ use rayon::prelude::*;
 use std::fmt::Debug;
 
 /// The element types the reference runs in: f32 for training, f64 for gradient checks.
-pub trait Float:
-    num_traits::Float + num_traits::NumAssign + Send + Sync + Default + Debug + 'static
-{
+pub trait Float: num_traits::Float + num_traits::NumAssign + Send + Sync + Default + Debug + 'static {
     fn of(x: f64) -> Self;
     fn f64(self) -> f64;
 }
@@ -59,11 +57,7 @@ const ROWS_PER_CHUNK: usize = 64;
 
 /// Σ over rows 0..n of `add_row(row, acc)` into a `width`-long f64 vector: rows are grouped into
 /// fixed chunks summed in parallel, then the chunk sums are added in chunk order.
-pub(crate) fn sum_row_chunks(
-    n: usize,
-    width: usize,
-    add_row: impl Fn(usize, &mut [f64]) + Sync,
-) -> Vec<f64> {
+pub(crate) fn sum_row_chunks(n: usize, width: usize, add_row: impl Fn(usize, &mut [f64]) + Sync) -> Vec<f64> {
     let partials: Vec<Vec<f64>> = (0..n.div_ceil(ROWS_PER_CHUNK))
         .into_par_iter()
         .map(|chunk| {
@@ -117,25 +111,17 @@ fn float_index(a: Arena) -> usize {
 
 impl<F> Bases<F> {
     fn span<X>(base: (*mut X, usize), t: Tensor) -> *mut X {
-        assert!(
-            t.end() <= base.1,
-            "{t:?} is outside its arena of {} elements",
-            base.1
-        );
+        assert!(t.end() <= base.1, "{t:?} is outside its arena of {} elements", base.1);
         // SAFETY: in bounds (asserted).
         unsafe { base.0.add(t.offset) }
     }
     /// SAFETY: `t` is not aliased by any other span in use (see [`disjoint`]).
     unsafe fn mutable<'a>(&self, t: Tensor) -> &'a mut [F] {
-        unsafe {
-            std::slice::from_raw_parts_mut(Self::span(self.floats[float_index(t.arena)], t), t.len)
-        }
+        unsafe { std::slice::from_raw_parts_mut(Self::span(self.floats[float_index(t.arena)], t), t.len) }
     }
     /// SAFETY: `t` is not written through another span during the op.
     unsafe fn shared<'a>(&self, t: Tensor) -> &'a [F] {
-        unsafe {
-            std::slice::from_raw_parts(Self::span(self.floats[float_index(t.arena)], t), t.len)
-        }
+        unsafe { std::slice::from_raw_parts(Self::span(self.floats[float_index(t.arena)], t), t.len) }
     }
     /// SAFETY: the Inputs arena is only written by `upload_ints`, never during an op.
     unsafe fn ints<'a>(&self, t: Tensor) -> &'a [i32] {
@@ -148,10 +134,7 @@ impl<F> Bases<F> {
 fn disjoint(writes: &[Tensor], reads: &[Tensor]) {
     for (i, w) in writes.iter().enumerate() {
         for other in writes[i + 1..].iter().chain(reads) {
-            assert!(
-                !w.overlaps(*other),
-                "op writes {w:?} while using the overlapping {other:?}"
-            );
+            assert!(!w.overlaps(*other), "op writes {w:?} while using the overlapping {other:?}");
         }
     }
 }
@@ -228,11 +211,7 @@ impl<F: Float> CpuBackend<F> {
 
 impl<F: Float> Backend for CpuBackend<F> {
     fn describe(&self) -> String {
-        format!(
-            "cpu ({} threads, {})",
-            rayon::current_num_threads(),
-            std::any::type_name::<F>()
-        )
+        format!("cpu ({} threads, {})", rayon::current_num_threads(), std::any::type_name::<F>())
     }
 
     fn precision(&self) -> Precision {
@@ -248,12 +227,7 @@ impl<F: Float> Backend for CpuBackend<F> {
     }
 
     fn upload(&mut self, t: Tensor, data: &[f32]) -> Result<()> {
-        assert_eq!(
-            data.len(),
-            t.len,
-            "upload of {} values into {t:?}",
-            data.len()
-        );
+        assert_eq!(data.len(), t.len, "upload of {} values into {t:?}", data.len());
         for (d, &x) in self.get_mut(t).iter_mut().zip(data) {
             *d = F::of(x as f64);
         }
@@ -284,17 +258,7 @@ impl<F: Float> Backend for CpuBackend<F> {
         let m = self.bases();
         disjoint(&[out], &[wte, wpe]);
         // SAFETY: spans checked disjoint; the arenas are not resized during the op.
-        unsafe {
-            encoder_forward(
-                m.mutable(out),
-                m.ints(tokens),
-                m.shared(wte),
-                m.shared(wpe),
-                b,
-                t,
-                c,
-            )
-        };
+        unsafe { encoder_forward(m.mutable(out), m.ints(tokens), m.shared(wte), m.shared(wpe), b, t, c) };
         Ok(())
     }
 
@@ -311,17 +275,7 @@ impl<F: Float> Backend for CpuBackend<F> {
         let m = self.bases();
         disjoint(&[dwte, dwpe], &[dout]);
         // SAFETY: as above.
-        unsafe {
-            encoder_backward(
-                m.mutable(dwte),
-                m.mutable(dwpe),
-                m.shared(dout),
-                m.ints(tokens),
-                b,
-                t,
-                c,
-            )
-        };
+        unsafe { encoder_backward(m.mutable(dwte), m.mutable(dwpe), m.shared(dout), m.ints(tokens), b, t, c) };
         Ok(())
     }
 
@@ -403,17 +357,7 @@ impl<F: Float> Backend for CpuBackend<F> {
             disjoint(&[out], &[b]);
         }
         // SAFETY: as above.
-        unsafe {
-            matmul_forward(
-                m.mutable(out),
-                m.shared(inp),
-                m.shared(w),
-                bias.map(|b| m.shared(b)),
-                n,
-                c,
-                oc,
-            )
-        };
+        unsafe { matmul_forward(m.mutable(out), m.shared(inp), m.shared(w), bias.map(|b| m.shared(b)), n, c, oc) };
         Ok(())
     }
 
@@ -464,18 +408,7 @@ impl<F: Float> Backend for CpuBackend<F> {
         let m = self.bases();
         disjoint(&[out, lse], &[qkv]);
         // SAFETY: as above.
-        unsafe {
-            attention_forward(
-                m.mutable(out),
-                m.mutable(lse),
-                m.shared(qkv),
-                b,
-                t,
-                nh,
-                hs,
-                causal,
-            )
-        };
+        unsafe { attention_forward(m.mutable(out), m.mutable(lse), m.shared(qkv), b, t, nh, hs, causal) };
         Ok(())
     }
 
@@ -509,6 +442,24 @@ impl<F: Float> Backend for CpuBackend<F> {
                 causal,
             )
         };
+        Ok(())
+    }
+
+    fn attention_cached(
+        &mut self,
+        out: Tensor,
+        qkv: Tensor,
+        kv: Tensor,
+        b: usize,
+        t_max: usize,
+        pos: usize,
+        nh: usize,
+        hs: usize,
+    ) -> Result<()> {
+        let m = self.bases();
+        disjoint(&[out, kv], &[qkv]);
+        // SAFETY: as above.
+        unsafe { attention_cached(m.mutable(out), m.shared(qkv), m.mutable(kv), b, t_max, pos, nh, hs) };
         Ok(())
     }
 
@@ -568,14 +519,7 @@ impl<F: Float> Backend for CpuBackend<F> {
     }
 
     fn adamw(&mut self, step: &AdamWStep, decay_end: usize) -> Result<()> {
-        adamw(
-            &mut self.params,
-            &self.grads,
-            &mut self.opt_m,
-            &mut self.opt_v,
-            step,
-            decay_end,
-        );
+        adamw(&mut self.params, &self.grads, &mut self.opt_m, &mut self.opt_v, step, decay_end);
         Ok(())
     }
 }
