@@ -11,5 +11,7 @@
 pub mod backend;
 pub mod checkpoint;
 pub mod data;
+pub mod generate;
 pub mod model;
 pub mod rng;
+pub mod train;

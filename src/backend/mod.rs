@@ -228,7 +228,8 @@ pub trait Backend {
 }
 
 /// Where a model runs, as chosen on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DeviceKind {
     /// A CUDA GPU when one is usable, else the CPU.
     Auto,

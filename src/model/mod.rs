@@ -21,6 +21,8 @@ pub enum ModelError {
     Backend(#[from] BackendError),
     #[error("batch {what} has {given} ids, the model was planned for {expected}")]
     BatchShape { what: &'static str, given: usize, expected: usize },
+    #[error("position {pos} is past the key/value cache of {limit} positions")]
+    ContextFull { pos: usize, limit: usize },
     #[error("token id {id} at position {pos} is outside the vocabulary (ids must be below {limit})")]
     TokenRange { id: i32, pos: usize, limit: usize },
 }
@@ -136,6 +138,23 @@ impl<K: Backend> Gpt<K> {
         schedule::classifier(&mut self.backend, &self.cfg, &self.params, &self.acts, Some(dloss))?;
         schedule::backward(&mut self.backend, &self.cfg, &self.params, &self.acts, causal)?;
         self.mean_loss()
+    }
+
+    /// One generation step on a plan from `ActLayout::for_generation`: `tokens` (one id per
+    /// sequence) enter at position `pos`, the key/value cache grows by one, and the logits
+    /// (B, Vp) of the next token come back.
+    pub fn step(&mut self, tokens: &[i32], pos: usize) -> Result<Vec<f32>, ModelError> {
+        assert_eq!(self.acts.t, 1, "step() needs a generation plan");
+        if pos >= self.acts.kv_len {
+            return Err(ModelError::ContextFull { pos, limit: self.acts.kv_len });
+        }
+        let none = vec![-1; tokens.len()];
+        self.set_batch(tokens, &none)?;
+        let attn = schedule::Attention::Cached { pos };
+        schedule::forward(&mut self.backend, &self.cfg, &self.params, &self.acts, attn)?;
+        schedule::logits(&mut self.backend, &self.cfg, &self.params, &self.acts, 0, self.acts.b)?;
+        let vp = self.cfg.padded_vocab_size();
+        Ok(self.backend.download(self.acts.logits.slice(0, self.acts.b * vp))?)
     }
 
     fn mean_loss(&mut self) -> Result<f32, ModelError> {

@@ -1,0 +1,144 @@
+//! The run configuration: every knob of `gptk train`, as command-line flags and as the record
+//! saved with each checkpoint.
+
+use super::lr::Decay;
+use crate::backend::DeviceKind;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Which numbers the GPU stores activations and parameters in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PrecisionArg {
+    Bf16,
+    F32,
+}
+
+/// Everything `gptk train` can be told.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+pub struct TrainConfig {
+    /// Directory of token shards (`*_train_*.bin`, `*_val_*.bin`, from `gptk prepare` or llm.c).
+    /// Without it, gptk trains on its built-in corpus (its own sources and docs, byte-level).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Output directory for checkpoints and metrics [default: runs/demo, or runs/<data dir name>;
+    /// a fresh runs/<name>-N when that one already holds a run].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Model shape preset: d12 (GPT-2 124M), d24, d36, d48, d6, tiny, micro.
+    #[arg(long, default_value = "tiny")]
+    pub model: String,
+    /// Override the preset's number of layers.
+    #[arg(long)]
+    pub n_layer: Option<usize>,
+    /// Override the preset's number of attention heads.
+    #[arg(long)]
+    pub n_head: Option<usize>,
+    /// Override the preset's width.
+    #[arg(long)]
+    pub n_embd: Option<usize>,
+    /// Override the preset's context length (positions).
+    #[arg(long)]
+    pub n_ctx: Option<usize>,
+    /// Start from a checkpoint's weights (a Hugging Face GPT-2 directory or .safetensors, or a
+    /// gptk checkpoint); its shape replaces --model.
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
+    /// Continue the run in --out from its newest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+
+    /// Sequences per micro-batch (B).
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Tokens per sequence (T); at most the model's context.
+    #[arg(long, default_value_t = 256)]
+    pub seq_len: usize,
+    /// Tokens per optimizer step; a multiple of B·T, the rest is gradient accumulation
+    /// [default: B·T].
+    #[arg(long)]
+    pub total_batch_tokens: Option<usize>,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 300)]
+    pub steps: usize,
+
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f32,
+    /// Final learning rate as a fraction of the peak.
+    #[arg(long, default_value_t = 0.1)]
+    pub min_lr_frac: f32,
+    /// Steps of linear warmup.
+    #[arg(long, default_value_t = 20)]
+    pub warmup_steps: usize,
+    /// Decay after warmup.
+    #[arg(long, value_enum, default_value_t = Decay::Cosine)]
+    pub decay: Decay,
+    /// AdamW β1.
+    #[arg(long, default_value_t = 0.9)]
+    pub beta1: f32,
+    /// AdamW β2.
+    #[arg(long, default_value_t = 0.95)]
+    pub beta2: f32,
+    /// AdamW ε.
+    #[arg(long, default_value_t = 1e-8)]
+    pub eps: f32,
+    /// Decoupled weight decay on 2-D weights.
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f32,
+    /// Clip the global gradient norm to this (0 disables).
+    #[arg(long, default_value_t = 1.0)]
+    pub grad_clip: f32,
+
+    /// Validation loss every N steps (0 disables; also run at the end).
+    #[arg(long, default_value_t = 50)]
+    pub val_every: usize,
+    /// Batches per validation.
+    #[arg(long, default_value_t = 8)]
+    pub val_batches: usize,
+    /// Print a sample every N steps (0 disables; also at the end).
+    #[arg(long, default_value_t = 100)]
+    pub sample_every: usize,
+    /// Tokens per sample.
+    #[arg(long, default_value_t = 128)]
+    pub sample_tokens: usize,
+    /// Write a checkpoint every N steps (0: only at the end).
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: usize,
+    /// Keep this many newest checkpoints (0 keeps all).
+    #[arg(long, default_value_t = 3)]
+    pub keep_checkpoints: usize,
+
+    /// Seed for initialisation, data order and sampling.
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+    /// Where to train.
+    #[arg(long, value_enum, default_value_t = DeviceKind::Auto)]
+    pub device: DeviceKind,
+    /// GPU storage precision (the CPU always computes in f32).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Bf16)]
+    pub precision: PrecisionArg,
+    /// Print one JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl TrainConfig {
+    /// The settings a resumed run must share with the run it continues, as (name, value) pairs.
+    /// Schedules of logging, sampling and checkpoints, the step count and the device may change.
+    pub fn identity(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("--model", self.model.clone()),
+            ("--n-layer", format!("{:?}", self.n_layer)),
+            ("--n-head", format!("{:?}", self.n_head)),
+            ("--n-embd", format!("{:?}", self.n_embd)),
+            ("--n-ctx", format!("{:?}", self.n_ctx)),
+            ("--init-from", format!("{:?}", self.init_from)),
+            ("--data", format!("{:?}", self.data)),
+            ("--batch-size", self.batch_size.to_string()),
+            ("--seq-len", self.seq_len.to_string()),
+            ("--total-batch-tokens", format!("{:?}", self.total_batch_tokens)),
+            ("--seed", self.seed.to_string()),
+        ]
+    }
+}

@@ -1,0 +1,256 @@
+//! The training loop.
+
+use crate::backend::{AdamWStep, Backend};
+use crate::data::loader::{Loader, LoaderState};
+use crate::data::tokenizer::Tokenizer;
+use crate::generate::{SampleOpts, generate};
+use crate::model::layout::{Arena, Tensor};
+use crate::model::{Gpt, ModelError};
+use crate::rng::Rng;
+use anyhow::{Context, Result};
+use super::checkpoint::{self, TrainState};
+use super::config::TrainConfig;
+use super::lr::LrSchedule;
+use serde::Serialize;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// File of per-step records in the output directory.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+/// Stream of the run's RNG that draws sampling randomness.
+const SAMPLE_STREAM: u64 = 0x5A3;
+
+/// What the loop reports as it goes; the command line prints these.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum Event {
+    /// `step` counts completed optimizer steps (1 after the first), in every event.
+    Step {
+        step: usize,
+        steps: usize,
+        loss: f32,
+        lr: f32,
+        grad_norm: f32,
+        ms: f64,
+        tokens_per_s: f64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mfu: Option<f64>,
+        /// Seconds left at the current pace.
+        eta_s: f64,
+    },
+    Val {
+        step: usize,
+        val_loss: f32,
+        tokens: usize,
+    },
+    Sample {
+        step: usize,
+        text: String,
+    },
+    Checkpoint {
+        step: usize,
+        path: PathBuf,
+    },
+}
+
+/// What a finished run leaves.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub last_loss: f32,
+    pub last_val_loss: Option<f32>,
+    pub checkpoint: PathBuf,
+    /// Training loss of every step this process ran, in order.
+    pub losses: Vec<f32>,
+}
+
+/// Everything the loop needs besides the model.
+pub struct Run<'a, K: Backend> {
+    pub cfg: &'a TrainConfig,
+    pub out: &'a Path,
+    pub tokenizer: &'a Tokenizer,
+    pub train: Loader,
+    pub val: Option<Loader>,
+    /// Builds a second model of the same kind with a generation plan, for samples.
+    pub make_generator: Box<dyn FnMut() -> Result<Gpt<K>> + 'a>,
+    /// Dense peak FLOP/s of the device, for MFU (None on the CPU).
+    pub peak_flops: Option<f64>,
+    /// Receives every event.
+    pub report: Box<dyn FnMut(&Event) + 'a>,
+}
+
+fn whole(arena: Arena, len: usize) -> Tensor {
+    Tensor { arena, offset: 0, len }
+}
+
+/// Runs (or continues, when `resume` holds a checkpoint's state) the training loop.
+pub fn train<K: Backend>(model: &mut Gpt<K>, mut run: Run<'_, K>, resume: Option<(TrainState, Vec<f32>, Vec<f32>)>) -> Result<Outcome> {
+    let cfg = run.cfg;
+    let (b, t) = (model.acts.b, model.acts.t);
+    let bt = b * t;
+    let total_tokens = cfg.total_batch_tokens.unwrap_or(bt);
+    let accum = total_tokens / bt;
+    let schedule = LrSchedule {
+        peak: cfg.lr,
+        floor_frac: cfg.min_lr_frac,
+        warmup_steps: cfg.warmup_steps,
+        total_steps: cfg.steps,
+        decay: cfg.decay,
+    };
+    let run_json = serde_json::to_value(cfg).expect("config serialises");
+    let mut state = TrainState {
+        step: 0,
+        tokens_seen: 0,
+        loader: serde_json::Value::Null,
+        rng: Rng::derive(cfg.seed, SAMPLE_STREAM).state,
+        run: run_json.clone(),
+        tokenizer: run.tokenizer.name().to_string(),
+    };
+    if let Some((saved, m, v)) = resume {
+        model.backend.upload(whole(Arena::OptM, model.params.total), &m)?;
+        model.backend.upload(whole(Arena::OptV, model.params.total), &v)?;
+        let loader: LoaderState = serde_json::from_value(saved.loader.clone()).context("checkpoint's loader state")?;
+        run.train.restore(&loader)?;
+        state = TrainState { run: run_json, ..saved };
+    }
+    let metrics_path = run.out.join(METRICS_FILE);
+    truncate_metrics(&metrics_path, state.step)?;
+    let mut metrics = OpenOptions::new().create(true).append(true).open(&metrics_path).with_context(|| format!("{}", metrics_path.display()))?;
+    let mut emit = |event: Event, report: &mut Box<dyn FnMut(&Event) + '_>| -> Result<()> {
+        writeln!(metrics, "{}", serde_json::to_string(&event).expect("event serialises")).with_context(|| metrics_path.display().to_string())?;
+        report(&event);
+        Ok(())
+    };
+
+    let flops_per_step = model.cfg.flops_per_token(t) * total_tokens as f64;
+    let (mut inputs, mut targets) = (vec![0i32; bt], vec![0i32; bt]);
+    let mut losses = Vec::new();
+    let mut last_val = None;
+    let mut last_checkpoint = None;
+    let mut sample_rng = Rng::new(state.rng);
+    let started = Instant::now();
+    let first_step = state.step;
+    while state.step < cfg.steps {
+        let step = state.step;
+        let timer = Instant::now();
+        model.zero_grads()?;
+        let mut loss = 0.0f32;
+        for _ in 0..accum {
+            run.train.next_batch(&mut inputs, &mut targets)?;
+            model.set_batch(&inputs, &targets).with_context(|| format!("training batch of step {step}"))?;
+            loss += model.forward_backward(true, 1.0 / accum as f32)? / accum as f32;
+        }
+        let grad_norm = model.grad_norm()?;
+        let grad_scale = if cfg.grad_clip > 0.0 && grad_norm > cfg.grad_clip { cfg.grad_clip / grad_norm } else { 1.0 };
+        let lr = schedule.at(step);
+        let adamw = AdamWStep {
+            lr,
+            beta1: cfg.beta1,
+            beta2: cfg.beta2,
+            eps: cfg.eps,
+            weight_decay: cfg.weight_decay,
+            t: step as u64 + 1,
+            grad_scale,
+            seed: Rng::derive(cfg.seed, 0xADA0 + step as u64).next_u64(),
+        };
+        model.adamw(&adamw)?;
+        model.backend.synchronize()?;
+        let secs = timer.elapsed().as_secs_f64();
+        state.step += 1;
+        state.tokens_seen += total_tokens as u64;
+        losses.push(loss);
+        let done_here = (state.step - first_step) as f64;
+        let eta_s = started.elapsed().as_secs_f64() / done_here * (cfg.steps - state.step) as f64;
+        let event = Event::Step {
+            step: state.step,
+            steps: cfg.steps,
+            loss,
+            lr,
+            grad_norm,
+            ms: secs * 1e3,
+            tokens_per_s: total_tokens as f64 / secs,
+            mfu: run.peak_flops.map(|peak| flops_per_step / secs / peak),
+            eta_s,
+        };
+        emit(event, &mut run.report)?;
+
+        let last = state.step == cfg.steps;
+        let every = |n: usize| n > 0 && state.step % n == 0;
+        if let Some(val) = run.val.as_mut() {
+            if every(cfg.val_every) || last {
+                let (val_loss, tokens) = validate(model, val, cfg.val_batches)?;
+                last_val = Some(val_loss);
+                emit(Event::Val { step: state.step, val_loss, tokens }, &mut run.report)?;
+            }
+        }
+        if every(cfg.sample_every) || last && cfg.sample_every > 0 {
+            let text = sample(model, &mut run, &mut sample_rng)?;
+            emit(Event::Sample { step: state.step, text }, &mut run.report)?;
+        }
+        if every(cfg.checkpoint_every) || last {
+            state.loader = serde_json::to_value(run.train.state()).expect("loader state serialises");
+            state.rng = sample_rng.state;
+            let path = checkpoint::save(run.out, model, &state, cfg.keep_checkpoints)?;
+            emit(Event::Checkpoint { step: state.step, path: path.clone() }, &mut run.report)?;
+            last_checkpoint = Some(path);
+        }
+    }
+    let checkpoint = match last_checkpoint {
+        Some(p) => p,
+        None => checkpoint::latest(run.out).context("the run has no checkpoint")?,
+    };
+    Ok(Outcome { last_loss: losses.last().copied().unwrap_or(f32::NAN), last_val_loss: last_val, checkpoint, losses })
+}
+
+/// Mean loss over the first `batches` validation batches (the same batches every time).
+fn validate<K: Backend>(model: &mut Gpt<K>, val: &mut Loader, batches: usize) -> Result<(f32, usize)> {
+    let bt = model.acts.b * model.acts.t;
+    let (mut inputs, mut targets) = (vec![0i32; bt], vec![0i32; bt]);
+    val.reset();
+    let mut sum = 0.0f64;
+    let mut n = 0;
+    while n < batches && val.next_batch(&mut inputs, &mut targets).is_ok() {
+        model.set_batch(&inputs, &targets).context("validation batch")?;
+        sum += model.forward(true)? as f64;
+        n += 1;
+    }
+    Ok(((sum / n.max(1) as f64) as f32, n * bt))
+}
+
+/// A sample from the current parameters, starting from end-of-text (a fresh document).
+fn sample<K: Backend>(model: &mut Gpt<K>, run: &mut Run<'_, K>, rng: &mut Rng) -> Result<String> {
+    let params = model.params_to_host()?;
+    let mut generator = (run.make_generator)()?;
+    generator.load_params(&params)?;
+    let eot = run.tokenizer.eot();
+    let opts = SampleOpts {
+        max_new_tokens: run.cfg.sample_tokens,
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 0.95,
+        stop_token: Some(eot),
+    };
+    let tokens = generate(&mut generator, &[eot], &opts, rng, |_| {}).map_err(|e: ModelError| anyhow::anyhow!(e))?;
+    Ok(run.tokenizer.decode(&tokens))
+}
+
+/// Drops metric records of steps after `steps_done` (a resumed run writes them again).
+fn truncate_metrics(path: &Path, steps_done: usize) -> Result<()> {
+    let Ok(file) = File::open(path) else { return Ok(()) };
+    let kept: Vec<String> = BufReader::new(file)
+        .lines()
+        .map_while(|l| l.ok())
+        .filter(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| (s as usize) <= steps_done)
+        })
+        .collect();
+    let mut text = kept.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    crate::checkpoint::atomic::write_bytes(path, text.as_bytes()).with_context(|| path.display().to_string())
+}
