@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod layout;
+pub mod plan;
 pub mod schedule;
 
 use crate::backend::cpu::CpuBackend;

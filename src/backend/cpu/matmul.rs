@@ -13,38 +13,41 @@ fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
     if m * n * k < 1 << 20 { Parallelism::None } else { Parallelism::Rayon(rayon::current_num_threads()) }
 }
 
-/// dst (M,N) = [dst +] lhs (M,K) · rhs (K,N), all given by (row stride, column stride).
+/// dst (M,N) = [dst +] lhs (M,K) · rhs (K,N) on raw strided matrices, each given by
+/// (row stride, column stride).
+///
+/// # Safety
+/// Every element the shapes and strides reach must be in bounds; dst must not overlap lhs or
+/// rhs, nor be written by anyone else during the call.
 #[allow(clippy::too_many_arguments)]
-fn gemm_strided<F: Float>(
-    dst: &mut [F],
-    accumulate: bool,
+pub(crate) unsafe fn gemm_raw<F: Float>(
     (m, n, k): (usize, usize, usize),
-    lhs: &[F],
+    dst: *mut F,
+    (dst_rs, dst_cs): (usize, usize),
+    accumulate: bool,
+    lhs: *const F,
     (lhs_rs, lhs_cs): (usize, usize),
-    rhs: &[F],
+    rhs: *const F,
     (rhs_rs, rhs_cs): (usize, usize),
+    parallelism: Parallelism,
 ) {
-    assert!(dst.len() >= m * n, "gemm destination too small");
     if m == 0 || n == 0 {
         return;
     }
-    assert!(k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs, "gemm lhs too small");
-    assert!(k == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs, "gemm rhs too small");
-    // SAFETY: the asserts above keep every index the strides reach inside the slices; dst does
-    // not alias lhs or rhs (it is a &mut).
+    // SAFETY: forwarded to the caller.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
+            dst,
+            dst_cs as isize,
+            dst_rs as isize,
             accumulate,
-            lhs.as_ptr(),
+            lhs,
             lhs_cs as isize,
             lhs_rs as isize,
-            rhs.as_ptr(),
+            rhs,
             rhs_cs as isize,
             rhs_rs as isize,
             F::one(),
@@ -52,6 +55,40 @@ fn gemm_strided<F: Float>(
             false,
             false,
             false,
+            parallelism,
+        )
+    }
+}
+
+/// dst (M,N) row-major = [dst +] lhs (M,K) · rhs (K,N), lhs and rhs given by (row stride,
+/// column stride); bounds are checked.
+fn gemm_strided<F: Float>(
+    dst: &mut [F],
+    accumulate: bool,
+    (m, n, k): (usize, usize, usize),
+    lhs: &[F],
+    lhs_strides: (usize, usize),
+    rhs: &[F],
+    rhs_strides: (usize, usize),
+) {
+    assert!(dst.len() >= m * n, "gemm destination too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(k == 0 || lhs.len() > (m - 1) * lhs_strides.0 + (k - 1) * lhs_strides.1, "gemm lhs too small");
+    assert!(k == 0 || rhs.len() > (k - 1) * rhs_strides.0 + (n - 1) * rhs_strides.1, "gemm rhs too small");
+    // SAFETY: the asserts above keep every index the strides reach inside the slices; dst does
+    // not alias lhs or rhs (it is a &mut).
+    unsafe {
+        gemm_raw(
+            (m, n, k),
+            dst.as_mut_ptr(),
+            (n, 1),
+            accumulate,
+            lhs.as_ptr(),
+            lhs_strides,
+            rhs.as_ptr(),
+            rhs_strides,
             parallelism(m, n, k),
         )
     }
