@@ -16,12 +16,15 @@ struct Cli {
 enum Command {
     /// Mean next-token cross-entropy of a model over an llm.c token shard.
     Eval(cli::eval::EvalArgs),
+    /// A model's parameters, FLOPs per token and memory plan.
+    Info(cli::info::InfoArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Eval(args) => cli::eval::run(args),
+        Command::Info(args) => cli::info::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

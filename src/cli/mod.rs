@@ -2,3 +2,16 @@
 //! function; the work itself lives in the library.
 
 pub mod eval;
+pub mod info;
+
+/// Bytes as KiB/MiB/GiB with three significant digits.
+pub fn human_bytes(n: usize) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut x = n as f64;
+    let mut u = 0;
+    while x >= 1024.0 && u + 1 < units.len() {
+        x /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{x:.2} {}", units[u]) }
+}

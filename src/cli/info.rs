@@ -1,0 +1,78 @@
+//! `gptk info`: a model's shape, parameters by group, FLOPs per token, memory plan, and the
+//! throughput a GPU would give at a given MFU.
+
+use super::human_bytes;
+use anyhow::{Result, bail};
+use gptk::backend::Precision;
+use gptk::checkpoint;
+use gptk::model::config::{GPT2_VOCAB_SIZE, ModelConfig};
+use gptk::model::plan::{memory_plan, parameter_groups, plan_bytes};
+use gptk::train::checkpoint::resolve_model;
+use std::path::Path;
+
+#[derive(clap::Args)]
+pub struct InfoArgs {
+    /// A preset (d12, d24, d36, d48, d6, tiny, micro) or a checkpoint path.
+    #[arg(long, default_value = "d12")]
+    model: String,
+    /// Real vocabulary size for a preset (50257 for GPT-2 BPE, 257 for bytes).
+    #[arg(long, default_value_t = GPT2_VOCAB_SIZE)]
+    vocab_size: usize,
+    /// Sequences per micro-batch.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 1024)]
+    seq_len: usize,
+    /// Model FLOPs utilisation assumed for the throughput estimate.
+    #[arg(long, default_value_t = 0.5)]
+    mfu: f64,
+    /// Dense bf16 peak of the GPU in TFLOP/s (989 = H100/H200 SXM).
+    #[arg(long, default_value_t = 989.0)]
+    peak_tflops: f64,
+}
+
+fn model_config(spec: &str, vocab_size: usize) -> Result<ModelConfig> {
+    if Path::new(spec).exists() {
+        return Ok(checkpoint::load(&resolve_model(Path::new(spec)))?.cfg);
+    }
+    Ok(ModelConfig::preset(spec, vocab_size)?)
+}
+
+pub fn run(args: &InfoArgs) -> Result<()> {
+    if args.batch_size == 0 || args.seq_len == 0 {
+        bail!("--batch-size and --seq-len must be at least 1");
+    }
+    let cfg = model_config(&args.model, args.vocab_size)?;
+    if args.seq_len > cfg.n_ctx {
+        bail!("--seq-len {} is longer than the model's context of {} positions", args.seq_len, cfg.n_ctx);
+    }
+    println!("model      {cfg}  head size {}", cfg.head_size());
+    println!("parameters {:.2}M", cfg.num_parameters() as f64 / 1e6);
+    for (group, n) in parameter_groups(&cfg) {
+        println!("  {group:<20} {n:>14}");
+    }
+    let flops = cfg.flops_per_token(args.seq_len);
+    println!(
+        "training FLOPs per token at T={}: {:.3} GFLOP (forward + backward, attention included)",
+        args.seq_len,
+        flops / 1e9
+    );
+    for (label, precision) in [("CUDA (bf16 storage)", Precision::Bf16), ("CPU / CUDA f32", Precision::F32)] {
+        let plan = memory_plan(&cfg, args.batch_size, args.seq_len, precision);
+        println!("memory plan, {label}, B={} T={}: {}", args.batch_size, args.seq_len, human_bytes(plan_bytes(&plan)));
+        for row in &plan {
+            println!("  {:<22} {:>14} elements {:>10}", row.name, row.elements, human_bytes(row.bytes));
+        }
+    }
+    let tokens_per_s = args.mfu * args.peak_tflops * 1e12 / flops;
+    println!(
+        "expected throughput at {:.0}% MFU of {:.0} TFLOP/s: {:.0} tokens/s ({:.1} ms per step of {} tokens)",
+        args.mfu * 100.0,
+        args.peak_tflops,
+        tokens_per_s,
+        (args.batch_size * args.seq_len) as f64 / tokens_per_s * 1e3,
+        args.batch_size * args.seq_len
+    );
+    Ok(())
+}
