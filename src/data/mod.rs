@@ -1,3 +1,4 @@
-//! Data: llm.c token shards.
+//! Data: llm.c token shards and MLM masking.
 
+pub mod mlm;
 pub mod shard;

@@ -109,6 +109,15 @@ pub struct TrainConfig {
     #[arg(long, default_value_t = 3)]
     pub keep_checkpoints: usize,
 
+    /// Abort after this many consecutive steps with a non-finite loss or gradient norm (their
+    /// updates are skipped).
+    #[arg(long, default_value_t = 5)]
+    pub max_bad_steps: usize,
+    /// Log a loss spike when a step's loss exceeds this multiple of the recent average (0
+    /// disables).
+    #[arg(long, default_value_t = 2.0)]
+    pub spike_factor: f32,
+
     /// Seed for initialisation, data order and sampling.
     #[arg(long, default_value_t = 1337)]
     pub seed: u64,

@@ -15,10 +15,14 @@ use serde::Serialize;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// File of per-step records in the output directory.
 pub const METRICS_FILE: &str = "metrics.jsonl";
+/// Weight of the past in the running loss average the spike detector compares against.
+const LOSS_AVERAGE_DECAY: f32 = 0.9;
 /// Stream of the run's RNG that draws sampling randomness.
 const SAMPLE_STREAM: u64 = 0x5A3;
 
@@ -53,6 +57,23 @@ pub enum Event {
         step: usize,
         path: PathBuf,
     },
+    /// A step whose loss or gradient norm was not finite: its update was skipped.
+    Skipped {
+        step: usize,
+        loss: f32,
+        grad_norm: f32,
+        consecutive: usize,
+    },
+    /// A loss well above the recent average (the update was applied).
+    Spike {
+        step: usize,
+        loss: f32,
+        average: f32,
+    },
+    /// A stop was requested (SIGINT/SIGTERM): the run saved and ended early.
+    Interrupted {
+        step: usize,
+    },
 }
 
 /// What a finished run leaves.
@@ -63,6 +84,8 @@ pub struct Outcome {
     pub checkpoint: PathBuf,
     /// Training loss of every step this process ran, in order.
     pub losses: Vec<f32>,
+    /// The run stopped early on request.
+    pub interrupted: bool,
 }
 
 /// Everything the loop needs besides the model.
@@ -78,6 +101,8 @@ pub struct Run<'a, K: Backend> {
     pub peak_flops: Option<f64>,
     /// Receives every event.
     pub report: Box<dyn FnMut(&Event) + 'a>,
+    /// Set (by a signal handler) to stop after the current step with a checkpoint.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 fn whole(arena: Arena, len: usize) -> Tensor {
@@ -131,6 +156,8 @@ pub fn train<K: Backend>(model: &mut Gpt<K>, mut run: Run<'_, K>, resume: Option
     let mut sample_rng = Rng::new(state.rng);
     let started = Instant::now();
     let first_step = state.step;
+    let mut bad_steps = 0usize;
+    let mut loss_average: Option<f32> = None;
     while state.step < cfg.steps {
         let step = state.step;
         let timer = Instant::now();
@@ -144,6 +171,7 @@ pub fn train<K: Backend>(model: &mut Gpt<K>, mut run: Run<'_, K>, resume: Option
         let grad_norm = model.grad_norm()?;
         let grad_scale = if cfg.grad_clip > 0.0 && grad_norm > cfg.grad_clip { cfg.grad_clip / grad_norm } else { 1.0 };
         let lr = schedule.at(step);
+        let finite = loss.is_finite() && grad_norm.is_finite();
         let adamw = AdamWStep {
             lr,
             beta1: cfg.beta1,
@@ -154,7 +182,12 @@ pub fn train<K: Backend>(model: &mut Gpt<K>, mut run: Run<'_, K>, resume: Option
             grad_scale,
             seed: Rng::derive(cfg.seed, 0xADA0 + step as u64).next_u64(),
         };
-        model.adamw(&adamw)?;
+        if finite {
+            model.adamw(&adamw)?;
+            bad_steps = 0;
+        } else {
+            bad_steps += 1;
+        }
         model.backend.synchronize()?;
         let secs = timer.elapsed().as_secs_f64();
         state.step += 1;
@@ -174,7 +207,23 @@ pub fn train<K: Backend>(model: &mut Gpt<K>, mut run: Run<'_, K>, resume: Option
             eta_s,
         };
         emit(event, &mut run.report)?;
+        if !finite {
+            emit(Event::Skipped { step: state.step, loss, grad_norm, consecutive: bad_steps }, &mut run.report)?;
+            if bad_steps >= cfg.max_bad_steps.max(1) {
+                let last_good = checkpoint::latest(run.out).map_or("none yet".to_string(), |p| p.display().to_string());
+                anyhow::bail!(
+                    "step {}: loss or gradient norm not finite for {bad_steps} consecutive steps (loss {loss}, grad norm {grad_norm}); last good checkpoint: {last_good}",
+                    state.step
+                );
+            }
+        } else {
+            if cfg.spike_factor > 0.0 && loss_average.is_some_and(|avg| loss > cfg.spike_factor * avg) {
+                emit(Event::Spike { step: state.step, loss, average: loss_average.unwrap_or(loss) }, &mut run.report)?;
+            }
+            loss_average = Some(loss_average.map_or(loss, |avg| LOSS_AVERAGE_DECAY * avg + (1.0 - LOSS_AVERAGE_DECAY) * loss));
+        }
 
+        let stop_requested = run.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
         let last = state.step == cfg.steps;
         let every = |n: usize| n > 0 && state.step % n == 0;
         if let Some(val) = run.val.as_mut() {
@@ -188,19 +237,24 @@ pub fn train<K: Backend>(model: &mut Gpt<K>, mut run: Run<'_, K>, resume: Option
             let text = sample(model, &mut run, &mut sample_rng)?;
             emit(Event::Sample { step: state.step, text }, &mut run.report)?;
         }
-        if every(cfg.checkpoint_every) || last {
+        if every(cfg.checkpoint_every) || last || stop_requested {
             state.loader = serde_json::to_value(run.train.state()).expect("loader state serialises");
             state.rng = sample_rng.state;
             let path = checkpoint::save(run.out, model, &state, cfg.keep_checkpoints)?;
             emit(Event::Checkpoint { step: state.step, path: path.clone() }, &mut run.report)?;
             last_checkpoint = Some(path);
         }
+        if stop_requested {
+            emit(Event::Interrupted { step: state.step }, &mut run.report)?;
+            break;
+        }
     }
+    let interrupted = state.step < cfg.steps;
     let checkpoint = match last_checkpoint {
         Some(p) => p,
         None => checkpoint::latest(run.out).context("the run has no checkpoint")?,
     };
-    Ok(Outcome { last_loss: losses.last().copied().unwrap_or(f32::NAN), last_val_loss: last_val, checkpoint, losses })
+    Ok(Outcome { last_loss: losses.last().copied().unwrap_or(f32::NAN), last_val_loss: last_val, checkpoint, losses, interrupted })
 }
 
 /// Mean loss over the first `batches` validation batches (the same batches every time).
