@@ -32,8 +32,10 @@ pub struct TrainState {
     pub tokens_seen: u64,
     /// The data loader's position (its own serialised state).
     pub loader: serde_json::Value,
-    /// State of the run's random number generator.
-    pub rng: u64,
+    /// State of the generator that draws MLM masks.
+    pub mask_rng: u64,
+    /// State of the generator that draws samples.
+    pub sample_rng: u64,
     /// The resolved run configuration, to detect a resume with different settings.
     pub run: serde_json::Value,
     /// Tokenizer name ("gpt2" or "bytes").

@@ -14,6 +14,30 @@ pub enum PrecisionArg {
     F32,
 }
 
+/// What the model learns to predict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum Objective {
+    /// Causal language modelling: the next token, attention over the past only.
+    #[serde(rename = "clm")]
+    Clm,
+    /// Masked language modelling: 15% of positions hidden, bidirectional attention.
+    #[serde(rename = "mlm")]
+    Mlm,
+    /// Both on every batch: CLM loss + `--mlm-weight` × MLM loss.
+    #[serde(rename = "clm+mlm")]
+    #[value(name = "clm+mlm")]
+    ClmMlm,
+}
+
+impl Objective {
+    pub fn has_clm(self) -> bool {
+        matches!(self, Objective::Clm | Objective::ClmMlm)
+    }
+    pub fn has_mlm(self) -> bool {
+        matches!(self, Objective::Mlm | Objective::ClmMlm)
+    }
+}
+
 /// Everything `gptk train` can be told.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct TrainConfig {
@@ -47,6 +71,13 @@ pub struct TrainConfig {
     /// Continue the run in --out from its newest checkpoint.
     #[arg(long)]
     pub resume: bool,
+
+    /// Training objective.
+    #[arg(long, value_enum, default_value_t = Objective::Clm)]
+    pub objective: Objective,
+    /// Weight of the MLM loss in `clm+mlm`.
+    #[arg(long, default_value_t = 1.0)]
+    pub mlm_weight: f32,
 
     /// Sequences per micro-batch (B).
     #[arg(long, default_value_t = 8)]
@@ -148,6 +179,7 @@ impl TrainConfig {
             ("--seq-len", self.seq_len.to_string()),
             ("--total-batch-tokens", format!("{:?}", self.total_batch_tokens)),
             ("--seed", self.seed.to_string()),
+            ("--objective", format!("{:?}", self.objective)),
         ]
     }
 }

@@ -9,7 +9,8 @@ use crate::model::{Gpt, ModelError};
 use crate::rng::Rng;
 use anyhow::{Context, Result};
 use super::checkpoint::{self, TrainState};
-use super::config::TrainConfig;
+use super::config::{Objective, TrainConfig};
+use crate::data::mlm::mask_batch;
 use super::lr::LrSchedule;
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
@@ -23,8 +24,10 @@ use std::time::Instant;
 pub const METRICS_FILE: &str = "metrics.jsonl";
 /// Weight of the past in the running loss average the spike detector compares against.
 const LOSS_AVERAGE_DECAY: f32 = 0.9;
-/// Stream of the run's RNG that draws sampling randomness.
+/// Streams of the run's seed for sampling, MLM masks, and the fixed masks of validation.
 const SAMPLE_STREAM: u64 = 0x5A3;
+const MASK_STREAM: u64 = 0x3A5;
+const VAL_MASK_STREAM: u64 = 0x7A1;
 
 /// What the loop reports as it goes; the command line prints these.
 #[derive(Clone, Debug, Serialize)]
@@ -34,7 +37,12 @@ pub enum Event {
     Step {
         step: usize,
         steps: usize,
+        /// The objective's loss (CLM + weight × MLM for `clm+mlm`).
         loss: f32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        clm_loss: Option<f32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mlm_loss: Option<f32>,
         lr: f32,
         grad_norm: f32,
         ms: f64,
@@ -46,7 +54,12 @@ pub enum Event {
     },
     Val {
         step: usize,
+        /// The objective's loss on held-out data.
         val_loss: f32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        val_clm_loss: Option<f32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        val_mlm_loss: Option<f32>,
         tokens: usize,
     },
     Sample {
@@ -128,7 +141,8 @@ pub fn train<K: Backend>(model: &mut Gpt<K>, mut run: Run<'_, K>, resume: Option
         step: 0,
         tokens_seen: 0,
         loader: serde_json::Value::Null,
-        rng: Rng::derive(cfg.seed, SAMPLE_STREAM).state,
+        mask_rng: Rng::derive(cfg.seed, MASK_STREAM).state,
+        sample_rng: Rng::derive(cfg.seed, SAMPLE_STREAM).state,
         run: run_json.clone(),
         tokenizer: run.tokenizer.name().to_string(),
     };
@@ -153,7 +167,13 @@ pub fn train<K: Backend>(model: &mut Gpt<K>, mut run: Run<'_, K>, resume: Option
     let mut losses = Vec::new();
     let mut last_val = None;
     let mut last_checkpoint = None;
-    let mut sample_rng = Rng::new(state.rng);
+    let mut sample_rng = Rng::new(state.sample_rng);
+    let mut mask_rng = Rng::new(state.mask_rng);
+    let objective = cfg.objective;
+    let mlm_weight = if objective == Objective::ClmMlm { cfg.mlm_weight } else { 1.0 };
+    let vocab = model.cfg.vocab_size;
+    let mask_id = run.tokenizer.mask();
+    let (mut masked, mut mask_targets) = (vec![0i32; bt], vec![0i32; bt]);
     let started = Instant::now();
     let first_step = state.step;
     let mut bad_steps = 0usize;
@@ -162,12 +182,22 @@ pub fn train<K: Backend>(model: &mut Gpt<K>, mut run: Run<'_, K>, resume: Option
         let step = state.step;
         let timer = Instant::now();
         model.zero_grads()?;
-        let mut loss = 0.0f32;
+        let (mut clm_loss, mut mlm_loss) = (0.0f32, 0.0f32);
+        let share = 1.0 / accum as f32;
         for _ in 0..accum {
             run.train.next_batch(&mut inputs, &mut targets)?;
-            model.set_batch(&inputs, &targets).with_context(|| format!("training batch of step {step}"))?;
-            loss += model.forward_backward(true, 1.0 / accum as f32)? / accum as f32;
+            if objective.has_clm() {
+                model.set_batch(&inputs, &targets).with_context(|| format!("training batch of step {step}"))?;
+                clm_loss += model.forward_backward(true, share)? * share;
+            }
+            if objective.has_mlm() {
+                masked.copy_from_slice(&inputs);
+                mask_batch(&mut masked, &mut mask_targets, vocab, mask_id, &mut mask_rng);
+                model.set_batch(&masked, &mask_targets).with_context(|| format!("training batch of step {step}"))?;
+                mlm_loss += model.forward_backward(false, mlm_weight * share)? * share;
+            }
         }
+        let loss = objective_loss(objective, clm_loss, mlm_loss, mlm_weight);
         let grad_norm = model.grad_norm()?;
         let grad_scale = if cfg.grad_clip > 0.0 && grad_norm > cfg.grad_clip { cfg.grad_clip / grad_norm } else { 1.0 };
         let lr = schedule.at(step);
@@ -199,6 +229,8 @@ pub fn train<K: Backend>(model: &mut Gpt<K>, mut run: Run<'_, K>, resume: Option
             step: state.step,
             steps: cfg.steps,
             loss,
+            clm_loss: (objective == Objective::ClmMlm).then_some(clm_loss),
+            mlm_loss: (objective == Objective::ClmMlm).then_some(mlm_loss),
             lr,
             grad_norm,
             ms: secs * 1e3,
@@ -228,18 +260,29 @@ pub fn train<K: Backend>(model: &mut Gpt<K>, mut run: Run<'_, K>, resume: Option
         let every = |n: usize| n > 0 && state.step % n == 0;
         if let Some(val) = run.val.as_mut() {
             if every(cfg.val_every) || last {
-                let (val_loss, tokens) = validate(model, val, cfg.val_batches)?;
+                let (clm, mlm, tokens) = validate(model, val, cfg, mask_id)?;
+                let val_loss = objective_loss(objective, clm.unwrap_or(0.0), mlm.unwrap_or(0.0), mlm_weight);
                 last_val = Some(val_loss);
-                emit(Event::Val { step: state.step, val_loss, tokens }, &mut run.report)?;
+                let both = objective == Objective::ClmMlm;
+                let event = Event::Val {
+                    step: state.step,
+                    val_loss,
+                    val_clm_loss: clm.filter(|_| both),
+                    val_mlm_loss: mlm.filter(|_| both),
+                    tokens,
+                };
+                emit(event, &mut run.report)?;
             }
         }
-        if every(cfg.sample_every) || last && cfg.sample_every > 0 {
+        // A bidirectional (MLM-only) model cannot continue text left to right.
+        if objective.has_clm() && (every(cfg.sample_every) || last && cfg.sample_every > 0) {
             let text = sample(model, &mut run, &mut sample_rng)?;
             emit(Event::Sample { step: state.step, text }, &mut run.report)?;
         }
         if every(cfg.checkpoint_every) || last || stop_requested {
             state.loader = serde_json::to_value(run.train.state()).expect("loader state serialises");
-            state.rng = sample_rng.state;
+            state.sample_rng = sample_rng.state;
+            state.mask_rng = mask_rng.state;
             let path = checkpoint::save(run.out, model, &state, cfg.keep_checkpoints)?;
             emit(Event::Checkpoint { step: state.step, path: path.clone() }, &mut run.report)?;
             last_checkpoint = Some(path);
@@ -257,19 +300,38 @@ pub fn train<K: Backend>(model: &mut Gpt<K>, mut run: Run<'_, K>, resume: Option
     Ok(Outcome { last_loss: losses.last().copied().unwrap_or(f32::NAN), last_val_loss: last_val, checkpoint, losses, interrupted })
 }
 
-/// Mean loss over the first `batches` validation batches (the same batches every time).
-fn validate<K: Backend>(model: &mut Gpt<K>, val: &mut Loader, batches: usize) -> Result<(f32, usize)> {
+/// The loss the objective optimises.
+fn objective_loss(objective: Objective, clm: f32, mlm: f32, mlm_weight: f32) -> f32 {
+    match objective {
+        Objective::Clm => clm,
+        Objective::Mlm => mlm,
+        Objective::ClmMlm => clm + mlm_weight * mlm,
+    }
+}
+
+/// Mean CLM and/or MLM loss over the first `cfg.val_batches` validation batches: the same
+/// batches, and the same MLM masks, every time.
+fn validate<K: Backend>(model: &mut Gpt<K>, val: &mut Loader, cfg: &TrainConfig, mask_id: u32) -> Result<(Option<f32>, Option<f32>, usize)> {
     let bt = model.acts.b * model.acts.t;
     let (mut inputs, mut targets) = (vec![0i32; bt], vec![0i32; bt]);
+    let mut mask_rng = Rng::derive(cfg.seed, VAL_MASK_STREAM);
     val.reset();
-    let mut sum = 0.0f64;
+    let (mut clm, mut mlm) = (0.0f64, 0.0f64);
     let mut n = 0;
-    while n < batches && val.next_batch(&mut inputs, &mut targets).is_ok() {
-        model.set_batch(&inputs, &targets).context("validation batch")?;
-        sum += model.forward(true)? as f64;
+    while n < cfg.val_batches && val.next_batch(&mut inputs, &mut targets).is_ok() {
+        if cfg.objective.has_clm() {
+            model.set_batch(&inputs, &targets).context("validation batch")?;
+            clm += model.forward(true)? as f64;
+        }
+        if cfg.objective.has_mlm() {
+            mask_batch(&mut inputs, &mut targets, model.cfg.vocab_size, mask_id, &mut mask_rng);
+            model.set_batch(&inputs, &targets).context("validation batch")?;
+            mlm += model.forward(false)? as f64;
+        }
         n += 1;
     }
-    Ok(((sum / n.max(1) as f64) as f32, n * bt))
+    let mean = |sum: f64, used: bool| used.then_some((sum / n.max(1) as f64) as f32);
+    Ok((mean(clm, cfg.objective.has_clm()), mean(mlm, cfg.objective.has_mlm()), n * bt))
 }
 
 /// A sample from the current parameters, starting from end-of-text (a fresh document).
