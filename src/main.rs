@@ -14,6 +14,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Pretrain a model (the built-in corpus when no --data is given).
+    Train(gptk::train::config::TrainConfig),
+    /// Tokenize text files into llm.c token shards.
+    Prepare(cli::prepare::PrepareArgs),
+    /// Continue a prompt with a trained model.
+    Sample(cli::sample::SampleArgs),
     /// Mean next-token cross-entropy of a model over an llm.c token shard.
     Eval(cli::eval::EvalArgs),
     /// A model's parameters, FLOPs per token and memory plan.
@@ -23,6 +29,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
+        Command::Train(args) => cli::train::run(args),
+        Command::Prepare(args) => cli::prepare::run(args),
+        Command::Sample(args) => cli::sample::run(args),
         Command::Eval(args) => cli::eval::run(args),
         Command::Info(args) => cli::info::run(args),
     };

@@ -3,6 +3,9 @@
 
 pub mod eval;
 pub mod info;
+pub mod prepare;
+pub mod sample;
+pub mod train;
 
 /// Bytes as KiB/MiB/GiB with three significant digits.
 pub fn human_bytes(n: usize) -> String {

@@ -1,4 +1,8 @@
-//! Data: llm.c token shards and MLM masking.
+//! Data: tokenizers, llm.c token shards, preparing text into shards, the training loader, MLM
+//! masking.
 
+pub mod loader;
 pub mod mlm;
+pub mod prepare;
 pub mod shard;
+pub mod tokenizer;

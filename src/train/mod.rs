@@ -9,4 +9,4 @@
 pub mod checkpoint;
 pub mod config;
 pub mod lr;
-// pub mod run; (enabled once the loader lands)
+pub mod run;

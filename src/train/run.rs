@@ -1,17 +1,17 @@
 //! The training loop.
 
+use super::checkpoint::{self, TrainState};
+use super::config::{Objective, TrainConfig};
+use super::lr::LrSchedule;
 use crate::backend::{AdamWStep, Backend};
 use crate::data::loader::{Loader, LoaderState};
+use crate::data::mlm::mask_batch;
 use crate::data::tokenizer::Tokenizer;
 use crate::generate::{SampleOpts, generate};
 use crate::model::layout::{Arena, Tensor};
 use crate::model::{Gpt, ModelError};
 use crate::rng::Rng;
 use anyhow::{Context, Result};
-use super::checkpoint::{self, TrainState};
-use super::config::{Objective, TrainConfig};
-use crate::data::mlm::mask_batch;
-use super::lr::LrSchedule;
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -123,7 +123,11 @@ fn whole(arena: Arena, len: usize) -> Tensor {
 }
 
 /// Runs (or continues, when `resume` holds a checkpoint's state) the training loop.
-pub fn train<K: Backend>(model: &mut Gpt<K>, mut run: Run<'_, K>, resume: Option<(TrainState, Vec<f32>, Vec<f32>)>) -> Result<Outcome> {
+pub fn train<K: Backend>(
+    model: &mut Gpt<K>,
+    mut run: Run<'_, K>,
+    resume: Option<(TrainState, Vec<f32>, Vec<f32>)>,
+) -> Result<Outcome> {
     let cfg = run.cfg;
     let (b, t) = (model.acts.b, model.acts.t);
     let bt = b * t;
@@ -150,14 +154,19 @@ pub fn train<K: Backend>(model: &mut Gpt<K>, mut run: Run<'_, K>, resume: Option
         model.backend.upload(whole(Arena::OptM, model.params.total), &m)?;
         model.backend.upload(whole(Arena::OptV, model.params.total), &v)?;
         let loader: LoaderState = serde_json::from_value(saved.loader.clone()).context("checkpoint's loader state")?;
-        run.train.restore(&loader)?;
+        run.train.restore(&loader).map_err(|e| anyhow::anyhow!("resume: {e}"))?;
         state = TrainState { run: run_json, ..saved };
     }
     let metrics_path = run.out.join(METRICS_FILE);
     truncate_metrics(&metrics_path, state.step)?;
-    let mut metrics = OpenOptions::new().create(true).append(true).open(&metrics_path).with_context(|| format!("{}", metrics_path.display()))?;
+    let mut metrics = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .with_context(|| format!("{}", metrics_path.display()))?;
     let mut emit = |event: Event, report: &mut Box<dyn FnMut(&Event) + '_>| -> Result<()> {
-        writeln!(metrics, "{}", serde_json::to_string(&event).expect("event serialises")).with_context(|| metrics_path.display().to_string())?;
+        writeln!(metrics, "{}", serde_json::to_string(&event).expect("event serialises"))
+            .with_context(|| metrics_path.display().to_string())?;
         report(&event);
         Ok(())
     };
@@ -185,15 +194,16 @@ pub fn train<K: Backend>(model: &mut Gpt<K>, mut run: Run<'_, K>, resume: Option
         let (mut clm_loss, mut mlm_loss) = (0.0f32, 0.0f32);
         let share = 1.0 / accum as f32;
         for _ in 0..accum {
-            run.train.next_batch(&mut inputs, &mut targets)?;
+            run.train.next_batch(&mut inputs, &mut targets);
+            let at = || format!("training batch of step {} ({})", step + 1, run.train.position());
             if objective.has_clm() {
-                model.set_batch(&inputs, &targets).with_context(|| format!("training batch of step {step}"))?;
+                model.set_batch(&inputs, &targets).with_context(at)?;
                 clm_loss += model.forward_backward(true, share)? * share;
             }
             if objective.has_mlm() {
                 masked.copy_from_slice(&inputs);
                 mask_batch(&mut masked, &mut mask_targets, vocab, mask_id, &mut mask_rng);
-                model.set_batch(&masked, &mask_targets).with_context(|| format!("training batch of step {step}"))?;
+                model.set_batch(&masked, &mask_targets).with_context(at)?;
                 mlm_loss += model.forward_backward(false, mlm_weight * share)? * share;
             }
         }
@@ -252,7 +262,8 @@ pub fn train<K: Backend>(model: &mut Gpt<K>, mut run: Run<'_, K>, resume: Option
             if cfg.spike_factor > 0.0 && loss_average.is_some_and(|avg| loss > cfg.spike_factor * avg) {
                 emit(Event::Spike { step: state.step, loss, average: loss_average.unwrap_or(loss) }, &mut run.report)?;
             }
-            loss_average = Some(loss_average.map_or(loss, |avg| LOSS_AVERAGE_DECAY * avg + (1.0 - LOSS_AVERAGE_DECAY) * loss));
+            loss_average =
+                Some(loss_average.map_or(loss, |avg| LOSS_AVERAGE_DECAY * avg + (1.0 - LOSS_AVERAGE_DECAY) * loss));
         }
 
         let stop_requested = run.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
@@ -297,7 +308,13 @@ pub fn train<K: Backend>(model: &mut Gpt<K>, mut run: Run<'_, K>, resume: Option
         Some(p) => p,
         None => checkpoint::latest(run.out).context("the run has no checkpoint")?,
     };
-    Ok(Outcome { last_loss: losses.last().copied().unwrap_or(f32::NAN), last_val_loss: last_val, checkpoint, losses, interrupted })
+    Ok(Outcome {
+        last_loss: losses.last().copied().unwrap_or(f32::NAN),
+        last_val_loss: last_val,
+        checkpoint,
+        losses,
+        interrupted,
+    })
 }
 
 /// The loss the objective optimises.
@@ -311,21 +328,26 @@ fn objective_loss(objective: Objective, clm: f32, mlm: f32, mlm_weight: f32) -> 
 
 /// Mean CLM and/or MLM loss over the first `cfg.val_batches` validation batches: the same
 /// batches, and the same MLM masks, every time.
-fn validate<K: Backend>(model: &mut Gpt<K>, val: &mut Loader, cfg: &TrainConfig, mask_id: u32) -> Result<(Option<f32>, Option<f32>, usize)> {
+fn validate<K: Backend>(
+    model: &mut Gpt<K>,
+    val: &mut Loader,
+    cfg: &TrainConfig,
+    mask_id: u32,
+) -> Result<(Option<f32>, Option<f32>, usize)> {
     let bt = model.acts.b * model.acts.t;
     let (mut inputs, mut targets) = (vec![0i32; bt], vec![0i32; bt]);
     let mut mask_rng = Rng::derive(cfg.seed, VAL_MASK_STREAM);
     val.reset();
     let (mut clm, mut mlm) = (0.0f64, 0.0f64);
     let mut n = 0;
-    while n < cfg.val_batches && val.next_batch(&mut inputs, &mut targets).is_ok() {
+    while n < cfg.val_batches && val.next_batch(&mut inputs, &mut targets) {
         if cfg.objective.has_clm() {
-            model.set_batch(&inputs, &targets).context("validation batch")?;
+            model.set_batch(&inputs, &targets).with_context(|| format!("validation batch ({})", val.position()))?;
             clm += model.forward(true)? as f64;
         }
         if cfg.objective.has_mlm() {
             mask_batch(&mut inputs, &mut targets, model.cfg.vocab_size, mask_id, &mut mask_rng);
-            model.set_batch(&inputs, &targets).context("validation batch")?;
+            model.set_batch(&inputs, &targets).with_context(|| format!("validation batch ({})", val.position()))?;
             mlm += model.forward(false)? as f64;
         }
         n += 1;

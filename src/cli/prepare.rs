@@ -1,0 +1,73 @@
+//! `gptk prepare`: text files into llm.c token shards.
+
+use anyhow::Result;
+use gptk::data::prepare::{DEFAULT_SHARD_TOKENS, PrepareOpts, prepare};
+use gptk::data::tokenizer::Tokenizer;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct PrepareArgs {
+    /// Files, directories (searched recursively) or glob patterns of .txt (one document per
+    /// file) and .jsonl (one document per line) files.
+    #[arg(long, required = true, num_args = 1..)]
+    input: Vec<String>,
+    /// Output directory for the shards and manifest.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// gpt2 (BPE, 50257 tokens) or bytes (257 tokens).
+    #[arg(long, default_value = "gpt2")]
+    tokenizer: String,
+    /// Share of documents held out for validation.
+    #[arg(long, default_value_t = 0.01)]
+    val_fraction: f64,
+    /// Most tokens per shard file.
+    #[arg(long, default_value_t = DEFAULT_SHARD_TOKENS)]
+    shard_tokens: usize,
+    /// Field of each .jsonl line that holds the text.
+    #[arg(long, default_value = "text")]
+    text_field: String,
+    /// Seed of the train/validation split.
+    #[arg(long, default_value_t = 1337)]
+    seed: u64,
+    /// Replace shards already in --out.
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn run(args: &PrepareArgs) -> Result<()> {
+    let opts = PrepareOpts {
+        inputs: args.input.clone(),
+        out: args.out.clone(),
+        tokenizer: Tokenizer::from_name(&args.tokenizer)?,
+        val_fraction: args.val_fraction,
+        shard_tokens: args.shard_tokens,
+        text_field: args.text_field.clone(),
+        seed: args.seed,
+        force: args.force,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let m = prepare(&opts)?;
+    for s in &m.skipped {
+        eprintln!("warning: skipped {}: {}", s.path, s.reason);
+    }
+    println!(
+        "{}: {} tokenizer; train {} documents, {} tokens in {} shard(s); val {} documents, {} tokens in {} shard(s)",
+        args.out.display(),
+        m.tokenizer,
+        m.train.documents,
+        m.train.tokens,
+        m.train.shards.len(),
+        m.val.documents,
+        m.val.tokens,
+        m.val.shards.len()
+    );
+    if m.empty_documents > 0 || !m.skipped.is_empty() {
+        println!(
+            "{} empty document(s) dropped, {} file(s) skipped (listed in manifest.json)",
+            m.empty_documents,
+            m.skipped.len()
+        );
+    }
+    Ok(())
+}
