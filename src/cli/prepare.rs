@@ -1,7 +1,9 @@
-//! `gptk prepare`: text files into llm.c token shards.
+//! `gptk prepare`: text files into llm.c token shards (the work is in `gptk::data::prepare`).
 
 use anyhow::Result;
-use gptk::data::prepare::{DEFAULT_SHARD_TOKENS, PrepareOpts, prepare};
+use gptk::data::prepare::{
+    DEFAULT_SHARD_TOKENS, DEFAULT_TEXT_FIELD, DEFAULT_VAL_FRACTION, MANIFEST_FILE, PrepareOpts, prepare,
+};
 use gptk::data::tokenizer::Tokenizer;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -18,19 +20,19 @@ pub struct PrepareArgs {
     /// gpt2 (BPE, 50257 tokens) or bytes (257 tokens).
     #[arg(long, default_value = "gpt2")]
     tokenizer: String,
-    /// Share of documents held out for validation.
-    #[arg(long, default_value_t = 0.01)]
+    /// Share of documents held out for validation (at least one when there are two or more).
+    #[arg(long, default_value_t = DEFAULT_VAL_FRACTION)]
     val_fraction: f64,
     /// Most tokens per shard file.
     #[arg(long, default_value_t = DEFAULT_SHARD_TOKENS)]
     shard_tokens: usize,
     /// Field of each .jsonl line that holds the text.
-    #[arg(long, default_value = "text")]
+    #[arg(long, default_value = DEFAULT_TEXT_FIELD)]
     text_field: String,
     /// Seed of the train/validation split.
     #[arg(long, default_value_t = 1337)]
     seed: u64,
-    /// Replace shards already in --out.
+    /// Replace shards of another tokenizer (or without a manifest) already in --out.
     #[arg(long)]
     force: bool,
 }
@@ -64,10 +66,13 @@ pub fn run(args: &PrepareArgs) -> Result<()> {
     );
     if m.empty_documents > 0 || !m.skipped.is_empty() {
         println!(
-            "{} empty document(s) dropped, {} file(s) skipped (listed in manifest.json)",
+            "{} empty document(s) dropped, {} file(s) skipped (listed in {MANIFEST_FILE})",
             m.empty_documents,
             m.skipped.len()
         );
+    }
+    if m.val.documents == 0 {
+        eprintln!("warning: no validation split (fewer than two documents, or --val-fraction 0)");
     }
     Ok(())
 }

@@ -1,16 +1,34 @@
 //! Batches from a directory of llm.c shards.
 //!
-//! A shard of N tokens holds ⌊(N − 1) / (B·T)⌋ windows; window k is tokens
-//! `[k·B·T, k·B·T + B·T + 1)`: inputs the first B·T, targets the same shifted by one (llm.c's
-//! layout). Training visits every window of every shard once per epoch, in an order shuffled per
-//! epoch from the seed (shard order, then the windows inside each shard), and rank r of a world
-//! of w takes windows r, r + w, r + 2w, … of that order, so data-parallel ranks see disjoint
-//! data. Validation reads its shards in order, from the start, each time it is reset.
+//! **Shards.** A directory prepared by `gptk prepare` lists its shards in `manifest.json`, which
+//! also names the tokenizer and the vocabulary size. A directory without a manifest is llm.c
+//! data: its shards are found by name (`*_train_*.bin` or `*_train.bin`, `*_val_*.bin` or
+//! `*_val.bin`, sorted), and its tokens are GPT-2's. Either way each shard is memory-mapped and
+//! its header checked ([`Shard::open`]).
 //!
-//! The loader's position is a small [`LoaderState`] (epoch and index); the order is recomputed
-//! from the seed, so restoring a state continues exactly where the saved run was.
+//! **Windows.** With batches of B×T tokens, a shard of N tokens holds ⌊(N − 1) / (B·T)⌋ windows;
+//! window k is tokens `[k·B·T, k·B·T + B·T + 1)`: inputs the first B·T, targets the same shifted
+//! by one (llm.c's layout). The last `(N − 1) mod (B·T)` tokens of a shard are never inputs. A
+//! shard shorter than one window is an error naming it.
+//!
+//! **Order.** Training visits every window of every shard once per epoch. Each epoch has its own
+//! order, drawn from the seed and the epoch number: the shards are shuffled, then the windows
+//! inside each shard (as llm.c's loader does with shuffling on). Validation reads its shards in
+//! order, windows in order, and ends; [`Loader::reset`] starts it over.
+//!
+//! **Ranks.** Rank r of a world of w takes windows r, r + w, r + 2w, … of the epoch's order, so
+//! data-parallel ranks see disjoint data and together all of it, except the last
+//! `windows mod w` windows of each epoch, which are dropped so that every rank takes the same
+//! number of steps.
+//!
+//! **Resume.** The order is a pure function of (seed, epoch, shards, B·T), so the position is
+//! two numbers: the epoch and how many windows this rank has taken in it. [`LoaderState`] holds
+//! them with what must not change for them to mean the same thing (seed, rank layout, window
+//! count and size); `restore` checks those and continues exactly where the saved loader was.
 
+use super::prepare::{MANIFEST_FILE, Manifest};
 use super::shard::{Shard, ShardError};
+use crate::model::config::GPT2_VOCAB_SIZE;
 use crate::rng::Rng;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -23,24 +41,51 @@ pub enum Split {
 }
 
 impl Split {
-    fn tag(self) -> &'static str {
+    /// The split's word in shard names.
+    pub fn name(self) -> &'static str {
         match self {
-            Split::Train => "_train_",
-            Split::Val => "_val_",
+            Split::Train => "train",
+            Split::Val => "val",
         }
     }
 }
 
-/// A data directory that cannot be used.
+/// The split a shard file name belongs to under llm.c's naming: `<name>_train_<k>.bin` or
+/// `<name>_train.bin` (and `val` alike); `None` for other names.
+pub fn split_of_shard_name(file_name: &str) -> Option<Split> {
+    let stem = file_name.strip_suffix(".bin")?;
+    let at = |split: Split| {
+        let tag = format!("_{}", split.name());
+        let inner = stem.rfind(&format!("{tag}_"));
+        let last = stem.ends_with(&tag).then(|| stem.len() - tag.len());
+        inner.max(last)
+    };
+    match (at(Split::Train), at(Split::Val)) {
+        (None, None) => None,
+        (t, v) => Some(if t > v { Split::Train } else { Split::Val }),
+    }
+}
+
+/// A data directory that cannot be used, naming the file or directory.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error(transparent)]
     Shard(#[from] ShardError),
     #[error("{}: {msg}", path.display())]
     Dir { path: PathBuf, msg: String },
+    /// Batch shape or rank layout that cannot work.
+    #[error("{0}")]
+    Config(String),
+    /// A saved position that does not fit this loader.
+    #[error("{0}")]
+    Resume(String),
 }
 
-/// Where a training loader is, for checkpoints.
+fn dir_err(path: &Path, msg: impl Into<String>) -> DataError {
+    DataError::Dir { path: path.to_path_buf(), msg: msg.into() }
+}
+
+/// Where a loader is, for checkpoints (see the module docs).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoaderState {
     pub epoch: u64,
@@ -49,10 +94,59 @@ pub struct LoaderState {
     pub seed: u64,
     pub rank: usize,
     pub world: usize,
+    /// Windows of one epoch, all ranks together.
     pub windows_per_epoch: usize,
+    /// B·T of the batches (0 in states saved before it was recorded: not checked).
+    #[serde(default)]
+    pub batch_tokens: usize,
 }
 
-/// Shards of one split, windows of B·T + 1 tokens.
+/// The shards of one split of `dir` and the vocabulary they use.
+pub struct Dataset {
+    pub paths: Vec<PathBuf>,
+    /// V from the manifest; GPT-2's for llm.c data.
+    pub vocab_size: usize,
+    /// Tokenizer name from the manifest; "gpt2" for llm.c data.
+    pub tokenizer: String,
+}
+
+/// Finds the shards of `split` in `dir`: the manifest's list when there is one, else llm.c's
+/// names.
+pub fn find_shards(dir: &Path, split: Split) -> Result<Dataset, DataError> {
+    if !dir.is_dir() {
+        return Err(dir_err(dir, "no such data directory"));
+    }
+    let manifest_path = dir.join(MANIFEST_FILE);
+    if manifest_path.is_file() {
+        let m = Manifest::read(dir).map_err(|e| dir_err(&manifest_path, e.to_string()))?;
+        let stats = match split {
+            Split::Train => &m.train,
+            Split::Val => &m.val,
+        };
+        let paths: Vec<PathBuf> = stats.shards.iter().map(|f| dir.join(f)).collect();
+        if let Some(missing) = paths.iter().find(|p| !p.is_file()) {
+            return Err(dir_err(missing, format!("listed in {} but missing", manifest_path.display())));
+        }
+        if paths.is_empty() {
+            return Err(dir_err(dir, format!("{MANIFEST_FILE} lists no {} shards", split.name())));
+        }
+        return Ok(Dataset { paths, vocab_size: m.vocab_size, tokenizer: m.tokenizer });
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| dir_err(dir, e.to_string()))?;
+    let mut paths: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).and_then(split_of_shard_name) == Some(split))
+        .collect();
+    paths.sort();
+    if paths.is_empty() {
+        let s = split.name();
+        return Err(dir_err(dir, format!("no *_{s}_*.bin or *_{s}.bin shards (and no {MANIFEST_FILE})")));
+    }
+    Ok(Dataset { paths, vocab_size: GPT2_VOCAB_SIZE, tokenizer: "gpt2".into() })
+}
+
+/// Shards of one split, read in windows of B·T + 1 tokens.
 pub struct Loader {
     shards: Vec<Shard>,
     split: Split,
@@ -60,30 +154,18 @@ pub struct Loader {
     seed: u64,
     rank: usize,
     world: usize,
+    vocab_size: usize,
+    tokenizer: String,
     epoch: u64,
     index: usize,
     /// This rank's windows for the current epoch: (shard, window).
     order: Vec<(usize, usize)>,
 }
 
-/// `*_train_*.bin` or `*_val_*.bin` files of `dir`, sorted by name.
-pub fn shard_paths(dir: &Path, split: Split) -> Result<Vec<PathBuf>, DataError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| DataError::Dir { path: dir.to_path_buf(), msg: e.to_string() })?;
-    let mut paths: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            name.ends_with(".bin") && name.contains(split.tag())
-        })
-        .collect();
-    paths.sort();
-    Ok(paths)
-}
-
 impl Loader {
     /// Opens the shards of `split` in `dir` for batches of `b` × `t` tokens. `rank` of `world`
-    /// selects this process's share (0 of 1 without data parallelism).
+    /// selects this process's share (0 of 1 without data parallelism); `seed` fixes the
+    /// training order.
     pub fn open(
         dir: &Path,
         split: Split,
@@ -93,34 +175,53 @@ impl Loader {
         rank: usize,
         world: usize,
     ) -> Result<Loader, DataError> {
-        assert!(b > 0 && t > 0 && world > 0 && rank < world);
-        let paths = shard_paths(dir, split)?;
-        if paths.is_empty() {
-            return Err(DataError::Dir { path: dir.to_path_buf(), msg: format!("no *{}*.bin shards", split.tag()) });
+        if b == 0 || t == 0 {
+            return Err(DataError::Config(format!("batch size {b} and sequence length {t} must be at least 1")));
         }
-        let bt = b * t;
-        let mut shards = Vec::with_capacity(paths.len());
-        for p in &paths {
+        if world == 0 || rank >= world {
+            return Err(DataError::Config(format!("rank {rank} of a world of {world}: expected 0 ≤ rank < world")));
+        }
+        let bt = b.checked_mul(t).ok_or_else(|| DataError::Config(format!("B·T = {b}·{t} overflows")))?;
+        let data = find_shards(dir, split)?;
+        let mut shards = Vec::with_capacity(data.paths.len());
+        for p in &data.paths {
             let s = Shard::open(p)?;
             if s.len() < bt + 1 {
-                return Err(DataError::Dir {
-                    path: p.clone(),
-                    msg: format!("{} tokens is shorter than one batch of B*T+1 = {} tokens", s.len(), bt + 1),
-                });
+                return Err(dir_err(
+                    p,
+                    format!(
+                        "{} tokens is shorter than one batch of B*T+1 = {} tokens (use a smaller batch or larger shards)",
+                        s.len(),
+                        bt + 1
+                    ),
+                ));
             }
             shards.push(s);
         }
-        let mut loader = Loader { shards, split, bt, seed, rank, world, epoch: 0, index: 0, order: Vec::new() };
+        let mut loader = Loader {
+            shards,
+            split,
+            bt,
+            seed,
+            rank,
+            world,
+            vocab_size: data.vocab_size,
+            tokenizer: data.tokenizer,
+            epoch: 0,
+            index: 0,
+            order: Vec::new(),
+        };
         loader.plan_epoch();
         if loader.order.is_empty() {
-            return Err(DataError::Dir {
-                path: dir.to_path_buf(),
-                msg: format!(
-                    "{} windows of {} tokens cannot be shared by {world} ranks",
+            return Err(dir_err(
+                dir,
+                format!(
+                    "{} {} windows of {} tokens cannot be shared by {world} ranks",
                     loader.windows_per_epoch(),
+                    split.name(),
                     bt + 1
                 ),
-            });
+            ));
         }
         Ok(loader)
     }
@@ -130,20 +231,45 @@ impl Loader {
         self.shards.iter().map(|s| (s.len() - 1) / self.bt).sum()
     }
 
-    /// Tokens one epoch feeds this rank.
+    /// Batches one epoch gives this rank.
+    pub fn batches_per_epoch(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Tokens one epoch feeds this rank (as inputs).
     pub fn tokens_per_epoch(&self) -> usize {
         self.order.len() * self.bt
     }
 
+    /// The epoch the next batch comes from (0 first).
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    pub fn split(&self) -> Split {
+        self.split
+    }
+
+    /// V of the data: every token id is below it if the shards are sound (the trainer checks).
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    /// Name of the data's tokenizer.
+    pub fn tokenizer(&self) -> &str {
+        &self.tokenizer
+    }
+
+    /// The shard files, in name order.
+    pub fn shard_paths(&self) -> Vec<&Path> {
+        self.shards.iter().map(Shard::path).collect()
     }
 
     /// Computes this rank's window order for `self.epoch`.
     fn plan_epoch(&mut self) {
         let mut all: Vec<(usize, usize)> = Vec::with_capacity(self.windows_per_epoch());
         let mut shard_order: Vec<usize> = (0..self.shards.len()).collect();
-        let mut rng = Rng::derive(self.seed, 0xE90C ^ self.epoch.wrapping_mul(0x9E37));
+        let mut rng = Rng::derive(self.seed, 0xE90C ^ self.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         if self.split == Split::Train {
             rng.shuffle(&mut shard_order);
         }
@@ -155,15 +281,22 @@ impl Loader {
             }
             all.extend(windows.into_iter().map(|w| (s, w)));
         }
-        // Every rank gets the same number of windows; the remainder is dropped this epoch.
         let per_rank = all.len() / self.world;
         self.order = all.into_iter().skip(self.rank).step_by(self.world).take(per_rank).collect();
     }
 
     /// Fills the next (inputs, targets) of B·T ids each. Training wraps into a new epoch (with a
-    /// new order) and always succeeds; validation returns false once its shards are exhausted.
+    /// new order) and always returns true; validation returns false once its windows are used.
+    ///
+    /// Panics if a buffer is not B·T long (a caller's bug, not the data's).
     pub fn next_batch(&mut self, inputs: &mut [i32], targets: &mut [i32]) -> bool {
-        assert!(inputs.len() == self.bt && targets.len() == self.bt);
+        assert!(
+            inputs.len() == self.bt && targets.len() == self.bt,
+            "batch buffers of {} and {} ids, expected B*T = {}",
+            inputs.len(),
+            targets.len(),
+            self.bt
+        );
         if self.index == self.order.len() {
             if self.split == Split::Val {
                 return false;
@@ -188,7 +321,8 @@ impl Loader {
         }
     }
 
-    /// Starts over from the first window of the epoch (validation).
+    /// Starts the current epoch over from its first window (validation reads the same batches
+    /// every time).
     pub fn reset(&mut self) {
         self.index = 0;
     }
@@ -201,32 +335,44 @@ impl Loader {
             rank: self.rank,
             world: self.world,
             windows_per_epoch: self.windows_per_epoch(),
+            batch_tokens: self.bt,
         }
     }
 
-    /// Continues from a saved position; the data, seed and rank layout must be the same.
-    pub fn restore(&mut self, state: &LoaderState) -> Result<(), String> {
+    /// Continues from a saved position; the data, batch shape, seed and rank layout must be the
+    /// ones it was saved with.
+    pub fn restore(&mut self, state: &LoaderState) -> Result<(), DataError> {
         if state.seed != self.seed || state.rank != self.rank || state.world != self.world {
-            return Err(format!(
-                "the checkpoint's data position was saved with seed {} rank {} of {}, this run has seed {} rank {} of {}",
+            return Err(DataError::Resume(format!(
+                "the data position was saved with seed {} rank {} of {}, this run has seed {} rank {} of {}",
                 state.seed, state.rank, state.world, self.seed, self.rank, self.world
-            ));
+            )));
+        }
+        if state.batch_tokens != 0 && state.batch_tokens != self.bt {
+            return Err(DataError::Resume(format!(
+                "the data position was saved for batches of B*T = {} tokens, this run has {}",
+                state.batch_tokens, self.bt
+            )));
         }
         if state.windows_per_epoch != self.windows_per_epoch() {
-            return Err(format!(
-                "the data changed since the checkpoint: {} windows per epoch then, {} now",
+            return Err(DataError::Resume(format!(
+                "the data changed since the position was saved: {} windows per epoch then, {} now",
                 state.windows_per_epoch,
                 self.windows_per_epoch()
-            ));
+            )));
         }
+        let (epoch, index) = (self.epoch, self.index);
         self.epoch = state.epoch;
         self.plan_epoch();
         if state.index > self.order.len() {
-            return Err(format!(
-                "the checkpoint's data position {} is past the epoch's {} windows",
-                state.index,
-                self.order.len()
-            ));
+            let n = self.order.len();
+            self.epoch = epoch;
+            self.plan_epoch();
+            self.index = index;
+            return Err(DataError::Resume(format!(
+                "the saved data position {} is past the epoch's {n} windows",
+                state.index
+            )));
         }
         self.index = state.index;
         Ok(())
@@ -236,122 +382,26 @@ impl Loader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::shard::write_shard;
-
-    fn dir_with_shards(tag: &str, sizes: &[usize]) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("gptk-loader-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut next = 0u16;
-        for (i, &n) in sizes.iter().enumerate() {
-            let tokens: Vec<u16> = (0..n)
-                .map(|_| {
-                    next = next.wrapping_add(1);
-                    next
-                })
-                .collect();
-            write_shard(&dir.join(format!("d_train_{i:06}.bin")), &tokens).unwrap();
-        }
-        write_shard(&dir.join("d_val_000000.bin"), &(0..50).collect::<Vec<u16>>()).unwrap();
-        dir
-    }
-
-    fn epoch_windows(l: &mut Loader) -> Vec<i32> {
-        let (mut x, mut y) = (vec![0; l.bt], vec![0; l.bt]);
-        (0..l.order.len())
-            .map(|_| {
-                assert!(l.next_batch(&mut x, &mut y));
-                assert!(
-                    x.iter().zip(&y).all(|(a, b)| *b == (*a as u16).wrapping_add(1) as i32),
-                    "targets shift by one"
-                );
-                x[0]
-            })
-            .collect()
-    }
 
     #[test]
-    fn an_epoch_visits_every_window_once_and_reshuffles() {
-        let dir = dir_with_shards("epoch", &[41, 61, 25]);
-        let mut l = Loader::open(&dir, Split::Train, 2, 5, 7, 0, 1).unwrap();
-        assert_eq!(l.windows_per_epoch(), 4 + 6 + 2);
-        let first = epoch_windows(&mut l);
-        let mut sorted = first.clone();
-        sorted.sort();
-        sorted.dedup();
-        assert_eq!(sorted.len(), 12, "each window once");
-        let second = epoch_windows(&mut l);
-        assert_eq!(l.epoch(), 1);
-        assert_ne!(first, second, "a new epoch has a new order");
-        let mut other_seed = Loader::open(&dir, Split::Train, 2, 5, 8, 0, 1).unwrap();
-        assert_ne!(epoch_windows(&mut other_seed), first);
-        let mut same_seed = Loader::open(&dir, Split::Train, 2, 5, 7, 0, 1).unwrap();
-        assert_eq!(epoch_windows(&mut same_seed), first);
-    }
-
-    #[test]
-    fn ranks_split_the_epoch_disjointly() {
-        let dir = dir_with_shards("ranks", &[41, 61, 25]);
-        let mut seen = Vec::new();
-        for rank in 0..3 {
-            let mut l = Loader::open(&dir, Split::Train, 2, 5, 7, rank, 3).unwrap();
-            assert_eq!(l.order.len(), 4);
-            seen.extend(epoch_windows(&mut l));
+    fn llm_c_names_are_recognised() {
+        let cases = [
+            ("fineweb_train_000001.bin", Some(Split::Train)),
+            ("fineweb_val_000000.bin", Some(Split::Val)),
+            ("edu_fineweb_train_000099.bin", Some(Split::Train)),
+            ("tiny_shakespeare_train.bin", Some(Split::Train)),
+            ("tiny_shakespeare_val.bin", Some(Split::Val)),
+            ("TinyStories_val.bin", Some(Split::Val)),
+            ("brown_val_000000.bin", Some(Split::Val)),
+            ("interval_000000.bin", None),
+            ("trainer.bin", None),
+            ("x_train_000000.bin.tmp123", None),
+            ("notes_train.txt", None),
+            ("val_train_000000.bin", Some(Split::Train)),
+            ("a_train_b_val_000000.bin", Some(Split::Val)),
+        ];
+        for (name, split) in cases {
+            assert_eq!(split_of_shard_name(name), split, "{name}");
         }
-        let n = seen.len();
-        seen.sort();
-        seen.dedup();
-        assert_eq!((n, seen.len()), (12, 12), "3 ranks × 4 windows, no overlap");
-    }
-
-    #[test]
-    fn restore_continues_identically() {
-        let dir = dir_with_shards("restore", &[41, 61]);
-        let mut a = Loader::open(&dir, Split::Train, 2, 5, 3, 0, 1).unwrap();
-        let (mut x, mut y) = (vec![0; 10], vec![0; 10]);
-        for _ in 0..13 {
-            a.next_batch(&mut x, &mut y);
-        }
-        let state = a.state();
-        let mut b = Loader::open(&dir, Split::Train, 2, 5, 3, 0, 1).unwrap();
-        b.restore(&state).unwrap();
-        for _ in 0..20 {
-            let (mut xa, mut xb) = (vec![0; 10], vec![0; 10]);
-            a.next_batch(&mut xa, &mut y);
-            b.next_batch(&mut xb, &mut y);
-            assert_eq!(xa, xb);
-        }
-        let mut c = Loader::open(&dir, Split::Train, 2, 5, 4, 0, 1).unwrap();
-        assert!(c.restore(&state).is_err(), "another seed is refused");
-    }
-
-    #[test]
-    fn validation_is_sequential_and_ends() {
-        let dir = dir_with_shards("val", &[41]);
-        let mut v = Loader::open(&dir, Split::Val, 2, 5, 0, 0, 1).unwrap();
-        let (mut x, mut y) = (vec![0; 10], vec![0; 10]);
-        let mut starts = Vec::new();
-        while v.next_batch(&mut x, &mut y) {
-            starts.push(x[0]);
-        }
-        assert_eq!(starts, vec![0, 10, 20, 30]);
-        v.reset();
-        assert!(v.next_batch(&mut x, &mut y) && x[0] == 0);
-    }
-
-    #[test]
-    fn unusable_directories_are_named() {
-        let dir = dir_with_shards("bad", &[5]);
-        let e = Loader::open(&dir, Split::Train, 2, 5, 0, 0, 1).err().unwrap().to_string();
-        assert!(e.contains("d_train_000000.bin") && e.contains("shorter than one batch"), "{e}");
-        let empty = std::env::temp_dir().join(format!("gptk-loader-empty-{}", std::process::id()));
-        std::fs::create_dir_all(&empty).unwrap();
-        assert!(
-            Loader::open(&empty, Split::Train, 1, 1, 0, 0, 1)
-                .err()
-                .unwrap()
-                .to_string()
-                .contains("no *_train_*.bin shards")
-        );
     }
 }

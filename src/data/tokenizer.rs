@@ -5,8 +5,16 @@
 //! the five special tokens right after, in the vocabulary padding: [MASK] = V, start = V + 1,
 //! delimiter = V + 2, extract = V + 3, pad = V + 4. They never collide with real tokens, the
 //! softmax never predicts them, and decoding shows them as readable markers. Text is encoded
-//! without interpreting special-token strings, so "<|endoftext|>" inside a document is text.
+//! without interpreting special-token strings, so "<|endoftext|>" or "[MASK]" inside a document
+//! is text.
+//!
+//! GPT-2 splits text into pieces with a regular expression that needs look-around, which
+//! `tiktoken-rs` runs on `fancy-regex`; that engine gives up (and `tiktoken-rs` panics) on a
+//! whitespace run of about a million characters. Such runs are cut out before the regular
+//! expression sees them and encoded piecewise at places where the result is provably the same
+//! (see [`LONG_WHITESPACE_BYTES`]), so `encode` accepts any text and gives GPT-2's tokens.
 
+use crate::model::config::{GPT2_VOCAB_SIZE, NUM_SPECIAL_TOKENS, VOCAB_PAD_MULTIPLE};
 use std::fmt;
 
 /// Tokens that exist only in gptk's vocabulary padding, in id order after V.
@@ -20,7 +28,8 @@ pub enum Special {
 }
 
 impl Special {
-    pub const ALL: [Special; 5] = [Special::Mask, Special::Start, Special::Delimiter, Special::Extract, Special::Pad];
+    pub const ALL: [Special; NUM_SPECIAL_TOKENS] =
+        [Special::Mask, Special::Start, Special::Delimiter, Special::Extract, Special::Pad];
 
     /// How decoding shows the token.
     pub fn marker(self) -> &'static str {
@@ -34,6 +43,19 @@ impl Special {
     }
 }
 
+/// How decoding shows end-of-text (GPT-2's own spelling).
+pub const EOT_MARKER: &str = "<|endoftext|>";
+/// How decoding shows an id that is no token (past the special tokens): the Unicode replacement
+/// character, as for bytes that are not UTF-8.
+pub const UNKNOWN_MARKER: &str = "\u{FFFD}";
+/// Byte-level vocabulary: the 256 bytes, then end-of-text.
+pub const BYTES_VOCAB_SIZE: usize = 257;
+
+/// Whitespace runs longer than this (in bytes) are encoded outside the regular expression, in
+/// chunks of about this size. Well below the ~1M characters where `fancy-regex` gives up, well
+/// above anything ordinary text holds.
+pub const LONG_WHITESPACE_BYTES: usize = 1 << 16;
+
 /// Which tokenizer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -42,7 +64,7 @@ enum Kind {
 }
 
 /// A tokenizer by name: `gpt2` or `bytes`.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Tokenizer {
     kind: Kind,
 }
@@ -52,12 +74,10 @@ pub struct Tokenizer {
 #[error("unknown tokenizer '{0}' (known: gpt2, bytes)")]
 pub struct UnknownTokenizer(pub String);
 
-/// GPT-2's vocabulary: 50256 merges and bytes, then end-of-text.
-const GPT2_VOCAB: usize = 50257;
-/// Bytes, then end-of-text.
-const BYTES_VOCAB: usize = 257;
-
 impl Tokenizer {
+    /// Names `from_name` accepts.
+    pub const NAMES: [&'static str; 2] = ["gpt2", "bytes"];
+
     pub fn gpt2() -> Self {
         Tokenizer { kind: Kind::Gpt2 }
     }
@@ -84,9 +104,14 @@ impl Tokenizer {
     /// V: real tokens, end-of-text included.
     pub fn vocab_size(&self) -> usize {
         match self.kind {
-            Kind::Gpt2 => GPT2_VOCAB,
-            Kind::Bytes => BYTES_VOCAB,
+            Kind::Gpt2 => GPT2_VOCAB_SIZE,
+            Kind::Bytes => BYTES_VOCAB_SIZE,
         }
+    }
+
+    /// Vp: V plus the special tokens, rounded up as the model pads its vocabulary.
+    pub fn padded_vocab_size(&self) -> usize {
+        (self.vocab_size() + NUM_SPECIAL_TOKENS).div_ceil(VOCAB_PAD_MULTIPLE) * VOCAB_PAD_MULTIPLE
     }
 
     /// End-of-text, the document separator.
@@ -96,6 +121,12 @@ impl Tokenizer {
 
     pub fn special(&self, s: Special) -> u32 {
         self.vocab_size() as u32 + s as u32
+    }
+
+    /// The special token `id` stands for, if any.
+    pub fn special_of(&self, id: u32) -> Option<Special> {
+        let v = self.vocab_size() as u32;
+        id.checked_sub(v).and_then(|k| Special::ALL.get(k as usize).copied())
     }
 
     pub fn mask(&self) -> u32 {
@@ -114,10 +145,11 @@ impl Tokenizer {
         self.special(Special::Pad)
     }
 
-    /// Token ids of `text` (special-token strings are ordinary text).
+    /// Token ids of `text`: real tokens below end-of-text only (special-token strings are
+    /// ordinary text). Never panics.
     pub fn encode(&self, text: &str) -> Vec<u32> {
         match self.kind {
-            Kind::Gpt2 => tiktoken_rs::r50k_base_singleton().encode_ordinary(text),
+            Kind::Gpt2 => encode_gpt2(text, LONG_WHITESPACE_BYTES),
             Kind::Bytes => text.bytes().map(u32::from).collect(),
         }
     }
@@ -125,22 +157,19 @@ impl Tokenizer {
     /// The bytes of `ids`; end-of-text and special tokens become their markers, ids outside the
     /// vocabulary become U+FFFD.
     pub fn decode_bytes(&self, ids: &[u32]) -> Vec<u8> {
-        let v = self.vocab_size() as u32;
         let mut out = Vec::with_capacity(ids.len() * 2);
         for &id in ids {
             if id == self.eot() {
-                out.extend_from_slice(b"<|endoftext|>");
-            } else if id >= v {
-                match Special::ALL.get((id - v) as usize) {
-                    Some(s) => out.extend_from_slice(s.marker().as_bytes()),
-                    None => out.extend_from_slice("\u{FFFD}".as_bytes()),
-                }
+                out.extend_from_slice(EOT_MARKER.as_bytes());
+            } else if id >= self.vocab_size() as u32 {
+                let marker = self.special_of(id).map_or(UNKNOWN_MARKER, Special::marker);
+                out.extend_from_slice(marker.as_bytes());
             } else {
                 match self.kind {
                     Kind::Bytes => out.push(id as u8),
                     Kind::Gpt2 => match tiktoken_rs::r50k_base_singleton().decode_bytes(&[id]) {
                         Ok(bytes) => out.extend_from_slice(&bytes),
-                        Err(_) => out.extend_from_slice("\u{FFFD}".as_bytes()),
+                        Err(_) => out.extend_from_slice(UNKNOWN_MARKER.as_bytes()),
                     },
                 }
             }
@@ -160,10 +189,87 @@ impl fmt::Debug for Tokenizer {
     }
 }
 
+/// GPT-2 BPE of `text`, with whitespace runs longer than `long` bytes kept away from the regular
+/// expression.
+///
+/// Why this gives GPT-2's tokens: GPT-2's pattern never lets a piece that starts at a
+/// non-whitespace character run into following whitespace, so the text before a maximal
+/// whitespace run W ends on a piece boundary. Inside the text, W minus its last character is one
+/// piece (`\s+(?!\S)`) and the last character starts the next piece (as the optional space of
+/// ` ?\p{L}+`-style pieces, or alone); at the end of the text W is one piece (`\s+$`). A piece
+/// made only of whitespace can be cut wherever no token spans the cut; in r50k_base the only
+/// token of several whitespace characters is "\n\n", so any cut between two ASCII whitespace
+/// bytes that are not both '\n' keeps the result (`whitespace_tokens_are_as_assumed` checks this
+/// against the vocabulary).
+fn encode_gpt2(text: &str, long: usize) -> Vec<u32> {
+    let bpe = tiktoken_rs::r50k_base_singleton();
+    let mut out = Vec::with_capacity(text.len() / 3);
+    let mut rest = text;
+    while let Some((start, end)) = find_long_whitespace(rest, long) {
+        out.extend(bpe.encode_ordinary(&rest[..start]));
+        let run = &rest[start..end];
+        // Inside the text the last whitespace character belongs to the next piece.
+        let piece_end = if end < rest.len() { run.char_indices().last().map_or(0, |(i, _)| i) } else { run.len() };
+        let mut piece = &run[..piece_end];
+        while !piece.is_empty() {
+            let cut = whitespace_cut(piece, long);
+            out.extend(bpe.encode_ordinary(&piece[..cut]));
+            piece = &piece[cut..];
+        }
+        rest = &rest[start + piece_end..];
+    }
+    out.extend(bpe.encode_ordinary(rest));
+    out
+}
+
+/// Byte range of the first maximal whitespace run of `text` longer than `long` bytes and of at
+/// least two characters (a single character never troubles the regular expression).
+fn find_long_whitespace(text: &str, long: usize) -> Option<(usize, usize)> {
+    let mut run: Option<(usize, usize)> = None; // (start, characters)
+    for (i, c) in text.char_indices() {
+        if c.is_whitespace() {
+            run = Some(run.map_or((i, 1), |(s, n)| (s, n + 1)));
+        } else if let Some((s, n)) = run.take() {
+            if i - s > long && n >= 2 {
+                return Some((s, i));
+            }
+        }
+    }
+    run.filter(|&(s, n)| text.len() - s > long && n >= 2).map(|(s, _)| (s, text.len()))
+}
+
+/// Where to end the next chunk of the whitespace-only `piece`: the whole piece when it is short,
+/// else the first cut at or after `long` bytes where no r50k_base token can span it: between two
+/// ASCII whitespace bytes that are not both '\n', or inside a run of '\n' after an even number
+/// of them (BPE pairs a run of newlines from its left end). A piece with no such cut is left
+/// whole up to 4 × `long` bytes; past that (a huge run of non-ASCII whitespace) it is cut at a
+/// character boundary, and its tokens decode to the same text but may differ from GPT-2's.
+fn whitespace_cut(piece: &str, long: usize) -> usize {
+    if piece.len() <= long {
+        return piece.len();
+    }
+    let b = piece.as_bytes();
+    let mut newlines = 0; // '\n' bytes just before position i
+    for i in 1..b.len() {
+        newlines = if b[i - 1] == b'\n' { newlines + 1 } else { 0 };
+        if i < long || !(b[i - 1].is_ascii_whitespace() && b[i].is_ascii_whitespace()) {
+            continue;
+        }
+        if !(b[i - 1] == b'\n' && b[i] == b'\n') || newlines % 2 == 0 {
+            return i;
+        }
+    }
+    if b.len() <= 4 * long {
+        return b.len(); // still far from where the regular expression gives up
+    }
+    (long..b.len()).find(|&i| piece.is_char_boundary(i)).unwrap_or(b.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::config::ModelConfig;
+    use crate::rng::Rng;
 
     const TEXT: &str = "Hello, world! Ünïcödé — 日本語 and emoji 🦀.\n\tTabs and  spaces.";
 
@@ -171,7 +277,7 @@ mod tests {
     fn both_tokenizers_round_trip_text() {
         for tok in [Tokenizer::gpt2(), Tokenizer::bytes()] {
             let ids = tok.encode(TEXT);
-            assert!(ids.iter().all(|&i| (i as usize) < tok.vocab_size() - 1), "{}", tok.name());
+            assert!(ids.iter().all(|&i| i < tok.eot()), "{}", tok.name());
             assert_eq!(tok.decode(&ids), TEXT, "{}", tok.name());
         }
     }
@@ -182,7 +288,10 @@ mod tests {
         let tok = Tokenizer::gpt2();
         assert_eq!(tok.encode("Hello world"), vec![15496, 995]);
         assert_eq!(tok.eot(), 50256);
-        assert_eq!(tok.encode("<|endoftext|>").len(), 6, "special strings are plain text");
+        // Special strings are plain text: '<', '|', 'end', 'of', 'text', '|', '>'.
+        assert_eq!(tok.encode("<|endoftext|>"), vec![27, 91, 437, 1659, 5239, 91, 29]);
+        assert_eq!(tok.padded_vocab_size(), 50304);
+        assert_eq!(Tokenizer::bytes().padded_vocab_size(), 384);
     }
 
     #[test]
@@ -190,19 +299,61 @@ mod tests {
         for tok in [Tokenizer::gpt2(), Tokenizer::bytes()] {
             let cfg = ModelConfig { n_layer: 1, n_head: 1, n_embd: 8, n_ctx: 8, vocab_size: tok.vocab_size() };
             let vp = cfg.padded_vocab_size() as u32;
-            let ids: Vec<u32> = Special::ALL.iter().map(|&s| tok.special(s)).collect();
-            assert!(ids.iter().all(|&i| i >= tok.vocab_size() as u32 && i < vp));
+            assert_eq!(vp as usize, tok.padded_vocab_size());
+            let ids = [tok.mask(), tok.start(), tok.delimiter(), tok.extract(), tok.pad()];
+            for (k, &id) in ids.iter().enumerate() {
+                assert_eq!(id, tok.vocab_size() as u32 + k as u32);
+                assert_eq!(tok.special_of(id), Some(Special::ALL[k]));
+            }
+            assert!(ids.iter().all(|&i| i > tok.eot() && i < vp));
+            assert_eq!(tok.special_of(tok.eot()), None);
             assert_eq!(tok.decode(&ids), "[MASK][START][DELIM][EXTRACT][PAD]");
             // Anything else decodes without panicking.
-            assert_eq!(tok.decode(&[vp - 1, u32::MAX]), "\u{FFFD}\u{FFFD}");
+            assert_eq!(tok.decode(&[vp - 1, vp, u32::MAX]), "\u{FFFD}\u{FFFD}\u{FFFD}");
         }
     }
 
     #[test]
     fn names_round_trip() {
-        for name in ["gpt2", "bytes"] {
+        for name in Tokenizer::NAMES {
             assert_eq!(Tokenizer::from_name(name).unwrap().name(), name);
         }
         assert!(Tokenizer::from_name("llama").is_err());
+    }
+
+    #[test]
+    fn whitespace_tokens_are_as_assumed() {
+        // The cut rule of `whitespace_cut` holds if no token spans two ASCII whitespace bytes
+        // other than "\n\n": every token containing two adjacent ASCII whitespace bytes is "\n\n".
+        let bpe = tiktoken_rs::r50k_base_singleton();
+        for id in 0..GPT2_VOCAB_SIZE as u32 - 1 {
+            let b = bpe.decode_bytes(&[id]).unwrap();
+            if b.windows(2).any(|w| w[0].is_ascii_whitespace() && w[1].is_ascii_whitespace()) {
+                assert_eq!(b, b"\n\n", "token {id}");
+            }
+        }
+    }
+
+    #[test]
+    fn long_whitespace_runs_encode_as_gpt2_does() {
+        // With a small threshold the piecewise path runs on short texts, where the regular
+        // expression itself still works and gives the reference.
+        let bpe = tiktoken_rs::r50k_base_singleton();
+        let alphabet = [" ", " ", "\n", "\n", "\t", "\r", "a", "Bc", "7", "!", "é", "'s", "\u{3000}a"];
+        let mut rng = Rng::new(5);
+        for case in 0..2000 {
+            let len = 1 + rng.below(60) as usize;
+            let text: String = (0..len).map(|_| alphabet[rng.below(alphabet.len() as u64) as usize]).collect();
+            for long in [1, 2, 3, 7] {
+                assert_eq!(encode_gpt2(&text, long), bpe.encode_ordinary(&text), "case {case} long {long}: {text:?}");
+            }
+        }
+        // A run far past what the regular expression survives.
+        let tok = Tokenizer::gpt2();
+        let text = format!("a{}b \t\n{}", " \n".repeat(600_000), "\n".repeat(1_100_001));
+        assert_eq!(tok.decode(&tok.encode(&text)), text);
+        // Only non-ASCII whitespace: cut at character boundaries, still the same text.
+        let text = format!("x{}y", "\u{3000}".repeat(400_000));
+        assert_eq!(tok.decode(&tok.encode(&text)), text);
     }
 }
