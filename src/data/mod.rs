@@ -1,5 +1,10 @@
-//! Data: tokenizers, llm.c token shards, preparing text into shards, the training loader, MLM
-//! masking.
+//! Data: from text to training batches (see `docs/data.md`).
+//!
+//! - [`tokenizer`]: GPT-2 BPE and bytes, with the special tokens in the vocabulary padding;
+//! - [`prepare`]: text files into shards and a manifest (`gptk prepare`);
+//! - [`shard`]: llm.c's token shard format, read memory-mapped and written atomically;
+//! - [`loader`]: windows of B·T + 1 tokens, shuffled per epoch, split across ranks, resumable;
+//! - [`mlm`]: masked-language-model batches.
 
 pub mod loader;
 pub mod mlm;
