@@ -211,6 +211,24 @@ fn unusable_data_is_named_in_one_line() {
     assert!(e.contains("nope") && e.contains("no such data directory"), "{e}");
     assert!(Loader::open(&dir, Split::Train, 0, 5, 0, 0, 1).is_err());
     assert!(Loader::open(&dir, Split::Train, 1, 1, 0, 2, 2).is_err());
+    // A prepared directory whose manifest is broken, or lists a shard that is gone.
+    let prepared = temp_dir("errors-manifest");
+    std::fs::write(prepared.join("manifest.json"), "{\"tokenizer\": 3}").unwrap();
+    let e = Loader::open(&prepared, Split::Train, 1, 1, 0, 0, 1).err().unwrap().to_string();
+    assert!(e.starts_with(&format!("{}: not a gptk manifest", prepared.join("manifest.json").display())), "{e}");
+    let manifest = serde_json::json!({
+        "tokenizer": "bytes", "vocab_size": 257, "gptk_version": "0",
+        "train": {"documents": 1, "tokens": 9, "shards": ["p_train_000000.bin"]},
+        "val": {"documents": 0, "tokens": 0, "shards": []},
+    });
+    std::fs::write(prepared.join("manifest.json"), manifest.to_string()).unwrap();
+    let e = Loader::open(&prepared, Split::Train, 1, 1, 0, 0, 1).err().unwrap().to_string();
+    assert!(e.contains("p_train_000000.bin: listed in") && e.contains("but missing"), "{e}");
+    let e = Loader::open(&prepared, Split::Val, 1, 1, 0, 0, 1).err().unwrap().to_string();
+    assert!(e.ends_with("manifest.json lists no val shards"), "{e}");
+    write_shard(&prepared.join("p_train_000000.bin"), &[1, 2, 3, 4, 5, 6, 7, 8, 9]).unwrap();
+    let l = Loader::open(&prepared, Split::Train, 2, 4, 0, 0, 1).unwrap();
+    assert_eq!((l.vocab_size(), l.tokenizer(), l.batches_per_epoch()), (257, "bytes", 1));
     let big = temp_dir("errors-world");
     numbered_shards(&big, "train", &[21]);
     let e = Loader::open(&big, Split::Train, 2, 5, 0, 0, 3).err().unwrap().to_string();

@@ -73,6 +73,9 @@ pub enum DataError {
     Shard(#[from] ShardError),
     #[error("{}: {msg}", path.display())]
     Dir { path: PathBuf, msg: String },
+    /// An unreadable `manifest.json` (the message names it).
+    #[error("{0}")]
+    Manifest(String),
     /// Batch shape or rank layout that cannot work.
     #[error("{0}")]
     Config(String),
@@ -118,7 +121,7 @@ pub fn find_shards(dir: &Path, split: Split) -> Result<Dataset, DataError> {
     }
     let manifest_path = dir.join(MANIFEST_FILE);
     if manifest_path.is_file() {
-        let m = Manifest::read(dir).map_err(|e| dir_err(&manifest_path, e.to_string()))?;
+        let m = Manifest::read(dir).map_err(|e| DataError::Manifest(e.to_string()))?;
         let stats = match split {
             Split::Train => &m.train,
             Split::Val => &m.val,

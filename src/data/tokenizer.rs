@@ -229,10 +229,11 @@ fn find_long_whitespace(text: &str, long: usize) -> Option<(usize, usize)> {
     for (i, c) in text.char_indices() {
         if c.is_whitespace() {
             run = Some(run.map_or((i, 1), |(s, n)| (s, n + 1)));
-        } else if let Some((s, n)) = run.take() {
-            if i - s > long && n >= 2 {
-                return Some((s, i));
-            }
+        } else if let Some((s, n)) = run.take()
+            && i - s > long
+            && n >= 2
+        {
+            return Some((s, i));
         }
     }
     run.filter(|&(s, n)| text.len() - s > long && n >= 2).map(|(s, _)| (s, text.len()))
