@@ -102,3 +102,74 @@ fn gradient_accumulation_adds_micro_batches() {
     }
     assert_eq!(m.backend.arena(Arena::Grads).len(), m.params.total);
 }
+
+/// Fine-tuning (GPT-1): class loss at the extract positions + λ × LM loss, all parameters and the
+/// head checked against finite differences; without the LM term too.
+fn classification_gradcheck(lm_weight: f64) {
+    let cfg = ModelConfig { n_layer: 1, n_head: 2, n_embd: 8, n_ctx: 6, vocab_size: 11 };
+    let (b, t, nc) = (2, 6, 3);
+    let acts = ActLayout::for_classification(&cfg, b, t, nc);
+    let mut m = Gpt::new(cfg.clone(), acts, |p, a| Ok(CpuBackend::<f64>::new(p.total, a))).unwrap();
+    assert_eq!(m.params.n_classes(), nc);
+    let host = init_params(&cfg, &m.params, 2);
+    m.load_params(&host).unwrap();
+    let mut rng = Rng::new(4);
+    for spec in m.params.specs.clone() {
+        if !spec.decay {
+            for x in m.backend.get_mut(spec.tensor) {
+                *x += rng.normal() * 0.1;
+            }
+        }
+    }
+    // Sequence 0 ends (extract) at position 4, sequence 1 at position 5.
+    let tokens = [12, 3, 4, 5, 14, 15, 12, 7, 8, 9, 1, 14];
+    let targets = [3, 4, 5, -1, -1, -1, 7, 8, 9, 1, -1, -1];
+    let mut classes = vec![-1; b * t];
+    classes[4] = 2;
+    classes[t + 5] = 0;
+    m.set_batch(&tokens, &targets).unwrap();
+    m.set_class_targets(&classes).unwrap();
+    m.zero_grads().unwrap();
+    let (cls, lm) = m.forward_backward_classify(lm_weight as f32, 1.0).unwrap();
+    assert!(cls.is_finite() && (lm_weight == 0.0) == lm.is_none());
+    let grads = m.backend.grads.clone();
+    let mut total = |m: &mut Gpt<CpuBackend<f64>>| {
+        m.forward_classify(&[]).unwrap();
+        let c = m.acts.cls.unwrap();
+        let cls: f64 = m.backend.get(c.losses).iter().sum::<f64>() / 2.0;
+        let lm = if lm_weight > 0.0 { loss_f64(m, true) } else { 0.0 };
+        cls + lm_weight * lm
+    };
+    let h = 1e-6;
+    let mut checked = 0;
+    for spec in m.params.specs.clone() {
+        let stride = (spec.tensor.len / 25).max(1);
+        for i in (0..spec.tensor.len).step_by(stride) {
+            let at = spec.tensor.offset + i;
+            let orig = m.backend.params[at];
+            m.backend.params[at] = orig + h;
+            let lp = total(&mut m);
+            m.backend.params[at] = orig - h;
+            let lm = total(&mut m);
+            m.backend.params[at] = orig;
+            let numeric = (lp - lm) / (2.0 * h);
+            let err = (numeric - grads[at]).abs() / (1e-3 + numeric.abs());
+            assert!(err < 1e-4, "λ={lm_weight} {}[{i}]: analytic {} vs numeric {numeric}", spec.name, grads[at]);
+            checked += 1;
+        }
+    }
+    assert!(checked > 200);
+    // The head got a gradient.
+    let (w, _) = m.params.head.unwrap();
+    assert!(grads[w.offset..w.end()].iter().any(|&g| g != 0.0));
+}
+
+#[test]
+fn classification_with_auxiliary_lm_loss_matches_finite_differences() {
+    classification_gradcheck(0.5);
+}
+
+#[test]
+fn classification_alone_matches_finite_differences() {
+    classification_gradcheck(0.0);
+}

@@ -4,10 +4,12 @@
 //! - [`prepare`]: text files into shards and a manifest (`gptk prepare`);
 //! - [`shard`]: llm.c's token shard format, read memory-mapped and written atomically;
 //! - [`loader`]: windows of B·T + 1 tokens, shuffled per epoch, split across ranks, resumable;
-//! - [`mlm`]: masked-language-model batches.
+//! - [`mlm`]: masked-language-model batches;
+//! - [`task`]: classification tasks for fine-tuning.
 
 pub mod loader;
 pub mod mlm;
 pub mod prepare;
 pub mod shard;
+pub mod task;
 pub mod tokenizer;

@@ -120,7 +120,13 @@ pub struct ParamLayout {
     pub layers: Vec<LayerParams>,
     pub lnf_w: Tensor, // (C)
     pub lnf_b: Tensor, // (C)
+    /// Classification head (n_classes, C) and its bias, when fine-tuning for a task.
+    pub head: Option<(Tensor, Tensor)>,
 }
+
+/// Names of the classification head's tensors (not part of GPT-2; stored beside it).
+pub const HEAD_WEIGHT: &str = "gptk.head.weight";
+pub const HEAD_BIAS: &str = "gptk.head.bias";
 
 /// Hands out aligned spans of one arena in order.
 struct Carver {
@@ -141,6 +147,12 @@ impl Carver {
 
 impl ParamLayout {
     pub fn new(cfg: &ModelConfig) -> Self {
+        Self::with_head(cfg, 0)
+    }
+
+    /// The layout with a linear classification head of `n_classes` outputs (none when 0): its
+    /// weight joins the decayed group, its bias the rest.
+    pub fn with_head(cfg: &ModelConfig, n_classes: usize) -> Self {
         let (c, l) = (cfg.n_embd, cfg.n_layer);
         let vp = cfg.padded_vocab_size();
         let mut carver = Carver::new(Arena::Params);
@@ -161,6 +173,7 @@ impl ParamLayout {
             let fcproj_w = add(&mut carver, format!("h.{i}.mlp.c_proj.weight"), vec![c, 4 * c], true, true);
             mats.push((qkv_w, attproj_w, fc_w, fcproj_w));
         }
+        let head_w = (n_classes > 0).then(|| add(&mut carver, HEAD_WEIGHT.into(), vec![n_classes, c], true, false));
         let decay_end = carver.next;
         let mut layers = Vec::with_capacity(l);
         for (i, (qkv_w, attproj_w, fc_w, fcproj_w)) in mats.into_iter().enumerate() {
@@ -182,7 +195,13 @@ impl ParamLayout {
         }
         let lnf_w = add(&mut carver, "ln_f.weight".into(), vec![c], false, false);
         let lnf_b = add(&mut carver, "ln_f.bias".into(), vec![c], false, false);
-        ParamLayout { specs, total: carver.next, decay_end, wte, wpe, layers, lnf_w, lnf_b }
+        let head = head_w.map(|w| (w, add(&mut carver, HEAD_BIAS.into(), vec![n_classes], false, false)));
+        ParamLayout { specs, total: carver.next, decay_end, wte, wpe, layers, lnf_w, lnf_b, head }
+    }
+
+    /// Outputs of the classification head (0 without one).
+    pub fn n_classes(&self) -> usize {
+        self.head.map_or(0, |(_, b)| b.len)
     }
 
     /// Looks a tensor up by its (unprefixed) Hugging Face name.
@@ -211,6 +230,15 @@ pub struct LayerActs {
     pub residual3: Tensor, // (B, T, C)
 }
 
+/// Activations of the classification head.
+#[derive(Clone, Copy, Debug)]
+pub struct ClassActs {
+    pub n_classes: usize,
+    pub logits: Tensor,  // (B, T, n_classes); dlogits after the loss
+    pub losses: Tensor,  // (B, T) stats
+    pub targets: Tensor, // (B, T) inputs
+}
+
 /// The activation plan for a batch of `b` sequences of `t` tokens, sized once.
 #[derive(Clone, Debug)]
 pub struct ActLayout {
@@ -236,6 +264,9 @@ pub struct ActLayout {
     pub dqkv: Tensor,
     /// Scratch (B, T, 4C): d fch_gelu, turned into d fch in place.
     pub d4c: Tensor,
+    /// Classification only: head logits (B, T, n_classes), per-row losses (B, T) stats, and the
+    /// class targets (B, T) inputs, −1 except at each sequence's extract position.
+    pub cls: Option<ClassActs>,
     /// Generation only: per layer, the key/value cache (B, Tmax, 2C) laid out [k | v].
     pub kv_cache: Vec<Tensor>,
     /// Generation only: positions the cache holds (Tmax).
@@ -254,16 +285,21 @@ impl ActLayout {
     /// Plans activations for (b, t). `chunk` bounds the logits rows held at once; `None` picks
     /// the largest multiple of 64 rows under [`LOGITS_CHUNK_ELEMS`] (or all B·T rows).
     pub fn new(cfg: &ModelConfig, b: usize, t: usize, chunk: Option<usize>) -> Self {
-        Self::plan(cfg, b, t, chunk, 0)
+        Self::plan(cfg, b, t, chunk, 0, 0)
+    }
+
+    /// Plans a batch for fine-tuning with a classification head of `n_classes` outputs.
+    pub fn for_classification(cfg: &ModelConfig, b: usize, t: usize, n_classes: usize) -> Self {
+        Self::plan(cfg, b, t, None, 0, n_classes)
     }
 
     /// Plans one-token steps for `b` sequences with a key/value cache of `t_max` positions per
     /// layer: what generation with a KV cache runs on.
     pub fn for_generation(cfg: &ModelConfig, b: usize, t_max: usize) -> Self {
-        Self::plan(cfg, b, 1, Some(b), t_max)
+        Self::plan(cfg, b, 1, Some(b), t_max, 0)
     }
 
-    fn plan(cfg: &ModelConfig, b: usize, t: usize, chunk: Option<usize>, kv_len: usize) -> Self {
+    fn plan(cfg: &ModelConfig, b: usize, t: usize, chunk: Option<usize>, kv_len: usize, n_classes: usize) -> Self {
         let (c, nh) = (cfg.n_embd, cfg.n_head);
         let vp = cfg.padded_vocab_size();
         let bt = b * t;
@@ -304,6 +340,12 @@ impl ActLayout {
         let lnf_rstd = stats.take(bt);
         let logits = acts.take(chunk * vp);
         let losses = stats.take(bt);
+        let cls = (n_classes > 0).then(|| ClassActs {
+            n_classes,
+            logits: acts.take(bt * n_classes),
+            losses: stats.take(bt),
+            targets: inputs.take(bt),
+        });
         let kv_cache = (0..if kv_len > 0 { cfg.n_layer } else { 0 }).map(|_| acts.take(b * kv_len * 2 * c)).collect();
         let dres = grads.take(bt * c);
         let dbtc = grads.take(bt * c);
@@ -326,6 +368,7 @@ impl ActLayout {
             dbtc,
             dqkv,
             d4c,
+            cls,
             kv_cache,
             kv_len,
             acts_total: acts.next,

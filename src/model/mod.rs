@@ -36,6 +36,8 @@ pub struct Gpt<K: Backend> {
     pub backend: K,
     /// Targets ≥ 0 in the current batch.
     counted_targets: usize,
+    /// Class targets ≥ 0 in the current batch (classification).
+    counted_classes: usize,
 }
 
 /// GPT-2's initialisation over the parameter layout: 2-D weights N(0, 0.02), residual
@@ -68,9 +70,9 @@ impl<K: Backend> Gpt<K> {
         acts: ActLayout,
         build: impl FnOnce(&ParamLayout, &ActLayout) -> Result<K, BackendError>,
     ) -> Result<Self, ModelError> {
-        let params = ParamLayout::new(&cfg);
+        let params = ParamLayout::with_head(&cfg, acts.cls.map_or(0, |c| c.n_classes));
         let backend = build(&params, &acts)?;
-        Ok(Gpt { cfg, params, acts, backend, counted_targets: 0 })
+        Ok(Gpt { cfg, params, acts, backend, counted_targets: 0, counted_classes: 0 })
     }
 
     /// Copies a full parameter vector (layout order, f32) to the backend.
@@ -156,6 +158,74 @@ impl<K: Backend> Gpt<K> {
         schedule::logits(&mut self.backend, &self.cfg, &self.params, &self.acts, 0, self.acts.b)?;
         let vp = self.cfg.padded_vocab_size();
         Ok(self.backend.download(self.acts.logits.slice(0, self.acts.b * vp))?)
+    }
+
+    /// Sets the class targets of a classification batch: B·T ids, −1 everywhere except the
+    /// extract position of each sequence that has a label.
+    pub fn set_class_targets(&mut self, targets: &[i32]) -> Result<(), ModelError> {
+        let cls = self.acts.cls.expect("a plan for classification");
+        if targets.len() != cls.targets.len {
+            return Err(ModelError::BatchShape {
+                what: "class targets",
+                given: targets.len(),
+                expected: cls.targets.len,
+            });
+        }
+        if let Some(pos) = targets.iter().position(|&x| x < -1 || x >= 0 && x as usize >= cls.n_classes) {
+            return Err(ModelError::TokenRange { id: targets[pos], pos, limit: cls.n_classes });
+        }
+        self.counted_classes = targets.iter().filter(|&&x| x >= 0).count();
+        self.backend.upload_ints(cls.targets, targets)?;
+        Ok(())
+    }
+
+    /// Fine-tuning step (GPT-1): causal forward, the head's loss at the extract positions plus
+    /// `lm_weight` × the next-token loss of the same inputs, backward with `loss_weight` (1/accum)
+    /// on the sum. Returns the mean class loss and the mean LM loss (None when `lm_weight` is 0).
+    pub fn forward_backward_classify(
+        &mut self,
+        lm_weight: f32,
+        loss_weight: f32,
+    ) -> Result<(f32, Option<f32>), ModelError> {
+        let (k, cfg, p, a) = (&mut self.backend, &self.cfg, &self.params, &self.acts);
+        schedule::forward(k, cfg, p, a, schedule::Attention::Full { causal: true })?;
+        let with_lm = lm_weight > 0.0 && self.counted_targets > 0;
+        let dcls = loss_weight / self.counted_classes.max(1) as f32;
+        let dlnf = if with_lm {
+            // The LM classifier writes its dlnf into dbtc, the head its share into dres (free until
+            // the backward starts); their sum goes to the front of d4c, where the backward reads it.
+            let n_c = a.b * a.t * cfg.n_embd;
+            schedule::classifier(k, cfg, p, a, Some(loss_weight * lm_weight / self.counted_targets as f32))?;
+            schedule::head(k, cfg, p, a, Some(dcls), a.dres)?;
+            let sum = a.d4c.slice(0, n_c);
+            k.residual_forward(sum, a.dbtc, a.dres)?;
+            sum
+        } else {
+            schedule::head(k, cfg, p, a, Some(dcls), a.dbtc)?;
+            a.dbtc
+        };
+        schedule::backward_from(k, cfg, p, a, true, dlnf)?;
+        let lm = if with_lm { Some(self.mean_loss()?) } else { None };
+        Ok((self.mean_class_loss()?, lm))
+    }
+
+    /// Forward pass with the head (no gradients): the mean class loss over rows with a class
+    /// target (NaN if none) and the head's logits of the given rows (row = b·T + position).
+    pub fn forward_classify(&mut self, rows: &[usize]) -> Result<(f32, Vec<Vec<f32>>), ModelError> {
+        let (k, cfg, p, a) = (&mut self.backend, &self.cfg, &self.params, &self.acts);
+        schedule::forward(k, cfg, p, a, schedule::Attention::Full { causal: true })?;
+        schedule::head(k, cfg, p, a, None, a.dbtc)?;
+        let cls = self.acts.cls.expect("a plan for classification");
+        let logits = self.backend.download(cls.logits)?;
+        let nc = cls.n_classes;
+        let picked = rows.iter().map(|&r| logits[r * nc..(r + 1) * nc].to_vec()).collect();
+        Ok((self.mean_class_loss()?, picked))
+    }
+
+    fn mean_class_loss(&mut self) -> Result<f32, ModelError> {
+        let cls = self.acts.cls.expect("a plan for classification");
+        let losses = self.backend.download(cls.losses)?;
+        Ok((losses.iter().map(|&x| x as f64).sum::<f64>() / self.counted_classes as f64) as f32)
     }
 
     fn mean_loss(&mut self) -> Result<f32, ModelError> {

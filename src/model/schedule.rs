@@ -6,7 +6,7 @@
 //! gradient `dres` accumulates through the layernorm backwards, which add into it.
 
 use super::config::ModelConfig;
-use super::layout::{ActLayout, ParamLayout};
+use super::layout::{ActLayout, ParamLayout, Tensor};
 use crate::backend::{Backend, Result};
 
 /// How the blocks attend.
@@ -98,13 +98,50 @@ pub fn logits<K: Backend>(
     k.matmul_forward(a.logits.slice(0, rows * vp), a.lnf.slice(start * c, rows * c), p.wte, None, rows, c, vp)
 }
 
+/// The classification head over every row: logits (N, n_classes) = lnf · Wᵀ + b and the fused
+/// loss where the class targets are ≥ 0 (each sequence's extract position). With `dloss` it adds
+/// the head's parameter gradients and writes the head's share of dlnf into `dlnf` (overwritten).
+/// The head is tiny (N × C × n_classes), so running it on every row costs nothing and needs no
+/// gather op.
+pub fn head<K: Backend>(
+    k: &mut K,
+    cfg: &ModelConfig,
+    p: &ParamLayout,
+    a: &ActLayout,
+    dloss: Option<f32>,
+    dlnf: Tensor,
+) -> Result<()> {
+    let (n, c) = (a.b * a.t, cfg.n_embd);
+    let ((w, bias), cls) = (p.head.expect("a layout with a head"), a.cls.expect("a plan for classification"));
+    let nc = cls.n_classes;
+    k.matmul_forward(cls.logits, a.lnf, w, Some(bias), n, c, nc)?;
+    k.cross_entropy(cls.losses, cls.logits, cls.targets, n, nc, nc, dloss)?;
+    if dloss.is_some() {
+        k.matmul_backward(dlnf, w.grad(), Some(bias.grad()), cls.logits, a.lnf, w, n, c, nc)?;
+    }
+    Ok(())
+}
+
 /// Everything after the classifier: from dlnf in `a.dbtc` to every parameter gradient (`+=`).
 pub fn backward<K: Backend>(k: &mut K, cfg: &ModelConfig, p: &ParamLayout, a: &ActLayout, causal: bool) -> Result<()> {
+    backward_from(k, cfg, p, a, causal, a.dbtc)
+}
+
+/// The backward from the gradient of the final layernorm's output held in `dlnf` (any (N, C)
+/// tensor the blocks' backward does not use before reading it: `a.dbtc`, or the front of `a.d4c`).
+pub fn backward_from<K: Backend>(
+    k: &mut K,
+    cfg: &ModelConfig,
+    p: &ParamLayout,
+    a: &ActLayout,
+    causal: bool,
+    dlnf: Tensor,
+) -> Result<()> {
     let (b, t, c, nh) = (a.b, a.t, cfg.n_embd, cfg.n_head);
     let (n, hs) = (b * t, cfg.head_size());
     k.zero(a.dres)?;
     let last = a.residual_in(cfg.n_layer);
-    k.layernorm_backward(a.dres, p.lnf_w.grad(), p.lnf_b.grad(), a.dbtc, last, p.lnf_w, a.lnf_mean, a.lnf_rstd, n, c)?;
+    k.layernorm_backward(a.dres, p.lnf_w.grad(), p.lnf_b.grad(), dlnf, last, p.lnf_w, a.lnf_mean, a.lnf_rstd, n, c)?;
     for (l, (lp, la)) in p.layers.iter().zip(&a.layers).enumerate().rev() {
         let residual = a.residual_in(l);
         // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2)))).

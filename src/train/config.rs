@@ -89,9 +89,13 @@ pub struct TrainConfig {
     /// [default: B·T].
     #[arg(long)]
     pub total_batch_tokens: Option<usize>,
-    /// Optimizer steps.
+    /// Optimizer steps (the learning-rate schedule spans these).
     #[arg(long, default_value_t = 300)]
     pub steps: usize,
+    /// Stop with a checkpoint once this many steps are done, as if interrupted (to split a run
+    /// across jobs; continue with --resume).
+    #[arg(long)]
+    pub stop_at: Option<usize>,
 
     /// Peak learning rate.
     #[arg(long, default_value_t = 1e-3)]

@@ -266,7 +266,8 @@ pub fn train<K: Backend>(
                 Some(loss_average.map_or(loss, |avg| LOSS_AVERAGE_DECAY * avg + (1.0 - LOSS_AVERAGE_DECAY) * loss));
         }
 
-        let stop_requested = run.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
+        let stop_requested =
+            run.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) || cfg.stop_at.is_some_and(|n| state.step >= n);
         let last = state.step == cfg.steps;
         let every = |n: usize| n > 0 && state.step % n == 0;
         if let Some(val) = run.val.as_mut() {
