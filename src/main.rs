@@ -18,6 +18,10 @@ enum Command {
     Train(gptk::train::config::TrainConfig),
     /// Tokenize text files into llm.c token shards.
     Prepare(cli::prepare::PrepareArgs),
+    /// Fine-tune a pretrained model for classification (GPT-1 style).
+    Finetune(cli::finetune::FinetuneArgs),
+    /// Classify examples with a fine-tuned model.
+    Predict(cli::finetune::PredictArgs),
     /// Continue a prompt with a trained model.
     Sample(cli::sample::SampleArgs),
     /// Mean next-token cross-entropy of a model over an llm.c token shard.
@@ -32,6 +36,8 @@ fn main() -> ExitCode {
         Command::Train(args) => cli::train::run(args),
         Command::Prepare(args) => cli::prepare::run(args),
         Command::Sample(args) => cli::sample::run(args),
+        Command::Finetune(args) => cli::finetune::run(args),
+        Command::Predict(args) => cli::finetune::predict(args),
         Command::Eval(args) => cli::eval::run(args),
         Command::Info(args) => cli::info::run(args),
     };

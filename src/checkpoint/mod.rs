@@ -13,7 +13,7 @@
 pub mod atomic;
 
 use crate::model::config::{ConfigError, ModelConfig};
-use crate::model::layout::ParamLayout;
+use crate::model::layout::{HEAD_WEIGHT, ParamLayout};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde_json::{Map, Value, json};
 use std::collections::{HashMap, HashSet};
@@ -53,12 +53,15 @@ pub struct LoadedModel {
     pub params: Vec<f32>,
     /// Things the user may want to know (inferred fields, ignored tensors).
     pub notes: Vec<String>,
-    /// The safetensors metadata map (gptk stores extra records there).
+    /// The safetensors metadata map (gptk stores extra records there: tokenizer, labels).
     pub metadata: HashMap<String, String>,
-    /// Tensors of the file that are not GPT-2 parameters, by name, as f32 with their shape
-    /// (e.g. a classification head written by `gptk finetune`).
-    pub extra: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    /// Outputs of the classification head written by `gptk finetune` (0: none); the head's
+    /// tensors are part of `params` (`ParamLayout::with_head`).
+    pub n_classes: usize,
 }
+
+/// Safetensors metadata key holding a fine-tuned model's class names (a JSON array).
+pub const META_LABELS: &str = "gptk_labels";
 
 /// Where the weights and config of `path` live: a directory holding `model.safetensors` (and
 /// usually `config.json`), or a `.safetensors` file (with `config.json` beside it if present).
@@ -119,7 +122,17 @@ pub fn load(path: &Path) -> Result<LoadedModel, CheckpointError> {
     };
     cfg.validate().map_err(|e| format_err(config_path.as_deref().unwrap_or(&weights_path), e.to_string()))?;
 
-    let layout = ParamLayout::new(&cfg);
+    let n_classes = match by_name.get(HEAD_WEIGHT) {
+        Some((_, view)) if view.shape().len() == 2 && view.shape()[0] > 0 => view.shape()[0],
+        Some((_, view)) => {
+            return Err(format_err(
+                &weights_path,
+                format!("tensor '{HEAD_WEIGHT}' has shape {:?}, expected [classes, {}]", view.shape(), cfg.n_embd),
+            ));
+        }
+        None => 0,
+    };
+    let layout = ParamLayout::with_head(&cfg, n_classes);
     let mut params = vec![0f32; layout.total];
     let mut used: HashSet<&str> = HashSet::new();
     for spec in &layout.specs {
@@ -180,7 +193,6 @@ pub fn load(path: &Path) -> Result<LoadedModel, CheckpointError> {
         }
     }
 
-    let mut extra = HashMap::new();
     let mut ignored = Vec::new();
     for (short, (full, view)) in &by_name {
         if used.contains(short.as_str()) {
@@ -189,17 +201,14 @@ pub fn load(path: &Path) -> Result<LoadedModel, CheckpointError> {
         if short.ends_with(".attn.bias") || short.ends_with(".attn.masked_bias") {
             continue; // causal-mask buffers of older transformers versions
         }
-        if short.starts_with("gptk.") {
-            extra.insert(short.clone(), (view.shape().to_vec(), to_f32(&weights_path, full, view)?));
-        } else {
-            ignored.push(short.clone());
-        }
+        let _ = (full, view);
+        ignored.push(short.clone());
     }
     if !ignored.is_empty() {
         ignored.sort();
         notes.push(format!("ignored tensors that are not GPT-2 parameters: {}", ignored.join(", ")));
     }
-    Ok(LoadedModel { cfg, params, notes, metadata, extra })
+    Ok(LoadedModel { cfg, params, notes, metadata, n_classes })
 }
 
 /// Decodes a tensor to f32, refusing dtypes a GPT-2 checkpoint does not use.
@@ -325,19 +334,19 @@ pub fn config_json(cfg: &ModelConfig) -> Value {
 }
 
 /// Writes `dir/model.safetensors` and `dir/config.json` atomically (each a temporary file,
-/// fsynced, renamed). `extra` tensors (names starting with `gptk.`) and `metadata` entries are
-/// stored alongside.
+/// fsynced, renamed). `params` follows `layout` (which may carry a classification head, saved
+/// under its own `gptk.head.*` names); `metadata` entries are stored in the safetensors header,
+/// and class names under [`META_LABELS`] also go to config.json as `id2label`.
 pub fn save(
     dir: &Path,
     cfg: &ModelConfig,
+    layout: &ParamLayout,
     params: &[f32],
-    extra: &[(String, Vec<usize>, Vec<f32>)],
     metadata: &HashMap<String, String>,
 ) -> Result<(), CheckpointError> {
-    let layout = ParamLayout::new(cfg);
     assert_eq!(params.len(), layout.total, "parameter vector does not match the layout");
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(layout.specs.len() + extra.len());
+    let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(layout.specs.len());
     for spec in &layout.specs {
         let src = &params[spec.tensor.offset..spec.tensor.end()];
         let (shape, bytes) = if spec.conv1d {
@@ -352,11 +361,9 @@ pub fn save(
         } else {
             (spec.shape.clone(), bytemuck::cast_slice::<f32, u8>(src).to_vec())
         };
-        buffers.push((format!("transformer.{}", spec.name), shape, bytes));
-    }
-    for (name, shape, values) in extra {
-        assert!(name.starts_with("gptk."), "extra tensor names start with 'gptk.'");
-        buffers.push((name.clone(), shape.clone(), bytemuck::cast_slice::<f32, u8>(values).to_vec()));
+        let name =
+            if spec.name.starts_with("gptk.") { spec.name.clone() } else { format!("transformer.{}", spec.name) };
+        buffers.push((name, shape, bytes));
     }
     let weights = dir.join(MODEL_FILE);
     let views: Vec<(String, TensorView)> = buffers
@@ -373,7 +380,14 @@ pub fn save(
     })
     .map_err(io_err(&weights))?;
     let config = dir.join(CONFIG_FILE);
-    let text = serde_json::to_string_pretty(&config_json(cfg)).expect("json serialises");
+    let mut json = config_json(cfg);
+    if let Some(labels) = metadata.get(META_LABELS).and_then(|l| serde_json::from_str::<Vec<String>>(l).ok()) {
+        let id2label: Map<String, Value> = labels.iter().enumerate().map(|(i, l)| (i.to_string(), json!(l))).collect();
+        let label2id: Map<String, Value> = labels.iter().enumerate().map(|(i, l)| (l.clone(), json!(i))).collect();
+        json["id2label"] = Value::Object(id2label);
+        json["label2id"] = Value::Object(label2id);
+    }
+    let text = serde_json::to_string_pretty(&json).expect("json serialises");
     atomic::write_bytes(&config, text.as_bytes()).map_err(io_err(&config))?;
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! function; the work itself lives in the library.
 
 pub mod eval;
+pub mod finetune;
 pub mod info;
 pub mod prepare;
 pub mod sample;
@@ -17,4 +18,13 @@ pub fn human_bytes(n: usize) -> String {
         u += 1;
     }
     if u == 0 { format!("{n} B") } else { format!("{x:.2} {}", units[u]) }
+}
+
+/// `auto` becomes the GPU when one is usable, else the CPU.
+pub fn resolve_device(kind: gptk::backend::DeviceKind) -> anyhow::Result<gptk::backend::DeviceKind> {
+    use gptk::backend::DeviceKind;
+    Ok(match kind {
+        DeviceKind::Auto => DeviceKind::Cpu,
+        other => other,
+    })
 }

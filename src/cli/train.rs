@@ -66,7 +66,7 @@ pub fn run(cfg: &TrainConfig) -> Result<()> {
     }
 
     let job = Job { cfg, out: &out, data_dir: &data_dir, tokenizer: &tokenizer, model_cfg, params, resume, stop };
-    match resolve_device(cfg.device)? {
+    match super::resolve_device(cfg.device)? {
         DeviceKind::Cpu | DeviceKind::Auto => job.run(|p, a| Ok(CpuBackend::<f32>::new(p.total, a)), None),
         DeviceKind::Cuda => bail!("--device cuda: this build has no CUDA backend yet"),
     }
@@ -190,14 +190,6 @@ fn initial_model(cfg: &TrainConfig, resume: Option<&Path>, tokenizer: &Tokenizer
         );
     }
     Ok((model_cfg, params))
-}
-
-/// `auto` becomes the GPU when one is usable, else the CPU.
-fn resolve_device(kind: DeviceKind) -> Result<DeviceKind> {
-    Ok(match kind {
-        DeviceKind::Auto => DeviceKind::Cpu,
-        other => other,
-    })
 }
 
 /// A fully resolved run, ready for a backend.

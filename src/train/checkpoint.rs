@@ -112,7 +112,7 @@ pub fn save<K: Backend>(
     let m = to_host(model, Arena::OptM)?;
     let v = to_host(model, Arena::OptV)?;
     let meta = HashMap::from([(META_TOKENIZER.to_string(), state.tokenizer.clone())]);
-    checkpoint::save(&partial, &model.cfg, &params, &[], &meta)?;
+    checkpoint::save(&partial, &model.cfg, &model.params, &params, &meta)?;
 
     let state_path = partial.join(STATE_FILE);
     let (mb, vb) = (bytemuck::cast_slice::<f32, u8>(&m), bytemuck::cast_slice::<f32, u8>(&v));

@@ -8,5 +8,6 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod finetune;
 pub mod lr;
 pub mod run;
