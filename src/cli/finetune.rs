@@ -14,6 +14,8 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// Safetensors metadata key: how a fine-tuned classifier attends ("causal" or "bidirectional").
+const META_ATTENTION: &str = "gptk_attention";
 /// Longest input used when --seq-len is not given (and the model allows it).
 const DEFAULT_TASK_SEQ_LEN: usize = 256;
 
@@ -55,6 +57,9 @@ pub struct FinetuneArgs {
     /// Tokens per example; longer texts are cut from the right [default: min(context, 256)].
     #[arg(long)]
     seq_len: Option<usize>,
+    /// Attend both ways (for a model pretrained with --objective mlm); needs --lm-weight 0.
+    #[arg(long)]
+    bidirectional: bool,
     /// Re-initialise the transformer (same shape, no pretraining): the baseline.
     #[arg(long)]
     random_init: bool,
@@ -131,6 +136,9 @@ pub fn run(args: &FinetuneArgs) -> Result<()> {
     if !(args.lm_weight >= 0.0 && args.lm_weight.is_finite()) {
         bail!("--lm-weight must be 0 or positive, got {}", args.lm_weight);
     }
+    if args.bidirectional && args.lm_weight > 0.0 {
+        bail!("--bidirectional needs --lm-weight 0: a model that sees the whole input cannot be scored on predicting it");
+    }
     let path = resolve_model(&args.model);
     let loaded = checkpoint::load(&path)?;
     let tok = tokenizer_of(&loaded.metadata, args.tokenizer.as_deref())?;
@@ -187,6 +195,7 @@ pub fn run(args: &FinetuneArgs) -> Result<()> {
         weight_decay: args.weight_decay,
         grad_clip: args.grad_clip,
         lm_weight: args.lm_weight,
+        causal: !args.bidirectional,
         seed: args.seed,
     };
     if !args.json {
@@ -254,6 +263,7 @@ impl Job<'_> {
         let meta = HashMap::from([
             (META_TOKENIZER.to_string(), self.tok.name().to_string()),
             (META_LABELS.to_string(), serde_json::to_string(&self.labels.names).expect("labels serialise")),
+            (META_ATTENTION.to_string(), if self.opts.causal { "causal" } else { "bidirectional" }.to_string()),
         ]);
         checkpoint::save(&self.out, &self.cfg, &model.params, &params, &meta)?;
         let last = events.last().expect("at least one epoch");
@@ -306,7 +316,8 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
     let acts = ActLayout::for_classification(&loaded.cfg, args.batch_size, t, loaded.n_classes);
     let mut model = Gpt::new(loaded.cfg.clone(), acts, |p, a| Ok(CpuBackend::<f32>::new(p.total, a)))?;
     model.load_params(&loaded.params)?;
-    let (accuracy, _, predictions) = evaluate(&mut model, &tok, &set)?;
+    let causal = loaded.metadata.get(META_ATTENTION).is_none_or(|a| a != "bidirectional");
+    let (accuracy, _, predictions) = evaluate(&mut model, &tok, &set, causal)?;
     let mut sink: Box<dyn Write> = match &args.out {
         Some(p) => {
             Box::new(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| p.display().to_string())?))

@@ -182,13 +182,17 @@ impl<K: Backend> Gpt<K> {
     /// Fine-tuning step (GPT-1): causal forward, the head's loss at the extract positions plus
     /// `lm_weight` × the next-token loss of the same inputs, backward with `loss_weight` (1/accum)
     /// on the sum. Returns the mean class loss and the mean LM loss (None when `lm_weight` is 0).
+    /// With `causal` false the blocks attend both ways (a model pretrained with MLM); the LM term
+    /// then makes no sense and must be off.
     pub fn forward_backward_classify(
         &mut self,
+        causal: bool,
         lm_weight: f32,
         loss_weight: f32,
     ) -> Result<(f32, Option<f32>), ModelError> {
+        assert!(causal || lm_weight == 0.0, "the auxiliary LM loss needs causal attention");
         let (k, cfg, p, a) = (&mut self.backend, &self.cfg, &self.params, &self.acts);
-        schedule::forward(k, cfg, p, a, schedule::Attention::Full { causal: true })?;
+        schedule::forward(k, cfg, p, a, schedule::Attention::Full { causal })?;
         let with_lm = lm_weight > 0.0 && self.counted_targets > 0;
         let dcls = loss_weight / self.counted_classes.max(1) as f32;
         let dlnf = if with_lm {
@@ -204,16 +208,16 @@ impl<K: Backend> Gpt<K> {
             schedule::head(k, cfg, p, a, Some(dcls), a.dbtc)?;
             a.dbtc
         };
-        schedule::backward_from(k, cfg, p, a, true, dlnf)?;
+        schedule::backward_from(k, cfg, p, a, causal, dlnf)?;
         let lm = if with_lm { Some(self.mean_loss()?) } else { None };
         Ok((self.mean_class_loss()?, lm))
     }
 
     /// Forward pass with the head (no gradients): the mean class loss over rows with a class
     /// target (NaN if none) and the head's logits of the given rows (row = b·T + position).
-    pub fn forward_classify(&mut self, rows: &[usize]) -> Result<(f32, Vec<Vec<f32>>), ModelError> {
+    pub fn forward_classify(&mut self, causal: bool, rows: &[usize]) -> Result<(f32, Vec<Vec<f32>>), ModelError> {
         let (k, cfg, p, a) = (&mut self.backend, &self.cfg, &self.params, &self.acts);
-        schedule::forward(k, cfg, p, a, schedule::Attention::Full { causal: true })?;
+        schedule::forward(k, cfg, p, a, schedule::Attention::Full { causal })?;
         schedule::head(k, cfg, p, a, None, a.dbtc)?;
         let cls = self.acts.cls.expect("a plan for classification");
         let logits = self.backend.download(cls.logits)?;

@@ -24,6 +24,8 @@ pub struct FinetuneOpts {
     pub weight_decay: f32,
     pub grad_clip: f32,
     pub lm_weight: f32,
+    /// Causal attention (GPT-1); false for a bidirectional (MLM-pretrained) model.
+    pub causal: bool,
     pub seed: u64,
 }
 
@@ -46,6 +48,7 @@ pub fn evaluate<K: Backend>(
     model: &mut Gpt<K>,
     tok: &Tokenizer,
     set: &TaskSet,
+    causal: bool,
 ) -> Result<(f64, f32, Vec<(usize, Vec<f32>)>)> {
     let (b, t) = (model.acts.b, model.acts.t);
     let (mut correct, mut counted, mut loss_sum) = (0usize, 0usize, 0f64);
@@ -57,7 +60,7 @@ pub fn evaluate<K: Backend>(
         model.set_batch(&inputs, &lm_targets)?;
         model.set_class_targets(&class_targets)?;
         let labelled = class_targets.iter().filter(|&&c| c >= 0).count();
-        let (loss, logits) = model.forward_classify(&extract_rows)?;
+        let (loss, logits) = model.forward_classify(causal, &extract_rows)?;
         if labelled > 0 {
             loss_sum += loss as f64 * labelled as f64;
         }
@@ -114,7 +117,7 @@ pub fn finetune<K: Backend>(
             model.set_batch(&inputs, &lm_targets).context("fine-tuning batch")?;
             model.set_class_targets(&class_targets)?;
             model.zero_grads()?;
-            let (class_loss, lm_loss) = model.forward_backward_classify(opts.lm_weight, 1.0)?;
+            let (class_loss, lm_loss) = model.forward_backward_classify(opts.causal, opts.lm_weight, 1.0)?;
             let grad_norm = model.grad_norm()?;
             let lr = schedule.at(step);
             let grad_scale =
@@ -136,7 +139,7 @@ pub fn finetune<K: Backend>(
             seen += chunk.len();
             report(&FinetuneEvent::Step { epoch, step, steps: total, class_loss, lm_loss, lr, grad_norm });
         }
-        let (val_accuracy, val_class_loss, _) = evaluate(model, tok, val)?;
+        let (val_accuracy, val_class_loss, _) = evaluate(model, tok, val, opts.causal)?;
         let event = FinetuneEvent::Epoch {
             epoch,
             train_class_loss: (loss_sum / seen.max(1) as f64) as f32,
