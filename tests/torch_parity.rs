@@ -139,8 +139,8 @@ impl Report {
         for (&g, &w) in got.iter().zip(want) {
             let d = (g - w).abs();
             let tol = rtol * (w.abs() + rms);
-            // Written so that a NaN fails.
-            if !(d <= tol) {
+            // A NaN difference fails too.
+            if d.is_nan() || d > tol {
                 ok = false;
             }
             max_diff = max_diff.max(d);

@@ -255,23 +255,23 @@ pub fn config_from_json(path: &Path) -> Result<ModelConfig, CheckpointError> {
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
     let value: Value = serde_json::from_str(&text).map_err(|e| format_err(path, format!("not valid JSON ({e})")))?;
     let obj = value.as_object().ok_or_else(|| format_err(path, "expected a JSON object"))?;
-    if let Some(t) = obj.get("model_type").and_then(Value::as_str) {
-        if t != "gpt2" {
-            return Err(format_err(path, format!("model_type is '{t}', only 'gpt2' is supported")));
-        }
+    if let Some(t) = obj.get("model_type").and_then(Value::as_str)
+        && t != "gpt2"
+    {
+        return Err(format_err(path, format!("model_type is '{t}', only 'gpt2' is supported")));
     }
-    if let Some(act) = obj.get("activation_function").and_then(Value::as_str) {
-        if !matches!(act, "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast") {
-            return Err(format_err(
-                path,
-                format!("activation_function '{act}' is not supported (gptk uses tanh-GELU, 'gelu_new')"),
-            ));
-        }
+    if let Some(act) = obj.get("activation_function").and_then(Value::as_str)
+        && !matches!(act, "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast")
+    {
+        return Err(format_err(
+            path,
+            format!("activation_function '{act}' is not supported (gptk uses tanh-GELU, 'gelu_new')"),
+        ));
     }
-    if let Some(eps) = obj.get("layer_norm_epsilon").and_then(Value::as_f64) {
-        if (eps - 1e-5).abs() > 1e-12 {
-            return Err(format_err(path, format!("layer_norm_epsilon {eps} is not supported (gptk uses 1e-5)")));
-        }
+    if let Some(eps) = obj.get("layer_norm_epsilon").and_then(Value::as_f64)
+        && (eps - 1e-5).abs() > 1e-12
+    {
+        return Err(format_err(path, format!("layer_norm_epsilon {eps} is not supported (gptk uses 1e-5)")));
     }
     // Options of transformers' GPT-2 that change the attention arithmetic.
     for (key, gpt2_value) in [("scale_attn_weights", true), ("scale_attn_by_inverse_layer_idx", false)] {
@@ -293,10 +293,10 @@ pub fn config_from_json(path: &Path) -> Result<ModelConfig, CheckpointError> {
         n_ctx: get_usize(path, obj, &["n_positions", "n_ctx", "max_position_embeddings"])?,
         vocab_size,
     };
-    if let Some(inner) = obj.get("n_inner").filter(|v| !v.is_null()) {
-        if inner.as_u64() != (cfg.n_embd as u64).checked_mul(4) {
-            return Err(format_err(path, format!("n_inner {inner} is not supported (gptk's MLP is 4 × n_embd)")));
-        }
+    if let Some(inner) = obj.get("n_inner").filter(|v| !v.is_null())
+        && inner.as_u64() != (cfg.n_embd as u64).checked_mul(4)
+    {
+        return Err(format_err(path, format!("n_inner {inner} is not supported (gptk's MLP is 4 × n_embd)")));
     }
     cfg.validate().map_err(|e: ConfigError| format_err(path, e.to_string()))?;
     Ok(cfg)
