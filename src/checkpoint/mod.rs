@@ -23,8 +23,12 @@ use std::path::{Path, PathBuf};
 /// File names inside a checkpoint directory, as `save_pretrained` writes them.
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const CONFIG_FILE: &str = "config.json";
+/// What `save_pretrained` writes instead of `model.safetensors` for a model split into shards.
+const SHARD_INDEX_FILE: &str = "model.safetensors.index.json";
 /// GPT-2's head size, assumed when a bare safetensors file says nothing about heads.
 pub const GPT2_HEAD_SIZE: usize = 64;
+/// Token ids are u16 in shards; a larger vocabulary is refused before any arithmetic on it.
+const MAX_VOCAB_SIZE: usize = 1 << 16;
 /// Safetensors metadata key under which gptk stores its `ModelConfig` as JSON.
 const META_CONFIG: &str = "gptk_config";
 
@@ -68,8 +72,13 @@ pub const META_LABELS: &str = "gptk_labels";
 pub fn resolve(path: &Path) -> Result<(PathBuf, Option<PathBuf>), CheckpointError> {
     let weights = if path.is_dir() { path.join(MODEL_FILE) } else { path.to_path_buf() };
     if !weights.is_file() {
-        let what =
-            if path.is_dir() { format!("no {MODEL_FILE} in this directory") } else { "no such file".to_string() };
+        let what = if path.join(SHARD_INDEX_FILE).is_file() {
+            format!("a sharded checkpoint ({SHARD_INDEX_FILE}); gptk reads a single {MODEL_FILE}")
+        } else if path.is_dir() {
+            format!("no {MODEL_FILE} in this directory")
+        } else {
+            "no such file".to_string()
+        };
         return Err(format_err(path, what));
     }
     let config = weights.parent().map(|d| d.join(CONFIG_FILE)).filter(|c| c.is_file());
@@ -120,7 +129,9 @@ pub fn load(path: &Path) -> Result<LoadedModel, CheckpointError> {
             }
         }
     };
-    cfg.validate().map_err(|e| format_err(config_path.as_deref().unwrap_or(&weights_path), e.to_string()))?;
+    let config_source = config_path.as_deref().unwrap_or(&weights_path);
+    cfg.validate().map_err(|e| format_err(config_source, e.to_string()))?;
+    check_shape_against_tensors(&cfg, config_source, &weights_path, &by_name)?;
 
     let n_classes = match by_name.get(HEAD_WEIGHT) {
         Some((_, view)) if view.shape().len() == 2 && view.shape()[0] > 0 => view.shape()[0],
@@ -176,19 +187,30 @@ pub fn load(path: &Path) -> Result<LoadedModel, CheckpointError> {
         }
     }
 
-    // A separate lm_head must be the tied embedding.
+    // A separate lm_head must be the tied embedding: same shape as the file's wte, same values.
     if let Some((full, view)) = by_name.get("lm_head.weight") {
         used.insert("lm_head.weight");
-        let head = to_f32(&weights_path, full, view)?;
-        let wte = &params[layout.wte.offset..layout.wte.end()];
-        let rows = view.shape().first().copied().unwrap_or(0);
-        if view.shape().len() != 2
-            || view.shape()[1] != cfg.n_embd
-            || head[..] != wte[..rows.min(wte.len() / cfg.n_embd) * cfg.n_embd]
-        {
+        let wte_shape = by_name["wte.weight"].1.shape();
+        if view.shape() != wte_shape {
             return Err(format_err(
                 &weights_path,
-                "lm_head.weight differs from wte.weight: gptk ties the input and output embeddings",
+                format!("tensor '{full}' has shape {:?}, expected {wte_shape:?} like wte.weight", view.shape()),
+            ));
+        }
+        let head = to_f32(&weights_path, full, view)?;
+        let wte = &params[layout.wte.offset..layout.wte.offset + head.len()];
+        let same = |(a, b): (&f32, &f32)| a == b || (a.is_nan() && b.is_nan());
+        if let Some(i) = head.iter().zip(wte).position(|p| !same(p)) {
+            return Err(format_err(
+                &weights_path,
+                format!(
+                    "lm_head.weight differs from wte.weight (first at row {}, column {}: {} vs {}): gptk ties the \
+                     input and output embeddings",
+                    i / cfg.n_embd,
+                    i % cfg.n_embd,
+                    head[i],
+                    wte[i]
+                ),
             ));
         }
     }
@@ -242,33 +264,37 @@ pub fn config_from_json(path: &Path) -> Result<ModelConfig, CheckpointError> {
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
     let value: Value = serde_json::from_str(&text).map_err(|e| format_err(path, format!("not valid JSON ({e})")))?;
     let obj = value.as_object().ok_or_else(|| format_err(path, "expected a JSON object"))?;
-    if let Some(t) = obj.get("model_type").and_then(Value::as_str) {
-        if t != "gpt2" {
-            return Err(format_err(path, format!("model_type is '{t}', only 'gpt2' is supported")));
-        }
+    if let Some(t) = obj.get("model_type").and_then(Value::as_str)
+        && t != "gpt2"
+    {
+        return Err(format_err(path, format!("model_type is '{t}', only 'gpt2' is supported")));
     }
-    if let Some(act) = obj.get("activation_function").and_then(Value::as_str) {
-        if !matches!(act, "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast") {
-            return Err(format_err(
-                path,
-                format!("activation_function '{act}' is not supported (gptk uses tanh-GELU, 'gelu_new')"),
-            ));
-        }
+    if let Some(act) = obj.get("activation_function").and_then(Value::as_str)
+        && !matches!(act, "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast")
+    {
+        return Err(format_err(
+            path,
+            format!("activation_function '{act}' is not supported (gptk uses tanh-GELU, 'gelu_new')"),
+        ));
     }
-    if let Some(eps) = obj.get("layer_norm_epsilon").and_then(Value::as_f64) {
-        if (eps - 1e-5).abs() > 1e-12 {
-            return Err(format_err(path, format!("layer_norm_epsilon {eps} is not supported (gptk uses 1e-5)")));
-        }
+    if let Some(eps) = obj.get("layer_norm_epsilon").and_then(Value::as_f64)
+        && (eps - 1e-5).abs() > 1e-12
+    {
+        return Err(format_err(path, format!("layer_norm_epsilon {eps} is not supported (gptk uses 1e-5)")));
     }
-    if let Some(inner) = obj.get("n_inner") {
-        if !inner.is_null() && inner.as_u64() != obj.get("n_embd").and_then(Value::as_u64).map(|c| 4 * c) {
-            return Err(format_err(path, format!("n_inner {inner} is not supported (gptk's MLP is 4 × n_embd)")));
+    // Options of transformers' GPT-2 that change the attention arithmetic.
+    for (key, gpt2_value) in [("scale_attn_weights", true), ("scale_attn_by_inverse_layer_idx", false)] {
+        if let Some(v) = obj.get(key).and_then(Value::as_bool).filter(|&v| v != gpt2_value) {
+            return Err(format_err(path, format!("{key} = {v} is not supported (gptk computes GPT-2's attention)")));
         }
     }
     let vocab_size = match obj.get("gptk_vocab_size") {
         Some(_) => get_usize(path, obj, &["gptk_vocab_size"])?,
         None => get_usize(path, obj, &["vocab_size"])?,
     };
+    if vocab_size > MAX_VOCAB_SIZE {
+        return Err(format_err(path, ConfigError::VocabTooLarge(vocab_size).to_string()));
+    }
     let cfg = ModelConfig {
         n_layer: get_usize(path, obj, &["n_layer", "num_hidden_layers"])?,
         n_head: get_usize(path, obj, &["n_head", "num_attention_heads"])?,
@@ -276,8 +302,63 @@ pub fn config_from_json(path: &Path) -> Result<ModelConfig, CheckpointError> {
         n_ctx: get_usize(path, obj, &["n_positions", "n_ctx", "max_position_embeddings"])?,
         vocab_size,
     };
+    if let Some(inner) = obj.get("n_inner").filter(|v| !v.is_null())
+        && inner.as_u64() != (cfg.n_embd as u64).checked_mul(4)
+    {
+        return Err(format_err(path, format!("n_inner {inner} is not supported (gptk's MLP is 4 × n_embd)")));
+    }
     cfg.validate().map_err(|e: ConfigError| format_err(path, e.to_string()))?;
     Ok(cfg)
+}
+
+/// Checks that the shape read from `config_source` agrees with the tensors of `weights` on the
+/// numbers that size the parameter layout (width, context, depth, vocabulary), so that a config
+/// that is wrong, or hostile, is reported before anything is allocated from it.
+fn check_shape_against_tensors(
+    cfg: &ModelConfig,
+    config_source: &Path,
+    weights: &Path,
+    by_name: &HashMap<String, (&str, &TensorView)>,
+) -> Result<(), CheckpointError> {
+    let shape = |name: &str| -> Result<&[usize], CheckpointError> {
+        let (full, view) = by_name
+            .get(name)
+            .ok_or_else(|| format_err(weights, format!("missing tensor '{name}' (expected for {cfg})")))?;
+        match view.shape() {
+            s @ [_, _] => Ok(s),
+            s => Err(format_err(weights, format!("tensor '{full}' has shape {s:?}, expected 2 dimensions"))),
+        }
+    };
+    let disagree = |what: String| {
+        format_err(
+            config_source,
+            format!("{what} in {}; the config does not describe these weights", weights.display()),
+        )
+    };
+    let wte = shape("wte.weight")?;
+    if wte[1] != cfg.n_embd {
+        return Err(disagree(format!("n_embd is {} but wte.weight is {wte:?}", cfg.n_embd)));
+    }
+    if wte[0] < cfg.vocab_size || wte[0] > cfg.padded_vocab_size() {
+        return Err(disagree(format!(
+            "the vocabulary is {} (padded {}) but wte.weight is {wte:?}",
+            cfg.vocab_size,
+            cfg.padded_vocab_size()
+        )));
+    }
+    let wpe = shape("wpe.weight")?;
+    if wpe != [cfg.n_ctx, cfg.n_embd] {
+        return Err(disagree(format!("n_positions is {} but wpe.weight is {wpe:?}", cfg.n_ctx)));
+    }
+    let blocks = by_name
+        .keys()
+        .filter_map(|n| n.strip_prefix("h.")?.split('.').next()?.parse::<usize>().ok())
+        .max()
+        .map_or(0, |m| m + 1);
+    if blocks != cfg.n_layer {
+        return Err(disagree(format!("n_layer is {} but the tensors hold {blocks} blocks (h.N)", cfg.n_layer)));
+    }
+    Ok(())
 }
 
 /// The shape of a bare safetensors file from its tensors: layers counted, C from wte, context

@@ -29,23 +29,41 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
-    if args.batch_size == 0 || args.seq_len == 0 {
-        bail!("--batch-size and --seq-len must be at least 1");
+    if args.batch_size == 0 || args.seq_len == 0 || args.max_batches == Some(0) {
+        bail!("--batch-size, --seq-len and --max-batches must be at least 1");
     }
+    let Some(bt) = args.batch_size.checked_mul(args.seq_len) else {
+        bail!("--batch-size {} × --seq-len {} is too large", args.batch_size, args.seq_len);
+    };
     let loaded = checkpoint::load(&args.model)?;
     for note in &loaded.notes {
         eprintln!("note: {note}");
     }
     let cfg = loaded.cfg.clone();
     if args.seq_len > cfg.n_ctx {
-        bail!("--seq-len {} is longer than the model's context of {} positions", args.seq_len, cfg.n_ctx);
+        bail!(
+            "{}: --seq-len {} is longer than the model's context of {} positions",
+            args.model.display(),
+            args.seq_len,
+            cfg.n_ctx
+        );
     }
     let shard = Shard::open(&args.data)?;
     let mut batches = SequentialBatches::new(&shard, args.batch_size, args.seq_len)?;
     let total = args.max_batches.unwrap_or(usize::MAX).min(batches.count());
+    // Every token read is a target somewhere, so all must be real tokens of the model; checked
+    // up front to name the place in the shard.
+    if let Some(pos) = (0..total * bt + 1).find(|&i| shard.token(i) as usize >= cfg.vocab_size) {
+        bail!(
+            "{}: token {} at position {pos} is outside the vocabulary of {} tokens of {}",
+            args.data.display(),
+            shard.token(pos),
+            cfg.vocab_size,
+            args.model.display()
+        );
+    }
     let mut model = Gpt::cpu(cfg.clone(), args.batch_size, args.seq_len);
     model.load_params(&loaded.params)?;
-    let bt = args.batch_size * args.seq_len;
     let (mut inputs, mut targets) = (vec![0i32; bt], vec![0i32; bt]);
     let (mut sum, mut n) = (0f64, 0usize);
     while n < total && batches.next_into(&mut inputs, &mut targets) {
