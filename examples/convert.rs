@@ -7,6 +7,7 @@
 //! Usage: cargo run --release --example convert -- IN OUT
 //! IN is a checkpoint directory or a .safetensors file; OUT is a directory (created).
 
+use gptk::model::layout::ParamLayout;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,13 +28,16 @@ fn main() -> ExitCode {
     for note in &loaded.notes {
         eprintln!("note: {note}");
     }
-    let mut extra: Vec<(String, Vec<usize>, Vec<f32>)> =
-        loaded.extra.into_iter().map(|(name, (shape, values))| (name, shape, values)).collect();
-    extra.sort_by(|a, b| a.0.cmp(&b.0));
     // Only gptk's own records travel; the writer sets the format and config entries itself.
     let metadata: HashMap<String, String> =
         loaded.metadata.into_iter().filter(|(k, _)| k.starts_with("gptk_") && k != "gptk_config").collect();
-    if let Err(e) = gptk::checkpoint::save(output, &loaded.cfg, &loaded.params, &extra, &metadata) {
+    if let Err(e) = gptk::checkpoint::save(
+        output,
+        &loaded.cfg,
+        &ParamLayout::with_head(&loaded.cfg, loaded.n_classes),
+        &loaded.params,
+        &metadata,
+    ) {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }

@@ -27,7 +27,11 @@ fn tiny() -> ModelConfig {
 /// Random values in every parameter; embedding rows from `wte_rows` on stay 0 (what loading a
 /// file with `wte_rows` rows gives). Alignment gaps between tensors stay 0.
 fn random_params(cfg: &ModelConfig, wte_rows: usize, seed: u64) -> Vec<f32> {
-    let layout = ParamLayout::new(cfg);
+    random_params_with_head(cfg, wte_rows, 0, seed)
+}
+
+fn random_params_with_head(cfg: &ModelConfig, wte_rows: usize, n_classes: usize, seed: u64) -> Vec<f32> {
+    let layout = ParamLayout::with_head(cfg, n_classes);
     let mut p = vec![0f32; layout.total];
     let mut rng = Rng::new(seed);
     for spec in &layout.specs {
@@ -56,11 +60,15 @@ fn assert_bitwise(what: &str, got: &[f32], want: &[f32]) {
 fn save_then_load_is_bitwise_identical() {
     let dir = tmpdir("roundtrip");
     let cfg = tiny();
-    // Every row of the padded embedding is written, special-token and alignment rows included.
-    let params = random_params(&cfg, cfg.padded_vocab_size(), 1);
-    let extra = vec![("gptk.classifier.weight".to_string(), vec![3, 4], (0..12).map(|i| i as f32 * 0.25).collect())];
-    let meta = HashMap::from([("gptk_note".to_string(), "kept".to_string())]);
-    checkpoint::save(&dir, &cfg, &params, &extra, &meta).unwrap();
+    // Every row of the padded embedding is written, special-token and alignment rows included,
+    // and a classification head of 3 classes rides along with its labels.
+    let params = random_params_with_head(&cfg, cfg.padded_vocab_size(), 3, 1);
+    let layout = ParamLayout::with_head(&cfg, 3);
+    let meta = HashMap::from([
+        ("gptk_note".to_string(), "kept".to_string()),
+        (checkpoint::META_LABELS.to_string(), "[\"neg\",\"neu\",\"pos\"]".to_string()),
+    ]);
+    checkpoint::save(&dir, &cfg, &layout, &params, &meta).unwrap();
 
     let mut files: Vec<String> =
         std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
@@ -71,7 +79,7 @@ fn save_then_load_is_bitwise_identical() {
         let loaded = checkpoint::load(&path).unwrap();
         assert_eq!(loaded.cfg, cfg);
         assert_bitwise("params", &loaded.params, &params);
-        assert_eq!(loaded.extra["gptk.classifier.weight"], (vec![3, 4], extra[0].2.clone()));
+        assert_eq!(loaded.n_classes, 3);
         assert_eq!(loaded.metadata["gptk_note"], "kept");
         assert!(loaded.notes.is_empty(), "{:?}", loaded.notes);
     }
@@ -81,8 +89,15 @@ fn save_then_load_is_bitwise_identical() {
     assert_eq!(loaded.cfg, cfg);
     assert_bitwise("params (metadata config)", &loaded.params, &params);
 
+    // The labels reach config.json as transformers' id2label.
+    checkpoint::save(&dir, &cfg, &layout, &params, &meta).unwrap();
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(dir.join(CONFIG_FILE)).unwrap()).unwrap();
+    assert_eq!(config["id2label"], json!({"0": "neg", "1": "neu", "2": "pos"}));
+
     // What transformers reads: Vp rows with vocab_size = Vp, the real vocabulary beside it.
-    checkpoint::save(&dir, &cfg, &params, &[], &HashMap::new()).unwrap();
+    let plain = random_params(&cfg, cfg.padded_vocab_size(), 1);
+    checkpoint::save(&dir, &cfg, &ParamLayout::new(&cfg), &plain, &HashMap::new()).unwrap();
+    assert_eq!(checkpoint::load(&dir).unwrap().n_classes, 0);
     let config: Value = serde_json::from_str(&std::fs::read_to_string(dir.join(CONFIG_FILE)).unwrap()).unwrap();
     assert_eq!(config["vocab_size"], json!(cfg.padded_vocab_size()));
     assert_eq!(config["gptk_vocab_size"], json!(cfg.vocab_size));

@@ -44,7 +44,7 @@ fn params(cfg: &ModelConfig) -> Vec<f32> {
 fn setup(tag: &str, params: &[f32], n_tokens: usize) -> (PathBuf, PathBuf, PathBuf) {
     let dir = tmpdir(tag);
     let model = dir.join("model");
-    checkpoint::save(&model, &tiny(), params, &[], &HashMap::new()).unwrap();
+    checkpoint::save(&model, &tiny(), &ParamLayout::new(&tiny()), params, &HashMap::new()).unwrap();
     let mut rng = Rng::new(5);
     let tokens: Vec<u16> = (0..n_tokens).map(|_| rng.below(tiny().vocab_size as u64) as u16).collect();
     let shard = dir.join("val.bin");

@@ -133,7 +133,7 @@ fn classification_gradcheck(lm_weight: f64) {
     let (cls, lm) = m.forward_backward_classify(true, lm_weight as f32, 1.0).unwrap();
     assert!(cls.is_finite() && (lm_weight == 0.0) == lm.is_none());
     let grads = m.backend.grads.clone();
-    let mut total = |m: &mut Gpt<CpuBackend<f64>>| {
+    let total = |m: &mut Gpt<CpuBackend<f64>>| {
         m.forward_classify(true, &[]).unwrap();
         let c = m.acts.cls.unwrap();
         let cls: f64 = m.backend.get(c.losses).iter().sum::<f64>() / 2.0;

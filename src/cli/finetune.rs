@@ -137,7 +137,9 @@ pub fn run(args: &FinetuneArgs) -> Result<()> {
         bail!("--lm-weight must be 0 or positive, got {}", args.lm_weight);
     }
     if args.bidirectional && args.lm_weight > 0.0 {
-        bail!("--bidirectional needs --lm-weight 0: a model that sees the whole input cannot be scored on predicting it");
+        bail!(
+            "--bidirectional needs --lm-weight 0: a model that sees the whole input cannot be scored on predicting it"
+        );
     }
     let path = resolve_model(&args.model);
     let loaded = checkpoint::load(&path)?;
