@@ -6,7 +6,11 @@
 //!   backward schedule ([`model::schedule`]) written once over the [`backend::Backend`] trait;
 //! - [`backend`]: the op set, with the CPU reference ([`backend::cpu`]);
 //! - [`checkpoint`]: Hugging Face GPT-2 safetensors in and out;
-//! - [`data`]: llm.c token shards.
+//! - [`data`]: tokenizers, llm.c token shards, `prepare`, the training loader, MLM masking,
+//!   classification task files;
+//! - [`train`]: the training loop, learning-rate schedule, checkpoints with exact resume, and
+//!   GPT-1-style fine-tuning;
+//! - [`generate`]: sampling with a key/value cache.
 
 pub mod backend;
 pub mod checkpoint;
