@@ -95,11 +95,12 @@ pub fn parse_ptxas_report(text: &str) -> Vec<KernelResources> {
             k.stack_bytes = number_before(line, "bytes stack frame").unwrap_or(0);
             k.spill_store_bytes = number_before(line, "bytes spill stores").unwrap_or(0);
             k.spill_load_bytes = number_before(line, "bytes spill loads").unwrap_or(0);
-        } else if line.contains("Used ") && line.contains("registers") {
-            if let Some(k) = out.last_mut() {
-                k.registers = number_before(line, "registers").unwrap_or(0);
-                k.shared_bytes = number_before(line, "bytes smem").unwrap_or(0);
-            }
+        } else if line.contains("Used ")
+            && line.contains("registers")
+            && let Some(k) = out.last_mut()
+        {
+            k.registers = number_before(line, "registers").unwrap_or(0);
+            k.shared_bytes = number_before(line, "bytes smem").unwrap_or(0);
         }
     }
     out

@@ -993,7 +993,7 @@ impl Backend for CudaBackend {
 
     fn adamw(&mut self, step: &AdamWStep, decay_end: usize) -> Result<()> {
         let n = self.params.elems;
-        if n % ADAMW_ELEMS != 0 {
+        if !n.is_multiple_of(ADAMW_ELEMS) {
             return Err(BackendError::Device(format!("the parameter arena ({n}) is not a multiple of {ADAMW_ELEMS}")));
         }
         let master_p = self.master.as_ref().map_or(self.params.ptr, |m| m.ptr);
