@@ -177,6 +177,7 @@ mod tests {
         let s = ScratchSizes::for_model(&p, &a);
         assert_eq!(s.max_columns, 4 * 768);
         assert_eq!(s.attention_rows, 4 * 12 * 1024);
+        println!("d12, B=4, T=1024:\n{bf16}");
     }
 
     #[test]
