@@ -24,7 +24,7 @@ const KERNEL_DIR: &str = "kernels";
 const DEFAULT_ARCHS: &str = "sm_80,sm_90,compute_90";
 /// The pip wheel that provides nvcc, named in the warning when none is found.
 const NVCC_HINT: &str = "pip install nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 \
-    nvidia-cuda-runtime==13.0.96 nvidia-nvvm==13.0.88 nvidia-cuda-cccl (see .ci/install-nvcc.sh)";
+    nvidia-cuda-runtime==13.0.96 nvidia-nvvm==13.0.88 nvidia-cuda-cccl==13.0.85 (see .ci/install-nvcc.sh)";
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 /// How to get nvcc when the binary was built without it.
 pub const NVCC_INSTALL_HINT: &str = "pip install nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 \
-nvidia-cuda-runtime==13.0.96 nvidia-nvvm==13.0.88 nvidia-cuda-cccl";
+nvidia-cuda-runtime==13.0.96 nvidia-nvvm==13.0.88 nvidia-cuda-cccl==13.0.85";
 
 /// What a GPU is, for logs, `gptk info` and MFU.
 #[derive(Clone, Debug, PartialEq)]

@@ -411,6 +411,9 @@ impl Backend for CudaBackend {
                 .memset_zeros(&mut buf.mem.slice_mut(range))
                 .map_err(|e| driver_error(&format!("zeroing part of {what}"), e))?;
         }
+        if t.arena == Arena::Inputs {
+            self.inputs_host[t.offset..t.end()].fill(0);
+        }
         Ok(())
     }
 
