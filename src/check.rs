@@ -293,6 +293,9 @@ pub fn select(op: Option<&str>) -> Result<Vec<&'static str>, CheckError> {
 /// Runs the selected checks, handing each row to `report` as it is made.
 pub fn run(opts: &CheckOptions, mut report: impl FnMut(&Comparison)) -> Result<Vec<Comparison>, CheckError> {
     let selected = select(opts.op.as_deref())?;
+    // Each case opens its own backend; holding the device's context for the whole run keeps it
+    // from being torn down and rebuilt between cases.
+    let _context = crate::backend::cuda::device::open(opts.device)?;
     let mut rows = Vec::new();
     let mut emit = |r: Comparison| {
         report(&r);

@@ -375,8 +375,7 @@ impl CudaBackend {
     /// Splits `n` rows into at most MAX_PARTIALS chunks for a column reduction of `columns`
     /// (× `per_column` values): (rows per chunk, chunks), after checking the scratch holds them.
     fn chunks(&self, n: usize, columns: usize, per_column: usize) -> Result<(usize, usize)> {
-        let rows = n.div_ceil(MAX_PARTIALS).max(1);
-        let count = n.div_ceil(rows).max(1);
+        let (rows, count) = row_chunks(n);
         let needed = count * per_column * columns;
         if needed > self.scratch.partials.elems {
             return Err(BackendError::Device(format!(
@@ -534,21 +533,8 @@ impl Backend for CudaBackend {
         if let Some(&bad) = ids.iter().find(|&&x| x < 0 || x as usize >= rows) {
             return Err(BackendError::Device(format!("token id {bad} is outside the embedding of {rows} rows")));
         }
-        let mut order: Vec<u32> = (0..n as u32).collect();
-        order.sort_by_key(|&i| (ids[i as usize], i));
         let h = &mut self.buckets_host;
-        h.clear();
-        let mut starts = Vec::with_capacity(n + 1);
-        for (k, &i) in order.iter().enumerate() {
-            if k == 0 || ids[i as usize] != ids[order[k - 1] as usize] {
-                h.push(ids[i as usize]);
-                starts.push(k as i32);
-            }
-        }
-        let buckets = h.len();
-        starts.push(n as i32);
-        h.extend_from_slice(&starts);
-        h.extend(order.iter().map(|&i| i as i32));
+        let buckets = bucket_by_token(ids, h);
         let range = self.scratch.buckets.byte_range(0, h.len())?;
         self.stream
             .memcpy_htod(bytemuck::cast_slice::<i32, u8>(h), &mut self.scratch.buckets.mem.slice_mut(range))
@@ -1061,6 +1047,33 @@ impl CudaBackend {
     }
 }
 
+/// (rows per chunk, chunks) splitting `n` rows into at most MAX_PARTIALS chunks.
+fn row_chunks(n: usize) -> (usize, usize) {
+    let rows = n.div_ceil(MAX_PARTIALS).max(1);
+    (rows, n.div_ceil(rows).max(1))
+}
+
+/// Buckets token positions by id for the embedding backward: writes `out` = [ids of the U
+/// distinct tokens, ascending | U+1 bucket starts | the positions of each bucket, ascending] and
+/// returns U.
+fn bucket_by_token(ids: &[i32], out: &mut Vec<i32>) -> usize {
+    let mut order: Vec<u32> = (0..ids.len() as u32).collect();
+    order.sort_by_key(|&i| (ids[i as usize], i));
+    out.clear();
+    let mut starts = Vec::with_capacity(ids.len() + 1);
+    for (k, &i) in order.iter().enumerate() {
+        if k == 0 || ids[i as usize] != ids[order[k - 1] as usize] {
+            out.push(ids[i as usize]);
+            starts.push(k as i32);
+        }
+    }
+    let buckets = out.len();
+    starts.push(ids.len() as i32);
+    out.extend_from_slice(&starts);
+    out.extend(order.iter().map(|&i| i as i32));
+    buckets
+}
+
 /// 1/√HS, the score scale.
 fn attention_scale(hs: usize) -> f32 {
     (1.0 / (hs as f64).sqrt()) as f32
@@ -1073,4 +1086,27 @@ fn check_head_size(hs: usize) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_are_bucketed_by_token_in_order() {
+        let mut out = Vec::new();
+        assert_eq!(bucket_by_token(&[3, 1, 3, 0, 1], &mut out), 3);
+        assert_eq!(out, [0, 1, 3, /* starts */ 0, 1, 3, 5, /* positions */ 3, 1, 4, 0, 2]);
+        assert_eq!(bucket_by_token(&[7], &mut out), 1);
+        assert_eq!(out, [7, 0, 1, 0]);
+    }
+
+    #[test]
+    fn row_chunks_cover_every_row_within_the_partials() {
+        for n in [1, 2, 255, 256, 257, 1000, 8192, 100_003] {
+            let (rows, count) = row_chunks(n);
+            assert!(count <= MAX_PARTIALS && rows * count >= n && rows * (count - 1) < n, "n={n}");
+        }
+        assert_eq!(row_chunks(257), (2, 129));
+    }
 }
