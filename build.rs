@@ -176,7 +176,8 @@ fn build_kernels(out_dir: &Path) {
     let compiled = match find_nvcc() {
         None => {
             println!(
-                "cargo:warning=nvcc not found: building without CUDA kernels (--device cuda will fail). Get it with: {NVCC_HINT}"
+                "cargo:warning=nvcc not found: building without CUDA kernels (--device cuda will fail). \
+                 Get it with: {NVCC_HINT}, then `cargo clean -p gptk` and rebuild"
             );
             status = format!("nvcc was not found at build time; get it with: {NVCC_HINT}, then rebuild");
             false
