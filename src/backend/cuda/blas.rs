@@ -42,6 +42,68 @@ pub struct GemmCall {
     pub bias: Option<u64>,
 }
 
+impl GemmCall {
+    /// Row-major out (N,OC) = inp (N,C)·Wᵀ (+ bias), W (OC,C): column-major outᵀ (OC,N) =
+    /// W (stored as (C,OC), transposed) · inpᵀ (stored as (C,N)).
+    pub fn linear_forward(n: usize, c: usize, oc: usize, inp: u64, w: u64, out: u64, bias: Option<u64>) -> Self {
+        GemmCall {
+            m: oc,
+            n,
+            k: c,
+            a: w,
+            lda: c,
+            trans_a: true,
+            b: inp,
+            ldb: c,
+            trans_b: false,
+            d: out,
+            ldd: oc,
+            beta: 0.0,
+            bias,
+        }
+    }
+
+    /// Row-major dinp (N,C) = dout (N,OC)·W (OC,C), overwritten: column-major dinpᵀ (C,N) =
+    /// W (stored as (C,OC)) · doutᵀ (stored as (OC,N)).
+    pub fn linear_backward_input(n: usize, c: usize, oc: usize, dout: u64, w: u64, dinp: u64) -> Self {
+        GemmCall {
+            m: c,
+            n,
+            k: oc,
+            a: w,
+            lda: c,
+            trans_a: false,
+            b: dout,
+            ldb: oc,
+            trans_b: false,
+            d: dinp,
+            ldd: c,
+            beta: 0.0,
+            bias: None,
+        }
+    }
+
+    /// Row-major dW (OC,C) += doutᵀ·inp: column-major dWᵀ (C,OC) += inpᵀ (stored as (C,N)) ·
+    /// dout (stored as (OC,N), transposed).
+    pub fn linear_backward_weight(n: usize, c: usize, oc: usize, dout: u64, inp: u64, dw: u64) -> Self {
+        GemmCall {
+            m: c,
+            n: oc,
+            k: n,
+            a: inp,
+            lda: c,
+            trans_a: false,
+            b: dout,
+            ldb: oc,
+            trans_b: true,
+            d: dw,
+            ldd: c,
+            beta: 1.0,
+            bias: None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 struct Key {
     m: usize,
@@ -198,7 +260,8 @@ impl Blas {
         Ok(plan)
     }
 
-    /// Runs one GEMM. Returns whether the bias (if any) was added; when not, the caller adds it.
+    /// Runs one GEMM. Returns whether `call.bias` was added in the epilogue (false without a
+    /// bias); when a bias was given but not added, the caller adds it.
     pub fn gemm(&mut self, call: &GemmCall) -> Result<bool, BackendError> {
         let key = Key {
             m: call.m,
@@ -266,7 +329,7 @@ impl Blas {
             )
         }
         .map_err(|e| blas_error(&format!("matmul {}×{}×{}", call.m, call.n, call.k), e))?;
-        Ok(plan.fused_bias || call.bias.is_none())
+        Ok(plan.fused_bias && call.bias.is_some())
     }
 }
 
@@ -276,6 +339,67 @@ impl Drop for Blas {
         // SAFETY: created in `new`, destroyed once, after every plan made with it.
         unsafe {
             let _ = lt::destroy_handle(self.handle);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::{matmul_backward, matmul_forward};
+    use crate::rng::Rng;
+
+    /// What cuBLASLt computes for `call`, on host buffers (the addresses are element offsets):
+    /// column-major D = op(A)·op(B) + beta·D, plus the bias on every column.
+    fn reference(call: &GemmCall, a: &[f64], b: &[f64], d: &mut [f64], bias: &[f64]) {
+        let (a0, b0, d0) = (call.a as usize, call.b as usize, call.d as usize);
+        for j in 0..call.n {
+            for i in 0..call.m {
+                let mut acc = 0.0;
+                for p in 0..call.k {
+                    let x = if call.trans_a { a[a0 + p + i * call.lda] } else { a[a0 + i + p * call.lda] };
+                    let y = if call.trans_b { b[b0 + j + p * call.ldb] } else { b[b0 + p + j * call.ldb] };
+                    acc += x * y;
+                }
+                let at = d0 + i + j * call.ldd;
+                let bias = call.bias.map_or(0.0, |o| bias[o as usize + i]);
+                d[at] = acc + call.beta as f64 * d[at] + bias;
+            }
+        }
+    }
+
+    fn randn(rng: &mut Rng, n: usize) -> Vec<f64> {
+        (0..n).map(|_| rng.normal()).collect()
+    }
+
+    fn close(x: &[f64], y: &[f64]) {
+        for (i, (a, b)) in x.iter().zip(y).enumerate() {
+            assert!((a - b).abs() < 1e-9 * (1.0 + b.abs()), "element {i}: {a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn row_major_linear_layers_map_onto_column_major_gemms() {
+        let mut rng = Rng::new(9);
+        for (n, c, oc) in [(1, 1, 1), (5, 7, 3), (4, 16, 48)] {
+            let (inp, w, bias, dout) =
+                (randn(&mut rng, n * c), randn(&mut rng, oc * c), randn(&mut rng, oc), randn(&mut rng, n * oc));
+
+            let mut want = vec![0.0; n * oc];
+            matmul_forward(&mut want, &inp, &w, Some(&bias), n, c, oc);
+            let mut got = vec![0.0; n * oc];
+            reference(&GemmCall::linear_forward(n, c, oc, 0, 0, 0, Some(0)), &w, &inp, &mut got, &bias);
+            close(&got, &want);
+
+            let dw0 = randn(&mut rng, oc * c);
+            let (mut want_dinp, mut want_dw) = (vec![0.0; n * c], dw0.clone());
+            matmul_backward(&mut want_dinp, &mut want_dw, None, &dout, &inp, &w, n, c, oc);
+            let mut got_dinp = vec![0.0; n * c];
+            reference(&GemmCall::linear_backward_input(n, c, oc, 0, 0, 0), &w, &dout, &mut got_dinp, &[]);
+            close(&got_dinp, &want_dinp);
+            let mut got_dw = dw0;
+            reference(&GemmCall::linear_backward_weight(n, c, oc, 0, 0, 0), &inp, &dout, &mut got_dw, &[]);
+            close(&got_dw, &want_dw);
         }
     }
 }

@@ -666,26 +666,13 @@ impl Backend for CudaBackend {
         if c == 0 {
             return Err(BackendError::Device("matmul with an empty inner dimension".into()));
         }
-        // Row-major out (N,OC) = inp (N,C)·Wᵀ is column-major outᵀ (OC,N) = W (stored (C,OC),
-        // transposed) · inpᵀ (stored (C,N)).
-        let call = GemmCall {
-            m: oc,
-            n,
-            k: c,
-            a: w_p,
-            lda: c,
-            trans_a: true,
-            b: inp_p,
-            ldb: c,
-            trans_b: false,
-            d: out_p,
-            ldd: oc,
-            beta: 0.0,
-            // The epilogue wants an aligned vector; otherwise the kernel below adds it.
-            bias: bias_p.filter(|p| p % BYTES_PER_VECTOR as u64 == 0),
-        };
-        let bias_done = self.blas.gemm(&call)?;
-        if let (Some(bias_p), false) = (bias_p, bias_done && call.bias.is_some()) {
+        // The epilogue wants an aligned bias vector; otherwise the kernel below adds it.
+        let fused = bias_p.filter(|p| p % BYTES_PER_VECTOR as u64 == 0);
+        let call = GemmCall::linear_forward(n, c, oc, inp_p, w_p, out_p, fused);
+        let bias_added = self.blas.gemm(&call)?;
+        if let Some(bias_p) = bias_p
+            && !bias_added
+        {
             let total = n * oc;
             let vec = self.vec_flag(&[out_p, bias_p], &[oc]);
             let threads = if vec == 1 { total / self.vector_elems() } else { total };
@@ -729,40 +716,8 @@ impl Backend for CudaBackend {
         if oc == 0 {
             return self.zero(dinp.slice(0, n * c));
         }
-        // dinp (N,C) = dout (N,OC)·W (OC,C): column-major dinpᵀ (C,N) = W (stored (C,OC)) ·
-        // doutᵀ (stored (OC,N)).
-        self.blas.gemm(&GemmCall {
-            m: c,
-            n,
-            k: oc,
-            a: w_p,
-            lda: c,
-            trans_a: false,
-            b: dout_p,
-            ldb: oc,
-            trans_b: false,
-            d: dinp_p,
-            ldd: c,
-            beta: 0.0,
-            bias: None,
-        })?;
-        // dW (OC,C) += doutᵀ·inp: column-major dWᵀ (C,OC) += inpᵀ (stored (C,N)) · dout
-        // (stored (OC,N), transposed).
-        self.blas.gemm(&GemmCall {
-            m: c,
-            n: oc,
-            k: n,
-            a: inp_p,
-            lda: c,
-            trans_a: false,
-            b: dout_p,
-            ldb: oc,
-            trans_b: true,
-            d: dw_p,
-            ldd: c,
-            beta: 1.0,
-            bias: None,
-        })?;
+        self.blas.gemm(&GemmCall::linear_backward_input(n, c, oc, dout_p, w_p, dinp_p))?;
+        self.blas.gemm(&GemmCall::linear_backward_weight(n, c, oc, dout_p, inp_p, dw_p))?;
         if let Some(dbias_p) = dbias_p {
             let (rows, count) = self.chunks(n, oc, 1)?;
             let (n_i, oc_i, rows_i) = (to_i32(n, "N")?, to_i32(oc, "OC")?, to_i32(rows, "rows per chunk")?);
