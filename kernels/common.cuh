@@ -165,6 +165,9 @@ __device__ __forceinline__ int lane_id() { return threadIdx.x % WARP_SIZE; }
 // the host finds it by name) around the template `name<T>`. PARAMS is a macro taking the storage
 // type and giving the parameter list; ARGS forwards the parameters; BLOCK is the block size the
 // host launches with, so that ptxas budgets registers for it.
+// (A host build of the kernels, scripts/kernel-emu, defines its own.)
+#ifndef GPTK_ENTRY_POINTS
 #define GPTK_ENTRY_POINTS(name, BLOCK, PARAMS, ARGS)                                        \
     extern "C" __global__ void __launch_bounds__(BLOCK) name##_f32 PARAMS(float) { name<float> ARGS; } \
     extern "C" __global__ void __launch_bounds__(BLOCK) name##_bf16 PARAMS(bf16) { name<bf16> ARGS; }
+#endif
