@@ -153,6 +153,11 @@ pub struct Blas {
     stream: Arc<CudaStream>,
 }
 
+// SAFETY: the handle, descriptors and workspace are only used through `&mut self`, one call at a
+// time, after binding the context to the calling thread; cuBLASLt allows a handle to move
+// between threads when it is not used concurrently.
+unsafe impl Send for Blas {}
+
 fn blas_error(what: &str, e: lt::CublasError) -> BackendError {
     BackendError::Device(format!("cuBLASLt {what}: {:?}", e.0))
 }

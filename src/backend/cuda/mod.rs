@@ -1048,6 +1048,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_backend_can_move_to_another_thread() {
+        fn send<T: Send>() {}
+        send::<CudaBackend>();
+    }
+
+    #[test]
     fn positions_are_bucketed_by_token_in_order() {
         let mut out = Vec::new();
         assert_eq!(bucket_by_token(&[3, 1, 3, 0, 1], &mut out), 3);
