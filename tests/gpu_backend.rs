@@ -71,7 +71,8 @@ fn loss_falls(precision: Precision) {
     let (first, last) = (losses[0], *losses.last().unwrap());
     println!("{precision}: loss {first:.4} → {last:.4}");
     assert!((first - (cfg.vocab_size as f32).ln()).abs() < 0.5, "initial loss {first} is not near ln(V)");
-    assert!(last < 0.5 * first, "loss did not fall: {losses:?}");
+    // On the CPU this run falls from 6.25 to below 0.01.
+    assert!(last < 0.2 * first, "loss did not fall: {losses:?}");
 }
 
 #[test]
@@ -84,6 +85,46 @@ fn a_small_model_trains_in_bf16() {
 #[ignore = "needs a CUDA GPU"]
 fn a_small_model_trains_in_f32() {
     loss_falls(Precision::F32);
+}
+
+/// Ten AdamW steps of the same model from the same start on the CPU and on the GPU in f32: the
+/// loss curves must agree (AdamW's normalised updates let rounding differences grow a little
+/// step by step, hence the 2%).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn f32_training_follows_the_cpu() {
+    let cfg = ModelConfig { n_layer: 2, n_head: 4, n_embd: 64, n_ctx: 32, vocab_size: 300 };
+    let (b, t) = (2, 32);
+    let mut gpu =
+        Gpt::new(cfg.clone(), ActLayout::new(&cfg, b, t, None), |p, a| CudaBackend::new(p, a, Precision::F32, 0))
+            .expect("a GPU backend");
+    let mut cpu = Gpt::cpu(cfg.clone(), b, t);
+    let host = init_params(&cfg, &cpu.params, 5);
+    cpu.load_params(&host).unwrap();
+    gpu.load_params(&host).unwrap();
+    let mut rng = Rng::new(2);
+    let tokens: Vec<i32> = (0..b * t).map(|_| rng.below(cfg.vocab_size as u64) as i32).collect();
+    let targets: Vec<i32> = tokens[1..].iter().copied().chain([-1]).collect();
+    cpu.set_batch(&tokens, &targets).unwrap();
+    gpu.set_batch(&tokens, &targets).unwrap();
+    for step in 1..=10u64 {
+        let adamw = AdamWStep {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            t: step,
+            grad_scale: 1.0,
+            seed: step,
+        };
+        cpu.zero_grads().unwrap();
+        gpu.zero_grads().unwrap();
+        let (lc, lg) = (cpu.forward_backward(true, 1.0).unwrap(), gpu.forward_backward(true, 1.0).unwrap());
+        assert!((lc - lg).abs() <= 0.02 * lc.abs(), "step {step}: cpu loss {lc}, gpu loss {lg}");
+        cpu.adamw(&adamw).unwrap();
+        gpu.adamw(&adamw).unwrap();
+    }
 }
 
 #[test]
