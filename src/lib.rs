@@ -4,7 +4,9 @@
 //! The crate is organised as the model is run:
 //! - [`model`]: shape ([`model::config`]), memory plan ([`model::layout`]), and the forward and
 //!   backward schedule ([`model::schedule`]) written once over the [`backend::Backend`] trait;
-//! - [`backend`]: the op set, with the CPU reference ([`backend::cpu`]);
+//! - [`backend`]: the op set, with the CPU reference ([`backend::cpu`]) and the GPU backend
+//!   ([`backend::cuda`]);
+//! - [`check`]: every GPU kernel and a whole training step against the CPU reference;
 //! - [`checkpoint`]: Hugging Face GPT-2 safetensors in and out;
 //! - [`data`]: tokenizers, llm.c token shards, `prepare`, the training loader, MLM masking,
 //!   classification task files;
@@ -13,6 +15,7 @@
 //! - [`generate`]: sampling with a key/value cache.
 
 pub mod backend;
+pub mod check;
 pub mod checkpoint;
 pub mod data;
 pub mod generate;

@@ -28,6 +28,8 @@ enum Command {
     Eval(cli::eval::EvalArgs),
     /// A model's parameters, FLOPs per token and memory plan.
     Info(cli::info::InfoArgs),
+    /// Every CUDA kernel and one training step against the CPU reference (needs a GPU).
+    Check(cli::check::CheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Command::Predict(args) => cli::finetune::predict(args),
         Command::Eval(args) => cli::eval::run(args),
         Command::Info(args) => cli::info::run(args),
+        Command::Check(args) => cli::check::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

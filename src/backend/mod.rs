@@ -6,6 +6,7 @@
 //! unless it says `+=`; parameter gradients always *accumulate* so that micro-batches add up.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::model::layout::{Arena, Tensor};
 use std::fmt;

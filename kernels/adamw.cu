@@ -1,0 +1,52 @@
+// adamw.cu: one AdamW step over the whole parameter arena in one launch (CPU twin:
+// cpu/adamw.rs).
+//
+// Algorithm (PyTorch's AdamW): g = grad·grad_scale; m = β1·m + (1−β1)·g; v = β2·v + (1−β2)·g²;
+// p ← p − lr·(wd·p + (m/bc1)/(√(v/bc2) + ε)), with weight decay only below `decay_end` (the
+// layout puts every 2-D weight first). The bias corrections bc1 = 1 − β1^t, bc2 = 1 − β2^t come
+// from the host in double precision. m, v and the master weights are f32. In bf16 storage the
+// master copy is the truth and the bf16 parameters the forward reads are written from it with
+// stochastic rounding, seeded per step, so small updates are not lost to rounding on average;
+// the random bits depend only on (seed, element), so a step is reproducible. In f32 storage the
+// parameters are the master (the f32 entry point never touches `params`).
+// Launch: 1-D grid of ADAMW_BLOCK threads, each owning ADAMW_ELEMS consecutive elements (one
+// float4 of master, m and v; the arena length is a multiple of 64). Resources: registers only.
+// Deterministic.
+#include "common.cuh"
+
+#define ADAMW_BLOCK 256
+#define ADAMW_ELEMS 4
+
+template <typename T>
+__device__ __forceinline__ void adamw(T* params, float* master, const T* grads, float* m, float* v, long long n,
+                                      long long decay_end, float lr, float beta1, float beta2, float eps, float wd,
+                                      float bc1, float bc2, float grad_scale, unsigned long long seed) {
+    const long long i0 = global_thread() * ADAMW_ELEMS;
+    if (i0 >= n) return;
+    float4 p4 = *reinterpret_cast<const float4*>(master + i0);
+    float4 m4 = *reinterpret_cast<const float4*>(m + i0);
+    float4 v4 = *reinterpret_cast<const float4*>(v + i0);
+    float* p = reinterpret_cast<float*>(&p4);
+    float* mm = reinterpret_cast<float*>(&m4);
+    float* vv = reinterpret_cast<float*>(&v4);
+#pragma unroll
+    for (int k = 0; k < ADAMW_ELEMS; k++) {
+        const long long i = i0 + k;
+        const float g = to_float(grads[i]) * grad_scale;
+        mm[k] = beta1 * mm[k] + (1.0f - beta1) * g;
+        vv[k] = beta2 * vv[k] + (1.0f - beta2) * g * g;
+        const float decay = i < decay_end ? wd : 0.0f;
+        const float update = (mm[k] / bc1) / (sqrtf(vv[k] / bc2) + eps);
+        p[k] -= lr * (decay * p[k] + update);
+        if constexpr (sizeof(T) == 2) params[i] = round_bf16_stochastic(p[k], random_bits(seed, i));
+    }
+    *reinterpret_cast<float4*>(master + i0) = p4;
+    *reinterpret_cast<float4*>(m + i0) = m4;
+    *reinterpret_cast<float4*>(v + i0) = v4;
+}
+
+#define ADAMW_PARAMS(T)                                                                                              \
+    (T * params, float* master, const T* grads, float* m, float* v, long long n, long long decay_end, float lr,      \
+     float beta1, float beta2, float eps, float wd, float bc1, float bc2, float grad_scale, unsigned long long seed)
+GPTK_ENTRY_POINTS(adamw, ADAMW_BLOCK, ADAMW_PARAMS,
+                  (params, master, grads, m, v, n, decay_end, lr, beta1, beta2, eps, wd, bc1, bc2, grad_scale, seed))

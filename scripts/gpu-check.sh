@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# The one prepared run for a GPU machine. It needs no Rust toolchain and no nvcc: it runs binaries
+# built elsewhere by scripts/gpu-bundle.sh (gptk and the tests/gpu_*.rs binaries, kernels embedded).
+#
+#   scripts/gpu-check.sh [BUNDLE_DIR]        (default: target/gpu-bundle)
+#
+# Stages, each under its own time limit so that the whole run stays under 8 minutes:
+#   nvidia-smi · gptk check (bf16, then f32) · the ignored GPU tests · compute-sanitizer memcheck on
+#   a few small checks (when installed) · 50 training steps of tiny and of d12 (when `gptk train`
+#   takes --device) · gptk bench (when it exists).
+# Every stage logs to $OUT/<stage>.log (OUT defaults to ./gpu-run); $OUT/summary.txt lists each
+# stage's status and time. Exits non-zero when a stage that ran failed.
+set -uo pipefail
+
+bundle=${1:-target/gpu-bundle}
+OUT=${OUT:-./gpu-run}
+mkdir -p "$OUT"
+summary="$OUT/summary.txt"
+: >"$summary"
+failures=0
+gptk="$bundle/gptk"
+
+note() { echo "$*" | tee -a "$summary"; }
+
+# stage NAME SECONDS COMMAND...: runs COMMAND with a time limit, logging to $OUT/NAME.log.
+stage() {
+    local name=$1 limit=$2
+    shift 2
+    local start=$SECONDS
+    echo "=== $name: $*" | tee "$OUT/$name.log"
+    timeout --kill-after=10 "$limit" "$@" >>"$OUT/$name.log" 2>&1
+    local rc=$?
+    local took=$((SECONDS - start))
+    tail -n 25 "$OUT/$name.log"
+    if [ $rc -eq 0 ]; then
+        note "PASS  $name (${took}s)"
+    elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+        note "FAIL  $name: timed out after ${limit}s"
+        failures=$((failures + 1))
+    else
+        note "FAIL  $name: exit $rc (${took}s)"
+        failures=$((failures + 1))
+    fi
+}
+
+skip() { note "SKIP  $1: $2"; }
+
+if [ ! -x "$gptk" ]; then
+    echo "gpu-check: no gptk binary in $bundle (build it with scripts/gpu-bundle.sh)" >&2
+    exit 2
+fi
+
+# cuBLASLt: the system's if the loader finds one, else one from a pip-installed nvidia wheel or
+# torch in this machine's Python.
+if ! ldconfig -p 2>/dev/null | grep -q 'libcublasLt\.so'; then
+    extra=$(python3 - <<'PY' 2>/dev/null
+import glob, os, site, sys
+dirs = list(sys.path)
+try:
+    dirs += site.getsitepackages()
+except Exception:
+    pass
+found = []
+for d in dirs:
+    for pattern in ("nvidia/*/lib/libcublasLt.so*", "nvidia/cu*/lib/libcublasLt.so*", "torch/lib/libcublasLt.so*"):
+        for f in glob.glob(os.path.join(d, pattern)):
+            lib = os.path.dirname(f)
+            if lib not in found:
+                found.append(lib)
+print(":".join(found))
+PY
+)
+    if [ -n "$extra" ]; then
+        export LD_LIBRARY_PATH="$extra${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        note "INFO  cuBLASLt from $extra"
+    else
+        note "INFO  no libcublasLt found on this machine; the GPU stages will say so"
+    fi
+fi
+
+stage nvidia-smi 10 nvidia-smi
+stage check-bf16 75 "$gptk" check --precision bf16
+stage check-f32 60 "$gptk" check --precision f32
+
+# The GPU tests, minus the checker ones (the two stages above ran it already).
+for t in "$bundle"/gpu_*; do
+    [ -x "$t" ] || continue
+    stage "test-$(basename "$t")" 60 "$t" --ignored --skip every_kernel_matches --test-threads 1 --nocapture
+done
+
+sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+if [ -n "$sanitizer" ]; then
+    stage memcheck 60 "$sanitizer" --tool memcheck --error-exitcode 1 \
+        "$gptk" check --precision bf16 --op attention_cached
+    stage memcheck-ops 60 bash -c "for op in layernorm encoder cross_entropy gelu residual adamw; do
+        '$sanitizer' --tool memcheck --error-exitcode 1 '$gptk' check --precision bf16 --op \$op || exit 1; done"
+else
+    skip memcheck "compute-sanitizer is not installed"
+fi
+
+if "$gptk" train --help 2>/dev/null | grep -q -- '--device'; then
+    help=$("$gptk" train --help 2>/dev/null)
+    has() { grep -q -- "$1" <<<"$help"; }
+    args=(--device cuda --steps 50)
+    small=(--model tiny)
+    large=(--model d12)
+    if has '--batch-size'; then large+=(--batch-size 8); fi
+    if has '--seq-len'; then large+=(--seq-len 1024); fi
+    stage train-tiny 45 "$gptk" train "${args[@]}" "${small[@]}"
+    stage train-d12 90 "$gptk" train "${args[@]}" "${large[@]}"
+else
+    skip train "this gptk has no 'train --device'"
+fi
+
+if bench_help=$("$gptk" bench --help 2>/dev/null); then
+    bench_args=()
+    if grep -q -- '--device' <<<"$bench_help"; then bench_args+=(--device cuda); fi
+    stage bench 60 "$gptk" bench "${bench_args[@]}"
+else
+    skip bench "this gptk has no 'bench' command"
+fi
+
+note "total ${SECONDS}s, $failures failed stage(s); logs in $OUT"
+[ "$failures" -eq 0 ]

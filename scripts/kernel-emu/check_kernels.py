@@ -1,0 +1,454 @@
+#!/usr/bin/env python3
+"""Runs every kernel of kernels/*.cu on the CPU, through the emulation in emu.h, against PyTorch
+references in float64: a check of the kernels' logic on a machine without a GPU.
+
+It compiles the kernels with g++ (the CUDA headers come from nvcc's folder: NVCC, or the
+nvidia-cuda-nvcc wheel in this Python), loads them with ctypes and launches each entry point
+with the grid the Rust host code uses, on both the vector and the scalar path, in f32 and bf16.
+Tolerances follow gptk check: |emulated − reference| ≤ k·eps·(|ref| + rms(ref)), eps of the
+output type (2⁻⁸ bf16, 2⁻²³ f32), k = 2 (bf16) or 256 (f32).
+
+This says nothing about speed, and a GPU can still disagree where the emulation cannot see
+(memory ordering between warps, hardware math functions): `gptk check` on a GPU is the real test.
+
+Usage: python3 scripts/kernel-emu/check_kernels.py [--only NAME]   (needs torch and g++)
+"""
+
+import argparse
+import ctypes
+import math
+import os
+import site
+import subprocess
+import sys
+import tempfile
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+KERNELS = os.path.join(ROOT, "kernels")
+
+ROWS_PER_BLOCK = 8  # warps per 256-thread block
+EPS = {"f32": 2.0**-23, "bf16": 2.0**-8}
+K = {"f32": 256.0, "bf16": 2.0}
+DTYPE = {"f32": torch.float32, "bf16": torch.bfloat16}
+VEC = {"f32": 4, "bf16": 8}
+LAYERNORM_EPS = 1e-5
+
+
+def cuda_include():
+    nvcc = os.environ.get("NVCC")
+    candidates = []
+    if nvcc:
+        candidates.append(os.path.join(os.path.dirname(os.path.dirname(nvcc)), "include"))
+    dirs = list(sys.path) + site.getsitepackages()
+    candidates += [os.path.join(d, "nvidia", "cu13", "include") for d in dirs]
+    candidates.append("/usr/local/cuda/include")
+    for c in candidates:
+        if os.path.isfile(os.path.join(c, "cuda_bf16.h")):
+            return c
+    sys.exit("check_kernels: cuda_bf16.h not found (set NVCC or pip install nvidia-cuda-nvcc)")
+
+
+def build():
+    out = tempfile.mkdtemp(prefix="gptk-kernel-emu-")
+    unit = os.path.join(out, "all.cpp")
+    with open(unit, "w") as f:
+        f.write('#include "emu.h"\n')
+        for name in sorted(os.listdir(KERNELS)):
+            if name.endswith(".cu"):
+                f.write(f'#include "{name}"\n')
+    lib = os.path.join(out, "kernels.so")
+    subprocess.run(
+        ["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-x", "c++",
+         f"-I{cuda_include()}", f"-I{HERE}", f"-I{KERNELS}", unit, "-o", lib],
+        check=True,
+    )
+    return ctypes.CDLL(lib)
+
+
+LIB = None
+
+
+def P(t):
+    return ctypes.c_void_p(t.data_ptr())
+
+
+def I(x):
+    return ctypes.c_int(int(x))
+
+
+def L(x):
+    return ctypes.c_longlong(int(x))
+
+
+def F(x):
+    return ctypes.c_float(float(x))
+
+
+def U64(x):
+    return ctypes.c_ulonglong(int(x))
+
+
+def launch(name, dt, grid, block, *args):
+    gx, gy = grid if isinstance(grid, tuple) else (grid, 1)
+    LIB.emu_config(max(1, int(gx)), max(1, int(gy)), int(block))
+    getattr(LIB, f"{name}_{dt}")(*args)
+
+
+def blocks(threads, block):
+    return max(1, -(-int(threads) // block))
+
+
+class Report:
+    def __init__(self):
+        self.rows = 0
+        self.failed = []
+
+    def compare(self, what, got, ref, dt_out):
+        got = got.double()
+        ref = ref.double()
+        eps, k = EPS[dt_out], K[dt_out]
+        rms = ref.pow(2).mean().sqrt().item() if ref.numel() else 0.0
+        tol = k * eps * (ref.abs() + rms)
+        diff = (got - ref).abs()
+        bad = ~torch.isfinite(got)
+        share = (diff / tol.clamp_min(1e-300)).nan_to_num(nan=math.inf).max().item() if ref.numel() else 0.0
+        ok = not bad.any().item() and share <= 1.0
+        self.rows += 1
+        status = "ok" if ok else "FAIL"
+        print(f"{what:<70} max abs {diff.max().item() if ref.numel() else 0:.3e}  tol used {100 * share:7.1f}%  {status}")
+        if not ok:
+            self.failed.append(what)
+
+
+R = Report()
+
+
+def rnd(shape, dt, scale=1.0, shift=0.0):
+    """Random values representable in the storage type, as (storage tensor, float64 copy)."""
+    x = (torch.randn(shape, dtype=torch.float64) * scale + shift).to(DTYPE[dt])
+    return x.contiguous(), x.double()
+
+
+def skewed(t, skew):
+    """A copy of t starting `skew` elements into a fresh buffer (misaligned for skew > 0)."""
+    buf = torch.empty(t.numel() + skew, dtype=t.dtype)
+    view = buf[skew:]
+    view.copy_(t.reshape(-1))
+    return buf, view
+
+
+def vec_ok(dt, tensors, lens):
+    aligned = all(t.data_ptr() % 16 == 0 for t in tensors)
+    return int(aligned and all(n % VEC[dt] == 0 for n in lens))
+
+
+# ---- ops --------------------------------------------------------------------------------------
+
+def check_elementwise(dt):
+    for n, skew in [(1, 0), (13, 0), (4096, 0), (4096, 1), (1000, 0)]:
+        a, a64 = rnd(n, dt, 2.0)
+        b, b64 = rnd(n, dt)
+        abuf, a = skewed(a, skew)
+        out = torch.full((n,), float("nan"), dtype=DTYPE[dt])
+        vec = vec_ok(dt, [a, b, out], [n])
+        threads = n // VEC[dt] if vec else n
+        tag = f"[{dt} n={n} vec={vec}]"
+        launch("gelu_forward", dt, blocks(threads, 256), 256, P(out), P(a), L(n), I(vec))
+        ref = torch.nn.functional.gelu(a64, approximate="tanh")
+        R.compare(f"gelu_forward {tag}", out, ref, dt)
+        d, d64 = rnd(n, dt)
+        launch("gelu_backward", dt, blocks(threads, 256), 256, P(d), P(a), L(n), I(vec))
+        x = a64.clone().requires_grad_()
+        torch.nn.functional.gelu(x, approximate="tanh").backward(d64)
+        R.compare(f"gelu_backward {tag}", d, x.grad, dt)
+        out.fill_(float("nan"))
+        launch("residual_forward", dt, blocks(threads, 256), 256, P(out), P(a), P(b), L(n), I(vec))
+        R.compare(f"residual_forward {tag}", out, a64 + b64, dt)
+
+
+def check_encoder(dt):
+    for B, T, C, Vp in [(1, 1, 1, 4), (2, 5, 8, 16), (3, 7, 13, 20), (2, 16, 64, 40)]:
+        tag = f"[{dt} B={B} T={T} C={C}]"
+        wte, wte64 = rnd((Vp, C), dt)
+        wpe, wpe64 = rnd((T, C), dt)
+        tokens = torch.randint(0, min(Vp, 5), (B * T,), dtype=torch.int32) * max(1, Vp // 5)
+        tokens = tokens.clamp(max=Vp - 1)
+        out = torch.full((B * T, C), float("nan"), dtype=DTYPE[dt])
+        total = B * T * C
+        vec = vec_ok(dt, [out, wte, wpe], [C])
+        threads = total // VEC[dt] if vec else total
+        launch("encoder_forward", dt, blocks(threads, 256), 256, P(out), P(tokens), P(wte), P(wpe), I(T), I(C), L(total), I(vec))
+        ref = wte64[tokens.long()] + wpe64.repeat(B, 1)
+        R.compare(f"encoder_forward {tag} vec={vec}", out, ref, dt)
+        # Backward.
+        dwte, dwte64 = rnd((Vp, C), dt, 0.1)
+        dwpe, dwpe64 = rnd((T, C), dt, 0.1)
+        dout, dout64 = rnd((B * T, C), dt)
+        launch("encoder_backward_wpe", dt, blocks(T * C, 256), 256, P(dwpe), P(dout), I(B), I(T), I(C))
+        R.compare(f"encoder_backward dwpe {tag}", dwpe, dwpe64 + dout64.view(B, T, C).sum(0), dt)
+        ids = tokens.tolist()
+        order = sorted(range(len(ids)), key=lambda i: (ids[i], i))
+        toks, starts = [], []
+        for k, i in enumerate(order):
+            if k == 0 or ids[i] != ids[order[k - 1]]:
+                toks.append(ids[i])
+                starts.append(k)
+        starts.append(len(ids))
+        bt, bs, pos = (torch.tensor(x, dtype=torch.int32) for x in (toks, starts, order))
+        launch("encoder_backward_wte", dt, (len(toks), blocks(C, 256)), 256, P(dwte), P(dout), P(bt), P(bs), P(pos), I(C))
+        ref = dwte64.index_add(0, tokens.long(), dout64)
+        R.compare(f"encoder_backward dwte {tag}", dwte, ref, dt)
+
+
+def column_partials(dt, dst, partials, count, width, stride, offset):
+    launch("add_column_partials", dt, blocks(width, 256), 256, P(dst), P(partials), I(count), I(width), L(stride), L(offset))
+
+
+def row_chunks(n):
+    rows = max(1, -(-n // 256))
+    return rows, max(1, -(-n // rows))
+
+
+def check_layernorm(dt):
+    for N, C, skew in [(1, 1, 0), (5, 8, 0), (7, 13, 1), (9, 64, 0), (300, 24, 0)]:
+        tag = f"[{dt} N={N} C={C} skew={skew}]"
+        inp, inp64 = rnd((N, C), dt, 1.0, 0.5)
+        _, inp = skewed(inp, skew)
+        inp = inp.view(N, C)
+        w, w64 = rnd(C, dt, 0.2, 1.0)
+        b, b64 = rnd(C, dt, 0.2)
+        out = torch.full((N, C), float("nan"), dtype=DTYPE[dt])
+        mean = torch.full((N,), float("nan"), dtype=torch.float32)
+        rstd = torch.full((N,), float("nan"), dtype=torch.float32)
+        vec = vec_ok(dt, [out, inp, w, b], [C])
+        launch("layernorm_forward", dt, blocks(N, ROWS_PER_BLOCK), 256,
+               P(out), P(mean), P(rstd), P(inp), P(w), P(b), I(N), I(C), F(LAYERNORM_EPS), I(vec))
+        m = inp64.mean(1)
+        s = 1.0 / torch.sqrt(((inp64 - m[:, None]) ** 2).mean(1) + LAYERNORM_EPS)
+        ref = (inp64 - m[:, None]) * s[:, None] * w64 + b64
+        R.compare(f"layernorm_forward out {tag} vec={vec}", out, ref, dt)
+        R.compare(f"layernorm_forward mean {tag}", mean, m, "f32")
+        R.compare(f"layernorm_forward rstd {tag}", rstd, s, "f32")
+        # Backward, with the reference statistics.
+        mean = m.float().contiguous()
+        rstd = s.float().contiguous()
+        dout, dout64 = rnd((N, C), dt)
+        dinp, dinp64 = rnd((N, C), dt, 0.1)
+        _, dinp = skewed(dinp, skew)
+        dinp = dinp.view(N, C)
+        dw, dw64 = rnd(C, dt, 0.1)
+        db, db64 = rnd(C, dt, 0.1)
+        vec = vec_ok(dt, [dinp, dout, inp, w], [C])
+        launch("layernorm_backward_dinp", dt, blocks(N, ROWS_PER_BLOCK), 256,
+               P(dinp), P(dout), P(inp), P(w), P(mean), P(rstd), I(N), I(C), I(vec))
+        x = inp64.clone().requires_grad_()
+        wr = w64.clone().requires_grad_()
+        br = b64.clone().requires_grad_()
+        mm = x.mean(1, keepdim=True)
+        y = (x - mm) * (1.0 / torch.sqrt(((x - mm) ** 2).mean(1, keepdim=True) + LAYERNORM_EPS)) * wr + br
+        y.backward(dout64)
+        R.compare(f"layernorm_backward dinp {tag} vec={vec}", dinp, dinp64 + x.grad, dt)
+        rows, count = row_chunks(N)
+        partials = torch.full((count * 2 * C,), float("nan"), dtype=torch.float32)
+        launch("layernorm_backward_partials", dt, (blocks(C, 256), count), 256,
+               P(partials), P(dout), P(inp), P(mean), P(rstd), I(N), I(C), I(rows))
+        column_partials(dt, dw, partials, count, C, 2 * C, 0)
+        column_partials(dt, db, partials, count, C, 2 * C, C)
+        R.compare(f"layernorm_backward dw {tag}", dw, dw64 + wr.grad, dt)
+        R.compare(f"layernorm_backward db {tag}", db, db64 + br.grad, dt)
+
+
+def check_matmul_helpers(dt):
+    for N, OC in [(1, 1), (5, 3), (17, 29), (300, 16)]:
+        tag = f"[{dt} N={N} OC={OC}]"
+        out, out64 = rnd((N, OC), dt)
+        bias, bias64 = rnd(OC, dt)
+        vec = vec_ok(dt, [out, bias], [OC])
+        total = N * OC
+        threads = total // VEC[dt] if vec else total
+        launch("bias_add", dt, blocks(threads, 256), 256, P(out), P(bias), I(OC), L(total), I(vec))
+        R.compare(f"bias_add {tag} vec={vec}", out, out64 + bias64, dt)
+        dout, dout64 = rnd((N, OC), dt)
+        dbias, dbias64 = rnd(OC, dt, 0.1)
+        rows, count = row_chunks(N)
+        partials = torch.full((count * OC,), float("nan"), dtype=torch.float32)
+        launch("bias_grad_partials", dt, (blocks(OC, 256), count), 256, P(partials), P(dout), I(N), I(OC), I(rows))
+        column_partials(dt, dbias, partials, count, OC, OC, 0)
+        R.compare(f"bias_grad {tag}", dbias, dbias64 + dout64.sum(0), dt)
+
+
+def attention_reference(q, k, v, causal):
+    T = q.shape[-2]
+    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if causal:
+        s = s.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf"))
+    lse = torch.logsumexp(s, -1)
+    return torch.softmax(s, -1) @ v, lse
+
+
+def check_attention(dt):
+    for B, T, NH, HS, causal in [(1, 1, 1, 4, True), (2, 7, 3, 15, True), (2, 7, 3, 15, False),
+                                 (1, 9, 2, 64, True), (1, 5, 1, 100, False), (1, 4, 1, 256, True)]:
+        tag = f"[{dt} B={B} T={T} NH={NH} HS={HS} causal={int(causal)}]"
+        C = NH * HS
+        qkv, qkv64 = rnd((B, T, 3 * C), dt)
+        heads = lambda x: x.view(B, T, NH, HS).transpose(1, 2)
+        q64, k64, v64 = (heads(qkv64[..., i * C:(i + 1) * C]) for i in range(3))
+        rows = B * NH * T
+        scale = 1.0 / math.sqrt(HS)
+        out = torch.full((B, T, C), float("nan"), dtype=DTYPE[dt])
+        lse = torch.full((rows,), float("nan"), dtype=torch.float32)
+        launch("attention_forward", dt, blocks(rows, ROWS_PER_BLOCK), 256,
+               P(out), P(lse), P(qkv), I(B), I(T), I(NH), I(HS), I(int(causal)), F(scale))
+        ref, ref_lse = attention_reference(q64, k64, v64, causal)
+        R.compare(f"attention_forward out {tag}", out, ref.transpose(1, 2).reshape(B, T, C), dt)
+        R.compare(f"attention_forward lse {tag}", lse, ref_lse.reshape(-1), "f32")
+        # Backward from the stored output (as the CPU contract), the reference LSE.
+        out_stored = ref.transpose(1, 2).reshape(B, T, C).to(DTYPE[dt]).contiguous()
+        lse = ref_lse.reshape(-1).float().contiguous()
+        dout, dout64 = rnd((B, T, C), dt)
+        delta = torch.full((rows,), float("nan"), dtype=torch.float32)
+        dqkv = torch.full((B, T, 3 * C), float("nan"), dtype=DTYPE[dt])
+        launch("attention_backward_delta", dt, blocks(rows, ROWS_PER_BLOCK), 256,
+               P(delta), P(dout), P(out_stored), I(B), I(T), I(NH), I(HS))
+        for name in ("attention_backward_dq", "attention_backward_dkv"):
+            launch(name, dt, blocks(rows, ROWS_PER_BLOCK), 256, P(dqkv), P(dout), P(qkv), P(lse), P(delta),
+                   I(B), I(T), I(NH), I(HS), I(int(causal)), F(scale))
+        # The reference follows the contract the kernels and the CPU share: delta from the stored
+        # (in bf16, rounded) output, probabilities recomputed from q, k and the LSE.
+        s_ = q64 @ k64.transpose(-1, -2) * scale
+        if causal:
+            s_ = s_.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf"))
+        p_ = torch.exp(s_ - ref_lse[..., None])
+        do = heads(dout64)
+        delta_ref = (do * heads(out_stored.double())).sum(-1, keepdim=True)
+        ds = p_ * (do @ v64.transpose(-1, -2) - delta_ref) * scale
+        merge = lambda x: x.transpose(1, 2).reshape(B, T, C)
+        want = torch.cat([merge(ds @ k64), merge(ds.transpose(-1, -2) @ q64), merge(p_.transpose(-1, -2) @ do)], -1)
+        R.compare(f"attention_backward dqkv {tag}", dqkv, want, dt)
+
+
+def check_attention_cached(dt):
+    for B, Tmax, pos, NH, HS in [(1, 1, 0, 1, 4), (2, 9, 0, 3, 15), (2, 9, 8, 3, 15), (3, 12, 5, 2, 64)]:
+        tag = f"[{dt} B={B} Tmax={Tmax} pos={pos} NH={NH} HS={HS}]"
+        C = NH * HS
+        qkv, qkv64 = rnd((B, 3 * C), dt)
+        kv, kv64 = rnd((B, Tmax, 2 * C), dt)
+        out = torch.full((B, C), float("nan"), dtype=DTYPE[dt])
+        launch("attention_cached", dt, blocks(B * NH, ROWS_PER_BLOCK), 256,
+               P(out), P(qkv), P(kv), I(B), I(Tmax), I(pos), I(NH), I(HS), F(1.0 / math.sqrt(HS)))
+        kv_ref = kv64.clone()
+        kv_ref[:, pos] = qkv64[:, C:]
+        q = qkv64[:, :C].view(B, NH, 1, HS)
+        k = kv_ref[:, :pos + 1, :C].view(B, pos + 1, NH, HS).transpose(1, 2)
+        v = kv_ref[:, :pos + 1, C:].view(B, pos + 1, NH, HS).transpose(1, 2)
+        ref, _ = attention_reference(q, k, v, False)
+        R.compare(f"attention_cached out {tag}", out, ref.reshape(B, C), dt)
+        R.compare(f"attention_cached kv {tag}", kv, kv_ref, dt)
+
+
+def check_cross_entropy(dt):
+    for N, V, Vp, grad in [(1, 1, 8, True), (5, 10, 128, False), (7, 100, 128, True), (4, 1000, 1024, True)]:
+        tag = f"[{dt} N={N} V={V} Vp={Vp} grad={int(grad)}]"
+        logits, logits64 = rnd((N, Vp), dt, 2.0)
+        targets = torch.tensor([-1 if r % 3 == 2 else int(torch.randint(0, V, ())) for r in range(N)], dtype=torch.int32)
+        losses = torch.full((N,), float("nan"), dtype=torch.float32)
+        vec = vec_ok(dt, [logits], [Vp])
+        dloss = 1.0 / N
+        launch("cross_entropy", dt, N, 512, P(losses), P(logits), P(targets), I(V), I(Vp), F(dloss if grad else 0.0),
+               I(int(grad)), I(vec))
+        lsm = torch.log_softmax(logits64[:, :V], -1)
+        keep = targets >= 0
+        ref_loss = torch.zeros(N, dtype=torch.float64)
+        ref_loss[keep] = -lsm[keep].gather(1, targets[keep].long()[:, None])[:, 0]
+        R.compare(f"cross_entropy losses {tag} vec={vec}", losses, ref_loss, "f32")
+        if grad:
+            ref = torch.zeros(N, Vp, dtype=torch.float64)
+            p = lsm.exp()
+            p[torch.arange(N)[keep], targets[keep].long()] -= 1.0
+            ref[:, :V] = p * dloss
+            ref[~keep] = 0.0
+            R.compare(f"cross_entropy dlogits {tag}", logits, ref, dt)
+
+
+def check_adamw(dt):
+    for n in [64, 4096 + 64]:
+        tag = f"[{dt} n={n}]"
+        master = torch.randn(n, dtype=torch.float32)
+        params = master.to(DTYPE[dt])
+        grads, g64 = rnd(n, dt, 0.01)
+        m = (torch.randn(n) * 0.01).float()
+        v = (torch.randn(n) * 1e-4).abs().float()
+        m64, v64, p64 = m.double(), v.double(), master.double()
+        lr, b1, b2, eps, wd, t, scale, seed = 1e-2, 0.9, 0.95, 1e-8, 0.1, 3, 0.7, 12345
+        bc1, bc2 = 1 - b1**t, 1 - b2**t
+        decay_end = n // 2 + 4
+        launch("adamw", dt, blocks(n // 4, 256), 256, P(params), P(master if dt == "bf16" else params), P(grads),
+               P(m), P(v), L(n), L(decay_end), F(lr), F(b1), F(b2), F(eps), F(wd), F(bc1), F(bc2), F(scale), U64(seed))
+        g = g64 * scale
+        m_ref = b1 * m64 + (1 - b1) * g
+        v_ref = b2 * v64 + (1 - b2) * g * g
+        decay = torch.where(torch.arange(n) < decay_end, wd, 0.0)
+        p_ref = p64 - lr * (decay * p64 + (m_ref / bc1) / ((v_ref / bc2).sqrt() + eps))
+        R.compare(f"adamw params {tag}", master if dt == "bf16" else params, p_ref, "f32")
+        R.compare(f"adamw m {tag}", m, m_ref, "f32")
+        R.compare(f"adamw v {tag}", v, v_ref, "f32")
+        if dt == "bf16":
+            mm = master.double()
+            step = torch.pow(2.0, torch.floor(torch.log2(mm.abs())) - 7)
+            d = (params.double() - mm) / step
+            worst = d.abs().max().item()
+            bias = (d * mm.sign()).mean().item()
+            # The bias is only judged on thousands of elements (its noise is about 0.4/√n steps).
+            ok = worst <= 1.0 and (n < 4096 or abs(bias) <= 0.1)
+            R.rows += 1
+            print(f"{'adamw stochastic rounding ' + tag:<70} worst {worst:.3f} steps, bias {bias:+.4f} steps  {'ok' if ok else 'FAIL'}")
+            if not ok:
+                R.failed.append(f"adamw stochastic rounding {tag}")
+
+
+def check_sum_squares(dt):
+    for n in [64, 1000 * 64, 100_000]:
+        x, x64 = rnd(n, dt, 0.1)
+        vec = vec_ok(dt, [x], [n])
+        per_block = 256 * (VEC[dt] if vec else 1)
+        nb = min(max(1, -(-n // per_block)), 1024)
+        partials = torch.full((nb,), float("nan"), dtype=torch.float64)
+        launch("sum_squares", dt, nb, 256, P(partials), P(x), L(n), I(vec))
+        R.compare(f"sum_squares [{dt} n={n} vec={vec}]", partials.sum().reshape(1), (x64 * x64).sum().reshape(1), "f32")
+
+
+CHECKS = {
+    "elementwise": check_elementwise,
+    "encoder": check_encoder,
+    "layernorm": check_layernorm,
+    "matmul": check_matmul_helpers,
+    "attention": check_attention,
+    "attention_cached": check_attention_cached,
+    "cross_entropy": check_cross_entropy,
+    "adamw": check_adamw,
+    "sum_squares": check_sum_squares,
+}
+
+
+def main():
+    global LIB
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="run only the checks whose name contains this")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    LIB = build()
+    for name, fn in CHECKS.items():
+        if args.only and args.only not in name:
+            continue
+        for dt in ("f32", "bf16"):
+            fn(dt)
+    print(f"{R.rows - len(R.failed)} passed, {len(R.failed)} failed")
+    sys.exit(1 if R.failed else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,410 @@
+//! Row-major GEMMs through cuBLASLt, with the bias add fused into the epilogue where the library
+//! allows.
+//!
+//! cuBLASLt is column-major; a row-major (R, K) matrix is the same bytes as a column-major
+//! (K, R) one, so every row-major product here is asked of the library with its operands swapped
+//! (see `CudaBackend::matmul_forward`). Descriptors, layouts and the heuristic's algorithm
+//! choice are built once per distinct call shape and cached: the heuristic costs far more than
+//! the GEMM of a small model. The cache key includes the pointer alignments, because the
+//! heuristic only promises an algorithm for operands at least as aligned as it was told.
+//!
+//! Precision: bf16 operands with f32 accumulation (`CUBLAS_COMPUTE_32F`), or f32 operands with
+//! full f32 arithmetic (not TF32), so the f32 backend can be checked tightly against the CPU.
+
+use crate::backend::{BackendError, Precision};
+use cudarc::cublaslt::result as lt;
+use cudarc::cublaslt::sys;
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::Arc;
+
+/// The largest alignment worth telling the heuristic about.
+const MAX_ALIGNMENT: u32 = 256;
+
+/// One GEMM: D (m×n, column-major, leading dimension ldd) = op(A)·op(B) + beta·D, where op
+/// transposes when asked; the optional bias (m) is added to every column.
+#[derive(Clone, Copy, Debug)]
+pub struct GemmCall {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a: u64,
+    pub lda: usize,
+    pub trans_a: bool,
+    pub b: u64,
+    pub ldb: usize,
+    pub trans_b: bool,
+    pub d: u64,
+    pub ldd: usize,
+    /// 0 overwrites D, 1 accumulates into it.
+    pub beta: f32,
+    pub bias: Option<u64>,
+}
+
+impl GemmCall {
+    /// Row-major out (N,OC) = inp (N,C)·Wᵀ (+ bias), W (OC,C): column-major outᵀ (OC,N) =
+    /// W (stored as (C,OC), transposed) · inpᵀ (stored as (C,N)).
+    pub fn linear_forward(n: usize, c: usize, oc: usize, inp: u64, w: u64, out: u64, bias: Option<u64>) -> Self {
+        GemmCall {
+            m: oc,
+            n,
+            k: c,
+            a: w,
+            lda: c,
+            trans_a: true,
+            b: inp,
+            ldb: c,
+            trans_b: false,
+            d: out,
+            ldd: oc,
+            beta: 0.0,
+            bias,
+        }
+    }
+
+    /// Row-major dinp (N,C) = dout (N,OC)·W (OC,C), overwritten: column-major dinpᵀ (C,N) =
+    /// W (stored as (C,OC)) · doutᵀ (stored as (OC,N)).
+    pub fn linear_backward_input(n: usize, c: usize, oc: usize, dout: u64, w: u64, dinp: u64) -> Self {
+        GemmCall {
+            m: c,
+            n,
+            k: oc,
+            a: w,
+            lda: c,
+            trans_a: false,
+            b: dout,
+            ldb: oc,
+            trans_b: false,
+            d: dinp,
+            ldd: c,
+            beta: 0.0,
+            bias: None,
+        }
+    }
+
+    /// Row-major dW (OC,C) += doutᵀ·inp: column-major dWᵀ (C,OC) += inpᵀ (stored as (C,N)) ·
+    /// dout (stored as (OC,N), transposed).
+    pub fn linear_backward_weight(n: usize, c: usize, oc: usize, dout: u64, inp: u64, dw: u64) -> Self {
+        GemmCall {
+            m: c,
+            n: oc,
+            k: n,
+            a: inp,
+            lda: c,
+            trans_a: false,
+            b: dout,
+            ldb: oc,
+            trans_b: true,
+            d: dw,
+            ldd: c,
+            beta: 1.0,
+            bias: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+struct Key {
+    m: usize,
+    n: usize,
+    k: usize,
+    lda: usize,
+    ldb: usize,
+    ldd: usize,
+    trans_a: bool,
+    trans_b: bool,
+    bias: bool,
+    align: [u32; 3],
+}
+
+/// Descriptors and the chosen algorithm for one key.
+struct Plan {
+    desc: sys::cublasLtMatmulDesc_t,
+    a: sys::cublasLtMatrixLayout_t,
+    b: sys::cublasLtMatrixLayout_t,
+    d: sys::cublasLtMatrixLayout_t,
+    algo: sys::cublasLtMatmulAlgo_t,
+    /// The bias add is in the epilogue (else the caller adds it).
+    fused_bias: bool,
+}
+
+impl Drop for Plan {
+    fn drop(&mut self) {
+        // SAFETY: each handle was created by cuBLASLt for this plan and is destroyed once.
+        unsafe {
+            let _ = lt::destroy_matrix_layout(self.a);
+            let _ = lt::destroy_matrix_layout(self.b);
+            let _ = lt::destroy_matrix_layout(self.d);
+            let _ = lt::destroy_matmul_desc(self.desc);
+        }
+    }
+}
+
+/// A cuBLASLt handle, its workspace and the plan cache.
+pub struct Blas {
+    handle: sys::cublasLtHandle_t,
+    _workspace: CudaSlice<u8>,
+    workspace_ptr: u64,
+    workspace_bytes: usize,
+    data_type: sys::cudaDataType,
+    compute_type: sys::cublasComputeType_t,
+    plans: HashMap<Key, Plan>,
+    stream: Arc<CudaStream>,
+}
+
+// SAFETY: the handle, descriptors and workspace are only used through `&mut self`, one call at a
+// time, after binding the context to the calling thread; cuBLASLt allows a handle to move
+// between threads when it is not used concurrently.
+unsafe impl Send for Blas {}
+
+fn blas_error(what: &str, e: lt::CublasError) -> BackendError {
+    BackendError::Device(format!("cuBLASLt {what}: {:?}", e.0))
+}
+
+fn alignment(ptr: u64) -> u32 {
+    if ptr == 0 { MAX_ALIGNMENT } else { (1u64 << ptr.trailing_zeros().min(8)) as u32 }
+}
+
+/// Sets one descriptor attribute from a value.
+///
+/// SAFETY: `desc` is live and `T` is the attribute's documented type.
+unsafe fn set_desc<T>(
+    desc: sys::cublasLtMatmulDesc_t,
+    attr: sys::cublasLtMatmulDescAttributes_t,
+    value: &T,
+) -> Result<(), lt::CublasError> {
+    unsafe { lt::set_matmul_desc_attribute(desc, attr, value as *const T as *const c_void, size_of::<T>()) }
+}
+
+impl Blas {
+    /// A handle on `stream` with `workspace_bytes` of device workspace.
+    pub fn new(stream: Arc<CudaStream>, precision: Precision, workspace_bytes: usize) -> Result<Self, BackendError> {
+        super::device::check_blas()?;
+        stream.context().bind_to_thread().map_err(|e| BackendError::Device(format!("binding the context: {e:?}")))?;
+        let handle = lt::create_handle().map_err(|e| blas_error("creating a handle", e))?;
+        // SAFETY: the workspace is only written by cuBLASLt on this stream.
+        let workspace = unsafe { stream.alloc::<u8>(workspace_bytes) }
+            .map_err(|e| BackendError::Device(format!("allocating the cuBLASLt workspace: {e:?}")))?;
+        let workspace_ptr = {
+            let (ptr, _sync) = workspace.device_ptr(&stream);
+            ptr
+        };
+        let (data_type, compute_type) = match precision {
+            Precision::Bf16 => (sys::cudaDataType::CUDA_R_16BF, sys::cublasComputeType_t::CUBLAS_COMPUTE_32F),
+            Precision::F32 => (sys::cudaDataType::CUDA_R_32F, sys::cublasComputeType_t::CUBLAS_COMPUTE_32F),
+        };
+        Ok(Blas {
+            handle,
+            _workspace: workspace,
+            workspace_ptr,
+            workspace_bytes,
+            data_type,
+            compute_type,
+            plans: HashMap::new(),
+            stream,
+        })
+    }
+
+    fn layout(&self, rows: usize, cols: usize, ld: usize) -> Result<sys::cublasLtMatrixLayout_t, lt::CublasError> {
+        lt::create_matrix_layout(self.data_type, rows as u64, cols as u64, ld as i64)
+    }
+
+    /// Builds the plan for `key`, with the bias fused when `fuse` and the library agrees.
+    fn plan(&self, key: &Key, fuse: bool) -> Result<Plan, lt::CublasError> {
+        let desc = lt::create_matmul_desc(self.compute_type, sys::cudaDataType::CUDA_R_32F)?;
+        let (a_rows, a_cols) = if key.trans_a { (key.k, key.m) } else { (key.m, key.k) };
+        let (b_rows, b_cols) = if key.trans_b { (key.n, key.k) } else { (key.k, key.n) };
+        // Built one by one so that a failure drops (destroys) what exists.
+        let mut plan = Plan {
+            desc,
+            a: self.layout(a_rows, a_cols, key.lda)?,
+            b: std::ptr::null_mut(),
+            d: std::ptr::null_mut(),
+            algo: sys::cublasLtMatmulAlgo_t { data: [0; 8] },
+            fused_bias: fuse,
+        };
+        plan.b = self.layout(b_rows, b_cols, key.ldb)?;
+        plan.d = self.layout(key.m, key.n, key.ldd)?;
+        let (op_a, op_b) = (key.trans_a as i32, key.trans_b as i32); // CUBLAS_OP_N = 0, CUBLAS_OP_T = 1
+        let epilogue = if fuse {
+            sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS
+        } else {
+            sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT
+        };
+        use sys::cublasLtMatmulDescAttributes_t as D;
+        // SAFETY: the descriptor is live; TRANSA/TRANSB take an int32 cublasOperation_t and
+        // EPILOGUE a uint32 cublasLtEpilogue_t.
+        unsafe {
+            set_desc(desc, D::CUBLASLT_MATMUL_DESC_TRANSA, &op_a)?;
+            set_desc(desc, D::CUBLASLT_MATMUL_DESC_TRANSB, &op_b)?;
+            set_desc(desc, D::CUBLASLT_MATMUL_DESC_EPILOGUE, &(epilogue as u32))?;
+        }
+        let pref = lt::create_matmul_pref()?;
+        use sys::cublasLtMatmulPreferenceAttributes_t as P;
+        let set_pref = |attr: P, value: *const c_void, size: usize| {
+            // SAFETY: `pref` is live until destroyed below; value points to `size` bytes.
+            unsafe { lt::set_matmul_pref_attribute(pref, attr, value, size) }
+        };
+        let workspace = self.workspace_bytes as u64;
+        let [align_a, align_b, align_d] = key.align;
+        let result = (|| {
+            set_pref(P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace as *const u64 as _, 8)?;
+            set_pref(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a as *const u32 as _, 4)?;
+            set_pref(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b as *const u32 as _, 4)?;
+            set_pref(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d as *const u32 as _, 4)?;
+            set_pref(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d as *const u32 as _, 4)?;
+            // SAFETY: every descriptor is live and describes this GEMM.
+            unsafe { lt::get_matmul_algo_heuristic(self.handle, desc, plan.a, plan.b, plan.d, plan.d, pref) }
+        })();
+        // SAFETY: created above, destroyed once.
+        unsafe {
+            let _ = lt::destroy_matmul_pref(pref);
+        }
+        plan.algo = result?.algo;
+        Ok(plan)
+    }
+
+    /// Runs one GEMM. Returns whether `call.bias` was added in the epilogue (false without a
+    /// bias); when a bias was given but not added, the caller adds it.
+    pub fn gemm(&mut self, call: &GemmCall) -> Result<bool, BackendError> {
+        let key = Key {
+            m: call.m,
+            n: call.n,
+            k: call.k,
+            lda: call.lda,
+            ldb: call.ldb,
+            ldd: call.ldd,
+            trans_a: call.trans_a,
+            trans_b: call.trans_b,
+            bias: call.bias.is_some(),
+            align: [alignment(call.a), alignment(call.b), alignment(call.d)],
+        };
+        if !self.plans.contains_key(&key) {
+            let plan = match self.plan(&key, key.bias) {
+                // The epilogue is an optimisation: without it the caller adds the bias.
+                Err(_) if key.bias => self.plan(&key, false),
+                other => other,
+            }
+            .map_err(|e| {
+                blas_error(
+                    &format!(
+                        "has no algorithm for a {}×{}×{} GEMM (transa {}, transb {})",
+                        call.m, call.n, call.k, call.trans_a, call.trans_b
+                    ),
+                    e,
+                )
+            })?;
+            self.plans.insert(key, plan);
+        }
+        let plan = &self.plans[&key];
+        if let (true, Some(bias)) = (plan.fused_bias, call.bias) {
+            // SAFETY: the descriptor is live; BIAS_POINTER takes a device pointer.
+            unsafe {
+                set_desc(plan.desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias)
+            }
+            .map_err(|e| blas_error("setting the bias pointer", e))?;
+        }
+        let alpha = 1.0f32;
+        self.stream
+            .context()
+            .bind_to_thread()
+            .map_err(|e| BackendError::Device(format!("binding the context: {e:?}")))?;
+        // SAFETY: the caller guarantees A, B and D hold the matrices the dimensions and leading
+        // dimensions describe (checked against the arenas before the call); the workspace is
+        // ours and idle outside this stream; alpha and beta are host f32 (scale type f32).
+        unsafe {
+            lt::matmul(
+                self.handle,
+                plan.desc,
+                &alpha as *const f32 as *const c_void,
+                &call.beta as *const f32 as *const c_void,
+                call.a as *const c_void,
+                plan.a,
+                call.b as *const c_void,
+                plan.b,
+                call.d as *const c_void,
+                plan.d,
+                call.d as *mut c_void,
+                plan.d,
+                &plan.algo,
+                self.workspace_ptr as *mut c_void,
+                self.workspace_bytes,
+                self.stream.cu_stream() as sys::cudaStream_t,
+            )
+        }
+        .map_err(|e| blas_error(&format!("matmul {}×{}×{}", call.m, call.n, call.k), e))?;
+        Ok(plan.fused_bias && call.bias.is_some())
+    }
+}
+
+impl Drop for Blas {
+    fn drop(&mut self) {
+        self.plans.clear();
+        // SAFETY: created in `new`, destroyed once, after every plan made with it.
+        unsafe {
+            let _ = lt::destroy_handle(self.handle);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::{matmul_backward, matmul_forward};
+    use crate::rng::Rng;
+
+    /// What cuBLASLt computes for `call`, on host buffers (the addresses are element offsets):
+    /// column-major D = op(A)·op(B) + beta·D, plus the bias on every column.
+    fn reference(call: &GemmCall, a: &[f64], b: &[f64], d: &mut [f64], bias: &[f64]) {
+        let (a0, b0, d0) = (call.a as usize, call.b as usize, call.d as usize);
+        for j in 0..call.n {
+            for i in 0..call.m {
+                let mut acc = 0.0;
+                for p in 0..call.k {
+                    let x = if call.trans_a { a[a0 + p + i * call.lda] } else { a[a0 + i + p * call.lda] };
+                    let y = if call.trans_b { b[b0 + j + p * call.ldb] } else { b[b0 + p + j * call.ldb] };
+                    acc += x * y;
+                }
+                let at = d0 + i + j * call.ldd;
+                let bias = call.bias.map_or(0.0, |o| bias[o as usize + i]);
+                d[at] = acc + call.beta as f64 * d[at] + bias;
+            }
+        }
+    }
+
+    fn randn(rng: &mut Rng, n: usize) -> Vec<f64> {
+        (0..n).map(|_| rng.normal()).collect()
+    }
+
+    fn close(x: &[f64], y: &[f64]) {
+        for (i, (a, b)) in x.iter().zip(y).enumerate() {
+            assert!((a - b).abs() < 1e-9 * (1.0 + b.abs()), "element {i}: {a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn row_major_linear_layers_map_onto_column_major_gemms() {
+        let mut rng = Rng::new(9);
+        for (n, c, oc) in [(1, 1, 1), (5, 7, 3), (4, 16, 48)] {
+            let (inp, w, bias, dout) =
+                (randn(&mut rng, n * c), randn(&mut rng, oc * c), randn(&mut rng, oc), randn(&mut rng, n * oc));
+
+            let mut want = vec![0.0; n * oc];
+            matmul_forward(&mut want, &inp, &w, Some(&bias), n, c, oc);
+            let mut got = vec![0.0; n * oc];
+            reference(&GemmCall::linear_forward(n, c, oc, 0, 0, 0, Some(0)), &w, &inp, &mut got, &bias);
+            close(&got, &want);
+
+            let dw0 = randn(&mut rng, oc * c);
+            let (mut want_dinp, mut want_dw) = (vec![0.0; n * c], dw0.clone());
+            matmul_backward(&mut want_dinp, &mut want_dw, None, &dout, &inp, &w, n, c, oc);
+            let mut got_dinp = vec![0.0; n * c];
+            reference(&GemmCall::linear_backward_input(n, c, oc, 0, 0, 0), &w, &dout, &mut got_dinp, &[]);
+            close(&got_dinp, &want_dinp);
+            let mut got_dw = dw0;
+            reference(&GemmCall::linear_backward_weight(n, c, oc, 0, 0, 0), &inp, &dout, &mut got_dw, &[]);
+            close(&got_dw, &want_dw);
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! What the build embedded: the kernel fatbin, the ptxas resource report, and readers for both.
+//!
+//! Everything here works without a GPU, so the build checks (every kernel compiled for sm_90
+//! with no spills, the fatbin holds sm_90 code) run on any machine that had nvcc at build time.
+//! The block sizes below mirror the `#define …_BLOCK` of each kernel file (a test compares them),
+//! because the kernels are compiled with `__launch_bounds__` for exactly those sizes.
+
+include!(concat!(env!("OUT_DIR"), "/cuda_kernels.rs"));
+
+/// Threads per block of the elementwise kernels (gelu.cu).
+pub const ELEMENTWISE_BLOCK: u32 = 256;
+/// Threads per block in encoder.cu.
+pub const ENCODER_BLOCK: u32 = 256;
+/// Threads per block in layernorm.cu (one warp per row in the row kernels).
+pub const LAYERNORM_BLOCK: u32 = 256;
+/// Threads per block in attention.cu (one warp per row).
+pub const ATTENTION_BLOCK: u32 = 256;
+/// Largest head size attention.cu handles (8 slots of 32 lanes).
+pub const ATTENTION_MAX_HS: usize = 256;
+/// Threads per block (one block per row) in loss.cu.
+pub const LOSS_BLOCK: u32 = 512;
+/// Threads per block in adamw.cu, each owning [`ADAMW_ELEMS`] elements.
+pub const ADAMW_BLOCK: u32 = 256;
+/// Consecutive elements per AdamW thread.
+pub const ADAMW_ELEMS: usize = 4;
+/// Threads per block in reduce.cu.
+pub const REDUCE_BLOCK: u32 = 256;
+/// Threads per block in matmul.cu.
+pub const MATMUL_BLOCK: u32 = 256;
+
+/// Every kernel family, by the name its `_f32`/`_bf16` entry points share, with its source file.
+pub const KERNELS: &[(&str, &str)] = &[
+    ("encoder_forward", "encoder.cu"),
+    ("encoder_backward_wpe", "encoder.cu"),
+    ("encoder_backward_wte", "encoder.cu"),
+    ("layernorm_forward", "layernorm.cu"),
+    ("layernorm_backward_dinp", "layernorm.cu"),
+    ("layernorm_backward_partials", "layernorm.cu"),
+    ("attention_forward", "attention.cu"),
+    ("attention_backward_delta", "attention.cu"),
+    ("attention_backward_dq", "attention.cu"),
+    ("attention_backward_dkv", "attention.cu"),
+    ("attention_cached", "attention.cu"),
+    ("gelu_forward", "gelu.cu"),
+    ("gelu_backward", "gelu.cu"),
+    ("residual_forward", "gelu.cu"),
+    ("cross_entropy", "loss.cu"),
+    ("adamw", "adamw.cu"),
+    ("sum_squares", "reduce.cu"),
+    ("add_column_partials", "reduce.cu"),
+    ("bias_add", "matmul.cu"),
+    ("bias_grad_partials", "matmul.cu"),
+];
+
+/// The dtype suffixes of the entry points.
+pub const DTYPE_SUFFIXES: [&str; 2] = ["f32", "bf16"];
+
+/// Resources of one compiled entry point, from the ptxas report.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelResources {
+    /// Entry point name, e.g. `layernorm_forward_bf16`.
+    pub name: String,
+    /// Target, e.g. `sm_90`.
+    pub arch: String,
+    pub registers: u32,
+    pub stack_bytes: u32,
+    pub spill_store_bytes: u32,
+    pub spill_load_bytes: u32,
+    /// Static shared memory.
+    pub shared_bytes: u32,
+}
+
+/// The number just before `unit` in `line` (`"40 registers"` → 40).
+fn number_before(line: &str, unit: &str) -> Option<u32> {
+    let at = line.find(unit)?;
+    line[..at].split(|c: char| !c.is_ascii_digit()).rfind(|s| !s.is_empty()).and_then(|s| s.parse().ok())
+}
+
+/// Parses the text of `nvcc -Xptxas -v`: one record per (entry point, architecture).
+pub fn parse_ptxas_report(text: &str) -> Vec<KernelResources> {
+    let mut out: Vec<KernelResources> = Vec::new();
+    // Properties lines belong to the entry being compiled only when they name it.
+    let mut properties_of_current = false;
+    for line in text.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            let mut parts = rest.split('\'');
+            let name = parts.next().unwrap_or_default().to_string();
+            let arch = parts.nth(1).unwrap_or_default().to_string();
+            out.push(KernelResources { name, arch, ..Default::default() });
+            properties_of_current = false;
+        } else if let Some(rest) = line.split("Function properties for ").nth(1) {
+            properties_of_current = out.last().is_some_and(|k| k.name == rest.trim());
+        } else if line.contains("bytes stack frame") && properties_of_current {
+            let k = out.last_mut().expect("properties follow an entry");
+            k.stack_bytes = number_before(line, "bytes stack frame").unwrap_or(0);
+            k.spill_store_bytes = number_before(line, "bytes spill stores").unwrap_or(0);
+            k.spill_load_bytes = number_before(line, "bytes spill loads").unwrap_or(0);
+        } else if line.contains("Used ")
+            && line.contains("registers")
+            && let Some(k) = out.last_mut()
+        {
+            k.registers = number_before(line, "registers").unwrap_or(0);
+            k.shared_bytes = number_before(line, "bytes smem").unwrap_or(0);
+        }
+    }
+    out
+}
+
+/// The resources of every entry point in the embedded build.
+pub fn resources() -> Vec<KernelResources> {
+    parse_ptxas_report(PTXAS_REPORT)
+}
+
+/// One code object of a fatbin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FatbinEntry {
+    /// `sm_NN` for machine code (SASS), `compute_NN` for PTX.
+    pub target: String,
+    pub bytes: usize,
+}
+
+/// Magic number of a fatbin image.
+const FATBIN_MAGIC: u32 = 0xBA55_ED50;
+/// Entry kinds inside a fatbin.
+const FATBIN_KIND_PTX: u16 = 1;
+const FATBIN_KIND_ELF: u16 = 2;
+/// Offset of the architecture number inside an entry header.
+const FATBIN_ENTRY_ARCH_OFFSET: usize = 28;
+
+fn read_u16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+fn read_u32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+fn read_u64(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// Lists the code objects of a fatbin image: a 16-byte header (magic, version, header size,
+/// payload size), then entries, each a header (kind, version, header size, payload size, …,
+/// architecture at byte 28) and its payload. `None` when the bytes are not a fatbin.
+pub fn fatbin_entries(image: &[u8]) -> Option<Vec<FatbinEntry>> {
+    if read_u32(image, 0)? != FATBIN_MAGIC {
+        return None;
+    }
+    let header = read_u16(image, 6)? as usize;
+    let end = header.checked_add(usize::try_from(read_u64(image, 8)?).ok()?)?;
+    if end > image.len() {
+        return None;
+    }
+    let mut at = header;
+    let mut entries = Vec::new();
+    while at < end {
+        let kind = read_u16(image, at)?;
+        let entry_header = read_u32(image, at + 4)? as usize;
+        let payload = usize::try_from(read_u64(image, at + 8)?).ok()?;
+        let arch = read_u32(image, at + FATBIN_ENTRY_ARCH_OFFSET)?;
+        let target = match kind {
+            FATBIN_KIND_PTX => format!("compute_{arch}"),
+            FATBIN_KIND_ELF => format!("sm_{arch}"),
+            other => format!("kind{other}_{arch}"),
+        };
+        entries.push(FatbinEntry { target, bytes: payload });
+        at = at.checked_add(entry_header)?.checked_add(payload)?;
+        if entry_header == 0 {
+            return None;
+        }
+    }
+    Some(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function 'gelu_forward_bf16' for 'sm_90'
+ptxas info    : Function properties for gelu_forward_bf16
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 32 registers, used 0 barriers
+ptxas info    : Compiling entry function 'cross_entropy_f32' for 'sm_80'
+ptxas info    : Function properties for some_helper
+    8 bytes stack frame, 4 bytes spill stores, 4 bytes spill loads
+ptxas info    : Function properties for cross_entropy_f32
+    16 bytes stack frame, 12 bytes spill stores, 8 bytes spill loads
+ptxas info    : Used 255 registers, used 1 barriers, 256 bytes smem, 364 bytes cmem[0]
+";
+
+    #[test]
+    fn ptxas_report_is_parsed_per_entry_and_arch() {
+        let r = parse_ptxas_report(SAMPLE);
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            r[0],
+            KernelResources {
+                name: "gelu_forward_bf16".into(),
+                arch: "sm_90".into(),
+                registers: 32,
+                ..Default::default()
+            }
+        );
+        assert_eq!(r[1].arch, "sm_80");
+        assert_eq!((r[1].registers, r[1].shared_bytes), (255, 256));
+        assert_eq!((r[1].stack_bytes, r[1].spill_store_bytes, r[1].spill_load_bytes), (16, 12, 8));
+    }
+
+    #[test]
+    fn fatbin_reader_rejects_other_bytes() {
+        assert_eq!(fatbin_entries(b""), None);
+        assert_eq!(fatbin_entries(&[0u8; 64]), None);
+    }
+}

@@ -1,0 +1,1073 @@
+//! The CUDA backend: the op set of [`Backend`] on an NVIDIA GPU, with the handwritten kernels of
+//! `kernels/*.cu` (compiled into the binary by build.rs) and cuBLASLt for the matmuls.
+//!
+//! Shape of the thing:
+//! - one context, one stream, one module (the embedded fatbin, loaded once), every entry point
+//!   looked up once at start;
+//! - one device buffer per arena, carved by the same layout tables as the CPU backend, sized
+//!   once from the layouts ([`MemoryPlan`]) after checking the device has room; scratch for the
+//!   deterministic reductions and the cuBLASLt workspace beside them; nothing is allocated in
+//!   a step;
+//! - storage in bf16 (training) or f32 (tight checking): parameters, gradients, activations and
+//!   their gradients in the storage type; AdamW moments, statistics and, in bf16, the master
+//!   weights in f32. `download(Params)` returns the master weights and `upload(Params)` sets
+//!   both copies;
+//! - every launch checks its spans against the arenas first, converts sizes with checked
+//!   casts ([`cast`]), and returns driver errors as values. Kernel faults surface at the next
+//!   synchronising call (a download, `synchronize`), as with any asynchronous GPU work.
+//!
+//! Tensors are passed to kernels as raw device addresses (arena base + offset): the arenas live
+//! as long as the backend, and the only stream orders every access, so the per-slice event
+//! tracking of cudarc is turned off.
+
+pub mod cast;
+pub mod device;
+pub mod kernels;
+pub mod plan;
+
+mod blas;
+
+pub use device::{DeviceInfo, NVCC_INSTALL_HINT, is_compiled, peak_bf16_flops, probe, probe_device};
+pub use plan::{ArenaSizes, MemoryPlan, ScratchSizes};
+
+use super::{AdamWStep, Backend, BackendError, Precision, Result};
+use crate::model::config::LAYERNORM_EPS;
+use crate::model::layout::{ActLayout, Arena, ParamLayout, Tensor};
+use blas::{Blas, GemmCall};
+use cast::{blocks_for, to_i32, to_i64, to_u32};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+};
+use half::bf16;
+use kernels::*;
+use plan::{BLAS_WORKSPACE_BYTES, BYTES_PER_F32, BYTES_PER_F64, MAX_PARTIALS, NORM_MAX_BLOCKS, storage_bytes};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Warps per block of the warp-per-row kernels.
+const ROWS_PER_BLOCK: usize = (LAYERNORM_BLOCK / 32) as usize;
+/// Bytes one vector load moves.
+const BYTES_PER_VECTOR: usize = 16;
+
+fn driver_error(what: &str, e: impl std::fmt::Debug) -> BackendError {
+    BackendError::Device(format!("{what}: {e:?}"))
+}
+
+/// One device allocation and what it holds.
+struct DeviceBuffer {
+    mem: CudaSlice<u8>,
+    ptr: u64,
+    elems: usize,
+    elem_bytes: usize,
+    what: &'static str,
+}
+
+impl DeviceBuffer {
+    fn new(stream: &Arc<CudaStream>, elems: usize, elem_bytes: usize, what: &'static str) -> Result<Self> {
+        // Never zero bytes: some drivers reject empty allocations.
+        let bytes = (elems * elem_bytes).max(BYTES_PER_VECTOR);
+        let mem = stream.alloc_zeros::<u8>(bytes).map_err(|e| driver_error(&format!("allocating {what}"), e))?;
+        let ptr = {
+            let (ptr, _sync) = mem.device_ptr(stream);
+            ptr
+        };
+        Ok(DeviceBuffer { mem, ptr, elems, elem_bytes, what })
+    }
+
+    /// Device address of element `offset`, after checking `[offset, offset + len)` is inside.
+    fn at(&self, offset: usize, len: usize) -> Result<u64> {
+        if offset.checked_add(len).is_none_or(|end| end > self.elems) {
+            return Err(BackendError::Device(format!(
+                "span [{offset}, +{len}) is outside {} ({} elements)",
+                self.what, self.elems
+            )));
+        }
+        Ok(self.ptr + (offset * self.elem_bytes) as u64)
+    }
+
+    fn byte_range(&self, offset: usize, len: usize) -> Result<std::ops::Range<usize>> {
+        self.at(offset, len)?;
+        Ok(offset * self.elem_bytes..(offset + len) * self.elem_bytes)
+    }
+}
+
+/// The kernel entry points of one storage precision, by family name.
+struct Functions {
+    by_name: HashMap<&'static str, CudaFunction>,
+}
+
+impl Functions {
+    fn load(module: &Arc<CudaModule>, precision: Precision) -> Result<Self> {
+        let suffix = match precision {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        };
+        let mut by_name = HashMap::new();
+        for (name, file) in KERNELS {
+            let full = format!("{name}_{suffix}");
+            let f = module.load_function(&full).map_err(|e| {
+                driver_error(&format!("kernel {full} (kernels/{file}) is missing from the embedded module"), e)
+            })?;
+            by_name.insert(*name, f);
+        }
+        Ok(Functions { by_name })
+    }
+
+    fn get(&self, name: &str) -> &CudaFunction {
+        // Every name in KERNELS was loaded in `load`; launchers only use those names.
+        &self.by_name[name]
+    }
+}
+
+/// Scratch of the multi-stage kernels.
+struct Scratch {
+    /// f32 partial column sums (MAX_PARTIALS × 2 × max columns).
+    partials: DeviceBuffer,
+    /// f64 per-block sums of squares.
+    norm: DeviceBuffer,
+    /// f32 attention delta (B·NH·T).
+    delta: DeviceBuffer,
+    /// i32 token buckets of the encoder backward.
+    buckets: DeviceBuffer,
+    sizes: ScratchSizes,
+}
+
+/// The CUDA backend: device, kernels, cuBLASLt and every arena.
+pub struct CudaBackend {
+    precision: Precision,
+    info: DeviceInfo,
+    plan: MemoryPlan,
+    params: DeviceBuffer,
+    grads: DeviceBuffer,
+    /// f32 master weights; in f32 storage the parameters are their own master.
+    master: Option<DeviceBuffer>,
+    opt_m: DeviceBuffer,
+    opt_v: DeviceBuffer,
+    acts: DeviceBuffer,
+    act_grads: DeviceBuffer,
+    stats: DeviceBuffer,
+    inputs: DeviceBuffer,
+    scratch: Scratch,
+    /// A host copy of the Inputs arena (written only by `upload_ints`): the encoder backward
+    /// buckets token positions from it without a device round trip.
+    inputs_host: Vec<i32>,
+    /// Reused host buffer for the token buckets.
+    buckets_host: Vec<i32>,
+    blas: Blas,
+    functions: Functions,
+    _module: Arc<CudaModule>,
+    stream: Arc<CudaStream>,
+    ctx: Arc<CudaContext>,
+}
+
+impl CudaBackend {
+    /// The backend for a model: arenas from the parameter and activation layouts, on GPU
+    /// `device_ordinal`. Fails with [`BackendError::OutOfMemory`] (and a batch that would fit)
+    /// when the plan exceeds the free memory, or [`BackendError::Unavailable`] without a usable
+    /// GPU, driver, cuBLASLt or compiled kernels.
+    pub fn new(params: &ParamLayout, acts: &ActLayout, precision: Precision, device_ordinal: usize) -> Result<Self> {
+        let b = acts.b;
+        let t = acts.t;
+        Self::with_sizes(
+            ArenaSizes::for_model(params, acts),
+            ScratchSizes::for_model(params, acts),
+            precision,
+            device_ordinal,
+            Some((b, t)),
+        )
+    }
+
+    /// The backend with explicit arena and scratch sizes (what `gptk check` builds for single
+    /// ops). `batch` (B, T), when known, lets an out-of-memory error suggest a batch that fits.
+    pub fn with_sizes(
+        sizes: ArenaSizes,
+        scratch: ScratchSizes,
+        precision: Precision,
+        device_ordinal: usize,
+        batch: Option<(usize, usize)>,
+    ) -> Result<Self> {
+        let ctx = device::open(device_ordinal)?;
+        let info = device::describe(&ctx)?;
+        device::check_blas()?;
+        let plan = MemoryPlan::new(sizes, scratch, precision);
+        let needed = plan.total();
+        if needed > info.free_memory {
+            let hint = match batch.and_then(|(b, t)| plan.batch_that_fits(b, info.free_memory).map(|fit| (fit, t))) {
+                Some((fit, t)) => format!("a batch of about {fit} sequences of {t} tokens would fit"),
+                None => "the parameters and optimizer state alone do not fit; try a smaller model".into(),
+            };
+            return Err(BackendError::OutOfMemory { needed, free: info.free_memory, hint });
+        }
+        // SAFETY: this backend uses one stream only, so no cross-stream synchronisation is needed.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(|e| driver_error("creating a stream", e))?;
+        let module = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(FATBIN.to_vec()))
+            .map_err(|e| driver_error(&format!("loading the kernels on {} ({ARCHS})", info.name), e))?;
+        let functions = Functions::load(&module, precision)?;
+        let s = storage_bytes(precision);
+        let f = BYTES_PER_F32;
+        let alloc = |elems, bytes, what| DeviceBuffer::new(&stream, elems, bytes, what);
+        let backend = CudaBackend {
+            precision,
+            params: alloc(sizes.params, s, "the parameter arena")?,
+            grads: alloc(sizes.params, s, "the gradient arena")?,
+            master: match precision {
+                Precision::Bf16 => Some(alloc(sizes.params, f, "the master weights")?),
+                Precision::F32 => None,
+            },
+            opt_m: alloc(sizes.params, f, "the AdamW m arena")?,
+            opt_v: alloc(sizes.params, f, "the AdamW v arena")?,
+            acts: alloc(sizes.acts, s, "the activation arena")?,
+            act_grads: alloc(sizes.act_grads, s, "the activation-gradient arena")?,
+            stats: alloc(sizes.stats, f, "the statistics arena")?,
+            inputs: alloc(sizes.inputs, f, "the input arena")?,
+            scratch: Scratch {
+                partials: alloc(scratch.partial_floats(), f, "the reduction scratch")?,
+                norm: alloc(NORM_MAX_BLOCKS, BYTES_PER_F64, "the norm scratch")?,
+                delta: alloc(scratch.attention_rows, f, "the attention scratch")?,
+                buckets: alloc(scratch.bucket_ints(), f, "the encoder scratch")?,
+                sizes: scratch,
+            },
+            inputs_host: vec![0; sizes.inputs],
+            buckets_host: Vec::with_capacity(scratch.bucket_ints()),
+            blas: Blas::new(stream.clone(), precision, BLAS_WORKSPACE_BYTES)?,
+            functions,
+            _module: module,
+            info,
+            plan,
+            stream,
+            ctx,
+        };
+        backend.stream.synchronize().map_err(|e| driver_error("initialising the arenas", e))?;
+        Ok(backend)
+    }
+
+    /// The device this backend runs on.
+    pub fn device_info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    /// Bytes of every buffer this backend allocated.
+    pub fn memory_plan(&self) -> &MemoryPlan {
+        &self.plan
+    }
+
+    /// Reads a float tensor's *storage* copy as f32: for `Params` in bf16 this is the bf16 copy
+    /// the forward reads (where [`Backend::download`] returns the master weights).
+    pub fn download_storage(&mut self, t: Tensor) -> Result<Vec<f32>> {
+        let buf = self.buffer(t.arena, false)?;
+        self.read(buf, t)
+    }
+
+    // ---- memory helpers -------------------------------------------------------------------
+
+    /// The buffer behind an arena; `master` picks the f32 master copy of `Params` in bf16.
+    fn buffer(&self, arena: Arena, master: bool) -> Result<&DeviceBuffer> {
+        Ok(match arena {
+            Arena::Params if master => self.master.as_ref().unwrap_or(&self.params),
+            Arena::Params => &self.params,
+            Arena::Grads => &self.grads,
+            Arena::OptM => &self.opt_m,
+            Arena::OptV => &self.opt_v,
+            Arena::Acts => &self.acts,
+            Arena::ActGrads => &self.act_grads,
+            Arena::Stats => &self.stats,
+            Arena::Inputs => &self.inputs,
+        })
+    }
+
+    fn buffer_mut(&mut self, arena: Arena, master: bool) -> &mut DeviceBuffer {
+        match arena {
+            Arena::Params if master && self.master.is_some() => self.master.as_mut().expect("checked"),
+            Arena::Params => &mut self.params,
+            Arena::Grads => &mut self.grads,
+            Arena::OptM => &mut self.opt_m,
+            Arena::OptV => &mut self.opt_v,
+            Arena::Acts => &mut self.acts,
+            Arena::ActGrads => &mut self.act_grads,
+            Arena::Stats => &mut self.stats,
+            Arena::Inputs => &mut self.inputs,
+        }
+    }
+
+    /// Device address of a tensor (the storage copy for `Params`), bounds-checked.
+    fn ptr(&self, t: Tensor) -> Result<u64> {
+        self.buffer(t.arena, false)?.at(t.offset, t.len)
+    }
+
+    /// Address of a tensor that must hold at least `n` elements.
+    fn ptr_n(&self, t: Tensor, n: usize, what: &str) -> Result<u64> {
+        if t.len < n {
+            return Err(BackendError::Device(format!("{what} has {} elements, the op needs {n}", t.len)));
+        }
+        self.buffer(t.arena, false)?.at(t.offset, n)
+    }
+
+    fn expect_arena(t: Tensor, arenas: &[Arena], what: &str) -> Result<()> {
+        if arenas.contains(&t.arena) {
+            Ok(())
+        } else {
+            Err(BackendError::Device(format!("{what} must live in {arenas:?}, not {:?}", t.arena)))
+        }
+    }
+
+    /// Elements of the storage type per 16-byte vector.
+    fn vector_elems(&self) -> usize {
+        BYTES_PER_VECTOR / storage_bytes(self.precision)
+    }
+
+    /// 1 when every address is 16-byte aligned and every length a multiple of the vector
+    /// width: the kernels may then move 16 bytes at a time.
+    fn vec_flag(&self, ptrs: &[u64], lens: &[usize]) -> i32 {
+        let vn = self.vector_elems();
+        let aligned = ptrs.iter().all(|p| p % BYTES_PER_VECTOR as u64 == 0) && lens.iter().all(|n| n % vn == 0);
+        aligned as i32
+    }
+
+    fn write_bytes(&mut self, arena: Arena, master: bool, t: Tensor, bytes: &[u8]) -> Result<()> {
+        let stream = self.stream.clone();
+        let buf = self.buffer_mut(arena, master);
+        let range = buf.byte_range(t.offset, t.len)?;
+        let what = buf.what;
+        stream
+            .memcpy_htod(bytes, &mut buf.mem.slice_mut(range))
+            .map_err(|e| driver_error(&format!("copying into {what}"), e))
+    }
+
+    fn read(&self, buf: &DeviceBuffer, t: Tensor) -> Result<Vec<f32>> {
+        let range = buf.byte_range(t.offset, t.len)?;
+        let mut bytes = vec![0u8; range.len()];
+        self.stream
+            .memcpy_dtoh(&buf.mem.slice(range), &mut bytes)
+            .map_err(|e| driver_error(&format!("copying from {}", buf.what), e))?;
+        self.stream.synchronize().map_err(|e| driver_error(&format!("reading {}", buf.what), e))?;
+        Ok(match buf.elem_bytes {
+            2 => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            _ => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        })
+    }
+
+    fn launch_error(name: &str, e: impl std::fmt::Debug) -> BackendError {
+        BackendError::Device(format!("launching {name}: {e:?}"))
+    }
+
+    /// Adds Σ_p partials[p·stride + offset + c] to dst (width), p < count.
+    fn add_partials(&self, dst: u64, count: usize, width: usize, stride: usize, offset: usize) -> Result<()> {
+        let (count_i, width_i) = (to_i32(count, "partial count")?, to_i32(width, "columns")?);
+        let (stride_i, offset_i) = (to_i64(stride, "partial stride")?, to_i64(offset, "partial offset")?);
+        let partials = self.scratch.partials.ptr;
+        let f = self.functions.get("add_column_partials");
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&dst).arg(&partials).arg(&count_i).arg(&width_i).arg(&stride_i).arg(&offset_i);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks_for(width, REDUCE_BLOCK, "columns")?, 1, 1),
+            block_dim: (REDUCE_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: add_column_partials_T(T* dst, const float* partials, int count, int width,
+        // long long stride, long long offset): dst holds `width` elements (checked by the
+        // caller); the partials scratch holds count·stride floats (checked by `chunks`).
+        unsafe { b.launch(cfg) }.map_err(|e| Self::launch_error("add_column_partials", e))?;
+        Ok(())
+    }
+
+    /// Splits `n` rows into at most MAX_PARTIALS chunks for a column reduction of `columns`
+    /// (× `per_column` values): (rows per chunk, chunks), after checking the scratch holds them.
+    fn chunks(&self, n: usize, columns: usize, per_column: usize) -> Result<(usize, usize)> {
+        let (rows, count) = row_chunks(n);
+        let needed = count * per_column * columns;
+        if needed > self.scratch.partials.elems {
+            return Err(BackendError::Device(format!(
+                "a column reduction over {columns} columns needs {needed} floats of scratch; the plan has {} (sized for {} columns)",
+                self.scratch.partials.elems, self.scratch.sizes.max_columns
+            )));
+        }
+        Ok((rows, count))
+    }
+}
+
+impl Backend for CudaBackend {
+    fn describe(&self) -> String {
+        format!("{} ({} storage)", self.info, self.precision)
+    }
+
+    fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    fn zero(&mut self, t: Tensor) -> Result<()> {
+        let stream = self.stream.clone();
+        let mut targets = vec![false];
+        if t.arena == Arena::Params && self.master.is_some() {
+            targets.push(true);
+        }
+        for master in targets {
+            let buf = self.buffer_mut(t.arena, master);
+            let range = buf.byte_range(t.offset, t.len)?;
+            let what = buf.what;
+            stream
+                .memset_zeros(&mut buf.mem.slice_mut(range))
+                .map_err(|e| driver_error(&format!("zeroing part of {what}"), e))?;
+        }
+        if t.arena == Arena::Inputs {
+            self.inputs_host[t.offset..t.end()].fill(0);
+        }
+        Ok(())
+    }
+
+    fn upload(&mut self, t: Tensor, data: &[f32]) -> Result<()> {
+        if data.len() != t.len {
+            return Err(BackendError::Device(format!("upload of {} values into a tensor of {}", data.len(), t.len)));
+        }
+        if t.arena == Arena::Inputs {
+            return Err(BackendError::Device("token ids go through upload_ints".into()));
+        }
+        if t.arena == Arena::Params && self.master.is_some() {
+            self.write_bytes(t.arena, true, t, bytemuck::cast_slice(data))?;
+        }
+        let elem_bytes = self.buffer(t.arena, false)?.elem_bytes;
+        if elem_bytes == 2 {
+            let converted: Vec<bf16> = data.iter().map(|&x| bf16::from_f32(x)).collect();
+            self.write_bytes(t.arena, false, t, bytemuck::cast_slice(&converted))
+        } else {
+            self.write_bytes(t.arena, false, t, bytemuck::cast_slice(data))
+        }
+    }
+
+    fn upload_ints(&mut self, t: Tensor, data: &[i32]) -> Result<()> {
+        if t.arena != Arena::Inputs || data.len() != t.len {
+            return Err(BackendError::Device(format!("upload of {} ids into {t:?}", data.len())));
+        }
+        self.write_bytes(Arena::Inputs, false, t, bytemuck::cast_slice(data))?;
+        self.inputs_host[t.offset..t.end()].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn download(&mut self, t: Tensor) -> Result<Vec<f32>> {
+        if t.arena == Arena::Inputs {
+            return Err(BackendError::Device("the Inputs arena holds token ids, not floats".into()));
+        }
+        let buf = self.buffer(t.arena, true)?;
+        self.read(buf, t)
+    }
+
+    fn synchronize(&mut self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| driver_error("synchronising the stream", e))?;
+        self.ctx.check_err().map_err(|e| driver_error("a deferred CUDA error", e))
+    }
+
+    fn encoder_forward(
+        &mut self,
+        out: Tensor,
+        tokens: Tensor,
+        wte: Tensor,
+        wpe: Tensor,
+        b: usize,
+        t: usize,
+        c: usize,
+    ) -> Result<()> {
+        Self::expect_arena(tokens, &[Arena::Inputs], "tokens")?;
+        let total = b * t * c;
+        let out_p = self.ptr_n(out, total, "encoder output")?;
+        let tok_p = self.ptr_n(tokens, b * t, "tokens")?;
+        let (wte_p, wpe_p) = (self.ptr(wte)?, self.ptr_n(wpe, t * c, "wpe")?);
+        let vec = self.vec_flag(&[out_p, wte_p, wpe_p], &[c]);
+        let threads = if vec == 1 { total / self.vector_elems() } else { total };
+        let (seq, c_i, total_i) = (to_i32(t, "T")?, to_i32(c, "C")?, to_i64(total, "B·T·C")?);
+        let f = self.functions.get("encoder_forward");
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&out_p).arg(&tok_p).arg(&wte_p).arg(&wpe_p).arg(&seq).arg(&c_i).arg(&total_i).arg(&vec);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks_for(threads, ENCODER_BLOCK, "encoder grid")?, 1, 1),
+            block_dim: (ENCODER_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: encoder_forward_T(T* out, const int* tokens, const T* wte, const T* wpe, int
+        // seq, int C, long long total, int vec): out holds B·T·C, tokens B·T, wpe T·C elements
+        // (checked); token ids index wte rows (the model checks ids against Vp).
+        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("encoder_forward", e))?;
+        Ok(())
+    }
+
+    fn encoder_backward(
+        &mut self,
+        dwte: Tensor,
+        dwpe: Tensor,
+        dout: Tensor,
+        tokens: Tensor,
+        b: usize,
+        t: usize,
+        c: usize,
+    ) -> Result<()> {
+        Self::expect_arena(tokens, &[Arena::Inputs], "tokens")?;
+        let n = b * t;
+        let dout_p = self.ptr_n(dout, n * c, "encoder dout")?;
+        let dwpe_p = self.ptr_n(dwpe, t * c, "dwpe")?;
+        let dwte_p = self.ptr(dwte)?;
+        self.ptr_n(tokens, n, "tokens")?;
+        let (b_i, seq, c_i) = (to_i32(b, "B")?, to_i32(t, "T")?, to_i32(c, "C")?);
+
+        // dwpe += Σ_b dout.
+        let f = self.functions.get("encoder_backward_wpe");
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&dwpe_p).arg(&dout_p).arg(&b_i).arg(&seq).arg(&c_i);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks_for(t * c, ENCODER_BLOCK, "encoder grid")?, 1, 1),
+            block_dim: (ENCODER_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: encoder_backward_wpe_T(T* dwpe, const T* dout, int B, int seq, int C): dwpe
+        // holds T·C and dout B·T·C elements (checked).
+        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("encoder_backward_wpe", e))?;
+
+        // dwte: bucket positions by token on the host (the ids were uploaded from here).
+        if n > self.scratch.sizes.tokens {
+            return Err(BackendError::Device(format!(
+                "encoder backward over {n} tokens; the scratch was planned for {}",
+                self.scratch.sizes.tokens
+            )));
+        }
+        let rows = dwte.len / c.max(1);
+        let ids = &self.inputs_host[tokens.offset..tokens.offset + n];
+        if let Some(&bad) = ids.iter().find(|&&x| x < 0 || x as usize >= rows) {
+            return Err(BackendError::Device(format!("token id {bad} is outside the embedding of {rows} rows")));
+        }
+        let h = &mut self.buckets_host;
+        let buckets = bucket_by_token(ids, h);
+        let range = self.scratch.buckets.byte_range(0, h.len())?;
+        self.stream
+            .memcpy_htod(bytemuck::cast_slice::<i32, u8>(h), &mut self.scratch.buckets.mem.slice_mut(range))
+            .map_err(|e| driver_error("copying the token buckets", e))?;
+        let base = self.scratch.buckets.ptr;
+        let (token_p, start_p, pos_p) = (base, base + 4 * buckets as u64, base + 4 * (2 * buckets + 1) as u64);
+        let f = self.functions.get("encoder_backward_wte");
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&dwte_p).arg(&dout_p).arg(&token_p).arg(&start_p).arg(&pos_p).arg(&c_i);
+        let cfg = LaunchConfig {
+            grid_dim: (to_u32(buckets, "token buckets")?, blocks_for(c, ENCODER_BLOCK, "channels")?, 1),
+            block_dim: (ENCODER_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: encoder_backward_wte_T(T* dwte, const T* dout, const int* bucket_token, const
+        // int* bucket_start, const int* positions, int C): the buckets were just copied (stream
+        // order puts the copy first); every token is below dwte's row count and every position
+        // below B·T (checked above), dout holds B·T·C elements.
+        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("encoder_backward_wte", e))?;
+        Ok(())
+    }
+
+    fn layernorm_forward(
+        &mut self,
+        out: Tensor,
+        mean: Tensor,
+        rstd: Tensor,
+        inp: Tensor,
+        w: Tensor,
+        bias: Tensor,
+        n: usize,
+        c: usize,
+    ) -> Result<()> {
+        Self::expect_arena(mean, &[Arena::Stats], "layernorm mean")?;
+        Self::expect_arena(rstd, &[Arena::Stats], "layernorm rstd")?;
+        let out_p = self.ptr_n(out, n * c, "layernorm output")?;
+        let inp_p = self.ptr_n(inp, n * c, "layernorm input")?;
+        let (mean_p, rstd_p) = (self.ptr_n(mean, n, "mean")?, self.ptr_n(rstd, n, "rstd")?);
+        let (w_p, b_p) = (self.ptr_n(w, c, "layernorm weight")?, self.ptr_n(bias, c, "layernorm bias")?);
+        let vec = self.vec_flag(&[out_p, inp_p, w_p, b_p], &[c]);
+        let (n_i, c_i, eps) = (to_i32(n, "N")?, to_i32(c, "C")?, LAYERNORM_EPS);
+        let f = self.functions.get("layernorm_forward");
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&out_p).arg(&mean_p).arg(&rstd_p).arg(&inp_p).arg(&w_p).arg(&b_p).arg(&n_i).arg(&c_i).arg(&eps).arg(&vec);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks_for(n, ROWS_PER_BLOCK as u32, "layernorm rows")?, 1, 1),
+            block_dim: (LAYERNORM_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: layernorm_forward_T(T* out, float* mean, float* rstd, const T* inp, const T*
+        // w, const T* b, int N, int C, float eps, int vec): out and inp hold N·C, mean and rstd
+        // N (f32 stats), w and b C elements (all checked).
+        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("layernorm_forward", e))?;
+        Ok(())
+    }
+
+    fn layernorm_backward(
+        &mut self,
+        dinp: Tensor,
+        dw: Tensor,
+        db: Tensor,
+        dout: Tensor,
+        inp: Tensor,
+        w: Tensor,
+        mean: Tensor,
+        rstd: Tensor,
+        n: usize,
+        c: usize,
+    ) -> Result<()> {
+        Self::expect_arena(mean, &[Arena::Stats], "layernorm mean")?;
+        Self::expect_arena(rstd, &[Arena::Stats], "layernorm rstd")?;
+        let dinp_p = self.ptr_n(dinp, n * c, "layernorm dinp")?;
+        let dout_p = self.ptr_n(dout, n * c, "layernorm dout")?;
+        let inp_p = self.ptr_n(inp, n * c, "layernorm input")?;
+        let w_p = self.ptr_n(w, c, "layernorm weight")?;
+        let (dw_p, db_p) = (self.ptr_n(dw, c, "layernorm dw")?, self.ptr_n(db, c, "layernorm db")?);
+        let (mean_p, rstd_p) = (self.ptr_n(mean, n, "mean")?, self.ptr_n(rstd, n, "rstd")?);
+        let vec = self.vec_flag(&[dinp_p, dout_p, inp_p, w_p], &[c]);
+        let (n_i, c_i) = (to_i32(n, "N")?, to_i32(c, "C")?);
+
+        let f = self.functions.get("layernorm_backward_dinp");
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&dinp_p).arg(&dout_p).arg(&inp_p).arg(&w_p).arg(&mean_p).arg(&rstd_p).arg(&n_i).arg(&c_i).arg(&vec);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks_for(n, ROWS_PER_BLOCK as u32, "layernorm rows")?, 1, 1),
+            block_dim: (LAYERNORM_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: layernorm_backward_dinp_T(T* dinp, const T* dout, const T* inp, const T* w,
+        // const float* mean, const float* rstd, int N, int C, int vec): sizes as checked above.
+        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("layernorm_backward_dinp", e))?;
+
+        let (rows, count) = self.chunks(n, c, 2)?;
+        let rows_i = to_i32(rows, "rows per chunk")?;
+        let partials = self.scratch.partials.ptr;
+        let f = self.functions.get("layernorm_backward_partials");
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&partials).arg(&dout_p).arg(&inp_p).arg(&mean_p).arg(&rstd_p).arg(&n_i).arg(&c_i).arg(&rows_i);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks_for(c, LAYERNORM_BLOCK, "channels")?, to_u32(count, "row chunks")?, 1),
+            block_dim: (LAYERNORM_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: layernorm_backward_partials_T(float* partials, const T* dout, const T* inp,
+        // const float* mean, const float* rstd, int N, int C, int rows_per_chunk): writes
+        // count·2C floats, within the scratch (checked by `chunks`); reads as above.
+        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("layernorm_backward_partials", e))?;
+        self.add_partials(dw_p, count, c, 2 * c, 0)?;
+        self.add_partials(db_p, count, c, 2 * c, c)
+    }
+
+    fn matmul_forward(
+        &mut self,
+        out: Tensor,
+        inp: Tensor,
+        w: Tensor,
+        bias: Option<Tensor>,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
+        let out_p = self.ptr_n(out, n * oc, "matmul output")?;
+        let inp_p = self.ptr_n(inp, n * c, "matmul input")?;
+        let w_p = self.ptr_n(w, oc * c, "matmul weight")?;
+        let bias_p = bias.map(|b| self.ptr_n(b, oc, "matmul bias")).transpose()?;
+        if n == 0 || oc == 0 {
+            return Ok(());
+        }
+        if c == 0 {
+            return Err(BackendError::Device("matmul with an empty inner dimension".into()));
+        }
+        // The epilogue wants an aligned bias vector; otherwise the kernel below adds it.
+        let fused = bias_p.filter(|p| p % BYTES_PER_VECTOR as u64 == 0);
+        let call = GemmCall::linear_forward(n, c, oc, inp_p, w_p, out_p, fused);
+        let bias_added = self.blas.gemm(&call)?;
+        if let Some(bias_p) = bias_p
+            && !bias_added
+        {
+            let total = n * oc;
+            let vec = self.vec_flag(&[out_p, bias_p], &[oc]);
+            let threads = if vec == 1 { total / self.vector_elems() } else { total };
+            let (oc_i, total_i) = (to_i32(oc, "OC")?, to_i64(total, "N·OC")?);
+            let f = self.functions.get("bias_add");
+            let mut l = self.stream.launch_builder(f);
+            l.arg(&out_p).arg(&bias_p).arg(&oc_i).arg(&total_i).arg(&vec);
+            let cfg = LaunchConfig {
+                grid_dim: (blocks_for(threads, MATMUL_BLOCK, "bias grid")?, 1, 1),
+                block_dim: (MATMUL_BLOCK, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: bias_add_T(T* out, const T* bias, int OC, long long total, int vec): out
+            // holds N·OC and bias OC elements (checked).
+            unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("bias_add", e))?;
+        }
+        Ok(())
+    }
+
+    fn matmul_backward(
+        &mut self,
+        dinp: Tensor,
+        dw: Tensor,
+        dbias: Option<Tensor>,
+        dout: Tensor,
+        inp: Tensor,
+        w: Tensor,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
+        let dinp_p = self.ptr_n(dinp, n * c, "matmul dinp")?;
+        let dw_p = self.ptr_n(dw, oc * c, "matmul dw")?;
+        let dout_p = self.ptr_n(dout, n * oc, "matmul dout")?;
+        let inp_p = self.ptr_n(inp, n * c, "matmul input")?;
+        let w_p = self.ptr_n(w, oc * c, "matmul weight")?;
+        let dbias_p = dbias.map(|b| self.ptr_n(b, oc, "matmul dbias")).transpose()?;
+        if n == 0 || c == 0 {
+            return Ok(());
+        }
+        if oc == 0 {
+            return self.zero(dinp.slice(0, n * c));
+        }
+        self.blas.gemm(&GemmCall::linear_backward_input(n, c, oc, dout_p, w_p, dinp_p))?;
+        self.blas.gemm(&GemmCall::linear_backward_weight(n, c, oc, dout_p, inp_p, dw_p))?;
+        if let Some(dbias_p) = dbias_p {
+            let (rows, count) = self.chunks(n, oc, 1)?;
+            let (n_i, oc_i, rows_i) = (to_i32(n, "N")?, to_i32(oc, "OC")?, to_i32(rows, "rows per chunk")?);
+            let partials = self.scratch.partials.ptr;
+            let f = self.functions.get("bias_grad_partials");
+            let mut l = self.stream.launch_builder(f);
+            l.arg(&partials).arg(&dout_p).arg(&n_i).arg(&oc_i).arg(&rows_i);
+            let cfg = LaunchConfig {
+                grid_dim: (blocks_for(oc, MATMUL_BLOCK, "bias columns")?, to_u32(count, "row chunks")?, 1),
+                block_dim: (MATMUL_BLOCK, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: bias_grad_partials_T(float* partials, const T* dout, int N, int OC, int
+            // rows_per_chunk): writes count·OC floats inside the scratch (checked by `chunks`),
+            // reads dout (N·OC, checked).
+            unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("bias_grad_partials", e))?;
+            self.add_partials(dbias_p, count, oc, oc, 0)?;
+        }
+        Ok(())
+    }
+
+    fn attention_forward(
+        &mut self,
+        out: Tensor,
+        lse: Tensor,
+        qkv: Tensor,
+        b: usize,
+        t: usize,
+        nh: usize,
+        hs: usize,
+        causal: bool,
+    ) -> Result<()> {
+        check_head_size(hs)?;
+        Self::expect_arena(lse, &[Arena::Stats], "attention lse")?;
+        let c = nh * hs;
+        let out_p = self.ptr_n(out, b * t * c, "attention output")?;
+        let lse_p = self.ptr_n(lse, b * nh * t, "attention lse")?;
+        let qkv_p = self.ptr_n(qkv, b * t * 3 * c, "qkv")?;
+        let rows = b * nh * t;
+        let (b_i, t_i, nh_i, hs_i) = (to_i32(b, "B")?, to_i32(t, "T")?, to_i32(nh, "NH")?, to_i32(hs, "HS")?);
+        let (causal_i, scale) = (causal as i32, attention_scale(hs));
+        let f = self.functions.get("attention_forward");
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&out_p).arg(&lse_p).arg(&qkv_p).arg(&b_i).arg(&t_i).arg(&nh_i).arg(&hs_i).arg(&causal_i).arg(&scale);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks_for(rows, ROWS_PER_BLOCK as u32, "attention rows")?, 1, 1),
+            block_dim: (ATTENTION_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: attention_forward_T(T* out, float* lse, const T* qkv, int B, int seq, int NH,
+        // int HS, int causal, float scale): out holds B·T·C, lse B·NH·T, qkv B·T·3C (checked);
+        // HS ≤ ATTENTION_MAX_HS (checked).
+        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("attention_forward", e))?;
+        Ok(())
+    }
+
+    fn attention_backward(
+        &mut self,
+        dqkv: Tensor,
+        dout: Tensor,
+        qkv: Tensor,
+        out: Tensor,
+        lse: Tensor,
+        b: usize,
+        t: usize,
+        nh: usize,
+        hs: usize,
+        causal: bool,
+    ) -> Result<()> {
+        check_head_size(hs)?;
+        Self::expect_arena(lse, &[Arena::Stats], "attention lse")?;
+        let c = nh * hs;
+        let rows = b * nh * t;
+        let dqkv_p = self.ptr_n(dqkv, b * t * 3 * c, "dqkv")?;
+        let dout_p = self.ptr_n(dout, b * t * c, "attention dout")?;
+        let qkv_p = self.ptr_n(qkv, b * t * 3 * c, "qkv")?;
+        let out_p = self.ptr_n(out, b * t * c, "attention output")?;
+        let lse_p = self.ptr_n(lse, rows, "attention lse")?;
+        let delta_p = self.scratch.delta.at(0, rows)?;
+        let (b_i, t_i, nh_i, hs_i) = (to_i32(b, "B")?, to_i32(t, "T")?, to_i32(nh, "NH")?, to_i32(hs, "HS")?);
+        let (causal_i, scale) = (causal as i32, attention_scale(hs));
+        let cfg = LaunchConfig {
+            grid_dim: (blocks_for(rows, ROWS_PER_BLOCK as u32, "attention rows")?, 1, 1),
+            block_dim: (ATTENTION_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let f = self.functions.get("attention_backward_delta");
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&delta_p).arg(&dout_p).arg(&out_p).arg(&b_i).arg(&t_i).arg(&nh_i).arg(&hs_i);
+        // SAFETY: attention_backward_delta_T(float* delta, const T* dout, const T* out, int B,
+        // int seq, int NH, int HS): delta scratch holds B·NH·T floats (checked by `at`), dout
+        // and out B·T·C elements (checked).
+        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("attention_backward_delta", e))?;
+        for name in ["attention_backward_dq", "attention_backward_dkv"] {
+            let f = self.functions.get(name);
+            let mut l = self.stream.launch_builder(f);
+            l.arg(&dqkv_p).arg(&dout_p).arg(&qkv_p).arg(&lse_p).arg(&delta_p);
+            l.arg(&b_i).arg(&t_i).arg(&nh_i).arg(&hs_i).arg(&causal_i).arg(&scale);
+            // SAFETY: attention_backward_{dq,dkv}_T(T* dqkv, const T* dout, const T* qkv, const
+            // float* lse, const float* delta, int B, int seq, int NH, int HS, int causal, float
+            // scale): dqkv and qkv hold B·T·3C, dout B·T·C, lse and delta B·NH·T (checked).
+            unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error(name, e))?;
+        }
+        Ok(())
+    }
+
+    fn attention_cached(
+        &mut self,
+        out: Tensor,
+        qkv: Tensor,
+        kv: Tensor,
+        b: usize,
+        t_max: usize,
+        pos: usize,
+        nh: usize,
+        hs: usize,
+    ) -> Result<()> {
+        check_head_size(hs)?;
+        if pos >= t_max {
+            return Err(BackendError::Device(format!("cache position {pos} is past the cache of {t_max}")));
+        }
+        let c = nh * hs;
+        let out_p = self.ptr_n(out, b * c, "attention output")?;
+        let qkv_p = self.ptr_n(qkv, b * 3 * c, "qkv")?;
+        let kv_p = self.ptr_n(kv, b * t_max * 2 * c, "key/value cache")?;
+        let (b_i, tmax_i, pos_i) = (to_i32(b, "B")?, to_i32(t_max, "Tmax")?, to_i32(pos, "pos")?);
+        let (nh_i, hs_i, scale) = (to_i32(nh, "NH")?, to_i32(hs, "HS")?, attention_scale(hs));
+        let f = self.functions.get("attention_cached");
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&out_p).arg(&qkv_p).arg(&kv_p).arg(&b_i).arg(&tmax_i).arg(&pos_i).arg(&nh_i).arg(&hs_i).arg(&scale);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks_for(b * nh, ROWS_PER_BLOCK as u32, "attention heads")?, 1, 1),
+            block_dim: (ATTENTION_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: attention_cached_T(T* out, const T* qkv, T* kv, int B, int t_max, int pos, int
+        // NH, int HS, float scale): out holds B·C, qkv B·3C, kv B·Tmax·2C (checked), pos < Tmax.
+        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("attention_cached", e))?;
+        Ok(())
+    }
+
+    fn gelu_forward(&mut self, out: Tensor, inp: Tensor) -> Result<()> {
+        self.elementwise("gelu_forward", out, &[inp])
+    }
+
+    fn gelu_backward(&mut self, d: Tensor, inp: Tensor) -> Result<()> {
+        self.elementwise("gelu_backward", d, &[inp])
+    }
+
+    fn residual_forward(&mut self, out: Tensor, a: Tensor, b: Tensor) -> Result<()> {
+        self.elementwise("residual_forward", out, &[a, b])
+    }
+
+    fn cross_entropy(
+        &mut self,
+        losses: Tensor,
+        logits: Tensor,
+        targets: Tensor,
+        n: usize,
+        v: usize,
+        vp: usize,
+        dloss: Option<f32>,
+    ) -> Result<()> {
+        Self::expect_arena(losses, &[Arena::Stats], "losses")?;
+        Self::expect_arena(targets, &[Arena::Inputs], "targets")?;
+        if v > vp {
+            return Err(BackendError::Device(format!("vocabulary {v} is wider than its padding {vp}")));
+        }
+        let losses_p = self.ptr_n(losses, n, "losses")?;
+        let logits_p = self.ptr_n(logits, n * vp, "logits")?;
+        let targets_p = self.ptr_n(targets, n, "targets")?;
+        if n == 0 {
+            return Ok(());
+        }
+        let vec = self.vec_flag(&[logits_p], &[vp]);
+        let (v_i, vp_i) = (to_i32(v, "V")?, to_i32(vp, "Vp")?);
+        let (dloss_f, has_dloss) = (dloss.unwrap_or(0.0), dloss.is_some() as i32);
+        let f = self.functions.get("cross_entropy");
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&losses_p).arg(&logits_p).arg(&targets_p).arg(&v_i).arg(&vp_i).arg(&dloss_f).arg(&has_dloss).arg(&vec);
+        let cfg = LaunchConfig {
+            grid_dim: (to_u32(n, "loss rows")?, 1, 1),
+            block_dim: (LOSS_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: cross_entropy_T(float* losses, T* logits, const int* targets, int V, int Vp,
+        // float dloss, int has_dloss, int vec): losses and targets hold N, logits N·Vp elements
+        // (checked); V ≤ Vp; targets ≥ V are turned into NaN losses, never read past the row.
+        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("cross_entropy", e))?;
+        Ok(())
+    }
+
+    fn grad_norm_squared(&mut self) -> Result<f64> {
+        let n = self.grads.elems;
+        let vec = self.vec_flag(&[self.grads.ptr], &[n]);
+        let per_block = REDUCE_BLOCK as usize * if vec == 1 { self.vector_elems() } else { 1 };
+        let blocks = n.div_ceil(per_block).clamp(1, NORM_MAX_BLOCKS);
+        let (grads_p, partials_p, n_i) = (self.grads.ptr, self.scratch.norm.ptr, to_i64(n, "gradient count")?);
+        let f = self.functions.get("sum_squares");
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&partials_p).arg(&grads_p).arg(&n_i).arg(&vec);
+        let cfg = LaunchConfig {
+            grid_dim: (to_u32(blocks, "norm blocks")?, 1, 1),
+            block_dim: (REDUCE_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: sum_squares_T(double* partials, const T* x, long long n, int vec): x is the
+        // whole gradient arena (n elements), partials holds NORM_MAX_BLOCKS ≥ blocks doubles.
+        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("sum_squares", e))?;
+        let mut bytes = vec![0u8; blocks * BYTES_PER_F64];
+        self.stream
+            .memcpy_dtoh(&self.scratch.norm.mem.slice(0..bytes.len()), &mut bytes)
+            .map_err(|e| driver_error("reading the norm partials", e))?;
+        self.stream.synchronize().map_err(|e| driver_error("computing the gradient norm", e))?;
+        Ok(bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes"))).sum())
+    }
+
+    fn adamw(&mut self, step: &AdamWStep, decay_end: usize) -> Result<()> {
+        let n = self.params.elems;
+        if !n.is_multiple_of(ADAMW_ELEMS) {
+            return Err(BackendError::Device(format!("the parameter arena ({n}) is not a multiple of {ADAMW_ELEMS}")));
+        }
+        let master_p = self.master.as_ref().map_or(self.params.ptr, |m| m.ptr);
+        let (params_p, grads_p, m_p, v_p) = (self.params.ptr, self.grads.ptr, self.opt_m.ptr, self.opt_v.ptr);
+        let (n_i, decay_i) = (to_i64(n, "parameter count")?, to_i64(decay_end.min(n), "decay end")?);
+        let t = i32::try_from(step.t).unwrap_or(i32::MAX);
+        let bc1 = (1.0 - (step.beta1 as f64).powi(t)) as f32;
+        let bc2 = (1.0 - (step.beta2 as f64).powi(t)) as f32;
+        let f = self.functions.get("adamw");
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&params_p).arg(&master_p).arg(&grads_p).arg(&m_p).arg(&v_p).arg(&n_i).arg(&decay_i);
+        l.arg(&step.lr).arg(&step.beta1).arg(&step.beta2).arg(&step.eps).arg(&step.weight_decay);
+        l.arg(&bc1).arg(&bc2).arg(&step.grad_scale).arg(&step.seed);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks_for(n / ADAMW_ELEMS, ADAMW_BLOCK, "adamw grid")?, 1, 1),
+            block_dim: (ADAMW_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: adamw_T(T* params, float* master, const T* grads, float* m, float* v, long long
+        // n, long long decay_end, float lr, float beta1, float beta2, float eps, float wd, float
+        // bc1, float bc2, float grad_scale, unsigned long long seed): every arena holds n
+        // elements, n is a multiple of 4 and the f32 arenas are 16-byte aligned (allocation
+        // base) for the float4 accesses; in f32 storage master is params and the kernel does
+        // not write params separately.
+        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("adamw", e))?;
+        Ok(())
+    }
+}
+
+impl CudaBackend {
+    /// An elementwise kernel `name(out, inputs…, n, vec)` over `out.len` elements.
+    fn elementwise(&mut self, name: &'static str, out: Tensor, inputs: &[Tensor]) -> Result<()> {
+        let n = out.len;
+        let out_p = self.ptr(out)?;
+        let mut ptrs = vec![out_p];
+        for &t in inputs {
+            ptrs.push(self.ptr_n(t, n, &format!("{name} input"))?);
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let vec = self.vec_flag(&ptrs, &[n]);
+        let threads = if vec == 1 { n / self.vector_elems() } else { n };
+        let n_i = to_i64(n, "elements")?;
+        let f = self.functions.get(name);
+        let mut l = self.stream.launch_builder(f);
+        for p in &ptrs {
+            l.arg(p);
+        }
+        l.arg(&n_i).arg(&vec);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks_for(threads, ELEMENTWISE_BLOCK, "elementwise grid")?, 1, 1),
+            block_dim: (ELEMENTWISE_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: gelu_forward_T(T* out, const T* inp, …), gelu_backward_T(T* d, const T* inp,
+        // …) and residual_forward_T(T* out, const T* a, const T* b, …), each followed by (long
+        // long n, int vec): every span holds n elements (checked); the vector path only when
+        // all are 16-byte aligned and n a multiple of the vector width.
+        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error(name, e))?;
+        Ok(())
+    }
+}
+
+/// (rows per chunk, chunks) splitting `n` rows into at most MAX_PARTIALS chunks.
+fn row_chunks(n: usize) -> (usize, usize) {
+    let rows = n.div_ceil(MAX_PARTIALS).max(1);
+    (rows, n.div_ceil(rows).max(1))
+}
+
+/// Buckets token positions by id for the embedding backward: writes `out` = [ids of the U
+/// distinct tokens, ascending | U+1 bucket starts | the positions of each bucket, ascending] and
+/// returns U.
+fn bucket_by_token(ids: &[i32], out: &mut Vec<i32>) -> usize {
+    let mut order: Vec<u32> = (0..ids.len() as u32).collect();
+    order.sort_by_key(|&i| (ids[i as usize], i));
+    out.clear();
+    let mut starts = Vec::with_capacity(ids.len() + 1);
+    for (k, &i) in order.iter().enumerate() {
+        if k == 0 || ids[i as usize] != ids[order[k - 1] as usize] {
+            out.push(ids[i as usize]);
+            starts.push(k as i32);
+        }
+    }
+    let buckets = out.len();
+    starts.push(ids.len() as i32);
+    out.extend_from_slice(&starts);
+    out.extend(order.iter().map(|&i| i as i32));
+    buckets
+}
+
+/// 1/√HS, the score scale.
+fn attention_scale(hs: usize) -> f32 {
+    (1.0 / (hs as f64).sqrt()) as f32
+}
+
+fn check_head_size(hs: usize) -> Result<()> {
+    if hs == 0 || hs > ATTENTION_MAX_HS {
+        return Err(BackendError::Device(format!(
+            "head size {hs} is outside what the attention kernels handle (1..={ATTENTION_MAX_HS})"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backend_can_move_to_another_thread() {
+        fn send<T: Send>() {}
+        send::<CudaBackend>();
+    }
+
+    #[test]
+    fn positions_are_bucketed_by_token_in_order() {
+        let mut out = Vec::new();
+        assert_eq!(bucket_by_token(&[3, 1, 3, 0, 1], &mut out), 3);
+        assert_eq!(out, [0, 1, 3, /* starts */ 0, 1, 3, 5, /* positions */ 3, 1, 4, 0, 2]);
+        assert_eq!(bucket_by_token(&[7], &mut out), 1);
+        assert_eq!(out, [7, 0, 1, 0]);
+    }
+
+    #[test]
+    fn row_chunks_cover_every_row_within_the_partials() {
+        for n in [1, 2, 255, 256, 257, 1000, 8192, 100_003] {
+            let (rows, count) = row_chunks(n);
+            assert!(count <= MAX_PARTIALS && rows * count >= n && rows * (count - 1) < n, "n={n}");
+        }
+        assert_eq!(row_chunks(257), (2, 129));
+    }
+}

@@ -1,0 +1,790 @@
+//! `gptk check`: every CUDA kernel against its CPU twin, then one whole training step.
+//!
+//! Each case builds a CPU backend and a CUDA backend with the same arenas, fills the inputs with
+//! the same random values (rounded to the storage type first, so both sides read identical
+//! numbers), poisons the GPU's overwritten outputs with NaN (so a kernel that skips an element
+//! fails), seeds `+=` outputs with the same random values on both sides, runs the op on both and
+//! compares every output tensor. Shapes include odd sizes and misaligned spans, which take the
+//! kernels' scalar paths.
+//!
+//! The comparison, as llm.c reports it: per tensor the maximum absolute error, the relative L2
+//! error ‖gpu − cpu‖ / ‖cpu‖, and the share of the tolerance used, max |gpu − cpu| / tol with
+//! tol = k · eps · (|cpu| + rms(cpu)), where eps is the epsilon of the tensor's type (2⁻⁸ for
+//! bf16, 2⁻²³ for f32) and k a small allowance for the summation order ([`K_BF16`],
+//! [`K_F32`]; looser for the whole-model step, where bf16 rounding compounds layer by layer).
+//! The rms term stands in for the absolute tolerance, scaled to the tensor, so that elements
+//! near zero in a tensor of large values are not judged by their own tiny magnitude. A tensor
+//! passes when the share is at most 1 and the GPU produced no NaN or infinity.
+
+use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::{ArenaSizes, CudaBackend, ScratchSizes};
+use crate::backend::{AdamWStep, Backend, BackendError, Precision};
+use crate::model::config::ModelConfig;
+use crate::model::layout::{ActLayout, Arena, TENSOR_ALIGN, Tensor};
+use crate::model::{Gpt, ModelError, init_params};
+use crate::rng::Rng;
+use half::bf16;
+
+/// Machine epsilon of bf16 (8 significant bits).
+pub const BF16_EPS: f64 = 1.0 / 256.0;
+/// Machine epsilon of f32.
+pub const F32_EPS: f64 = f32::EPSILON as f64;
+/// Tolerance factor for bf16 outputs of one op: one rounding of the result, with room.
+pub const K_BF16: f64 = 2.0;
+/// Tolerance factor for f32 outputs of one op: f32 sums in another order than the CPU's f64.
+pub const K_F32: f64 = 256.0;
+/// Tolerance factors of the whole-model step (bf16 rounding compounds through the layers).
+pub const K_MODEL_BF16: f64 = 32.0;
+pub const K_MODEL_F32: f64 = 4096.0;
+
+/// A failure that stops the checker (a failed comparison does not: it is a row).
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("unknown op '{given}' (known: {known})")]
+    UnknownOp { given: String, known: String },
+}
+
+/// The op families `--op` accepts, in the order they run.
+pub const OPS: &[&str] = &[
+    "encoder_forward",
+    "encoder_backward",
+    "layernorm_forward",
+    "layernorm_backward",
+    "matmul_forward",
+    "matmul_backward",
+    "attention_forward",
+    "attention_backward",
+    "attention_cached",
+    "gelu_forward",
+    "gelu_backward",
+    "residual_forward",
+    "cross_entropy",
+    "adamw",
+    "grad_norm",
+    "model_step",
+];
+
+/// One compared tensor.
+#[derive(Clone, Debug)]
+pub struct Comparison {
+    pub op: String,
+    /// The shape, e.g. `N=7 C=13`.
+    pub case: String,
+    pub tensor: String,
+    pub elems: usize,
+    pub max_abs: f64,
+    pub rel_l2: f64,
+    /// max |gpu − cpu| / tol: at most 1 to pass.
+    pub tol_share: f64,
+    /// GPU values that are NaN or infinite where the CPU's are finite.
+    pub non_finite: usize,
+    pub passed: bool,
+}
+
+/// What `gptk check` asks for.
+#[derive(Clone, Debug)]
+pub struct CheckOptions {
+    /// Only op families whose name contains this (e.g. `attention`); all when `None`.
+    pub op: Option<String>,
+    pub precision: Precision,
+    pub device: usize,
+    /// Seed of the random inputs.
+    pub seed: u64,
+}
+
+/// Compares `gpu` with the reference `cpu` under tol = k·eps·(|cpu| + rms(cpu)).
+pub fn compare(gpu: &[f32], cpu: &[f32], eps: f64, k: f64) -> (f64, f64, f64, usize) {
+    let n = cpu.len().max(1) as f64;
+    let rms = (cpu.iter().map(|&c| (c as f64).powi(2)).sum::<f64>() / n).sqrt();
+    let (mut max_abs, mut diff2, mut ref2, mut share, mut non_finite) = (0.0f64, 0.0, 0.0, 0.0f64, 0usize);
+    for (&g, &c) in gpu.iter().zip(cpu) {
+        let (g, c) = (g as f64, c as f64);
+        if !g.is_finite() || !c.is_finite() {
+            non_finite += 1;
+            continue;
+        }
+        let d = (g - c).abs();
+        max_abs = max_abs.max(d);
+        diff2 += d * d;
+        ref2 += c * c;
+        let tol = k * eps * (c.abs() + rms);
+        share = share.max(if tol > 0.0 {
+            d / tol
+        } else if d > 0.0 {
+            f64::INFINITY
+        } else {
+            0.0
+        });
+    }
+    non_finite += gpu.len().abs_diff(cpu.len());
+    let rel_l2 = if ref2 > 0.0 { (diff2 / ref2).sqrt() } else { diff2.sqrt() };
+    (max_abs, rel_l2, share, non_finite)
+}
+
+/// Arena space of one case, handed out in aligned spans before the backends exist.
+#[derive(Default)]
+struct Plan {
+    param_like: usize,
+    acts: usize,
+    act_grads: usize,
+    stats: usize,
+    inputs: usize,
+    scratch: ScratchSizes,
+}
+
+impl Plan {
+    fn counter(&mut self, arena: Arena) -> &mut usize {
+        match arena {
+            Arena::Params | Arena::Grads | Arena::OptM | Arena::OptV => &mut self.param_like,
+            Arena::Acts => &mut self.acts,
+            Arena::ActGrads => &mut self.act_grads,
+            Arena::Stats => &mut self.stats,
+            Arena::Inputs => &mut self.inputs,
+        }
+    }
+
+    /// An aligned span of `len` elements.
+    fn take(&mut self, arena: Arena, len: usize) -> Tensor {
+        self.take_skewed(arena, len, 0)
+    }
+
+    /// A span starting `skew` elements past an aligned offset (to exercise unaligned paths).
+    fn take_skewed(&mut self, arena: Arena, len: usize, skew: usize) -> Tensor {
+        let next = self.counter(arena);
+        let t = Tensor { arena, offset: *next + skew, len };
+        *next = (t.end()).div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN;
+        t
+    }
+
+    fn build(&self, precision: Precision, device: usize, seed: u64) -> Result<Pair, BackendError> {
+        let round = |n: usize| n.div_ceil(TENSOR_ALIGN).max(1) * TENSOR_ALIGN;
+        let sizes = ArenaSizes {
+            params: round(self.param_like),
+            acts: round(self.acts),
+            act_grads: round(self.act_grads),
+            stats: round(self.stats),
+            inputs: round(self.inputs),
+        };
+        let gpu = CudaBackend::with_sizes(sizes, self.scratch, precision, device, None)?;
+        let cpu = CpuBackend {
+            params: vec![0.0; sizes.params],
+            grads: vec![0.0; sizes.params],
+            opt_m: vec![0.0; sizes.params],
+            opt_v: vec![0.0; sizes.params],
+            acts: vec![0.0; sizes.acts],
+            act_grads: vec![0.0; sizes.act_grads],
+            stats: vec![0.0; sizes.stats],
+            inputs: vec![0; sizes.inputs],
+        };
+        Ok(Pair { cpu, gpu, precision, rng: Rng::new(seed) })
+    }
+}
+
+/// The two backends of one case.
+struct Pair {
+    cpu: CpuBackend<f32>,
+    gpu: CudaBackend,
+    precision: Precision,
+    rng: Rng,
+}
+
+/// Arenas held in the storage type (the others are f32 or i32).
+fn is_storage(arena: Arena) -> bool {
+    matches!(arena, Arena::Params | Arena::Grads | Arena::Acts | Arena::ActGrads)
+}
+
+fn round_bf16(x: f32) -> f32 {
+    bf16::from_f32(x).to_f32()
+}
+
+impl Pair {
+    fn eps(&self, arena: Arena) -> f64 {
+        if is_storage(arena) && self.precision == Precision::Bf16 { BF16_EPS } else { F32_EPS }
+    }
+
+    fn k(&self, arena: Arena) -> f64 {
+        if self.eps(arena) == BF16_EPS { K_BF16 } else { K_F32 }
+    }
+
+    fn randn(&mut self, n: usize, scale: f64) -> Vec<f32> {
+        (0..n).map(|_| (self.rng.normal() * scale) as f32).collect()
+    }
+
+    /// Uploads `data`, rounded to the tensor's type, to both backends.
+    fn set(&mut self, t: Tensor, mut data: Vec<f32>) -> Result<(), BackendError> {
+        if is_storage(t.arena) && self.precision == Precision::Bf16 {
+            data.iter_mut().for_each(|x| *x = round_bf16(*x));
+        }
+        self.set_exact(t, &data)
+    }
+
+    /// Uploads `data` unrounded (the GPU rounds its storage copy itself).
+    fn set_exact(&mut self, t: Tensor, data: &[f32]) -> Result<(), BackendError> {
+        self.cpu.upload(t, data)?;
+        self.gpu.upload(t, data)
+    }
+
+    /// Random normal values of the given scale into `t` on both sides.
+    fn fill(&mut self, t: Tensor, scale: f64) -> Result<(), BackendError> {
+        let data = self.randn(t.len, scale);
+        self.set(t, data)
+    }
+
+    fn set_ints(&mut self, t: Tensor, ids: &[i32]) -> Result<(), BackendError> {
+        self.cpu.upload_ints(t, ids)?;
+        self.gpu.upload_ints(t, ids)
+    }
+
+    /// NaN in the GPU copy of an output the op must overwrite.
+    fn poison(&mut self, t: Tensor) -> Result<(), BackendError> {
+        self.gpu.upload(t, &vec![f32::NAN; t.len])
+    }
+
+    fn compare(&mut self, op: &str, case: &str, name: &str, t: Tensor) -> Result<Comparison, BackendError> {
+        let (eps, k) = (self.eps(t.arena), self.k(t.arena));
+        self.compare_with(op, case, name, t, eps, k)
+    }
+
+    fn compare_with(
+        &mut self,
+        op: &str,
+        case: &str,
+        name: &str,
+        t: Tensor,
+        eps: f64,
+        k: f64,
+    ) -> Result<Comparison, BackendError> {
+        let gpu = self.gpu.download(t)?;
+        let cpu = self.cpu.download(t)?;
+        Ok(row(op, case, name, &gpu, &cpu, eps, k))
+    }
+}
+
+fn row(op: &str, case: &str, name: &str, gpu: &[f32], cpu: &[f32], eps: f64, k: f64) -> Comparison {
+    let (max_abs, rel_l2, tol_share, non_finite) = compare(gpu, cpu, eps, k);
+    Comparison {
+        op: op.into(),
+        case: case.into(),
+        tensor: name.into(),
+        elems: cpu.len(),
+        max_abs,
+        rel_l2,
+        tol_share,
+        non_finite,
+        passed: non_finite == 0 && tol_share <= 1.0,
+    }
+}
+
+/// The op families a `--op` filter selects (all for `None`); an error naming the known ones
+/// when it matches none.
+pub fn select(op: Option<&str>) -> Result<Vec<&'static str>, CheckError> {
+    let Some(want) = op else { return Ok(OPS.to_vec()) };
+    let s: Vec<&str> = OPS.iter().copied().filter(|op| op.contains(want)).collect();
+    if s.is_empty() {
+        return Err(CheckError::UnknownOp { given: want.into(), known: OPS.join(", ") });
+    }
+    Ok(s)
+}
+
+/// Runs the selected checks, handing each row to `report` as it is made.
+pub fn run(opts: &CheckOptions, mut report: impl FnMut(&Comparison)) -> Result<Vec<Comparison>, CheckError> {
+    let selected = select(opts.op.as_deref())?;
+    // Each case opens its own backend; holding the device's context for the whole run keeps it
+    // from being torn down and rebuilt between cases.
+    let _context = crate::backend::cuda::device::open(opts.device)?;
+    let mut rows = Vec::new();
+    let mut emit = |r: Comparison| {
+        report(&r);
+        rows.push(r);
+    };
+    let ctx = Ctx { precision: opts.precision, device: opts.device, seed: opts.seed };
+    for op in selected {
+        let made = ctx.family(op);
+        match made {
+            Ok(made) => made.into_iter().for_each(&mut emit),
+            // Without a GPU nothing else can run either.
+            Err(e @ CheckError::Backend(BackendError::Unavailable(_))) => return Err(e),
+            // A device error fails this op family; the others still run.
+            Err(e) => emit(Comparison {
+                op: op.into(),
+                case: "-".into(),
+                tensor: format!("error: {e}"),
+                elems: 0,
+                max_abs: f64::NAN,
+                rel_l2: f64::NAN,
+                tol_share: f64::INFINITY,
+                non_finite: 0,
+                passed: false,
+            }),
+        }
+    }
+    Ok(rows)
+}
+
+/// Settings shared by every case.
+struct Ctx {
+    precision: Precision,
+    device: usize,
+    seed: u64,
+}
+
+type Rows = Result<Vec<Comparison>, CheckError>;
+
+impl Ctx {
+    /// Every case of one op family.
+    fn family(&self, op: &str) -> Rows {
+        match op {
+            "encoder_forward" => self.encoder(false),
+            "encoder_backward" => self.encoder(true),
+            "layernorm_forward" => self.layernorm(false),
+            "layernorm_backward" => self.layernorm(true),
+            "matmul_forward" => self.matmul(false),
+            "matmul_backward" => self.matmul(true),
+            "attention_forward" => self.attention(false),
+            "attention_backward" => self.attention(true),
+            "attention_cached" => self.attention_cached(),
+            "gelu_forward" | "gelu_backward" | "residual_forward" => self.elementwise(op),
+            "cross_entropy" => self.cross_entropy(),
+            "adamw" => self.adamw(),
+            "grad_norm" => self.grad_norm(),
+            "model_step" => self.model_step(),
+            other => unreachable!("{other} is listed in OPS"),
+        }
+    }
+
+    fn pair(&self, plan: &Plan, case_seed: u64) -> Result<Pair, BackendError> {
+        plan.build(self.precision, self.device, self.seed ^ case_seed.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    }
+
+    fn encoder(&self, backward: bool) -> Rows {
+        let op = if backward { "encoder_backward" } else { "encoder_forward" };
+        let mut rows = Vec::new();
+        for (i, &(b, t, c, vp)) in [(1, 1, 1, 4), (2, 5, 8, 16), (3, 7, 13, 20), (4, 64, 768, 256)].iter().enumerate() {
+            let case = format!("B={b} T={t} C={c} Vp={vp}");
+            let mut plan = Plan::default();
+            let (wte, wpe) = (plan.take(Arena::Params, vp * c), plan.take(Arena::Params, t * c));
+            let tokens = plan.take(Arena::Inputs, b * t);
+            let (out, dout) = (plan.take(Arena::Acts, b * t * c), plan.take(Arena::ActGrads, b * t * c));
+            plan.scratch.tokens = b * t;
+            let mut p = self.pair(&plan, i as u64)?;
+            // Few distinct tokens, so the backward's buckets collect several positions.
+            let ids: Vec<i32> =
+                (0..b * t).map(|_| p.rng.below(vp.min(5) as u64) as i32 * (vp as i32 / 5).max(1)).collect();
+            let ids: Vec<i32> = ids.into_iter().map(|x| x.min(vp as i32 - 1)).collect();
+            p.set_ints(tokens, &ids)?;
+            if backward {
+                for g in [wte.grad(), wpe.grad()] {
+                    p.fill(g, 0.1)?;
+                }
+                p.fill(dout, 1.0)?;
+                p.cpu.encoder_backward(wte.grad(), wpe.grad(), dout, tokens, b, t, c)?;
+                p.gpu.encoder_backward(wte.grad(), wpe.grad(), dout, tokens, b, t, c)?;
+                rows.push(p.compare(op, &case, "dwte", wte.grad())?);
+                rows.push(p.compare(op, &case, "dwpe", wpe.grad())?);
+            } else {
+                p.fill(wte, 0.5)?;
+                p.fill(wpe, 0.5)?;
+                p.poison(out)?;
+                p.cpu.encoder_forward(out, tokens, wte, wpe, b, t, c)?;
+                p.gpu.encoder_forward(out, tokens, wte, wpe, b, t, c)?;
+                rows.push(p.compare(op, &case, "out", out)?);
+            }
+        }
+        Ok(rows)
+    }
+
+    fn layernorm(&self, backward: bool) -> Rows {
+        let op = if backward { "layernorm_backward" } else { "layernorm_forward" };
+        let mut rows = Vec::new();
+        for (i, &(n, c, skew)) in [(1, 1, 0), (5, 8, 0), (7, 13, 1), (64, 768, 0), (33, 1600, 3)].iter().enumerate() {
+            let case = format!("N={n} C={c}{}", if skew > 0 { " unaligned" } else { "" });
+            let mut plan = Plan::default();
+            let (w, bias) = (plan.take(Arena::Params, c), plan.take(Arena::Params, c));
+            let inp = plan.take_skewed(Arena::Acts, n * c, skew);
+            let out = plan.take(Arena::Acts, n * c);
+            let (mean, rstd) = (plan.take(Arena::Stats, n), plan.take(Arena::Stats, n));
+            let (dout, dinp) = (plan.take(Arena::ActGrads, n * c), plan.take_skewed(Arena::ActGrads, n * c, skew));
+            plan.scratch.max_columns = c;
+            let mut p = self.pair(&plan, 100 + i as u64)?;
+            let shifted: Vec<f32> = p.randn(n * c, 1.0).iter().map(|x| x + 0.5).collect();
+            p.set(inp, shifted)?;
+            let ones: Vec<f32> = p.randn(c, 0.2).iter().map(|x| x + 1.0).collect();
+            p.set(w, ones)?;
+            p.fill(bias, 0.2)?;
+            if backward {
+                // The statistics come from the reference forward, identical on both sides.
+                p.cpu.layernorm_forward(out, mean, rstd, inp, w, bias, n, c)?;
+                let (m, s) = (p.cpu.download(mean)?, p.cpu.download(rstd)?);
+                p.set_exact(mean, &m)?;
+                p.set_exact(rstd, &s)?;
+                p.fill(dout, 1.0)?;
+                p.fill(dinp, 0.1)?;
+                p.fill(w.grad(), 0.1)?;
+                p.fill(bias.grad(), 0.1)?;
+                p.cpu.layernorm_backward(dinp, w.grad(), bias.grad(), dout, inp, w, mean, rstd, n, c)?;
+                p.gpu.layernorm_backward(dinp, w.grad(), bias.grad(), dout, inp, w, mean, rstd, n, c)?;
+                rows.push(p.compare(op, &case, "dinp", dinp)?);
+                rows.push(p.compare(op, &case, "dw", w.grad())?);
+                rows.push(p.compare(op, &case, "db", bias.grad())?);
+            } else {
+                for t in [out, mean, rstd] {
+                    p.poison(t)?;
+                }
+                p.cpu.layernorm_forward(out, mean, rstd, inp, w, bias, n, c)?;
+                p.gpu.layernorm_forward(out, mean, rstd, inp, w, bias, n, c)?;
+                rows.push(p.compare(op, &case, "out", out)?);
+                rows.push(p.compare(op, &case, "mean", mean)?);
+                rows.push(p.compare(op, &case, "rstd", rstd)?);
+            }
+        }
+        Ok(rows)
+    }
+
+    fn matmul(&self, backward: bool) -> Rows {
+        let op = if backward { "matmul_backward" } else { "matmul_forward" };
+        let mut rows = Vec::new();
+        let shapes = [
+            (1, 1, 1, true, 0),
+            (5, 7, 3, true, 0),
+            (17, 13, 29, true, 1),
+            (17, 13, 29, false, 0),
+            (64, 768, 2304, true, 0),
+            (48, 64, 256, false, 0),
+        ];
+        for (i, &(n, c, oc, with_bias, skew)) in shapes.iter().enumerate() {
+            let case = format!(
+                "N={n} C={c} OC={oc}{}{}",
+                if with_bias { " bias" } else { "" },
+                if skew > 0 { " unaligned" } else { "" }
+            );
+            let mut plan = Plan::default();
+            let w = plan.take(Arena::Params, oc * c);
+            let bias = plan.take_skewed(Arena::Params, oc, skew);
+            let inp = plan.take_skewed(Arena::Acts, n * c, skew);
+            let out = plan.take(Arena::Acts, n * oc);
+            let (dout, dinp) = (plan.take(Arena::ActGrads, n * oc), plan.take(Arena::ActGrads, n * c));
+            plan.scratch.max_columns = oc;
+            let mut p = self.pair(&plan, 200 + i as u64)?;
+            p.fill(w, 1.0 / (c as f64).sqrt())?;
+            p.fill(bias, 0.5)?;
+            p.fill(inp, 1.0)?;
+            let bias = with_bias.then_some(bias);
+            if backward {
+                p.fill(dout, 1.0)?;
+                p.poison(dinp)?;
+                p.fill(w.grad(), 0.1)?;
+                if let Some(b) = bias {
+                    p.fill(b.grad(), 0.1)?;
+                }
+                let dbias = bias.map(|b| b.grad());
+                p.cpu.matmul_backward(dinp, w.grad(), dbias, dout, inp, w, n, c, oc)?;
+                p.gpu.matmul_backward(dinp, w.grad(), dbias, dout, inp, w, n, c, oc)?;
+                rows.push(p.compare(op, &case, "dinp", dinp)?);
+                rows.push(p.compare(op, &case, "dw", w.grad())?);
+                if let Some(db) = dbias {
+                    rows.push(p.compare(op, &case, "dbias", db)?);
+                }
+            } else {
+                p.poison(out)?;
+                p.cpu.matmul_forward(out, inp, w, bias, n, c, oc)?;
+                p.gpu.matmul_forward(out, inp, w, bias, n, c, oc)?;
+                rows.push(p.compare(op, &case, "out", out)?);
+            }
+        }
+        Ok(rows)
+    }
+
+    fn attention(&self, backward: bool) -> Rows {
+        let op = if backward { "attention_backward" } else { "attention_forward" };
+        let mut rows = Vec::new();
+        let shapes = [
+            (1, 1, 1, 4, true),
+            (2, 7, 3, 15, true),
+            (2, 7, 3, 15, false),
+            (2, 64, 4, 64, true),
+            (1, 33, 2, 128, false),
+            (1, 16, 1, 256, true),
+            (1, 20, 2, 40, true),
+        ];
+        for (i, &(b, t, nh, hs, causal)) in shapes.iter().enumerate() {
+            let case = format!("B={b} T={t} NH={nh} HS={hs} {}", if causal { "causal" } else { "bidirectional" });
+            let c = nh * hs;
+            let mut plan = Plan::default();
+            let qkv = plan.take(Arena::Acts, b * t * 3 * c);
+            let out = plan.take(Arena::Acts, b * t * c);
+            let lse = plan.take(Arena::Stats, b * nh * t);
+            let (dout, dqkv) = (plan.take(Arena::ActGrads, b * t * c), plan.take(Arena::ActGrads, b * t * 3 * c));
+            plan.scratch.attention_rows = b * nh * t;
+            let mut p = self.pair(&plan, 300 + i as u64)?;
+            p.fill(qkv, 1.0)?;
+            if backward {
+                p.cpu.attention_forward(out, lse, qkv, b, t, nh, hs, causal)?;
+                let (o, l) = (p.cpu.download(out)?, p.cpu.download(lse)?);
+                p.set(out, o)?;
+                p.set_exact(lse, &l)?;
+                p.fill(dout, 1.0)?;
+                p.poison(dqkv)?;
+                p.cpu.attention_backward(dqkv, dout, qkv, out, lse, b, t, nh, hs, causal)?;
+                p.gpu.attention_backward(dqkv, dout, qkv, out, lse, b, t, nh, hs, causal)?;
+                rows.push(p.compare(op, &case, "dqkv", dqkv)?);
+            } else {
+                p.poison(out)?;
+                p.poison(lse)?;
+                p.cpu.attention_forward(out, lse, qkv, b, t, nh, hs, causal)?;
+                p.gpu.attention_forward(out, lse, qkv, b, t, nh, hs, causal)?;
+                rows.push(p.compare(op, &case, "out", out)?);
+                rows.push(p.compare(op, &case, "lse", lse)?);
+            }
+        }
+        Ok(rows)
+    }
+
+    fn attention_cached(&self) -> Rows {
+        let op = "attention_cached";
+        let mut rows = Vec::new();
+        for (i, &(b, t_max, pos, nh, hs)) in
+            [(1, 1, 0, 1, 4), (2, 9, 0, 3, 15), (2, 9, 8, 3, 15), (3, 40, 17, 4, 64)].iter().enumerate()
+        {
+            let case = format!("B={b} Tmax={t_max} pos={pos} NH={nh} HS={hs}");
+            let c = nh * hs;
+            let mut plan = Plan::default();
+            let (qkv, out) = (plan.take(Arena::Acts, b * 3 * c), plan.take(Arena::Acts, b * c));
+            let kv = plan.take(Arena::Acts, b * t_max * 2 * c);
+            let mut p = self.pair(&plan, 400 + i as u64)?;
+            p.fill(qkv, 1.0)?;
+            p.fill(kv, 1.0)?;
+            p.poison(out)?;
+            p.cpu.attention_cached(out, qkv, kv, b, t_max, pos, nh, hs)?;
+            p.gpu.attention_cached(out, qkv, kv, b, t_max, pos, nh, hs)?;
+            rows.push(p.compare(op, &case, "out", out)?);
+            rows.push(p.compare(op, &case, "kv cache", kv)?);
+        }
+        Ok(rows)
+    }
+
+    fn elementwise(&self, op: &str) -> Rows {
+        let mut rows = Vec::new();
+        for (i, &(n, skew)) in [(1, 0), (13, 0), (4096, 0), (4096, 1), (100_003, 0)].iter().enumerate() {
+            let case = format!("n={n}{}", if skew > 0 { " unaligned" } else { "" });
+            let mut plan = Plan::default();
+            let (a, b) = (plan.take_skewed(Arena::Acts, n, skew), plan.take(Arena::Acts, n));
+            let (out, d) = (plan.take(Arena::Acts, n), plan.take_skewed(Arena::ActGrads, n, skew));
+            let mut p = self.pair(&plan, 500 + i as u64)?;
+            p.fill(a, 2.0)?;
+            p.fill(b, 1.0)?;
+            match op {
+                "gelu_forward" => {
+                    p.poison(out)?;
+                    p.cpu.gelu_forward(out, a)?;
+                    p.gpu.gelu_forward(out, a)?;
+                    rows.push(p.compare(op, &case, "out", out)?);
+                }
+                "gelu_backward" => {
+                    p.fill(d, 1.0)?;
+                    p.cpu.gelu_backward(d, a)?;
+                    p.gpu.gelu_backward(d, a)?;
+                    rows.push(p.compare(op, &case, "d", d)?);
+                }
+                _ => {
+                    p.poison(out)?;
+                    p.cpu.residual_forward(out, a, b)?;
+                    p.gpu.residual_forward(out, a, b)?;
+                    rows.push(p.compare(op, &case, "out", out)?);
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    fn cross_entropy(&self) -> Rows {
+        let op = "cross_entropy";
+        let mut rows = Vec::new();
+        let shapes = [
+            (1, 1, 8, true),
+            (5, 10, 128, false),
+            (7, 100, 128, true),
+            (16, 1000, 1024, true),
+            (3, 50257, 50304, true),
+        ];
+        for (i, &(n, v, vp, with_grad)) in shapes.iter().enumerate() {
+            let case = format!("N={n} V={v} Vp={vp}{}", if with_grad { " +dlogits" } else { "" });
+            let mut plan = Plan::default();
+            let logits = plan.take(Arena::Acts, n * vp);
+            let (losses, targets) = (plan.take(Arena::Stats, n), plan.take(Arena::Inputs, n));
+            let mut p = self.pair(&plan, 600 + i as u64)?;
+            p.fill(logits, 2.0)?;
+            // Every third row ignored (never all of them).
+            let ids: Vec<i32> = (0..n).map(|r| if r % 3 == 2 { -1 } else { p.rng.below(v as u64) as i32 }).collect();
+            p.set_ints(targets, &ids)?;
+            p.poison(losses)?;
+            let dloss = with_grad.then_some(1.0 / n as f32);
+            p.cpu.cross_entropy(losses, logits, targets, n, v, vp, dloss)?;
+            p.gpu.cross_entropy(losses, logits, targets, n, v, vp, dloss)?;
+            rows.push(p.compare(op, &case, "losses", losses)?);
+            if with_grad {
+                rows.push(p.compare(op, &case, "dlogits", logits)?);
+            }
+        }
+        Ok(rows)
+    }
+
+    fn adamw(&self) -> Rows {
+        let op = "adamw";
+        let mut rows = Vec::new();
+        for (i, &n) in [64usize, 4096 + 64, 300_032].iter().enumerate() {
+            let case = format!("n={n}");
+            let mut plan = Plan::default();
+            let all = plan.take(Arena::Params, n);
+            let mut p = self.pair(&plan, 700 + i as u64)?;
+            let params = p.randn(n, 1.0);
+            p.set_exact(all, &params)?;
+            p.fill(all.grad(), 0.01)?;
+            let m = p.randn(n, 0.01);
+            p.set_exact(all.in_arena(Arena::OptM), &m)?;
+            let v: Vec<f32> = p.randn(n, 1e-4).iter().map(|x| x.abs()).collect();
+            p.set_exact(all.in_arena(Arena::OptV), &v)?;
+            let step = AdamWStep {
+                lr: 1e-2,
+                beta1: 0.9,
+                beta2: 0.95,
+                eps: 1e-8,
+                weight_decay: 0.1,
+                t: 3,
+                grad_scale: 0.7,
+                seed: self.seed ^ 0xADA,
+            };
+            let decay_end = n / 2 + 5;
+            p.cpu.adamw(&step, decay_end)?;
+            p.gpu.adamw(&step, decay_end)?;
+            rows.push(p.compare_with(op, &case, "params (master)", all, F32_EPS, K_F32)?);
+            rows.push(p.compare(op, &case, "m", all.in_arena(Arena::OptM))?);
+            rows.push(p.compare(op, &case, "v", all.in_arena(Arena::OptV))?);
+            if self.precision == Precision::Bf16 {
+                rows.extend(stochastic_rounding_rows(&mut p, all, &case)?);
+            }
+        }
+        Ok(rows)
+    }
+
+    fn grad_norm(&self) -> Rows {
+        let op = "grad_norm";
+        let mut rows = Vec::new();
+        for (i, &n) in [64usize, 1000 * 64, 3_000_000].iter().enumerate() {
+            let case = format!("n={n}");
+            let mut plan = Plan::default();
+            let all = plan.take(Arena::Grads, n);
+            let mut p = self.pair(&plan, 800 + i as u64)?;
+            p.fill(all, 0.1)?;
+            let (g, c) = (p.gpu.grad_norm_squared()?, p.cpu.grad_norm_squared()?);
+            rows.push(row(op, &case, "Σg²", &[g as f32], &[c as f32], F32_EPS, K_F32));
+        }
+        Ok(rows)
+    }
+
+    /// One forward and backward of a small model through [`Gpt`], the loss and every parameter
+    /// gradient compared.
+    fn model_step(&self) -> Rows {
+        let op = "model_step";
+        let cfg = ModelConfig { n_layer: 2, n_head: 4, n_embd: 64, n_ctx: 32, vocab_size: 250 };
+        let (b, t, chunk) = (3, 24, Some(32));
+        let case = format!("L=2 NH=4 C=64 V=250 B={b} T={t} chunk=32");
+        let acts = ActLayout::new(&cfg, b, t, chunk);
+        let mut cpu = Gpt::new(cfg.clone(), acts.clone(), |p, a| Ok(CpuBackend::<f32>::new(p.total, a)))?;
+        let (precision, device) = (self.precision, self.device);
+        let mut gpu = Gpt::new(cfg.clone(), acts, |p, a| CudaBackend::new(p, a, precision, device))?;
+        let mut params = init_params(&cfg, &cpu.params, self.seed);
+        // Non-trivial biases and gains, so their gradients are exercised.
+        let mut rng = Rng::derive(self.seed, 0xC4EC);
+        for spec in cpu.params.specs.iter().filter(|s| !s.decay) {
+            for x in &mut params[spec.tensor.offset..spec.tensor.end()] {
+                *x += (rng.normal() * 0.1) as f32;
+            }
+        }
+        if precision == Precision::Bf16 {
+            params.iter_mut().for_each(|x| *x = round_bf16(*x));
+        }
+        cpu.load_params(&params)?;
+        gpu.load_params(&params)?;
+        let n = b * t;
+        let tokens: Vec<i32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as i32).collect();
+        let targets: Vec<i32> =
+            (0..n).map(|i| if i % 7 == 3 { -1 } else { rng.below(cfg.vocab_size as u64) as i32 }).collect();
+        let mut rows = Vec::new();
+        let cpu_loss = step(&mut cpu, &tokens, &targets)?;
+        let gpu_loss = step(&mut gpu, &tokens, &targets)?;
+        let (eps, k) = match precision {
+            Precision::Bf16 => (BF16_EPS, K_MODEL_BF16),
+            Precision::F32 => (F32_EPS, K_MODEL_F32),
+        };
+        rows.push(row(op, &case, "loss", &[gpu_loss], &[cpu_loss], eps, K_BF16.max(k / 8.0)));
+        let cpu_grads = cpu.backend.download(Tensor { arena: Arena::Grads, offset: 0, len: cpu.params.total })?;
+        let gpu_grads = gpu.backend.download(Tensor { arena: Arena::Grads, offset: 0, len: gpu.params.total })?;
+        for spec in &cpu.params.specs {
+            let r = spec.tensor.offset..spec.tensor.end();
+            rows.push(row(op, &case, &format!("d {}", spec.name), &gpu_grads[r.clone()], &cpu_grads[r], eps, k));
+        }
+        Ok(rows)
+    }
+}
+
+/// The bf16 copy AdamW writes must be one of the two bf16 neighbours of the master value
+/// (within one bf16 step of it), and the rounding must be unbiased on average: truncation or
+/// round-to-nearest would show a bias of about ±½ step or a zero spread.
+fn stochastic_rounding_rows(p: &mut Pair, all: Tensor, case: &str) -> Result<Vec<Comparison>, BackendError> {
+    let master = p.gpu.download(all)?;
+    let stored = p.gpu.download_storage(all)?;
+    let (mut worst, mut bias_sum, mut counted, mut bad) = (0.0f64, 0.0f64, 0usize, 0usize);
+    for (&m, &s) in master.iter().zip(&stored) {
+        if !m.is_finite() || !s.is_finite() {
+            bad += 1;
+            continue;
+        }
+        if m == 0.0 {
+            continue;
+        }
+        // The spacing of bf16 values around m: 2^(exponent − 7).
+        let step = 2f64.powi(m.abs().log2().floor() as i32 - 7);
+        let d = (s as f64 - m as f64) / step;
+        worst = worst.max(d.abs());
+        bias_sum += d * (m as f64).signum();
+        counted += 1;
+    }
+    let bias = bias_sum / counted.max(1) as f64;
+    let within = Comparison {
+        op: "adamw".into(),
+        case: case.into(),
+        tensor: "bf16 copy within one step of master".into(),
+        elems: master.len(),
+        max_abs: worst,
+        rel_l2: 0.0,
+        tol_share: worst,
+        non_finite: bad,
+        passed: bad == 0 && worst <= 1.0,
+    };
+    // Allowed mean signed error in steps: far above the sampling noise (about 0.4/√n steps) of
+    // the thousands of elements it is judged on, far below the ½ step of a biased rounding.
+    const MAX_BIAS_STEPS: f64 = 0.1;
+    const MIN_BIAS_SAMPLES: usize = 4096;
+    if counted < MIN_BIAS_SAMPLES {
+        return Ok(vec![within]);
+    }
+    let unbiased = Comparison {
+        tensor: "stochastic rounding bias (steps)".into(),
+        max_abs: bias.abs(),
+        tol_share: bias.abs() / MAX_BIAS_STEPS,
+        passed: bad == 0 && counted > 0 && bias.abs() <= MAX_BIAS_STEPS,
+        ..within.clone()
+    };
+    Ok(vec![within, unbiased])
+}
+
+/// One step of a model on a batch: the loss, gradients zeroed first.
+fn step<K: Backend>(m: &mut Gpt<K>, tokens: &[i32], targets: &[i32]) -> Result<f32, ModelError> {
+    m.set_batch(tokens, targets)?;
+    m.zero_grads()?;
+    m.forward_backward(true, 1.0)
+}

@@ -1,0 +1,151 @@
+//! Checks of the CUDA build that need no GPU: the kernel list agrees with the sources, every
+//! kernel compiled for sm_90 without spilling registers (read from the ptxas report build.rs
+//! kept), the embedded fatbin holds machine code for sm_90, and the backend fails with one line
+//! where there is no GPU. The build-output checks skip, with a note, only when nvcc was absent
+//! at build time.
+
+use gptk::backend::cuda::{self, kernels};
+use gptk::backend::{BackendError, Precision};
+use gptk::model::config::ModelConfig;
+use gptk::model::layout::{ActLayout, ParamLayout};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The `#define NAME value` lines of a kernel source.
+fn defines(source: &str) -> BTreeMap<String, String> {
+    source
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("#define "))
+        .filter_map(|rest| {
+            let mut parts = rest.split_whitespace();
+            Some((parts.next()?.to_string(), parts.next()?.to_string()))
+        })
+        .collect()
+}
+
+fn kernel_source(file: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels").join(file);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn skip_without_nvcc(test: &str) -> bool {
+    if !kernels::COMPILED {
+        println!("note: {test} skipped: nvcc was absent when this crate was built ({})", kernels::BUILD_STATUS);
+    }
+    !kernels::COMPILED
+}
+
+#[test]
+fn kernel_list_matches_the_entry_points_in_the_sources() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "cu") {
+            let file = path.file_name().unwrap().to_str().unwrap().to_string();
+            let text = std::fs::read_to_string(&path).unwrap();
+            for chunk in text.split("GPTK_ENTRY_POINTS(").skip(1) {
+                found.push((chunk.split(',').next().unwrap().trim().to_string(), file.clone()));
+            }
+        }
+    }
+    found.sort();
+    let mut listed: Vec<(String, String)> =
+        kernels::KERNELS.iter().map(|(n, f)| (n.to_string(), f.to_string())).collect();
+    listed.sort();
+    assert_eq!(found, listed, "kernels::KERNELS must list every GPTK_ENTRY_POINTS of kernels/*.cu");
+}
+
+#[test]
+fn block_sizes_match_the_kernel_sources() {
+    let expect = [
+        ("gelu.cu", "ELEMENTWISE_BLOCK", kernels::ELEMENTWISE_BLOCK as usize),
+        ("encoder.cu", "ENCODER_BLOCK", kernels::ENCODER_BLOCK as usize),
+        ("layernorm.cu", "LAYERNORM_BLOCK", kernels::LAYERNORM_BLOCK as usize),
+        ("attention.cu", "ATTENTION_BLOCK", kernels::ATTENTION_BLOCK as usize),
+        ("attention.cu", "ATTENTION_MAX_HS", kernels::ATTENTION_MAX_HS),
+        ("loss.cu", "LOSS_BLOCK", kernels::LOSS_BLOCK as usize),
+        ("adamw.cu", "ADAMW_BLOCK", kernels::ADAMW_BLOCK as usize),
+        ("adamw.cu", "ADAMW_ELEMS", kernels::ADAMW_ELEMS),
+        ("reduce.cu", "REDUCE_BLOCK", kernels::REDUCE_BLOCK as usize),
+        ("matmul.cu", "MATMUL_BLOCK", kernels::MATMUL_BLOCK as usize),
+    ];
+    for (file, name, value) in expect {
+        let d = defines(&kernel_source(file));
+        assert_eq!(d.get(name).map(String::as_str), Some(value.to_string().as_str()), "{file}: {name}");
+    }
+}
+
+#[test]
+fn every_kernel_compiles_for_sm90_without_spills() {
+    if skip_without_nvcc("every_kernel_compiles_for_sm90_without_spills") {
+        return;
+    }
+    if !kernels::ARCHS.split(',').any(|a| a.trim() == "sm_90") {
+        println!("note: GPTK_CUDA_ARCHS={} has no sm_90; nothing to check", kernels::ARCHS);
+        return;
+    }
+    let report = kernels::resources();
+    assert!(!report.is_empty(), "the ptxas report at {} is empty", kernels::PTXAS_REPORT_PATH);
+    println!("{:<36} {:>5} {:>6} {:>6} {:>6}", "kernel (sm_90)", "regs", "stack", "spill", "smem");
+    for (name, file) in kernels::KERNELS {
+        for suffix in kernels::DTYPE_SUFFIXES {
+            let full = format!("{name}_{suffix}");
+            let k = report
+                .iter()
+                .find(|k| k.name == full && k.arch == "sm_90")
+                .unwrap_or_else(|| panic!("{full} (kernels/{file}) is not in the sm_90 ptxas report"));
+            println!(
+                "{:<36} {:>5} {:>6} {:>6} {:>6}",
+                full,
+                k.registers,
+                k.stack_bytes,
+                k.spill_store_bytes + k.spill_load_bytes,
+                k.shared_bytes
+            );
+            assert_eq!(
+                (k.spill_store_bytes, k.spill_load_bytes),
+                (0, 0),
+                "{full} (kernels/{file}) spills registers on sm_90: {k:?}"
+            );
+            assert!(k.registers > 0, "{full}: no register count parsed: {k:?}");
+        }
+    }
+}
+
+#[test]
+fn fatbin_holds_code_for_every_requested_architecture() {
+    if skip_without_nvcc("fatbin_holds_code_for_every_requested_architecture") {
+        return;
+    }
+    let entries = kernels::fatbin_entries(kernels::FATBIN).expect("the embedded kernels are a fatbin image");
+    let targets: Vec<&str> = entries.iter().map(|e| e.target.as_str()).collect();
+    for arch in kernels::ARCHS.split(',').map(str::trim) {
+        assert!(targets.contains(&arch), "no {arch} code in the fatbin (it holds {targets:?})");
+    }
+    if kernels::ARCHS.split(',').any(|a| a.trim() == "sm_90") {
+        let sm90 = entries.iter().find(|e| e.target == "sm_90").unwrap();
+        assert!(sm90.bytes > 1000, "the sm_90 code object is implausibly small: {sm90:?}");
+    }
+}
+
+#[test]
+fn without_a_usable_gpu_the_backend_fails_with_one_line() {
+    let cfg = ModelConfig::preset("micro", 257).unwrap();
+    let params = ParamLayout::new(&cfg);
+    let acts = ActLayout::new(&cfg, 2, 16, None);
+    match cuda::CudaBackend::new(&params, &acts, Precision::Bf16, 0) {
+        Ok(_) => println!("note: a GPU is present; the no-GPU message was not exercised"),
+        Err(e @ BackendError::Unavailable(_)) => {
+            let line = e.to_string();
+            assert!(!line.contains('\n') && !line.is_empty(), "not one line: {line:?}");
+            if !kernels::COMPILED {
+                assert!(line.contains("pip install nvidia-cuda-nvcc"), "no install hint: {line}");
+            }
+        }
+        Err(other) => panic!("expected Unavailable without a GPU, got {other}"),
+    }
+    if !cuda::is_compiled() {
+        assert!(cuda::probe().is_err());
+    }
+}

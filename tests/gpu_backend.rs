@@ -1,0 +1,139 @@
+//! Tests that need a CUDA GPU (run with `cargo test --release -- --ignored` on a GPU machine, as
+//! scripts/gpu-check.sh does): the checker passes in both precisions, and a small model trains on
+//! the GPU with falling loss.
+
+use gptk::backend::cuda::CudaBackend;
+use gptk::backend::{AdamWStep, Precision};
+use gptk::check::{self, CheckOptions};
+use gptk::model::config::ModelConfig;
+use gptk::model::layout::ActLayout;
+use gptk::model::{Gpt, init_params};
+use gptk::rng::Rng;
+
+fn checker_passes(precision: Precision) {
+    let opts = CheckOptions { op: None, precision, device: 0, seed: 7 };
+    let rows = check::run(&opts, |_| {}).expect("the checker runs");
+    let failed: Vec<String> = rows
+        .iter()
+        .filter(|r| !r.passed)
+        .map(|r| {
+            format!("{} [{}] {}: tol used {:.1}%, rel L2 {:.2e}", r.op, r.case, r.tensor, 100.0 * r.tol_share, r.rel_l2)
+        })
+        .collect();
+    assert!(failed.is_empty(), "{} of {} comparisons failed:\n{}", failed.len(), rows.len(), failed.join("\n"));
+    assert!(rows.len() > 100, "only {} comparisons ran", rows.len());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn every_kernel_matches_the_cpu_in_f32() {
+    checker_passes(Precision::F32);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn every_kernel_matches_the_cpu_in_bf16() {
+    checker_passes(Precision::Bf16);
+}
+
+/// Overfits one fixed batch for a few dozen AdamW steps: the loss must fall well below its start.
+fn loss_falls(precision: Precision) {
+    let cfg = ModelConfig { n_layer: 2, n_head: 4, n_embd: 128, n_ctx: 64, vocab_size: 512 };
+    let (b, t) = (4, 64);
+    let acts = ActLayout::new(&cfg, b, t, None);
+    let mut model = Gpt::new(cfg.clone(), acts, |p, a| CudaBackend::new(p, a, precision, 0)).expect("a GPU backend");
+    let host = init_params(&cfg, &model.params, 3);
+    model.load_params(&host).unwrap();
+    let mut rng = Rng::new(11);
+    let tokens: Vec<i32> = (0..b * t).map(|_| rng.below(cfg.vocab_size as u64) as i32).collect();
+    let targets: Vec<i32> = tokens[1..].iter().copied().chain([0]).collect();
+    model.set_batch(&tokens, &targets).unwrap();
+    let mut losses = Vec::new();
+    for step in 1..=40u64 {
+        model.zero_grads().unwrap();
+        let loss = model.forward_backward(true, 1.0).unwrap();
+        let norm = model.grad_norm().unwrap();
+        assert!(loss.is_finite() && norm.is_finite(), "step {step}: loss {loss}, grad norm {norm}");
+        let grad_scale = if norm > 1.0 { 1.0 / norm } else { 1.0 };
+        let adamw = AdamWStep {
+            lr: 3e-3,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            t: step,
+            grad_scale,
+            seed: step,
+        };
+        model.adamw(&adamw).unwrap();
+        losses.push(loss);
+    }
+    let (first, last) = (losses[0], *losses.last().unwrap());
+    println!("{precision}: loss {first:.4} → {last:.4}");
+    assert!((first - (cfg.vocab_size as f32).ln()).abs() < 0.5, "initial loss {first} is not near ln(V)");
+    // On the CPU this run falls from 6.25 to below 0.01.
+    assert!(last < 0.2 * first, "loss did not fall: {losses:?}");
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn a_small_model_trains_in_bf16() {
+    loss_falls(Precision::Bf16);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn a_small_model_trains_in_f32() {
+    loss_falls(Precision::F32);
+}
+
+/// Ten AdamW steps of the same model from the same start on the CPU and on the GPU in f32: the
+/// loss curves must agree (AdamW's normalised updates let rounding differences grow a little
+/// step by step, hence the 2%).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn f32_training_follows_the_cpu() {
+    let cfg = ModelConfig { n_layer: 2, n_head: 4, n_embd: 64, n_ctx: 32, vocab_size: 300 };
+    let (b, t) = (2, 32);
+    let mut gpu =
+        Gpt::new(cfg.clone(), ActLayout::new(&cfg, b, t, None), |p, a| CudaBackend::new(p, a, Precision::F32, 0))
+            .expect("a GPU backend");
+    let mut cpu = Gpt::cpu(cfg.clone(), b, t);
+    let host = init_params(&cfg, &cpu.params, 5);
+    cpu.load_params(&host).unwrap();
+    gpu.load_params(&host).unwrap();
+    let mut rng = Rng::new(2);
+    let tokens: Vec<i32> = (0..b * t).map(|_| rng.below(cfg.vocab_size as u64) as i32).collect();
+    let targets: Vec<i32> = tokens[1..].iter().copied().chain([-1]).collect();
+    cpu.set_batch(&tokens, &targets).unwrap();
+    gpu.set_batch(&tokens, &targets).unwrap();
+    for step in 1..=10u64 {
+        let adamw = AdamWStep {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            t: step,
+            grad_scale: 1.0,
+            seed: step,
+        };
+        cpu.zero_grads().unwrap();
+        gpu.zero_grads().unwrap();
+        let (lc, lg) = (cpu.forward_backward(true, 1.0).unwrap(), gpu.forward_backward(true, 1.0).unwrap());
+        assert!((lc - lg).abs() <= 0.02 * lc.abs(), "step {step}: cpu loss {lc}, gpu loss {lg}");
+        cpu.adamw(&adamw).unwrap();
+        gpu.adamw(&adamw).unwrap();
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn too_large_a_plan_is_refused_with_a_batch_that_fits() {
+    let cfg = ModelConfig::preset("d12", 50257).unwrap();
+    // 4096 sequences of 1024 tokens need terabytes of activations.
+    let acts = ActLayout::new(&cfg, 4096, 1024, None);
+    let err = Gpt::new(cfg, acts, |p, a| CudaBackend::new(p, a, Precision::Bf16, 0)).err().expect("must not fit");
+    let text = err.to_string();
+    assert!(text.contains("out of device memory") && text.contains("would fit"), "{text}");
+}
