@@ -42,7 +42,8 @@ pub struct AdamWStep {
 }
 
 /// Which numbers a backend stores activations and parameters in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Precision {
     F32,
     Bf16,

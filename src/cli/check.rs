@@ -6,13 +6,6 @@ use gptk::backend::Precision;
 use gptk::backend::cuda;
 use gptk::check::{self, CheckOptions, Comparison};
 
-/// Storage precision of the GPU backend under test.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum PrecisionArg {
-    Bf16,
-    F32,
-}
-
 #[derive(clap::Args)]
 pub struct CheckArgs {
     /// Only the op families whose name contains this (e.g. `attention`, `model_step`).
@@ -20,7 +13,7 @@ pub struct CheckArgs {
     op: Option<String>,
     /// Storage precision of the GPU backend: bf16 (training) or f32 (tight).
     #[arg(long, value_enum, default_value = "bf16")]
-    precision: PrecisionArg,
+    precision: Precision,
     /// GPU ordinal.
     #[arg(long, default_value_t = 0)]
     device: usize,
@@ -44,10 +37,7 @@ fn print_row(r: &Comparison) {
 }
 
 pub fn run(args: &CheckArgs) -> Result<()> {
-    let precision = match args.precision {
-        PrecisionArg::Bf16 => Precision::Bf16,
-        PrecisionArg::F32 => Precision::F32,
-    };
+    let precision = args.precision;
     check::select(args.op.as_deref())?;
     let info = match cuda::probe_device(args.device) {
         Ok(info) => info,

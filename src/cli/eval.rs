@@ -1,10 +1,15 @@
 //! `gptk eval`: mean next-token loss of a checkpoint over an llm.c shard.
 
+use super::{Device, resolve_device};
 use anyhow::{Context, Result, bail};
+use gptk::backend::cpu::CpuBackend;
+use gptk::backend::cuda::CudaBackend;
+use gptk::backend::{Backend, DeviceKind, Precision};
 use gptk::checkpoint;
 use gptk::data::shard::{SequentialBatches, Shard};
 use gptk::model::Gpt;
-use std::path::PathBuf;
+use gptk::model::layout::ActLayout;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
@@ -23,6 +28,9 @@ pub struct EvalArgs {
     /// Stop after this many batches (default: the whole shard).
     #[arg(long)]
     max_batches: Option<usize>,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = DeviceKind::Auto)]
+    device: DeviceKind,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -62,16 +70,36 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             args.model.display()
         );
     }
-    let mut model = Gpt::cpu(cfg.clone(), args.batch_size, args.seq_len);
-    model.load_params(&loaded.params)?;
-    let (mut inputs, mut targets) = (vec![0i32; bt], vec![0i32; bt]);
-    let (mut sum, mut n) = (0f64, 0usize);
-    while n < total && batches.next_into(&mut inputs, &mut targets) {
-        model.set_batch(&inputs, &targets).with_context(|| format!("{}: batch {n}", args.data.display()))?;
-        sum += model.forward(true)? as f64;
-        n += 1;
+    /// Mean loss of the first `total` batches.
+    fn mean_loss<K: Backend>(
+        model: &mut Gpt<K>,
+        params: &[f32],
+        batches: &mut SequentialBatches,
+        total: usize,
+        data: &Path,
+    ) -> Result<(f64, usize)> {
+        model.load_params(params)?;
+        let bt = model.acts.b * model.acts.t;
+        let (mut inputs, mut targets) = (vec![0i32; bt], vec![0i32; bt]);
+        let (mut sum, mut n) = (0f64, 0usize);
+        while n < total && batches.next_into(&mut inputs, &mut targets) {
+            model.set_batch(&inputs, &targets).with_context(|| format!("{}: batch {n}", data.display()))?;
+            sum += model.forward(true)? as f64;
+            n += 1;
+        }
+        Ok((sum / n as f64, n))
     }
-    let loss = sum / n as f64;
+    let acts = ActLayout::new(&cfg, args.batch_size, args.seq_len, None);
+    let (loss, n) = match resolve_device(args.device)? {
+        Device::Cpu => {
+            let mut model = Gpt::new(cfg, acts, |p, a| Ok(CpuBackend::<f32>::new(p.total, a)))?;
+            mean_loss(&mut model, &loaded.params, &mut batches, total, &args.data)?
+        }
+        Device::Cuda(info) => {
+            let mut model = Gpt::new(cfg, acts, |p, a| CudaBackend::new(p, a, Precision::Bf16, info.ordinal))?;
+            mean_loss(&mut model, &loaded.params, &mut batches, total, &args.data)?
+        }
+    };
     if args.json {
         println!("{}", serde_json::json!({"loss": loss, "tokens": n * bt, "batches": n, "perplexity": loss.exp()}));
     } else {

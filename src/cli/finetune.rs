@@ -1,8 +1,10 @@
 //! `gptk finetune` and `gptk predict`: classification with a pretrained transformer.
 
+use super::Device;
 use anyhow::{Context, Result, bail};
 use gptk::backend::cpu::CpuBackend;
-use gptk::backend::{Backend, BackendError, DeviceKind};
+use gptk::backend::cuda::CudaBackend;
+use gptk::backend::{Backend, BackendError, DeviceKind, Precision};
 use gptk::checkpoint::{self, META_LABELS};
 use gptk::data::task::{Encoded, LabelSet, Labels, encode, read_examples};
 use gptk::data::tokenizer::Tokenizer;
@@ -94,6 +96,9 @@ pub struct PredictArgs {
     /// Tokens per example [default: min(context, 256)].
     #[arg(long)]
     seq_len: Option<usize>,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = DeviceKind::Auto)]
+    device: DeviceKind,
 }
 
 /// The tokenizer recorded in a checkpoint, or the one named, or GPT-2's.
@@ -213,8 +218,8 @@ pub fn run(args: &FinetuneArgs) -> Result<()> {
     }
     let job = Job { args, cfg, n_classes, t, params, tok, train: train_set, val: val_set, opts, out, labels, baseline };
     match super::resolve_device(args.device)? {
-        DeviceKind::Cuda => bail!("--device cuda: this build has no CUDA backend yet"),
-        _ => job.run(|p, a| Ok(CpuBackend::<f32>::new(p.total, a))),
+        Device::Cpu => job.run(|p, a| Ok(CpuBackend::<f32>::new(p.total, a))),
+        Device::Cuda(info) => job.run(|p, a| CudaBackend::new(p, a, Precision::Bf16, info.ordinal)),
     }
 }
 
@@ -316,10 +321,25 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
     let t = seq_len(args.seq_len, loaded.cfg.n_ctx, examples.iter().any(|e| e.text_b.is_some()))?;
     let set = TaskSet { examples: encode_all(&tok, &examples, t, &args.input), classes };
     let acts = ActLayout::for_classification(&loaded.cfg, args.batch_size, t, loaded.n_classes);
-    let mut model = Gpt::new(loaded.cfg.clone(), acts, |p, a| Ok(CpuBackend::<f32>::new(p.total, a)))?;
-    model.load_params(&loaded.params)?;
     let causal = loaded.metadata.get(META_ATTENTION).is_none_or(|a| a != "bidirectional");
-    let (accuracy, _, predictions) = evaluate(&mut model, &tok, &set, causal)?;
+    fn classify<K: Backend>(
+        loaded: &checkpoint::LoadedModel,
+        acts: ActLayout,
+        build: impl FnOnce(&ParamLayout, &ActLayout) -> Result<K, BackendError>,
+        tok: &Tokenizer,
+        set: &TaskSet,
+        causal: bool,
+    ) -> Result<(f64, f32, Vec<(usize, Vec<f32>)>)> {
+        let mut model = Gpt::new(loaded.cfg.clone(), acts, build)?;
+        model.load_params(&loaded.params)?;
+        evaluate(&mut model, tok, set, causal)
+    }
+    let (accuracy, _, predictions) = match super::resolve_device(args.device)? {
+        Device::Cpu => classify(&loaded, acts, |p, a| Ok(CpuBackend::<f32>::new(p.total, a)), &tok, &set, causal)?,
+        Device::Cuda(info) => {
+            classify(&loaded, acts, |p, a| CudaBackend::new(p, a, Precision::Bf16, info.ordinal), &tok, &set, causal)?
+        }
+    };
     let mut sink: Box<dyn Write> = match &args.out {
         Some(p) => {
             Box::new(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| p.display().to_string())?))

@@ -4,9 +4,12 @@
 use super::human_bytes;
 use anyhow::{Result, bail};
 use gptk::backend::Precision;
+use gptk::backend::cpu::CpuBackend;
+use gptk::backend::cuda::MemoryPlan;
 use gptk::checkpoint;
 use gptk::model::config::{GPT2_VOCAB_SIZE, ModelConfig};
-use gptk::model::plan::{memory_plan, parameter_groups, plan_bytes};
+use gptk::model::layout::{ActLayout, ParamLayout};
+use gptk::model::plan::parameter_groups;
 use gptk::train::checkpoint::resolve_model;
 use std::path::Path;
 
@@ -58,12 +61,22 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         args.seq_len,
         flops / 1e9
     );
-    for (label, precision) in [("CUDA (bf16 storage)", Precision::Bf16), ("CPU / CUDA f32", Precision::F32)] {
-        let plan = memory_plan(&cfg, args.batch_size, args.seq_len, precision);
-        println!("memory plan, {label}, B={} T={}: {}", args.batch_size, args.seq_len, human_bytes(plan_bytes(&plan)));
-        for row in &plan {
-            println!("  {:<22} {:>14} elements {:>10}", row.name, row.elements, human_bytes(row.bytes));
-        }
+    let (params, acts) = (ParamLayout::new(&cfg), ActLayout::new(&cfg, args.batch_size, args.seq_len, None));
+    println!(
+        "memory on the CPU (f32), B={} T={}: {}",
+        args.batch_size,
+        args.seq_len,
+        human_bytes(CpuBackend::<f32>::bytes_for(params.total, &acts))
+    );
+    for precision in [Precision::Bf16, Precision::F32] {
+        let plan = MemoryPlan::for_model(&params, &acts, precision);
+        println!(
+            "memory on a GPU ({precision} storage), B={} T={}: {}",
+            args.batch_size,
+            args.seq_len,
+            human_bytes(plan.total())
+        );
+        println!("{plan}");
     }
     let tokens_per_s = args.mfu * args.peak_tflops * 1e12 / flops;
     println!(

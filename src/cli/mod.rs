@@ -21,11 +21,28 @@ pub fn human_bytes(n: usize) -> String {
     if u == 0 { format!("{n} B") } else { format!("{x:.2} {}", units[u]) }
 }
 
-/// `auto` becomes the GPU when one is usable, else the CPU.
-pub fn resolve_device(kind: gptk::backend::DeviceKind) -> anyhow::Result<gptk::backend::DeviceKind> {
-    use gptk::backend::DeviceKind;
+/// Where a command runs, once `--device` is resolved.
+pub enum Device {
+    Cpu,
+    Cuda(gptk::backend::cuda::DeviceInfo),
+}
+
+/// `cpu`, `cuda` (an error naming what is missing when no GPU is usable), or `auto`: the GPU
+/// when this binary has kernels and a GPU answers, else the CPU.
+pub fn resolve_device(kind: gptk::backend::DeviceKind) -> anyhow::Result<Device> {
+    use gptk::backend::{DeviceKind, cuda};
+    let probe = || -> anyhow::Result<cuda::DeviceInfo> {
+        if !cuda::is_compiled() {
+            anyhow::bail!(
+                "this gptk was built without nvcc, so it has no CUDA kernels; install it ({}) and rebuild",
+                cuda::NVCC_INSTALL_HINT
+            );
+        }
+        Ok(cuda::probe()?)
+    };
     Ok(match kind {
-        DeviceKind::Auto => DeviceKind::Cpu,
-        other => other,
+        DeviceKind::Cpu => Device::Cpu,
+        DeviceKind::Cuda => Device::Cuda(probe().map_err(|e| anyhow::anyhow!("--device cuda: {e}"))?),
+        DeviceKind::Auto => probe().map_or(Device::Cpu, Device::Cuda),
     })
 }

@@ -1,7 +1,10 @@
 //! `gptk sample`: continue a prompt with a trained model, printing tokens as they come.
 
+use super::{Device, resolve_device};
 use anyhow::{Context, Result, bail};
 use gptk::backend::cpu::CpuBackend;
+use gptk::backend::cuda::CudaBackend;
+use gptk::backend::{Backend, DeviceKind, Precision};
 use gptk::checkpoint;
 use gptk::data::tokenizer::Tokenizer;
 use gptk::generate::{SampleOpts, generate};
@@ -38,6 +41,9 @@ pub struct SampleArgs {
     /// Tokenizer, when the checkpoint does not record one (gpt2 or bytes).
     #[arg(long)]
     tokenizer: Option<String>,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = DeviceKind::Auto)]
+    device: DeviceKind,
     /// Keep going past end-of-text.
     #[arg(long)]
     ignore_eot: bool,
@@ -71,9 +77,6 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         );
     }
     let cfg = loaded.cfg.clone();
-    let plan = ActLayout::for_generation(&cfg, 1, cfg.n_ctx);
-    let mut model = Gpt::new(cfg.clone(), plan, |p, a| Ok(CpuBackend::<f32>::new(p.total, a)))?;
-    model.load_params(&loaded.params)?;
 
     let mut prompt: Vec<u32> = vec![tokenizer.eot()];
     prompt.extend(tokenizer.encode(&args.prompt));
@@ -97,7 +100,7 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     // Tokens can split a UTF-8 character: print the decoded text as it grows.
     let mut generated = Vec::new();
     let mut printed = 0usize;
-    generate(&mut model, &prompt, &opts, &mut Rng::new(args.seed), |tok| {
+    let on_token = |tok| {
         generated.push(tok);
         let text = tokenizer.decode(&generated);
         let stable = text.trim_end_matches('\u{FFFD}');
@@ -106,7 +109,30 @@ pub fn run(args: &SampleArgs) -> Result<()> {
             printed = stable.len();
             let _ = stdout.flush();
         }
-    })?;
+    };
+    fn run_on<K: Backend>(
+        mut model: Gpt<K>,
+        params: &[f32],
+        prompt: &[u32],
+        opts: &SampleOpts,
+        seed: u64,
+        on_token: impl FnMut(u32),
+    ) -> Result<()> {
+        model.load_params(params)?;
+        generate(&mut model, prompt, opts, &mut Rng::new(seed), on_token)?;
+        Ok(())
+    }
+    let plan = ActLayout::for_generation(&cfg, 1, cfg.n_ctx);
+    match resolve_device(args.device)? {
+        Device::Cpu => {
+            let model = Gpt::new(cfg, plan, |p, a| Ok(CpuBackend::<f32>::new(p.total, a)))?;
+            run_on(model, &loaded.params, &prompt, &opts, args.seed, on_token)?
+        }
+        Device::Cuda(info) => {
+            let model = Gpt::new(cfg, plan, |p, a| CudaBackend::new(p, a, Precision::Bf16, info.ordinal))?;
+            run_on(model, &loaded.params, &prompt, &opts, args.seed, on_token)?
+        }
+    }
     let text = tokenizer.decode(&generated);
     if text.len() > printed && text.is_char_boundary(printed) {
         print!("{}", &text[printed..]);

@@ -1,9 +1,11 @@
 //! `gptk train`: resolves the run (output directory, data, tokenizer, model, device, resume),
 //! then hands it to the library's training loop and prints what it reports.
 
+use super::Device;
 use anyhow::{Context, Result, bail};
 use gptk::backend::cpu::CpuBackend;
-use gptk::backend::{Backend, BackendError, DeviceKind};
+use gptk::backend::cuda::CudaBackend;
+use gptk::backend::{Backend, BackendError};
 use gptk::checkpoint;
 use gptk::data::loader::{Loader, Split};
 use gptk::data::prepare::{self, Manifest};
@@ -67,8 +69,11 @@ pub fn run(cfg: &TrainConfig) -> Result<()> {
 
     let job = Job { cfg, out: &out, data_dir: &data_dir, tokenizer: &tokenizer, model_cfg, params, resume, stop };
     match super::resolve_device(cfg.device)? {
-        DeviceKind::Cpu | DeviceKind::Auto => job.run(|p, a| Ok(CpuBackend::<f32>::new(p.total, a)), None),
-        DeviceKind::Cuda => bail!("--device cuda: this build has no CUDA backend yet"),
+        Device::Cpu => job.run(|p, a| Ok(CpuBackend::<f32>::new(p.total, a)), None),
+        Device::Cuda(info) => {
+            let precision = cfg.precision;
+            job.run(move |p, a| CudaBackend::new(p, a, precision, info.ordinal), info.peak_bf16_flops)
+        }
     }
 }
 

@@ -2,17 +2,9 @@
 //! saved with each checkpoint.
 
 use super::lr::Decay;
-use crate::backend::DeviceKind;
+use crate::backend::{DeviceKind, Precision};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-
-/// Which numbers the GPU stores activations and parameters in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum PrecisionArg {
-    Bf16,
-    F32,
-}
 
 /// What the model learns to predict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -160,8 +152,8 @@ pub struct TrainConfig {
     #[arg(long, value_enum, default_value_t = DeviceKind::Auto)]
     pub device: DeviceKind,
     /// GPU storage precision (the CPU always computes in f32).
-    #[arg(long, value_enum, default_value_t = PrecisionArg::Bf16)]
-    pub precision: PrecisionArg,
+    #[arg(long, value_enum, default_value_t = Precision::Bf16)]
+    pub precision: Precision,
     /// Print one JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,

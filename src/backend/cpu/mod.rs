@@ -154,6 +154,12 @@ impl<F: Float> CpuBackend<F> {
         }
     }
 
+    /// Bytes the arenas of a model with `param_total` parameters and the plan `acts` take.
+    pub fn bytes_for(param_total: usize, acts: &ActLayout) -> usize {
+        let floats = 4 * param_total + acts.acts_total + acts.act_grads_total + acts.stats_total;
+        floats * std::mem::size_of::<F>() + acts.inputs_total * std::mem::size_of::<i32>()
+    }
+
     /// One arena as a slice.
     pub fn arena(&self, a: Arena) -> &[F] {
         match a {
