@@ -20,5 +20,6 @@ pub mod checkpoint;
 pub mod data;
 pub mod generate;
 pub mod model;
+pub mod plot;
 pub mod rng;
 pub mod train;

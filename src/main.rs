@@ -26,6 +26,8 @@ enum Command {
     Sample(cli::sample::SampleArgs),
     /// Mean next-token cross-entropy of a model over an llm.c token shard.
     Eval(cli::eval::EvalArgs),
+    /// Draw a run's loss, learning rate and throughput (or several runs) as a PNG.
+    Plot(cli::plot::PlotArgs),
     /// A model's parameters, FLOPs per token and memory plan.
     Info(cli::info::InfoArgs),
     /// Every CUDA kernel and one training step against the CPU reference (needs a GPU).
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
         Command::Finetune(args) => cli::finetune::run(args),
         Command::Predict(args) => cli::finetune::predict(args),
         Command::Eval(args) => cli::eval::run(args),
+        Command::Plot(args) => cli::plot::run(args),
         Command::Info(args) => cli::info::run(args),
         Command::Check(args) => cli::check::run(args),
     };

@@ -5,6 +5,7 @@ pub mod check;
 pub mod eval;
 pub mod finetune;
 pub mod info;
+pub mod plot;
 pub mod prepare;
 pub mod sample;
 pub mod train;
