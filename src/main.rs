@@ -2,7 +2,7 @@
 
 mod cli;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -35,9 +35,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match &cli.command {
-        Command::Train(args) => cli::train::run(args),
+        Command::Train(args) => {
+            let train_matches = matches.subcommand_matches("train").expect("the train subcommand was parsed");
+            args.with_config_file(train_matches).map_err(anyhow::Error::from).and_then(|cfg| cli::train::run(&cfg))
+        }
         Command::Prepare(args) => cli::prepare::run(args),
         Command::Sample(args) => cli::sample::run(args),
         Command::Finetune(args) => cli::finetune::run(args),

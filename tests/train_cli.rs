@@ -105,6 +105,11 @@ fn resumed_run_reproduces_the_uninterrupted_losses_bitwise() {
         .map(|v| v["step"].as_u64().unwrap())
         .collect();
     assert_eq!(steps, vec![1, 2, 3, 4, 5, 6]);
+    // Each checkpoint carries its resolved configuration, which reproduces the run.
+    let toml = std::fs::read_to_string(dir.join("a/step_000006/run.toml")).unwrap();
+    assert!(toml.contains("batch_size = 2") && toml.contains("steps = 6"), "{toml}");
+    let again = step_losses(&gptk(&["train", "--config", "a/step_000006/run.toml", "--out", "c", "--json"], &dir));
+    assert_eq!(again, whole, "a run from the saved run.toml repeats the losses");
 }
 
 #[test]

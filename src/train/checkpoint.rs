@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 /// The file beside the model that holds optimizer moments and loop state.
 pub const STATE_FILE: &str = "train_state.safetensors";
+/// The resolved run configuration, as TOML (`gptk train --config` takes it).
+pub const RUN_CONFIG_FILE: &str = "run.toml";
 const STEP_PREFIX: &str = "step_";
 const META_STATE: &str = "gptk_train_state";
 /// Safetensors metadata key naming the tokenizer a model was trained with.
@@ -128,6 +130,11 @@ pub fn save<K: Backend>(
     })
     .map_err(io(&state_path))?;
 
+    // The resolved run configuration, readable and reusable with `gptk train --config`.
+    if let Ok(cfg) = serde_json::from_value::<super::config::TrainConfig>(state.run.clone()) {
+        let path = partial.join(RUN_CONFIG_FILE);
+        atomic::write_bytes(&path, cfg.to_toml().as_bytes()).map_err(io(&path))?;
+    }
     if final_dir.exists() {
         std::fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
     }

@@ -33,6 +33,11 @@ impl Objective {
 /// Everything `gptk train` can be told.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct TrainConfig {
+    /// Read settings from a TOML file: keys are the flag names (`batch_size = 8` or
+    /// `batch-size = 8`); flags given on the command line win over the file.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
     /// Directory of token shards (`*_train_*.bin`, `*_val_*.bin`, from `gptk prepare` or llm.c).
     /// Without it, gptk trains on its built-in corpus (its own sources and docs, byte-level).
     #[arg(long)]
@@ -177,5 +182,102 @@ impl TrainConfig {
             ("--seed", self.seed.to_string()),
             ("--objective", format!("{:?}", self.objective)),
         ]
+    }
+}
+
+/// A run configuration file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: {msg}", path.display())]
+    Invalid { path: PathBuf, msg: String },
+}
+
+impl TrainConfig {
+    /// The configuration with the file named by `--config` applied under the flags the user
+    /// typed: a setting comes from the command line if given there, else from the file, else
+    /// from its default. `matches` are the `train` subcommand's parsed arguments.
+    pub fn with_config_file(&self, matches: &clap::ArgMatches) -> Result<TrainConfig, ConfigFileError> {
+        let Some(path) = &self.config else { return Ok(self.clone()) };
+        let invalid = |msg: String| ConfigFileError::Invalid { path: path.clone(), msg };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Io { path: path.clone(), source })?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| invalid(format!("not valid TOML: {}", e.message())))?;
+        let mut merged = serde_json::to_value(self).expect("config serialises");
+        let fields = merged.as_object_mut().expect("config is an object");
+        for (key, value) in table {
+            let name = key.replace('-', "_");
+            if !fields.contains_key(&name) {
+                return Err(invalid(format!("unknown setting '{key}' (settings are the flags of gptk train --help)")));
+            }
+            if matches.value_source(&name) == Some(clap::parser::ValueSource::CommandLine) {
+                continue;
+            }
+            fields.insert(name, serde_json::to_value(value).expect("TOML values are JSON values"));
+        }
+        let mut cfg: TrainConfig = serde_json::from_value(merged).map_err(|e| invalid(e.to_string()))?;
+        cfg.config = self.config.clone();
+        Ok(cfg)
+    }
+
+    /// The resolved configuration as TOML, loadable with `--config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a train config is representable in TOML")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, FromArgMatches, Parser};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        cfg: TrainConfig,
+    }
+
+    fn resolve(args: &[&str]) -> Result<TrainConfig, ConfigFileError> {
+        let matches = Cli::command().get_matches_from(std::iter::once("gptk").chain(args.iter().copied()));
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        cli.cfg.with_config_file(&matches)
+    }
+
+    #[test]
+    fn the_file_fills_in_and_the_command_line_wins() {
+        let dir = std::env::temp_dir().join(format!("gptk-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("run.toml");
+        std::fs::write(&file, "batch-size = 3\nsteps = 77\nlr = 0.5\nobjective = \"clm+mlm\"\ndata = \"somewhere\"\n").unwrap();
+        let f = file.to_str().unwrap();
+        let cfg = resolve(&["--config", f, "--steps", "5"]).unwrap();
+        assert_eq!((cfg.batch_size, cfg.steps, cfg.lr), (3, 5, 0.5));
+        assert_eq!(cfg.objective, Objective::ClmMlm);
+        assert_eq!(cfg.data, Some(PathBuf::from("somewhere")));
+        // The resolved record reads back to the same configuration.
+        std::fs::write(&file, cfg.to_toml()).unwrap();
+        let again = resolve(&["--config", f]).unwrap();
+        assert_eq!(again, cfg);
+        // Without a file nothing changes.
+        assert_eq!(resolve(&["--steps", "9"]).unwrap().steps, 9);
+    }
+
+    #[test]
+    fn bad_files_name_the_file_and_the_setting() {
+        let dir = std::env::temp_dir().join(format!("gptk-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bad.toml");
+        let f = file.to_str().unwrap();
+        for (body, needle) in [
+            ("lrr = 1", "unknown setting 'lrr'"),
+            ("steps = \"many\"", "invalid type"),
+            ("steps = ", "not valid TOML"),
+            ("device = \"tpu\"", "unknown variant"),
+        ] {
+            std::fs::write(&file, body).unwrap();
+            let e = resolve(&["--config", f]).unwrap_err().to_string();
+            assert!(e.contains("bad.toml") && e.contains(needle), "{body}: {e}");
+        }
+        assert!(resolve(&["--config", "/nonexistent/run.toml"]).unwrap_err().to_string().contains("run.toml"));
     }
 }
