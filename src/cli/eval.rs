@@ -82,11 +82,14 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         let bt = model.acts.b * model.acts.t;
         let (mut inputs, mut targets) = (vec![0i32; bt], vec![0i32; bt]);
         let (mut sum, mut n) = (0f64, 0usize);
+        let bar = super::progress_bar(total as u64, "evaluating", "batches");
         while n < total && batches.next_into(&mut inputs, &mut targets) {
             model.set_batch(&inputs, &targets).with_context(|| format!("{}: batch {n}", data.display()))?;
             sum += model.forward(true)? as f64;
             n += 1;
+            bar.inc(1);
         }
+        bar.finish_and_clear();
         Ok((sum / n as f64, n))
     }
     let acts = ActLayout::new(&cfg, args.batch_size, args.seq_len, None);

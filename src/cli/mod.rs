@@ -10,6 +10,29 @@ pub mod prepare;
 pub mod sample;
 pub mod train;
 
+/// A progress bar on standard error, hidden when that is not a terminal (logs, pipes, tests).
+pub fn progress_bar(len: u64, what: &str, unit: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    let template = format!("{what} [{{bar:40}}] {{pos}}/{{len}} {unit} ({{per_sec}}, eta {{eta}})");
+    bar.set_style(indicatif::ProgressStyle::with_template(&template).expect("valid template").progress_chars("=> "));
+    bar
+}
+
+/// A spinner on standard error for work of unknown length, hidden when not a terminal.
+pub fn spinner(message: String) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner().with_message(message);
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
 /// Bytes as KiB/MiB/GiB with three significant digits.
 pub fn human_bytes(n: usize) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];

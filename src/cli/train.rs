@@ -230,6 +230,7 @@ impl Job<'_> {
         };
         let model_cfg = self.model_cfg.clone();
         let json = cfg.json;
+        let mut printer = Printer { json, quiet: cfg.quiet, saving: None };
         let accum = cfg.total_batch_tokens.unwrap_or(b * t) / (b * t);
         if !json {
             println!(
@@ -257,7 +258,7 @@ impl Job<'_> {
                 Ok(Gpt::new(model_cfg.clone(), plan, build)?)
             }),
             peak_flops,
-            report: Box::new(move |e| print_event(e, json)),
+            report: Box::new(move |e| printer.show(e)),
             stop: Some(self.stop),
         };
         let outcome = train(&mut model, run, self.resume)?;
@@ -271,30 +272,54 @@ impl Job<'_> {
     }
 }
 
-fn print_event(e: &Event, json: bool) {
-    if json {
-        println!("{}", serde_json::to_string(e).expect("event serialises"));
-        return;
-    }
-    match e {
-        Event::Step { step, steps, loss, lr, grad_norm, ms, tokens_per_s, mfu, eta_s, .. } => {
-            let mfu = mfu.map_or(String::new(), |m| format!(" | mfu {:.1}%", m * 100.0));
-            println!(
-                "step {step:>5}/{steps} | loss {loss:.4} | lr {lr:.2e} | norm {grad_norm:.3} | {ms:.0} ms | {:.1}k tok/s{mfu} | eta {}",
-                tokens_per_s / 1e3,
-                duration(*eta_s)
-            );
+/// Shows the loop's events as text (or JSON lines), with a spinner while a checkpoint is written.
+struct Printer {
+    json: bool,
+    quiet: bool,
+    saving: Option<indicatif::ProgressBar>,
+}
+
+impl Printer {
+    fn show(&mut self, e: &Event) {
+        if self.json {
+            if !matches!(e, Event::Saving { .. }) {
+                println!("{}", serde_json::to_string(e).expect("event serialises"));
+            }
+            return;
         }
-        Event::Val { step, val_loss, .. } => println!("val loss {val_loss:.4} at step {step}"),
-        Event::Sample { step, text } => println!("--- sample at step {step} ---\n{text}\n---"),
-        Event::Checkpoint { path, .. } => println!("saved {}", path.display()),
-        Event::Skipped { step, loss, grad_norm, consecutive } => {
-            eprintln!("warning: step {step} skipped: loss {loss}, grad norm {grad_norm} ({consecutive} in a row)")
+        let quiet = self.quiet;
+        match e {
+            Event::Step { step, steps, loss, lr, grad_norm, ms, tokens_per_s, mfu, eta_s, .. } if !quiet => {
+                let mfu = mfu.map_or(String::new(), |m| format!(" | mfu {:.1}%", m * 100.0));
+                println!(
+                    "step {step:>5}/{steps} | loss {loss:.4} | lr {lr:.2e} | norm {grad_norm:.3} | {ms:.0} ms | {:.1}k tok/s{mfu} | eta {}",
+                    tokens_per_s / 1e3,
+                    duration(*eta_s)
+                );
+            }
+            Event::Step { .. } => {}
+            Event::Val { step, val_loss, .. } => println!("val loss {val_loss:.4} at step {step}"),
+            Event::Sample { step, text } if !quiet => println!("--- sample at step {step} ---\n{text}\n---"),
+            Event::Sample { .. } => {}
+            Event::Saving { step } => {
+                self.saving = Some(super::spinner(format!("saving the checkpoint of step {step}")))
+            }
+            Event::Checkpoint { path, .. } => {
+                if let Some(bar) = self.saving.take() {
+                    bar.finish_and_clear();
+                }
+                if !quiet {
+                    println!("saved {}", path.display());
+                }
+            }
+            Event::Skipped { step, loss, grad_norm, consecutive } => {
+                eprintln!("warning: step {step} skipped: loss {loss}, grad norm {grad_norm} ({consecutive} in a row)")
+            }
+            Event::Spike { step, loss, average } => {
+                eprintln!("warning: loss spike at step {step}: {loss:.4} against a recent {average:.4}")
+            }
+            Event::Interrupted { step } => println!("interrupted after step {step}"),
         }
-        Event::Spike { step, loss, average } => {
-            eprintln!("warning: loss spike at step {step}: {loss:.4} against a recent {average:.4}")
-        }
-        Event::Interrupted { step } => println!("interrupted after step {step}"),
     }
 }
 

@@ -162,6 +162,9 @@ pub struct TrainConfig {
     /// Print one JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Print only validation losses, warnings and the final checkpoint.
+    #[arg(long, conflicts_with = "json")]
+    pub quiet: bool,
 }
 
 impl TrainConfig {
@@ -201,8 +204,10 @@ impl TrainConfig {
     pub fn with_config_file(&self, matches: &clap::ArgMatches) -> Result<TrainConfig, ConfigFileError> {
         let Some(path) = &self.config else { return Ok(self.clone()) };
         let invalid = |msg: String| ConfigFileError::Invalid { path: path.clone(), msg };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Io { path: path.clone(), source })?;
-        let table: toml::Table = toml::from_str(&text).map_err(|e| invalid(format!("not valid TOML: {}", e.message())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigFileError::Io { path: path.clone(), source })?;
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| invalid(format!("not valid TOML: {}", e.message())))?;
         let mut merged = serde_json::to_value(self).expect("config serialises");
         let fields = merged.as_object_mut().expect("config is an object");
         for (key, value) in table {
@@ -248,7 +253,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("gptk-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("run.toml");
-        std::fs::write(&file, "batch-size = 3\nsteps = 77\nlr = 0.5\nobjective = \"clm+mlm\"\ndata = \"somewhere\"\n").unwrap();
+        std::fs::write(&file, "batch-size = 3\nsteps = 77\nlr = 0.5\nobjective = \"clm+mlm\"\ndata = \"somewhere\"\n")
+            .unwrap();
         let f = file.to_str().unwrap();
         let cfg = resolve(&["--config", f, "--steps", "5"]).unwrap();
         assert_eq!((cfg.batch_size, cfg.steps, cfg.lr), (3, 5, 0.5));

@@ -66,6 +66,10 @@ pub enum Event {
         step: usize,
         text: String,
     },
+    /// A checkpoint is being written (the `Checkpoint` event follows).
+    Saving {
+        step: usize,
+    },
     Checkpoint {
         step: usize,
         path: PathBuf,
@@ -295,6 +299,7 @@ pub fn train<K: Backend>(
             state.loader = serde_json::to_value(run.train.state()).expect("loader state serialises");
             state.sample_rng = sample_rng.state;
             state.mask_rng = mask_rng.state;
+            (run.report)(&Event::Saving { step: state.step });
             let path = checkpoint::save(run.out, model, &state, cfg.keep_checkpoints)?;
             emit(Event::Checkpoint { step: state.step, path: path.clone() }, &mut run.report)?;
             last_checkpoint = Some(path);
