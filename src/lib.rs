@@ -17,6 +17,7 @@
 pub mod backend;
 pub mod check;
 pub mod checkpoint;
+pub mod cli;
 pub mod data;
 pub mod generate;
 pub mod model;

@@ -1,10 +1,10 @@
 //! `gptk check`: every CUDA kernel and one training step against the CPU reference, as a table;
 //! exits non-zero on any failure or without a usable GPU.
 
+use crate::backend::Precision;
+use crate::backend::cuda;
+use crate::check::{self, CheckOptions, Comparison};
 use anyhow::{Result, bail};
-use gptk::backend::Precision;
-use gptk::backend::cuda;
-use gptk::check::{self, CheckOptions, Comparison};
 
 #[derive(clap::Args)]
 pub struct CheckArgs {

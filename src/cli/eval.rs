@@ -1,14 +1,14 @@
 //! `gptk eval`: mean next-token loss of a checkpoint over an llm.c shard.
 
 use super::{Device, resolve_device};
+use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::CudaBackend;
+use crate::backend::{Backend, DeviceKind, Precision};
+use crate::checkpoint;
+use crate::data::shard::{SequentialBatches, Shard};
+use crate::model::Gpt;
+use crate::model::layout::ActLayout;
 use anyhow::{Context, Result, bail};
-use gptk::backend::cpu::CpuBackend;
-use gptk::backend::cuda::CudaBackend;
-use gptk::backend::{Backend, DeviceKind, Precision};
-use gptk::checkpoint;
-use gptk::data::shard::{SequentialBatches, Shard};
-use gptk::model::Gpt;
-use gptk::model::layout::ActLayout;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]

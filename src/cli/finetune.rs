@@ -1,17 +1,17 @@
 //! `gptk finetune` and `gptk predict`: classification with a pretrained transformer.
 
 use super::Device;
+use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::CudaBackend;
+use crate::backend::{Backend, BackendError, DeviceKind, Precision};
+use crate::checkpoint::{self, META_LABELS};
+use crate::data::task::{Encoded, LabelSet, Labels, encode, read_examples};
+use crate::data::tokenizer::Tokenizer;
+use crate::model::layout::{ActLayout, ParamLayout};
+use crate::model::{Gpt, init_params};
+use crate::train::checkpoint::{META_TOKENIZER, resolve_model};
+use crate::train::finetune::{FinetuneEvent, FinetuneOpts, TaskSet, evaluate, finetune};
 use anyhow::{Context, Result, bail};
-use gptk::backend::cpu::CpuBackend;
-use gptk::backend::cuda::CudaBackend;
-use gptk::backend::{Backend, BackendError, DeviceKind, Precision};
-use gptk::checkpoint::{self, META_LABELS};
-use gptk::data::task::{Encoded, LabelSet, Labels, encode, read_examples};
-use gptk::data::tokenizer::Tokenizer;
-use gptk::model::layout::{ActLayout, ParamLayout};
-use gptk::model::{Gpt, init_params};
-use gptk::train::checkpoint::{META_TOKENIZER, resolve_model};
-use gptk::train::finetune::{FinetuneEvent, FinetuneOpts, TaskSet, evaluate, finetune};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -120,7 +120,7 @@ fn seq_len(asked: Option<usize>, n_ctx: usize, pairs: bool) -> Result<usize> {
 }
 
 /// Encodes a split, reporting how many examples were cut to fit.
-fn encode_all(tok: &Tokenizer, examples: &[gptk::data::task::Example], t: usize, path: &Path) -> Vec<Encoded> {
+fn encode_all(tok: &Tokenizer, examples: &[crate::data::task::Example], t: usize, path: &Path) -> Vec<Encoded> {
     let encoded: Vec<Encoded> = examples.iter().map(|e| encode(tok, e, t)).collect();
     let cut = encoded.iter().filter(|e| e.cut > 0).count();
     if cut > 0 {
@@ -225,7 +225,7 @@ pub fn run(args: &FinetuneArgs) -> Result<()> {
 
 struct Job<'a> {
     args: &'a FinetuneArgs,
-    cfg: gptk::model::config::ModelConfig,
+    cfg: crate::model::config::ModelConfig,
     n_classes: usize,
     t: usize,
     params: Vec<f32>,
@@ -245,7 +245,7 @@ impl Job<'_> {
         model.load_params(&self.params)?;
         std::fs::create_dir_all(&self.out)
             .with_context(|| format!("{}: cannot create the output directory", self.out.display()))?;
-        let metrics_path = self.out.join(gptk::train::run::METRICS_FILE);
+        let metrics_path = self.out.join(crate::train::run::METRICS_FILE);
         let mut metrics = std::fs::File::create(&metrics_path).with_context(|| metrics_path.display().to_string())?;
         let json = self.args.json;
         let events = finetune(&mut model, &self.tok, &self.train, &self.val, &self.opts, |e| {

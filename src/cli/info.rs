@@ -2,15 +2,15 @@
 //! throughput a GPU would give at a given MFU.
 
 use super::human_bytes;
+use crate::backend::Precision;
+use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::MemoryPlan;
+use crate::checkpoint;
+use crate::model::config::{GPT2_VOCAB_SIZE, ModelConfig};
+use crate::model::layout::{ActLayout, ParamLayout};
+use crate::model::plan::parameter_groups;
+use crate::train::checkpoint::resolve_model;
 use anyhow::{Result, bail};
-use gptk::backend::Precision;
-use gptk::backend::cpu::CpuBackend;
-use gptk::backend::cuda::MemoryPlan;
-use gptk::checkpoint;
-use gptk::model::config::{GPT2_VOCAB_SIZE, ModelConfig};
-use gptk::model::layout::{ActLayout, ParamLayout};
-use gptk::model::plan::parameter_groups;
-use gptk::train::checkpoint::resolve_model;
 use std::path::Path;
 
 #[derive(clap::Args)]

@@ -1,7 +1,10 @@
-//! Subcommands of the `gptk` binary: each file holds one command's arguments and its run
-//! function; the work itself lives in the library.
+//! The command line: [`command`] parses and dispatches; each other file holds one subcommand's
+//! arguments and its run function, and the work itself lives in the rest of the library. It is
+//! part of the library (the binary only calls [`command::main`]) so that tests can parse the
+//! commands the README shows.
 
 pub mod check;
+pub mod command;
 pub mod eval;
 pub mod finetune;
 pub mod info;
@@ -48,13 +51,13 @@ pub fn human_bytes(n: usize) -> String {
 /// Where a command runs, once `--device` is resolved.
 pub enum Device {
     Cpu,
-    Cuda(gptk::backend::cuda::DeviceInfo),
+    Cuda(crate::backend::cuda::DeviceInfo),
 }
 
 /// `cpu`, `cuda` (an error naming what is missing when no GPU is usable), or `auto`: the GPU
 /// when this binary has kernels and a GPU answers, else the CPU.
-pub fn resolve_device(kind: gptk::backend::DeviceKind) -> anyhow::Result<Device> {
-    use gptk::backend::{DeviceKind, cuda};
+pub fn resolve_device(kind: crate::backend::DeviceKind) -> anyhow::Result<Device> {
+    use crate::backend::{DeviceKind, cuda};
     let probe = || -> anyhow::Result<cuda::DeviceInfo> {
         if !cuda::is_compiled() {
             anyhow::bail!(

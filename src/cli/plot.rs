@@ -1,7 +1,7 @@
 //! `gptk plot`: a PNG of one run's metrics, or several runs compared.
 
+use crate::plot::{plot, read_metrics};
 use anyhow::Result;
-use gptk::plot::{plot, read_metrics};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]

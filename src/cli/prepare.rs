@@ -1,10 +1,10 @@
-//! `gptk prepare`: text files into llm.c token shards (the work is in `gptk::data::prepare`).
+//! `gptk prepare`: text files into llm.c token shards (the work is in `crate::data::prepare`).
 
-use anyhow::Result;
-use gptk::data::prepare::{
+use crate::data::prepare::{
     DEFAULT_SHARD_TOKENS, DEFAULT_TEXT_FIELD, DEFAULT_VAL_FRACTION, MANIFEST_FILE, PrepareOpts, prepare,
 };
-use gptk::data::tokenizer::Tokenizer;
+use crate::data::tokenizer::Tokenizer;
+use anyhow::Result;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 

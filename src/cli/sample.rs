@@ -1,17 +1,17 @@
 //! `gptk sample`: continue a prompt with a trained model, printing tokens as they come.
 
 use super::{Device, resolve_device};
+use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::CudaBackend;
+use crate::backend::{Backend, DeviceKind, Precision};
+use crate::checkpoint;
+use crate::data::tokenizer::Tokenizer;
+use crate::generate::{SampleOpts, generate};
+use crate::model::Gpt;
+use crate::model::layout::ActLayout;
+use crate::rng::Rng;
+use crate::train::checkpoint::{META_TOKENIZER, resolve_model};
 use anyhow::{Context, Result, bail};
-use gptk::backend::cpu::CpuBackend;
-use gptk::backend::cuda::CudaBackend;
-use gptk::backend::{Backend, DeviceKind, Precision};
-use gptk::checkpoint;
-use gptk::data::tokenizer::Tokenizer;
-use gptk::generate::{SampleOpts, generate};
-use gptk::model::Gpt;
-use gptk::model::layout::ActLayout;
-use gptk::rng::Rng;
-use gptk::train::checkpoint::{META_TOKENIZER, resolve_model};
 use std::io::Write;
 use std::path::PathBuf;
 

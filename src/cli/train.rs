@@ -2,20 +2,20 @@
 //! then hands it to the library's training loop and prints what it reports.
 
 use super::Device;
+use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::CudaBackend;
+use crate::backend::{Backend, BackendError};
+use crate::checkpoint;
+use crate::data::loader::{Loader, Split};
+use crate::data::prepare::{self, Manifest};
+use crate::data::tokenizer::Tokenizer;
+use crate::model::config::ModelConfig;
+use crate::model::layout::{ActLayout, ParamLayout};
+use crate::model::{Gpt, init_params};
+use crate::train::checkpoint::{TrainState, latest, load_state};
+use crate::train::config::TrainConfig;
+use crate::train::run::{Event, Run, train};
 use anyhow::{Context, Result, bail};
-use gptk::backend::cpu::CpuBackend;
-use gptk::backend::cuda::CudaBackend;
-use gptk::backend::{Backend, BackendError};
-use gptk::checkpoint;
-use gptk::data::loader::{Loader, Split};
-use gptk::data::prepare::{self, Manifest};
-use gptk::data::tokenizer::Tokenizer;
-use gptk::model::config::ModelConfig;
-use gptk::model::layout::{ActLayout, ParamLayout};
-use gptk::model::{Gpt, init_params};
-use gptk::train::checkpoint::{TrainState, latest, load_state};
-use gptk::train::config::TrainConfig;
-use gptk::train::run::{Event, Run, train};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -169,7 +169,7 @@ fn initial_model(cfg: &TrainConfig, resume: Option<&Path>, tokenizer: &Tokenizer
     let from = resume.map(Path::to_path_buf).or_else(|| cfg.init_from.clone());
     let (model_cfg, params) = match from {
         Some(path) => {
-            let loaded = checkpoint::load(&gptk::train::checkpoint::resolve_model(&path))?;
+            let loaded = checkpoint::load(&crate::train::checkpoint::resolve_model(&path))?;
             for note in &loaded.notes {
                 eprintln!("note: {note}");
             }
