@@ -8,13 +8,22 @@ const GELU_CUBIC: f64 = 0.044_715;
 /// Elements per rayon task for elementwise ops.
 const ELEMS_PER_TASK: usize = 1 << 14;
 
+/// tanh(u) = 1 − 2 / (e^{2u} + 1): the same function as `tanh`, evaluated through `exp`, which
+/// is several times faster than libm's `tanhf`. Its absolute error stays at the rounding of the
+/// type (it saturates cleanly to ±1 as `exp` goes to ∞ or 0), which is what GELU needs.
+#[inline]
+fn tanh<F: Float>(u: F) -> F {
+    let one = F::one();
+    one - (one + one) / ((u + u).exp() + one)
+}
+
 /// out (N) = 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
 pub fn gelu_forward<F: Float>(out: &mut [F], inp: &[F]) {
     out.par_chunks_mut(ELEMS_PER_TASK).zip(inp.par_chunks(ELEMS_PER_TASK)).for_each(|(o, x)| {
         let (k, cubic, half, one) = (F::of(SQRT_2_OVER_PI), F::of(GELU_CUBIC), F::of(0.5), F::one());
         for (o, &x) in o.iter_mut().zip(x) {
             let u = k * (x + cubic * x * x * x);
-            *o = half * x * (one + u.tanh());
+            *o = half * x * (one + tanh(u));
         }
     });
 }
@@ -24,7 +33,7 @@ pub fn gelu_backward<F: Float>(d: &mut [F], inp: &[F]) {
     d.par_chunks_mut(ELEMS_PER_TASK).zip(inp.par_chunks(ELEMS_PER_TASK)).for_each(|(d, x)| {
         let (k, cubic, half, one, three) = (F::of(SQRT_2_OVER_PI), F::of(GELU_CUBIC), F::of(0.5), F::one(), F::of(3.0));
         for (d, &x) in d.iter_mut().zip(x) {
-            let th = (k * (x + cubic * x * x * x)).tanh();
+            let th = tanh(k * (x + cubic * x * x * x));
             let du = k * (one + three * cubic * x * x);
             *d = *d * (half * (one + th) + half * x * (one - th * th) * du);
         }

@@ -29,14 +29,16 @@ pub fn cross_entropy<F: Float>(
         }
         let target = target as usize;
         assert!(target < v, "target {target} outside the vocabulary of {v}");
-        let max = row[..v].iter().fold(f64::NEG_INFINITY, |m, x| m.max(x.f64()));
-        let sum: f64 = row[..v].iter().map(|x| (x.f64() - max).exp()).sum();
-        let lse = max + sum.ln();
-        *loss = F::of(lse - row[target].f64());
+        // exp in the storage type (f32 for training, several times faster than f64), on
+        // differences from the row's maximum; sums in f64.
+        let max = row[..v].iter().fold(F::neg_infinity(), |m, &x| m.max(x));
+        let sum: f64 = row[..v].iter().map(|&x| (x - max).exp().f64()).sum();
+        let log_sum = sum.ln();
+        *loss = F::of(max.f64() + log_sum - row[target].f64());
         if let Some(dloss) = dloss {
-            let dloss = dloss.f64();
+            let (dloss, log_sum) = (dloss.f64(), F::of(log_sum));
             for (j, x) in row[..v].iter_mut().enumerate() {
-                let p = (x.f64() - lse).exp();
+                let p = ((*x - max) - log_sum).exp().f64();
                 let indicator = if j == target { 1.0 } else { 0.0 };
                 *x = F::of((p - indicator) * dloss);
             }
