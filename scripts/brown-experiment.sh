@@ -8,18 +8,22 @@
 # 2. Pretrain the same small model twice on the pretraining documents: causal LM and masked LM.
 # 3. Fine-tune for the task: from the CLM model with λ = 0.5 and λ = 0, from the MLM model
 #    (bidirectional, λ = 0), and from random initialisation with λ = 0.5 and λ = 0.
-# Every run prints its validation accuracy; OUT/results.jsonl collects them.
-# Sizes are chosen for a CPU (about 20-30 minutes on two cores); set STEPS, EPOCHS, MODEL to scale.
+# Each fine-tuning configuration runs once per seed in FT_SEEDS; every run prints its validation
+# accuracy and OUT/results.jsonl collects them all.
+# Sizes are chosen for a CPU (about 1.5 hours on two cores); set STEPS (pretraining), EPOCHS,
+# MAX_TRAIN (task training passages), FT_SEEDS and MODEL to scale.
 set -eu
 gptk=${1:-target/release/gptk}
 out=${2:-runs/brown}
-steps=${STEPS:-600}
-epochs=${EPOCHS:-2}
+steps=${STEPS:-1500}
+epochs=${EPOCHS:-4}
+max_train=${MAX_TRAIN:-400}
+ft_seeds=${FT_SEEDS:-1 2 3}
 model=${MODEL:-tiny}
 seed=${SEED:-1}
 
 [ -f data/brown/genres.jsonl ] || scripts/fetch-brown.sh
-python3 scripts/brown-genre-task.py --brown data/brown --out data/brown-task --seed "$seed"
+python3 scripts/brown-genre-task.py --brown data/brown --out data/brown-task --seed "$seed" --max-train "$max_train"
 "$gptk" prepare --input data/brown-task/pretrain --out data/brown-task/bytes --tokenizer bytes \
     --val-fraction 0.03 --seed "$seed" --force
 
@@ -34,18 +38,35 @@ for objective in clm mlm; do
     fi
 done
 
-finetune() { # name, then extra flags
+finetune() { # name, seed, then extra flags
     name=$1
-    shift
+    s=$2
+    shift 2
     "$gptk" finetune --train data/brown-task/train.jsonl --val data/brown-task/val.jsonl \
-        --out "$out/finetune-$name" --epochs "$epochs" --batch-size 8 --seq-len 192 --lr 3e-4 \
-        --seed "$seed" --json "$@" > "$out/finetune-$name.log"
-    grep '"event":"result"' "$out/finetune-$name.log" | sed "s/^{/{\"run\":\"$name\",/" >> "$out/results.jsonl"
-    tail -n 1 "$out/finetune-$name.log"
+        --out "$out/finetune-$name-seed$s" --epochs "$epochs" --batch-size 8 --seq-len 192 --lr 3e-4 \
+        --seed "$s" --json "$@" > "$out/finetune-$name-seed$s.log"
+    grep '"event":"result"' "$out/finetune-$name-seed$s.log" | sed "s/^{/{\"run\":\"$name\",\"seed\":$s,/" >> "$out/results.jsonl"
+    tail -n 1 "$out/finetune-$name-seed$s.log"
 }
-finetune clm-lm0.5 --model "$out/pretrain-clm" --lm-weight 0.5
-finetune clm-lm0 --model "$out/pretrain-clm" --lm-weight 0
-finetune mlm-bidirectional --model "$out/pretrain-mlm" --lm-weight 0 --bidirectional
-finetune random-lm0.5 --model "$out/pretrain-clm" --random-init --lm-weight 0.5
-finetune random-lm0 --model "$out/pretrain-clm" --random-init --lm-weight 0
+for s in $ft_seeds; do
+    finetune clm-lm0.5 "$s" --model "$out/pretrain-clm" --lm-weight 0.5
+    finetune clm-lm0 "$s" --model "$out/pretrain-clm" --lm-weight 0
+    finetune mlm-bidirectional "$s" --model "$out/pretrain-mlm" --lm-weight 0 --bidirectional
+    finetune random-lm0.5 "$s" --model "$out/pretrain-clm" --random-init --lm-weight 0.5
+    finetune random-lm0 "$s" --model "$out/pretrain-clm" --random-init --lm-weight 0
+done
+# Mean and spread of the validation accuracy per configuration.
+python3 - "$out/results.jsonl" <<'PY'
+import json, statistics, sys
+runs = {}
+baseline = None
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    runs.setdefault(r["run"], []).append(r["val_accuracy"])
+    baseline = r["majority_baseline"]
+print(f"majority-class baseline: {baseline:.3f}")
+for name, accs in runs.items():
+    sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+    print(f"{name:<20} mean {statistics.mean(accs):.3f}  sd {sd:.3f}  runs {len(accs)}  {[round(a, 3) for a in accs]}")
+PY
 echo "results: $out/results.jsonl"
