@@ -19,6 +19,7 @@ pub mod check;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;
+pub mod dist;
 pub mod generate;
 pub mod model;
 pub mod plot;
