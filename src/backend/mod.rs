@@ -10,6 +10,7 @@ pub mod cuda;
 
 use crate::model::layout::{Arena, Tensor};
 use std::fmt;
+use std::ops::Range;
 
 /// A failure inside a backend: a device error, memory exhaustion, a missing driver.
 #[derive(Debug, thiserror::Error)]
@@ -222,11 +223,39 @@ pub trait Backend {
         dloss: Option<f32>,
     ) -> Result<()>;
 
-    // ---- optimizer over the whole parameter arena -------------------------------------------
-    /// Σ g² over the whole gradient arena (f64 accumulation where the device allows).
-    fn grad_norm_squared(&mut self) -> Result<f64>;
-    /// One AdamW update of every parameter; weight decay below `decay_end` only.
-    fn adamw(&mut self, step: &AdamWStep, decay_end: usize) -> Result<()>;
+    // ---- optimizer over the parameter arena ----------------------------------------------------
+    /// Σ g² over elements `range` of the gradient arena (f64 accumulation where the device
+    /// allows). The whole arena without data parallelism, this rank's shard with it.
+    fn grad_norm_squared(&mut self, range: Range<usize>) -> Result<f64>;
+    /// One AdamW update of the parameters in `range` (indices into the arena); weight decay for
+    /// indices below `decay_end` only.
+    fn adamw(&mut self, step: &AdamWStep, decay_end: usize, range: Range<usize>) -> Result<()>;
+
+    // ---- data parallelism (ZeRO-1) --------------------------------------------------------------
+    // The parameter arena is split into `world` equal shards of `shard_len` elements; rank r owns
+    // [r·shard_len, (r+1)·shard_len). A backend built without a group is a world of one, and
+    // these are no-ops.
+    /// (rank, world) of this backend's process group.
+    fn rank_world(&self) -> (usize, usize) {
+        (0, 1)
+    }
+    /// Replaces this rank's shard of the gradient arena by the mean of that shard over the ranks
+    /// (reduce-scatter); the rest of the arena is left unspecified.
+    fn reduce_scatter_grads(&mut self, _shard_len: usize) -> Result<()> {
+        Ok(())
+    }
+    /// Gives every rank every rank's shard of the parameters (all-gather), master copy included.
+    fn all_gather_params(&mut self, _shard_len: usize) -> Result<()> {
+        Ok(())
+    }
+    /// Gives every rank every rank's shard of the AdamW moments (before a checkpoint).
+    fn all_gather_moments(&mut self, _shard_len: usize) -> Result<()> {
+        Ok(())
+    }
+    /// Element-wise sum of host values over the ranks.
+    fn all_reduce_host(&mut self, _values: &mut [f64]) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Where a model runs, as chosen on the command line.

@@ -24,6 +24,8 @@ pub enum Command {
     Sample(crate::cli::sample::SampleArgs),
     /// Mean next-token cross-entropy of a model over an llm.c token shard.
     Eval(crate::cli::eval::EvalArgs),
+    /// Start N data-parallel processes on this machine: gptk launch --gpus N -- train …
+    Launch(crate::cli::launch::LaunchArgs),
     /// Draw a run's loss, learning rate and throughput (or several runs) as a PNG.
     Plot(crate::cli::plot::PlotArgs),
     /// A model's parameters, FLOPs per token and memory plan.
@@ -37,7 +39,14 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Command::Launch(args) = &cli.command {
+        return crate::cli::launch::run(args).unwrap_or_else(|e| {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        });
+    }
     let result = match &cli.command {
+        Command::Launch(_) => unreachable!("handled above"),
         Command::Train(args) => {
             let train_matches = matches.subcommand_matches("train").expect("the train subcommand was parsed");
             args.with_config_file(train_matches)

@@ -8,6 +8,7 @@ pub mod command;
 pub mod eval;
 pub mod finetune;
 pub mod info;
+pub mod launch;
 pub mod plot;
 pub mod prepare;
 pub mod sample;
@@ -57,6 +58,11 @@ pub enum Device {
 /// `cpu`, `cuda` (an error naming what is missing when no GPU is usable), or `auto`: the GPU
 /// when this binary has kernels and a GPU answers, else the CPU.
 pub fn resolve_device(kind: crate::backend::DeviceKind) -> anyhow::Result<Device> {
+    resolve_device_for(kind, 0)
+}
+
+/// [`resolve_device`] for GPU `ordinal` (a data-parallel process's local rank).
+pub fn resolve_device_for(kind: crate::backend::DeviceKind, ordinal: usize) -> anyhow::Result<Device> {
     use crate::backend::{DeviceKind, cuda};
     let probe = || -> anyhow::Result<cuda::DeviceInfo> {
         if !cuda::is_compiled() {
@@ -65,11 +71,15 @@ pub fn resolve_device(kind: crate::backend::DeviceKind) -> anyhow::Result<Device
                 cuda::NVCC_INSTALL_HINT
             );
         }
-        Ok(cuda::probe()?)
+        Ok(cuda::probe_device(ordinal)?)
     };
+    let cuda = || probe().map_err(|e| anyhow::anyhow!("--device cuda: {e}"));
     Ok(match kind {
         DeviceKind::Cpu => Device::Cpu,
-        DeviceKind::Cuda => Device::Cuda(probe().map_err(|e| anyhow::anyhow!("--device cuda: {e}"))?),
-        DeviceKind::Auto => probe().map_or(Device::Cpu, Device::Cuda),
+        DeviceKind::Cuda => Device::Cuda(cuda()?),
+        // A machine with GPUs uses them; then GPU `ordinal` must exist (a data-parallel job never
+        // mixes devices).
+        DeviceKind::Auto if cuda::is_compiled() && cuda::probe().is_ok() => Device::Cuda(cuda()?),
+        DeviceKind::Auto => Device::Cpu,
     })
 }

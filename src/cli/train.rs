@@ -9,6 +9,7 @@ use crate::checkpoint;
 use crate::data::loader::{Loader, Split};
 use crate::data::prepare::{self, Manifest};
 use crate::data::tokenizer::Tokenizer;
+use crate::dist::group::Group;
 use crate::model::config::ModelConfig;
 use crate::model::layout::{ActLayout, ParamLayout};
 use crate::model::{Gpt, init_params};
@@ -29,8 +30,21 @@ const DEMO_DATA_DIR: &str = "data";
 
 pub fn run(cfg: &TrainConfig) -> Result<()> {
     check_numbers(cfg)?;
+    // Data parallelism: a launcher (gptk launch, torchrun, srun, mpirun) started this process.
+    let topo = crate::dist::env::from_process_env()?;
+    let mut group = if topo.launched() {
+        let fingerprint: Vec<String> = cfg.identity().into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let timeout = std::time::Duration::from_secs(cfg.dist_timeout.max(1));
+        Some(Group::connect(&topo, &fingerprint.join(" "), timeout)?)
+    } else {
+        None
+    };
+    let lead = topo.rank == 0;
     let out = output_dir(cfg)?;
-    std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create the output directory", out.display()))?;
+    if lead {
+        std::fs::create_dir_all(&out)
+            .with_context(|| format!("{}: cannot create the output directory", out.display()))?;
+    }
 
     let resume = if cfg.resume {
         let dir = latest(&out).with_context(|| format!("{}: no checkpoint to resume from", out.display()))?;
@@ -50,7 +64,14 @@ pub fn run(cfg: &TrainConfig) -> Result<()> {
 
     let data_dir = match &cfg.data {
         Some(dir) => dir.clone(),
-        None => demo_corpus(&out)?,
+        None => {
+            // Rank 0 writes the built-in corpus once; the others wait for it.
+            let dir = if lead { demo_corpus(&out)? } else { out.join(DEMO_DATA_DIR) };
+            if let Some(g) = group.as_mut() {
+                g.barrier()?;
+            }
+            dir
+        }
     };
     let tokenizer = Manifest::tokenizer_of(&data_dir)?;
 
@@ -67,12 +88,39 @@ pub fn run(cfg: &TrainConfig) -> Result<()> {
         signal_hook::flag::register(signal, Arc::clone(&stop))?;
     }
 
-    let job = Job { cfg, out: &out, data_dir: &data_dir, tokenizer: &tokenizer, model_cfg, params, resume, stop };
-    match super::resolve_device(cfg.device)? {
-        Device::Cpu => job.run(|p, a| Ok(CpuBackend::<f32>::new(p.total, a)), None),
+    let (rank, world) = (topo.rank, topo.world);
+    let job = Job {
+        cfg,
+        out: &out,
+        data_dir: &data_dir,
+        tokenizer: &tokenizer,
+        model_cfg,
+        params,
+        resume,
+        stop,
+        rank,
+        world,
+    };
+    match super::resolve_device_for(cfg.device, topo.local_rank)? {
+        Device::Cpu => {
+            let build = move |p: &ParamLayout, a: &ActLayout| {
+                let k = CpuBackend::<f32>::new(p.padded_total(world), a);
+                Ok(match group {
+                    Some(g) => k.with_group(g),
+                    None => k,
+                })
+            };
+            job.run(build, |p, a| Ok(CpuBackend::<f32>::new(p.total, a)), None)
+        }
         Device::Cuda(info) => {
+            if world > 1 {
+                bail!(
+                    "data parallelism on CUDA GPUs needs NCCL, which this build does not use yet; run one process per job, or --device cpu"
+                );
+            }
             let precision = cfg.precision;
-            job.run(move |p, a| CudaBackend::new(p, a, precision, info.ordinal), info.peak_bf16_flops)
+            let build = move |p: &ParamLayout, a: &ActLayout| CudaBackend::new(p, a, precision, info.ordinal);
+            job.run(build, build, info.peak_bf16_flops)
         }
     }
 }
@@ -207,32 +255,43 @@ struct Job<'a> {
     params: Vec<f32>,
     resume: Option<(TrainState, Vec<f32>, Vec<f32>)>,
     stop: Arc<AtomicBool>,
+    /// This process's rank and the number of data-parallel processes.
+    rank: usize,
+    world: usize,
 }
 
 impl Job<'_> {
+    /// Trains on the backend `build` makes; `build_generator` makes the one samples use.
     fn run<K: Backend>(
         self,
-        build: impl Fn(&ParamLayout, &ActLayout) -> Result<K, BackendError> + Copy,
+        build: impl FnOnce(&ParamLayout, &ActLayout) -> Result<K, BackendError>,
+        build_generator: impl Fn(&ParamLayout, &ActLayout) -> Result<K, BackendError> + Copy,
         peak_flops: Option<f64>,
     ) -> Result<()> {
         let cfg = self.cfg;
-        let (b, t) = (cfg.batch_size, cfg.seq_len);
+        let (b, t, rank, world) = (cfg.batch_size, cfg.seq_len, self.rank, self.world);
         let acts = ActLayout::new(&self.model_cfg, b, t, None);
         let mut model = Gpt::new(self.model_cfg.clone(), acts, build)?;
         model.load_params(&self.params)?;
-        let train_data = Loader::open(self.data_dir, Split::Train, b, t, cfg.seed, 0, 1)?;
-        let val_data = match Loader::open(self.data_dir, Split::Val, b, t, cfg.seed, 0, 1) {
+        let train_data = Loader::open(self.data_dir, Split::Train, b, t, cfg.seed, rank, world)?;
+        let val_data = match Loader::open(self.data_dir, Split::Val, b, t, cfg.seed, rank, world) {
             Ok(v) => Some(v),
             Err(e) => {
-                eprintln!("note: no validation ({e})");
+                if rank == 0 {
+                    eprintln!("note: no validation ({e})");
+                }
                 None
             }
         };
         let model_cfg = self.model_cfg.clone();
         let json = cfg.json;
         let mut printer = Printer { json, quiet: cfg.quiet, saving: None };
-        let accum = cfg.total_batch_tokens.unwrap_or(b * t) / (b * t);
-        if !json {
+        let accum = cfg.total_batch_tokens.unwrap_or(b * t * world) / (b * t * world);
+        let (lead, quiet) = (rank == 0, cfg.quiet);
+        if world > 1 && lead && !json && !quiet {
+            println!("data parallel: {world} processes, each B={b} T={t}; gradients averaged, AdamW sharded (ZeRO-1)");
+        }
+        if lead && !json && !quiet {
             println!(
                 "model {model_cfg} on {}, {:.2}M parameters",
                 model.backend.describe(),
@@ -255,14 +314,14 @@ impl Job<'_> {
             val: val_data,
             make_generator: Box::new(move || {
                 let plan = ActLayout::for_generation(&model_cfg, 1, model_cfg.n_ctx);
-                Ok(Gpt::new(model_cfg.clone(), plan, build)?)
+                Ok(Gpt::new(model_cfg.clone(), plan, build_generator)?)
             }),
             peak_flops,
             report: Box::new(move |e| printer.show(e)),
             stop: Some(self.stop),
         };
         let outcome = train(&mut model, run, self.resume)?;
-        if !json {
+        if lead && !json {
             if outcome.interrupted {
                 println!("stopped on request; resume with --resume --out {}", self.out.display());
             }

@@ -171,7 +171,7 @@ impl Group {
     fn join(topo: &Topology, host: &str, port: u16, fingerprint: &str, timeout: Duration) -> Result<Group, GroupError> {
         let deadline = Instant::now() + timeout;
         let addr = format!("{host}:{port}");
-        let mut last = String::from("no attempt");
+        let mut last;
         let mut stream = loop {
             let attempt = addr.to_socket_addrs().and_then(|mut a| {
                 let a = a.next().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;

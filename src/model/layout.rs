@@ -199,6 +199,13 @@ impl ParamLayout {
         ParamLayout { specs, total: carver.next, decay_end, wte, wpe, layers, lnf_w, lnf_b, head }
     }
 
+    /// Elements of the parameter arena when it is split into `world` equal shards, each a
+    /// multiple of [`TENSOR_ALIGN`] (data parallelism, ZeRO-1); `total` for a world of one. The
+    /// padding past `total` is zero and stays zero.
+    pub fn padded_total(&self, world: usize) -> usize {
+        self.total.div_ceil(world * TENSOR_ALIGN) * world * TENSOR_ALIGN
+    }
+
     /// Outputs of the classification head (0 without one).
     pub fn n_classes(&self) -> usize {
         self.head.map_or(0, |(_, b)| b.len)

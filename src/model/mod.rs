@@ -243,14 +243,52 @@ impl<K: Backend> Gpt<K> {
         Ok(self.backend.zero(all)?)
     }
 
-    /// Global L2 norm of the parameter gradients.
-    pub fn grad_norm(&mut self) -> Result<f32, ModelError> {
-        Ok(self.backend.grad_norm_squared()?.sqrt() as f32)
+    /// (rank, world) of the data-parallel group the backend belongs to ((0, 1) alone).
+    pub fn rank_world(&self) -> (usize, usize) {
+        self.backend.rank_world()
     }
 
-    /// One AdamW update of every parameter.
+    /// Elements of the parameter arena each rank owns (the whole arena alone).
+    pub fn shard_len(&self) -> usize {
+        let world = self.rank_world().1;
+        self.params.padded_total(world) / world
+    }
+
+    /// The part of the parameter arena this rank updates.
+    pub fn shard(&self) -> std::ops::Range<usize> {
+        let (rank, len) = (self.rank_world().0, self.shard_len());
+        rank * len..(rank + 1) * len
+    }
+
+    /// Averages the gradients over the ranks, into each rank's shard (nothing alone).
+    pub fn sync_grads(&mut self) -> Result<(), ModelError> {
+        let len = self.shard_len();
+        Ok(self.backend.reduce_scatter_grads(len)?)
+    }
+
+    /// Element-wise sum of host values over the ranks.
+    pub fn sum_over_ranks(&mut self, values: &mut [f64]) -> Result<(), ModelError> {
+        Ok(self.backend.all_reduce_host(values)?)
+    }
+
+    /// Global L2 norm of the (synchronised) parameter gradients.
+    pub fn grad_norm(&mut self) -> Result<f32, ModelError> {
+        let mut sq = [self.backend.grad_norm_squared(self.shard())?];
+        self.backend.all_reduce_host(&mut sq)?;
+        Ok(sq[0].sqrt() as f32)
+    }
+
+    /// One AdamW update: each rank updates its shard, then the ranks exchange the new shards.
     pub fn adamw(&mut self, step: &AdamWStep) -> Result<(), ModelError> {
-        Ok(self.backend.adamw(step, self.params.decay_end)?)
+        let (shard, len) = (self.shard(), self.shard_len());
+        self.backend.adamw(step, self.params.decay_end, shard)?;
+        Ok(self.backend.all_gather_params(len)?)
+    }
+
+    /// Makes the full AdamW moments known on every rank (before a checkpoint is written).
+    pub fn gather_moments(&mut self) -> Result<(), ModelError> {
+        let len = self.shard_len();
+        Ok(self.backend.all_gather_moments(len)?)
     }
 }
 

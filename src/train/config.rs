@@ -150,6 +150,11 @@ pub struct TrainConfig {
     #[arg(long, default_value_t = 2.0)]
     pub spike_factor: f32,
 
+    /// Seconds data-parallel ranks wait for each other (to meet, and at each exchange) before
+    /// giving up with a message naming the missing ranks.
+    #[arg(long, default_value_t = 600)]
+    pub dist_timeout: u64,
+
     /// Seed for initialisation, data order and sampling.
     #[arg(long, default_value_t = 1337)]
     pub seed: u64,

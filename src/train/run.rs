@@ -135,8 +135,15 @@ pub fn train<K: Backend>(
     let cfg = run.cfg;
     let (b, t) = (model.acts.b, model.acts.t);
     let bt = b * t;
-    let total_tokens = cfg.total_batch_tokens.unwrap_or(bt);
-    let accum = total_tokens / bt;
+    let (rank, world) = model.rank_world();
+    // Tokens per optimizer step over all ranks; each rank accumulates its share.
+    let total_tokens = cfg.total_batch_tokens.unwrap_or(bt * world);
+    let accum = total_tokens / (bt * world);
+    anyhow::ensure!(
+        accum >= 1 && accum * bt * world == total_tokens,
+        "--total-batch-tokens {total_tokens} must be a multiple of --batch-size × --seq-len × processes = {}",
+        bt * world
+    );
     let schedule = LrSchedule {
         peak: cfg.lr,
         floor_frac: cfg.min_lr_frac,
@@ -158,20 +165,39 @@ pub fn train<K: Backend>(
         model.backend.upload(whole(Arena::OptM, model.params.total), &m)?;
         model.backend.upload(whole(Arena::OptV, model.params.total), &v)?;
         let loader: LoaderState = serde_json::from_value(saved.loader.clone()).context("checkpoint's loader state")?;
-        run.train.restore(&loader).map_err(|e| anyhow::anyhow!("resume: {e}"))?;
+        anyhow::ensure!(
+            loader.world == world,
+            "resume: the checkpoint was written by a job of {} process(es) and this one has {world}; resume with {} (the data position of each rank depends on the world size)",
+            loader.world,
+            loader.world
+        );
+        // Every rank advances in step, so rank 0's position is every rank's, with its own rank.
+        run.train
+            .restore(&LoaderState { rank: run.train.state().rank, ..loader })
+            .map_err(|e| anyhow::anyhow!("resume: {e}"))?;
         state = TrainState { run: run_json, ..saved };
     }
+    // Only rank 0 reports, writes metrics, samples and writes checkpoints.
+    let lead = rank == 0;
     let metrics_path = run.out.join(METRICS_FILE);
-    truncate_metrics(&metrics_path, state.step)?;
-    let mut metrics = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("{}", metrics_path.display()))?;
+    let mut metrics = if lead {
+        truncate_metrics(&metrics_path, state.step)?;
+        Some(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&metrics_path)
+                .with_context(|| format!("{}", metrics_path.display()))?,
+        )
+    } else {
+        None
+    };
     let mut emit = |event: Event, report: &mut Box<dyn FnMut(&Event) + '_>| -> Result<()> {
-        writeln!(metrics, "{}", serde_json::to_string(&event).expect("event serialises"))
-            .with_context(|| metrics_path.display().to_string())?;
-        report(&event);
+        if let Some(metrics) = metrics.as_mut() {
+            writeln!(metrics, "{}", serde_json::to_string(&event).expect("event serialises"))
+                .with_context(|| metrics_path.display().to_string())?;
+            report(&event);
+        }
         Ok(())
     };
 
@@ -211,6 +237,11 @@ pub fn train<K: Backend>(
                 mlm_loss += model.forward_backward(false, mlm_weight * share)? * share;
             }
         }
+        // Data parallelism: average the gradients (into each rank's shard) and the losses.
+        model.sync_grads()?;
+        let mut losses_now = [clm_loss as f64, mlm_loss as f64];
+        model.sum_over_ranks(&mut losses_now)?;
+        let (clm_loss, mlm_loss) = ((losses_now[0] / world as f64) as f32, (losses_now[1] / world as f64) as f32);
         let loss = objective_loss(objective, clm_loss, mlm_loss, mlm_weight);
         let grad_norm = model.grad_norm()?;
         let grad_scale = if cfg.grad_clip > 0.0 && grad_norm > cfg.grad_clip { cfg.grad_clip / grad_norm } else { 1.0 };
@@ -291,7 +322,7 @@ pub fn train<K: Backend>(
             }
         }
         // A bidirectional (MLM-only) model cannot continue text left to right.
-        if objective.has_clm() && (every(cfg.sample_every) || last && cfg.sample_every > 0) {
+        if lead && objective.has_clm() && (every(cfg.sample_every) || last && cfg.sample_every > 0) {
             let text = sample(model, &mut run, &mut sample_rng)?;
             emit(Event::Sample { step: state.step, text }, &mut run.report)?;
         }
@@ -299,10 +330,15 @@ pub fn train<K: Backend>(
             state.loader = serde_json::to_value(run.train.state()).expect("loader state serialises");
             state.sample_rng = sample_rng.state;
             state.mask_rng = mask_rng.state;
-            (run.report)(&Event::Saving { step: state.step });
-            let path = checkpoint::save(run.out, model, &state, cfg.keep_checkpoints)?;
-            emit(Event::Checkpoint { step: state.step, path: path.clone() }, &mut run.report)?;
-            last_checkpoint = Some(path);
+            model.gather_moments()?;
+            if lead {
+                (run.report)(&Event::Saving { step: state.step });
+                let path = checkpoint::save(run.out, model, &state, cfg.keep_checkpoints)?;
+                emit(Event::Checkpoint { step: state.step, path: path.clone() }, &mut run.report)?;
+                last_checkpoint = Some(path);
+            }
+            // No rank runs ahead of a checkpoint that is still being written.
+            model.sum_over_ranks(&mut [])?;
         }
         if stop_requested {
             emit(Event::Interrupted { step: state.step }, &mut run.report)?;
@@ -358,8 +394,12 @@ fn validate<K: Backend>(
         }
         n += 1;
     }
-    let mean = |sum: f64, used: bool| used.then_some((sum / n.max(1) as f64) as f32);
-    Ok((mean(clm, cfg.objective.has_clm()), mean(mlm, cfg.objective.has_mlm()), n * bt))
+    // Each rank read its own share of the validation windows: add up over ranks.
+    let mut totals = [clm, mlm, n as f64];
+    model.sum_over_ranks(&mut totals)?;
+    let [clm, mlm, n] = totals;
+    let mean = |sum: f64, used: bool| used.then_some((sum / n.max(1.0)) as f32);
+    Ok((mean(clm, cfg.objective.has_clm()), mean(mlm, cfg.objective.has_mlm()), n as usize * bt))
 }
 
 /// A sample from the current parameters, starting from end-of-text (a fresh document).

@@ -23,10 +23,12 @@ pub use layernorm::{layernorm_backward, layernorm_forward};
 pub use loss::cross_entropy;
 pub use matmul::{matmul_backward, matmul_forward};
 
-use super::{AdamWStep, Backend, Precision, Result};
+use super::{AdamWStep, Backend, BackendError, Precision, Result};
+use crate::dist::group::Group;
 use crate::model::layout::{ActLayout, Arena, Tensor};
 use rayon::prelude::*;
 use std::fmt::Debug;
+use std::ops::Range;
 
 /// The element types the reference runs in: f32 for training, f64 for gradient checks.
 pub trait Float: num_traits::Float + num_traits::NumAssign + Send + Sync + Default + Debug + 'static {
@@ -87,6 +89,8 @@ pub struct CpuBackend<F: Float = f32> {
     pub act_grads: Vec<F>,
     pub stats: Vec<F>,
     pub inputs: Vec<i32>,
+    /// The data-parallel group this backend reduces gradients with (none: a world of one).
+    pub group: Option<Group>,
 }
 
 /// Raw views of every arena for one op: lets an op take several disjoint spans of the same
@@ -151,7 +155,34 @@ impl<F: Float> CpuBackend<F> {
             act_grads: vec![F::zero(); acts.act_grads_total],
             stats: vec![F::zero(); acts.stats_total],
             inputs: vec![0; acts.inputs_total],
+            group: None,
         }
+    }
+
+    /// The backend as one rank of a data-parallel group; `param_total` must be the arena padded
+    /// to equal shards (`ParamLayout::padded_total`).
+    pub fn with_group(mut self, group: Group) -> Self {
+        self.group = Some(group);
+        self
+    }
+
+    /// Every rank's shard of one parameter-like arena, on every rank.
+    fn gather(&mut self, arena: Arena, shard_len: usize) -> Result<()> {
+        let Some(group) = self.group.as_mut() else { return Ok(()) };
+        let rank = group.rank();
+        let data = match arena {
+            Arena::Params => &mut self.params,
+            Arena::OptM => &mut self.opt_m,
+            Arena::OptV => &mut self.opt_v,
+            other => unreachable!("gather of {other:?}"),
+        };
+        let mine: Vec<f64> = data[rank * shard_len..(rank + 1) * shard_len].iter().map(|x| x.f64()).collect();
+        let mut all = vec![0f64; shard_len * group.world()];
+        group.all_gather(&mine, &mut all).map_err(|e| BackendError::Device(e.to_string()))?;
+        for (d, x) in data.iter_mut().zip(all) {
+            *d = F::of(x);
+        }
+        Ok(())
     }
 
     /// Bytes the arenas of a model with `param_total` parameters and the plan `acts` take.
@@ -520,12 +551,55 @@ impl<F: Float> Backend for CpuBackend<F> {
         Ok(())
     }
 
-    fn grad_norm_squared(&mut self) -> Result<f64> {
-        Ok(norm_squared(&self.grads))
+    fn grad_norm_squared(&mut self, range: Range<usize>) -> Result<f64> {
+        Ok(norm_squared(&self.grads[range]))
     }
 
-    fn adamw(&mut self, step: &AdamWStep, decay_end: usize) -> Result<()> {
-        adamw(&mut self.params, &self.grads, &mut self.opt_m, &mut self.opt_v, step, decay_end);
+    fn adamw(&mut self, step: &AdamWStep, decay_end: usize, range: Range<usize>) -> Result<()> {
+        let decay_end = decay_end.saturating_sub(range.start).min(range.len());
+        let r = range.clone();
+        adamw(
+            &mut self.params[r.clone()],
+            &self.grads[r.clone()],
+            &mut self.opt_m[r.clone()],
+            &mut self.opt_v[r],
+            step,
+            decay_end,
+        );
         Ok(())
+    }
+
+    fn rank_world(&self) -> (usize, usize) {
+        self.group.as_ref().map_or((0, 1), |g| (g.rank(), g.world()))
+    }
+
+    fn reduce_scatter_grads(&mut self, shard_len: usize) -> Result<()> {
+        let Some(group) = self.group.as_mut() else { return Ok(()) };
+        let (rank, world) = (group.rank(), group.world());
+        // A sum of the whole arena through rank 0 (simple and exact; the CPU group is for
+        // correctness, not bandwidth), then the mean of this rank's shard.
+        let mut sum: Vec<f64> = self.grads.iter().map(|g| g.f64()).collect();
+        group.all_reduce_sum(&mut sum).map_err(|e| BackendError::Device(e.to_string()))?;
+        let shard = rank * shard_len..(rank + 1) * shard_len;
+        for (g, s) in self.grads[shard.clone()].iter_mut().zip(&sum[shard]) {
+            *g = F::of(s / world as f64);
+        }
+        Ok(())
+    }
+
+    fn all_gather_params(&mut self, shard_len: usize) -> Result<()> {
+        self.gather(Arena::Params, shard_len)
+    }
+
+    fn all_gather_moments(&mut self, shard_len: usize) -> Result<()> {
+        self.gather(Arena::OptM, shard_len)?;
+        self.gather(Arena::OptV, shard_len)
+    }
+
+    fn all_reduce_host(&mut self, values: &mut [f64]) -> Result<()> {
+        match self.group.as_mut() {
+            Some(g) => g.all_reduce_sum(values).map_err(|e| BackendError::Device(e.to_string())),
+            None => Ok(()),
+        }
     }
 }

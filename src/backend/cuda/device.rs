@@ -95,6 +95,15 @@ fn device_error(what: &str, e: impl std::fmt::Debug) -> BackendError {
     BackendError::Device(format!("{what}: {e:?}"))
 }
 
+/// The number of GPUs the driver reports.
+pub fn device_count() -> Result<usize, BackendError> {
+    check_driver()?;
+    let count = CudaContext::device_count().map_err(|e| {
+        BackendError::Unavailable(format!("the NVIDIA driver is present but reports no usable GPU ({e:?})"))
+    })?;
+    Ok(count.max(0) as usize)
+}
+
 /// A context on device `ordinal`, after checking the driver and the device count.
 pub fn open(ordinal: usize) -> Result<Arc<CudaContext>, BackendError> {
     check_driver()?;

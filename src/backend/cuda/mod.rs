@@ -27,7 +27,7 @@ pub mod plan;
 
 mod blas;
 
-pub use device::{DeviceInfo, NVCC_INSTALL_HINT, is_compiled, peak_bf16_flops, probe, probe_device};
+pub use device::{DeviceInfo, NVCC_INSTALL_HINT, device_count, is_compiled, peak_bf16_flops, probe, probe_device};
 pub use plan::{ArenaSizes, MemoryPlan, ScratchSizes};
 
 use super::{AdamWStep, Backend, BackendError, Precision, Result};
@@ -42,6 +42,7 @@ use half::bf16;
 use kernels::*;
 use plan::{BLAS_WORKSPACE_BYTES, BYTES_PER_F32, BYTES_PER_F64, MAX_PARTIALS, NORM_MAX_BLOCKS, storage_bytes};
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 /// Warps per block of the warp-per-row kernels.
@@ -910,12 +911,13 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn grad_norm_squared(&mut self) -> Result<f64> {
-        let n = self.grads.elems;
-        let vec = self.vec_flag(&[self.grads.ptr], &[n]);
+    fn grad_norm_squared(&mut self, range: Range<usize>) -> Result<f64> {
+        let n = range.len();
+        let grads_p = self.grads.at(range.start, n)?;
+        let vec = self.vec_flag(&[grads_p], &[n]);
         let per_block = REDUCE_BLOCK as usize * if vec == 1 { self.vector_elems() } else { 1 };
         let blocks = n.div_ceil(per_block).clamp(1, NORM_MAX_BLOCKS);
-        let (grads_p, partials_p, n_i) = (self.grads.ptr, self.scratch.norm.ptr, to_i64(n, "gradient count")?);
+        let (partials_p, n_i) = (self.scratch.norm.ptr, to_i64(n, "gradient count")?);
         let f = self.functions.get("sum_squares");
         let mut l = self.stream.launch_builder(f);
         l.arg(&partials_p).arg(&grads_p).arg(&n_i).arg(&vec);
@@ -924,8 +926,9 @@ impl Backend for CudaBackend {
             block_dim: (REDUCE_BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: sum_squares_T(double* partials, const T* x, long long n, int vec): x is the
-        // whole gradient arena (n elements), partials holds NORM_MAX_BLOCKS ≥ blocks doubles.
+        // SAFETY: sum_squares_T(double* partials, const T* x, long long n, int vec): x is `range`
+        // of the gradient arena (n elements, bounds checked), partials holds NORM_MAX_BLOCKS ≥
+        // blocks doubles.
         unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("sum_squares", e))?;
         let mut bytes = vec![0u8; blocks * BYTES_PER_F64];
         self.stream
@@ -935,14 +938,21 @@ impl Backend for CudaBackend {
         Ok(bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes"))).sum())
     }
 
-    fn adamw(&mut self, step: &AdamWStep, decay_end: usize) -> Result<()> {
-        let n = self.params.elems;
-        if !n.is_multiple_of(ADAMW_ELEMS) {
-            return Err(BackendError::Device(format!("the parameter arena ({n}) is not a multiple of {ADAMW_ELEMS}")));
+    fn adamw(&mut self, step: &AdamWStep, decay_end: usize, range: Range<usize>) -> Result<()> {
+        let (lo, n) = (range.start, range.len());
+        if !n.is_multiple_of(ADAMW_ELEMS) || !lo.is_multiple_of(ADAMW_ELEMS) {
+            return Err(BackendError::Device(format!(
+                "the AdamW range {range:?} does not start and end on multiples of {ADAMW_ELEMS}"
+            )));
         }
-        let master_p = self.master.as_ref().map_or(self.params.ptr, |m| m.ptr);
-        let (params_p, grads_p, m_p, v_p) = (self.params.ptr, self.grads.ptr, self.opt_m.ptr, self.opt_v.ptr);
-        let (n_i, decay_i) = (to_i64(n, "parameter count")?, to_i64(decay_end.min(n), "decay end")?);
+        let master_p = match self.master.as_ref() {
+            Some(m) => m.at(lo, n)?,
+            None => self.params.at(lo, n)?,
+        };
+        let (params_p, grads_p) = (self.params.at(lo, n)?, self.grads.at(lo, n)?);
+        let (m_p, v_p) = (self.opt_m.at(lo, n)?, self.opt_v.at(lo, n)?);
+        let decay_i = to_i64(decay_end.saturating_sub(lo).min(n), "decay end")?;
+        let n_i = to_i64(n, "parameter count")?;
         let t = i32::try_from(step.t).unwrap_or(i32::MAX);
         let bc1 = (1.0 - (step.beta1 as f64).powi(t)) as f32;
         let bc2 = (1.0 - (step.beta2 as f64).powi(t)) as f32;
@@ -958,10 +968,10 @@ impl Backend for CudaBackend {
         };
         // SAFETY: adamw_T(T* params, float* master, const T* grads, float* m, float* v, long long
         // n, long long decay_end, float lr, float beta1, float beta2, float eps, float wd, float
-        // bc1, float bc2, float grad_scale, unsigned long long seed): every arena holds n
-        // elements, n is a multiple of 4 and the f32 arenas are 16-byte aligned (allocation
-        // base) for the float4 accesses; in f32 storage master is params and the kernel does
-        // not write params separately.
+        // bc1, float bc2, float grad_scale, unsigned long long seed): each pointer is `range` of
+        // its arena (bounds checked), n and the start are multiples of 4, so the f32 arenas stay
+        // 16-byte aligned for the float4 accesses; in f32 storage master is params and the
+        // kernel does not write params separately.
         unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("adamw", e))?;
         Ok(())
     }
