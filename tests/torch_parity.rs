@@ -269,7 +269,7 @@ fn check_adamw<F: Float>(rtol_loss: f64, rtol_params: f64, skip_key_bias: bool) 
         m.zero_grads().unwrap();
         m.forward_backward(true, 1.0).unwrap();
         losses.push(mean_loss(&m));
-        let norm = m.backend.grad_norm_squared().unwrap().sqrt();
+        let norm = m.backend.grad_norm_squared(m.shard()).unwrap().sqrt();
         norms.push(norm);
         let step = AdamWStep {
             lr: h("lr") as f32,
