@@ -248,8 +248,10 @@ pub trait Backend {
     fn all_gather_params(&mut self, _shard_len: usize) -> Result<()> {
         Ok(())
     }
-    /// Gives every rank every rank's shard of the AdamW moments (before a checkpoint).
-    fn all_gather_moments(&mut self, _shard_len: usize) -> Result<()> {
+    /// Gives every rank every rank's shard of the optimizer state: the AdamW moments and, where
+    /// the backend keeps them apart from the parameters, the f32 master weights (before a
+    /// checkpoint or a sample, which read them).
+    fn all_gather_optimizer_state(&mut self, _shard_len: usize) -> Result<()> {
         Ok(())
     }
     /// Element-wise sum of host values over the ranks.

@@ -3,12 +3,14 @@
 
 use super::Device;
 use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda;
 use crate::backend::cuda::CudaBackend;
 use crate::backend::{Backend, BackendError};
 use crate::checkpoint;
 use crate::data::loader::{Loader, Split};
 use crate::data::prepare::{self, Manifest};
 use crate::data::tokenizer::Tokenizer;
+use crate::dist::file_init;
 use crate::dist::group::Group;
 use crate::model::config::ModelConfig;
 use crate::model::layout::{ActLayout, ParamLayout};
@@ -32,13 +34,20 @@ pub fn run(cfg: &TrainConfig) -> Result<()> {
     check_numbers(cfg)?;
     // Data parallelism: a launcher (gptk launch, torchrun, srun, mpirun) started this process.
     let topo = crate::dist::env::from_process_env()?;
-    let mut group = if topo.launched() {
-        let fingerprint: Vec<String> = cfg.identity().into_iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let timeout = std::time::Duration::from_secs(cfg.dist_timeout.max(1));
-        Some(Group::connect(&topo, &fingerprint.join(" "), timeout)?)
-    } else {
-        None
+    let file_init = match cfg.nccl_init.as_str() {
+        "tcp" => None,
+        other => match other.strip_prefix("file:") {
+            Some(path) if !path.is_empty() => Some(PathBuf::from(path)),
+            _ => bail!("--nccl-init {other}: expected tcp or file:PATH"),
+        },
     };
+    let fingerprint = cfg.identity().into_iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+    let timeout = std::time::Duration::from_secs(cfg.dist_timeout.max(1));
+    let mut group =
+        if topo.launched() && file_init.is_none() { Some(Group::connect(&topo, &fingerprint, timeout)?) } else { None };
+    if file_init.is_some() && topo.world > 1 && cfg.data.is_none() {
+        bail!("--nccl-init file: needs --data (the built-in corpus is written by rank 0 and shared over TCP)");
+    }
     let lead = topo.rank == 0;
     let out = output_dir(cfg)?;
     if lead {
@@ -103,6 +112,9 @@ pub fn run(cfg: &TrainConfig) -> Result<()> {
     };
     match super::resolve_device_for(cfg.device, topo.local_rank)? {
         Device::Cpu => {
+            if file_init.is_some() {
+                bail!("--nccl-init file: is for GPUs; CPU processes meet over TCP (MASTER_ADDR, MASTER_PORT)");
+            }
             let build = move |p: &ParamLayout, a: &ActLayout| {
                 let k = CpuBackend::<f32>::new(p.padded_total(world), a);
                 Ok(match group {
@@ -113,14 +125,32 @@ pub fn run(cfg: &TrainConfig) -> Result<()> {
             job.run(build, |p, a| Ok(CpuBackend::<f32>::new(p.total, a)), None)
         }
         Device::Cuda(info) => {
-            if world > 1 {
-                bail!(
-                    "data parallelism on CUDA GPUs needs NCCL, which this build does not use yet; run one process per job, or --device cpu"
-                );
-            }
-            let precision = cfg.precision;
-            let build = move |p: &ParamLayout, a: &ActLayout| CudaBackend::new(p, a, precision, info.ordinal);
-            job.run(build, build, info.peak_bf16_flops)
+            // Rank 0 makes NCCL's id and hands it to the others, over TCP or through a file.
+            let nccl_id = if !topo.launched() {
+                None
+            } else if let Some(path) = &file_init {
+                Some(if lead {
+                    let id = cuda::new_nccl_id()?;
+                    file_init::publish(path, &id, world, &fingerprint)?;
+                    id
+                } else {
+                    file_init::fetch(path, world, &fingerprint, timeout)?
+                })
+            } else {
+                let g = group.as_mut().expect("launched jobs meet over TCP");
+                let mut id = if lead { cuda::new_nccl_id()? } else { Vec::new() };
+                g.broadcast(&mut id, cuda::NCCL_ID_BYTES)?;
+                Some(id)
+            };
+            let (precision, ordinal) = (cfg.precision, info.ordinal);
+            let build = move |p: &ParamLayout, a: &ActLayout| {
+                let k = CudaBackend::for_world(p, a, precision, ordinal, world)?;
+                match &nccl_id {
+                    Some(id) => k.with_nccl(id, rank, world),
+                    None => Ok(k),
+                }
+            };
+            job.run(build, move |p, a| CudaBackend::new(p, a, precision, ordinal), info.peak_bf16_flops)
         }
     }
 }

@@ -266,6 +266,11 @@ impl<K: Backend> Gpt<K> {
         Ok(self.backend.reduce_scatter_grads(len)?)
     }
 
+    /// Returns when every rank has called it.
+    pub fn barrier(&mut self) -> Result<(), ModelError> {
+        Ok(self.backend.all_reduce_host(&mut [0.0])?)
+    }
+
     /// Element-wise sum of host values over the ranks.
     pub fn sum_over_ranks(&mut self, values: &mut [f64]) -> Result<(), ModelError> {
         Ok(self.backend.all_reduce_host(values)?)
@@ -285,10 +290,11 @@ impl<K: Backend> Gpt<K> {
         Ok(self.backend.all_gather_params(len)?)
     }
 
-    /// Makes the full AdamW moments known on every rank (before a checkpoint is written).
-    pub fn gather_moments(&mut self) -> Result<(), ModelError> {
+    /// Makes the full optimizer state (moments, master weights) known on every rank, before a
+    /// checkpoint is written or a sample drawn.
+    pub fn gather_optimizer_state(&mut self) -> Result<(), ModelError> {
         let len = self.shard_len();
-        Ok(self.backend.all_gather_moments(len)?)
+        Ok(self.backend.all_gather_optimizer_state(len)?)
     }
 }
 

@@ -150,6 +150,10 @@ pub struct TrainConfig {
     #[arg(long, default_value_t = 2.0)]
     pub spike_factor: f32,
 
+    /// How data-parallel GPU processes share NCCL's id: `tcp` (through MASTER_ADDR:MASTER_PORT)
+    /// or `file:PATH` (a new file on a filesystem all ranks see).
+    #[arg(long, default_value = "tcp")]
+    pub nccl_init: String,
     /// Seconds data-parallel ranks wait for each other (to meet, and at each exchange) before
     /// giving up with a message naming the missing ranks.
     #[arg(long, default_value_t = 600)]

@@ -322,15 +322,19 @@ pub fn train<K: Backend>(
             }
         }
         // A bidirectional (MLM-only) model cannot continue text left to right.
-        if lead && objective.has_clm() && (every(cfg.sample_every) || last && cfg.sample_every > 0) {
-            let text = sample(model, &mut run, &mut sample_rng)?;
-            emit(Event::Sample { step: state.step, text }, &mut run.report)?;
+        if objective.has_clm() && (every(cfg.sample_every) || last && cfg.sample_every > 0) {
+            // The sample reads the full-precision weights, which each rank has only its shard of.
+            model.gather_optimizer_state()?;
+            if lead {
+                let text = sample(model, &mut run, &mut sample_rng)?;
+                emit(Event::Sample { step: state.step, text }, &mut run.report)?;
+            }
         }
         if every(cfg.checkpoint_every) || last || stop_requested {
             state.loader = serde_json::to_value(run.train.state()).expect("loader state serialises");
             state.sample_rng = sample_rng.state;
             state.mask_rng = mask_rng.state;
-            model.gather_moments()?;
+            model.gather_optimizer_state()?;
             if lead {
                 (run.report)(&Event::Saving { step: state.step });
                 let path = checkpoint::save(run.out, model, &state, cfg.keep_checkpoints)?;
@@ -338,7 +342,7 @@ pub fn train<K: Backend>(
                 last_checkpoint = Some(path);
             }
             // No rank runs ahead of a checkpoint that is still being written.
-            model.sum_over_ranks(&mut [])?;
+            model.barrier()?;
         }
         if stop_requested {
             emit(Event::Interrupted { step: state.step }, &mut run.report)?;

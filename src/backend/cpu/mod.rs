@@ -591,7 +591,7 @@ impl<F: Float> Backend for CpuBackend<F> {
         self.gather(Arena::Params, shard_len)
     }
 
-    fn all_gather_moments(&mut self, shard_len: usize) -> Result<()> {
+    fn all_gather_optimizer_state(&mut self, shard_len: usize) -> Result<()> {
         self.gather(Arena::OptM, shard_len)?;
         self.gather(Arena::OptV, shard_len)
     }

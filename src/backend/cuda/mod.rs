@@ -23,11 +23,13 @@
 pub mod cast;
 pub mod device;
 pub mod kernels;
+pub mod nccl;
 pub mod plan;
 
 mod blas;
 
 pub use device::{DeviceInfo, NVCC_INSTALL_HINT, device_count, is_compiled, peak_bf16_flops, probe, probe_device};
+pub use nccl::{NCCL_ID_BYTES, NcclComm, check_nccl, new_id as new_nccl_id};
 pub use plan::{ArenaSizes, MemoryPlan, ScratchSizes};
 
 use super::{AdamWStep, Backend, BackendError, Precision, Result};
@@ -159,6 +161,8 @@ pub struct CudaBackend {
     _module: Arc<CudaModule>,
     stream: Arc<CudaStream>,
     ctx: Arc<CudaContext>,
+    /// The data-parallel communicator (none: a world of one).
+    nccl: Option<NcclComm>,
 }
 
 impl CudaBackend {
@@ -175,6 +179,26 @@ impl CudaBackend {
             precision,
             device_ordinal,
             Some((b, t)),
+        )
+    }
+
+    /// The backend for one rank of a data-parallel job of `world` GPUs: the parameter arena is
+    /// padded so it splits into equal shards (`ParamLayout::padded_total`).
+    pub fn for_world(
+        params: &ParamLayout,
+        acts: &ActLayout,
+        precision: Precision,
+        device_ordinal: usize,
+        world: usize,
+    ) -> Result<Self> {
+        let mut sizes = ArenaSizes::for_model(params, acts);
+        sizes.params = params.padded_total(world);
+        Self::with_sizes(
+            sizes,
+            ScratchSizes::for_model(params, acts),
+            precision,
+            device_ordinal,
+            Some((acts.b, acts.t)),
         )
     }
 
@@ -239,6 +263,7 @@ impl CudaBackend {
             plan,
             stream,
             ctx,
+            nccl: None,
         };
         backend.stream.synchronize().map_err(|e| driver_error("initialising the arenas", e))?;
         Ok(backend)
@@ -974,6 +999,26 @@ impl Backend for CudaBackend {
         // kernel does not write params separately.
         unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("adamw", e))?;
         Ok(())
+    }
+
+    fn rank_world(&self) -> (usize, usize) {
+        self.nccl_rank_world()
+    }
+
+    fn reduce_scatter_grads(&mut self, shard_len: usize) -> Result<()> {
+        self.nccl_reduce_scatter_grads(shard_len)
+    }
+
+    fn all_gather_params(&mut self, shard_len: usize) -> Result<()> {
+        self.nccl_all_gather_params(shard_len)
+    }
+
+    fn all_gather_optimizer_state(&mut self, shard_len: usize) -> Result<()> {
+        self.nccl_all_gather_optimizer_state(shard_len)
+    }
+
+    fn all_reduce_host(&mut self, values: &mut [f64]) -> Result<()> {
+        self.nccl_all_reduce_host(values)
     }
 }
 
