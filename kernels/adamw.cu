@@ -9,20 +9,23 @@
 // stochastic rounding, seeded per step, so small updates are not lost to rounding on average;
 // the random bits depend only on (seed, element), so a step is reproducible. In f32 storage the
 // parameters are the master (the f32 entry point never touches `params`).
-// Launch: 1-D grid of ADAMW_BLOCK threads, each owning ADAMW_ELEMS consecutive elements (one
-// float4 of master, m and v; the arena length is a multiple of 64). Resources: registers only.
-// Deterministic.
+// Updates elements [start, end) of the arena (all of it alone; one shard under data parallelism,
+// ZeRO-1): indices, weight decay and the stochastic-rounding bits are those of the whole arena,
+// so a shard is updated exactly as the same elements of an unsharded step would be.
+// Launch: 1-D grid of ADAMW_BLOCK threads over end − start, each owning ADAMW_ELEMS consecutive
+// elements (one float4 of master, m and v; start and end are multiples of 64). Resources:
+// registers only. Deterministic.
 #include "common.cuh"
 
 #define ADAMW_BLOCK 256
 #define ADAMW_ELEMS 4
 
 template <typename T>
-__device__ __forceinline__ void adamw(T* params, float* master, const T* grads, float* m, float* v, long long n,
-                                      long long decay_end, float lr, float beta1, float beta2, float eps, float wd,
-                                      float bc1, float bc2, float grad_scale, unsigned long long seed) {
-    const long long i0 = global_thread() * ADAMW_ELEMS;
-    if (i0 >= n) return;
+__device__ __forceinline__ void adamw(T* params, float* master, const T* grads, float* m, float* v, long long start,
+                                      long long end, long long decay_end, float lr, float beta1, float beta2, float eps,
+                                      float wd, float bc1, float bc2, float grad_scale, unsigned long long seed) {
+    const long long i0 = start + global_thread() * ADAMW_ELEMS;
+    if (i0 >= end) return;
     float4 p4 = *reinterpret_cast<const float4*>(master + i0);
     float4 m4 = *reinterpret_cast<const float4*>(m + i0);
     float4 v4 = *reinterpret_cast<const float4*>(v + i0);
@@ -46,7 +49,9 @@ __device__ __forceinline__ void adamw(T* params, float* master, const T* grads, 
 }
 
 #define ADAMW_PARAMS(T)                                                                                              \
-    (T * params, float* master, const T* grads, float* m, float* v, long long n, long long decay_end, float lr,      \
-     float beta1, float beta2, float eps, float wd, float bc1, float bc2, float grad_scale, unsigned long long seed)
+    (T * params, float* master, const T* grads, float* m, float* v, long long start, long long end,               \
+     long long decay_end, float lr, float beta1, float beta2, float eps, float wd, float bc1, float bc2,           \
+     float grad_scale, unsigned long long seed)
 GPTK_ENTRY_POINTS(adamw, ADAMW_BLOCK, ADAMW_PARAMS,
-                  (params, master, grads, m, v, n, decay_end, lr, beta1, beta2, eps, wd, bc1, bc2, grad_scale, seed))
+                  (params, master, grads, m, v, start, end, decay_end, lr, beta1, beta2, eps, wd, bc1, bc2, grad_scale,
+                   seed))

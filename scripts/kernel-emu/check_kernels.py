@@ -387,7 +387,7 @@ def check_adamw(dt):
         bc1, bc2 = 1 - b1**t, 1 - b2**t
         decay_end = n // 2 + 4
         launch("adamw", dt, blocks(n // 4, 256), 256, P(params), P(master if dt == "bf16" else params), P(grads),
-               P(m), P(v), L(n), L(decay_end), F(lr), F(b1), F(b2), F(eps), F(wd), F(bc1), F(bc2), F(scale), U64(seed))
+               P(m), P(v), L(0), L(n), L(decay_end), F(lr), F(b1), F(b2), F(eps), F(wd), F(bc1), F(bc2), F(scale), U64(seed))
         g = g64 * scale
         m_ref = b1 * m64 + (1 - b1) * g
         v_ref = b2 * v64 + (1 - b2) * g * g
@@ -408,6 +408,30 @@ def check_adamw(dt):
             print(f"{'adamw stochastic rounding ' + tag:<70} worst {worst:.3f} steps, bias {bias:+.4f} steps  {'ok' if ok else 'FAIL'}")
             if not ok:
                 R.failed.append(f"adamw stochastic rounding {tag}")
+    # One shard, as a data-parallel rank updates it: the same values as the unsharded step inside
+    # [start, end), nothing touched outside.
+    n, start, end = 4096 + 64, 64, 4096 - 64
+    master = torch.randn(n, dtype=torch.float32)
+    params = master.to(DTYPE[dt])
+    grads, _ = rnd(n, dt, 0.01)
+    m, v = (torch.randn(n) * 0.01).float(), (torch.randn(n) * 1e-4).abs().float()
+    whole = [x.clone() for x in (params, master, m, v)]
+    args = (F(1e-2), F(0.9), F(0.95), F(1e-8), F(0.1), F(0.271), F(0.143), F(0.7), U64(99))
+    launch("adamw", dt, blocks(n // 4, 256), 256, P(whole[0]), P(whole[1] if dt == "bf16" else whole[0]), P(grads),
+           P(whole[2]), P(whole[3]), L(0), L(n), L(n // 2), *args)
+    before = [x.clone() for x in (params, master, m, v)]
+    launch("adamw", dt, blocks((end - start) // 4, 256), 256, P(params), P(master if dt == "bf16" else params), P(grads),
+           P(m), P(v), L(start), L(end), L(n // 2), *args)
+    for name, got, ref, old in zip(["params", "master", "m", "v"], (params, master, m, v), whole, before):
+        if dt == "f32" and name == "master":
+            continue
+        inside = torch.equal(got[start:end], ref[start:end])
+        outside = torch.equal(got[:start], old[:start]) and torch.equal(got[end:], old[end:])
+        R.rows += 1
+        ok = inside and outside
+        print(f"{f'adamw shard {name} [{dt}]':<70} same as unsharded {inside}, outside untouched {outside}  {'ok' if ok else 'FAIL'}")
+        if not ok:
+            R.failed.append(f"adamw shard {name} [{dt}]")
 
 
 def check_sum_squares(dt):

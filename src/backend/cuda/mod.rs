@@ -964,39 +964,37 @@ impl Backend for CudaBackend {
     }
 
     fn adamw(&mut self, step: &AdamWStep, decay_end: usize, range: Range<usize>) -> Result<()> {
-        let (lo, n) = (range.start, range.len());
-        if !n.is_multiple_of(ADAMW_ELEMS) || !lo.is_multiple_of(ADAMW_ELEMS) {
+        let (lo, hi) = (range.start, range.end);
+        if !lo.is_multiple_of(ADAMW_ELEMS) || !hi.is_multiple_of(ADAMW_ELEMS) || hi > self.params.elems || lo > hi {
             return Err(BackendError::Device(format!(
-                "the AdamW range {range:?} does not start and end on multiples of {ADAMW_ELEMS}"
+                "the AdamW range {range:?} is not inside the arena ({}) on multiples of {ADAMW_ELEMS}",
+                self.params.elems
             )));
         }
-        let master_p = match self.master.as_ref() {
-            Some(m) => m.at(lo, n)?,
-            None => self.params.at(lo, n)?,
-        };
-        let (params_p, grads_p) = (self.params.at(lo, n)?, self.grads.at(lo, n)?);
-        let (m_p, v_p) = (self.opt_m.at(lo, n)?, self.opt_v.at(lo, n)?);
-        let decay_i = to_i64(decay_end.saturating_sub(lo).min(n), "decay end")?;
-        let n_i = to_i64(n, "parameter count")?;
+        let master_p = self.master.as_ref().map_or(self.params.ptr, |m| m.ptr);
+        let (params_p, grads_p, m_p, v_p) = (self.params.ptr, self.grads.ptr, self.opt_m.ptr, self.opt_v.ptr);
+        let (lo_i, hi_i) = (to_i64(lo, "AdamW start")?, to_i64(hi, "AdamW end")?);
+        let decay_i = to_i64(decay_end.min(hi), "decay end")?;
         let t = i32::try_from(step.t).unwrap_or(i32::MAX);
         let bc1 = (1.0 - (step.beta1 as f64).powi(t)) as f32;
         let bc2 = (1.0 - (step.beta2 as f64).powi(t)) as f32;
         let f = self.functions.get("adamw");
         let mut l = self.stream.launch_builder(f);
-        l.arg(&params_p).arg(&master_p).arg(&grads_p).arg(&m_p).arg(&v_p).arg(&n_i).arg(&decay_i);
+        l.arg(&params_p).arg(&master_p).arg(&grads_p).arg(&m_p).arg(&v_p).arg(&lo_i).arg(&hi_i).arg(&decay_i);
         l.arg(&step.lr).arg(&step.beta1).arg(&step.beta2).arg(&step.eps).arg(&step.weight_decay);
         l.arg(&bc1).arg(&bc2).arg(&step.grad_scale).arg(&step.seed);
         let cfg = LaunchConfig {
-            grid_dim: (blocks_for(n / ADAMW_ELEMS, ADAMW_BLOCK, "adamw grid")?, 1, 1),
+            grid_dim: (blocks_for(((hi - lo) / ADAMW_ELEMS).max(1), ADAMW_BLOCK, "adamw grid")?, 1, 1),
             block_dim: (ADAMW_BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: adamw_T(T* params, float* master, const T* grads, float* m, float* v, long long
-        // n, long long decay_end, float lr, float beta1, float beta2, float eps, float wd, float
-        // bc1, float bc2, float grad_scale, unsigned long long seed): each pointer is `range` of
-        // its arena (bounds checked), n and the start are multiples of 4, so the f32 arenas stay
-        // 16-byte aligned for the float4 accesses; in f32 storage master is params and the
-        // kernel does not write params separately.
+        // start, long long end, long long decay_end, float lr, float beta1, float beta2, float
+        // eps, float wd, float bc1, float bc2, float grad_scale, unsigned long long seed): every
+        // arena holds at least `end` elements (checked against the parameter arena, which all of
+        // them match), start and end are multiples of 4 so the f32 arenas stay 16-byte aligned
+        // for the float4 accesses; in f32 storage master is params and the kernel does not write
+        // params separately.
         unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("adamw", e))?;
         Ok(())
     }
