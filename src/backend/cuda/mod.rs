@@ -26,6 +26,7 @@ pub mod kernels;
 pub mod plan;
 
 mod blas;
+mod timing;
 
 pub use device::{DeviceInfo, NVCC_INSTALL_HINT, is_compiled, peak_bf16_flops, probe, probe_device};
 pub use plan::{ArenaSizes, MemoryPlan, ScratchSizes};
