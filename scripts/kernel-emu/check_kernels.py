@@ -341,9 +341,31 @@ K_FLASH_FORWARD = 4.0
 K_FLASH_BACKWARD = 8.0
 
 
+GUARD = 4096
+
+
+def guarded(t):
+    """t inside a buffer with GUARD NaNs before and after: (buffer, view of t in it). An input
+    read past its end feeds NaN into the results; an output written past its end shows in the
+    guards."""
+    buf = torch.full((t.numel() + 2 * GUARD,), float("nan"), dtype=t.dtype)
+    view = buf[GUARD:GUARD + t.numel()].view(t.shape)
+    view.copy_(t)
+    return buf, view
+
+
+def guards_intact(what, buf):
+    R.rows += 1
+    ok = bool(torch.isnan(buf[:GUARD].float()).all() and torch.isnan(buf[-GUARD:].float()).all())
+    print(f"{what + ' guards':<70} {'ok' if ok else 'FAIL (written outside the tensor)'}")
+    if not ok:
+        R.failed.append(what + " guards")
+
+
 def check_flash_attention(dt):
     """The tensor-core kernels of flash_attention.cu (bf16 only): forward, then the backward
-    (delta from the simple kernel, dK/dV and dQ from the flash ones) against float64 references."""
+    (delta from the simple kernel, dK/dV and dQ from the flash ones) against float64 references.
+    Every tensor sits between NaN guards (see `guarded`)."""
     if dt != "bf16":
         return
     for B, T, NH, HS, causal in [(1, 1, 1, 64, True), (1, 17, 2, 64, True), (2, 65, 1, 64, False),
@@ -352,23 +374,27 @@ def check_flash_attention(dt):
         tag = f"[{dt} B={B} T={T} NH={NH} HS={HS} causal={int(causal)}]"
         C = NH * HS
         qkv, qkv64 = rnd((B, T, 3 * C), dt)
+        _, qkv = guarded(qkv)
         heads = lambda x: x.view(B, T, NH, HS).transpose(1, 2)
         q64, k64, v64 = (heads(qkv64[..., i * C:(i + 1) * C]) for i in range(3))
         rows = B * NH * T
         scale = 1.0 / math.sqrt(HS)
-        out = torch.full((B, T, C), float("nan"), dtype=DTYPE[dt])
-        lse = torch.full((rows,), float("nan"), dtype=torch.float32)
+        out_buf, out = guarded(torch.full((B, T, C), float("nan"), dtype=DTYPE[dt]))
+        lse_buf, lse = guarded(torch.full((rows,), float("nan"), dtype=torch.float32))
         tiles = lambda n: -(-T // n) * B * NH
         launch(f"flash_forward_hs{HS}", dt, tiles(FLASH_FWD_ROWS), FLASH_BLOCK,
                P(out), P(lse), P(qkv), I(B), I(T), I(NH), I(int(causal)), F(scale))
         ref, ref_lse = attention_reference(q64, k64, v64, causal)
         R.compare(f"flash_forward out {tag}", out, ref.transpose(1, 2).reshape(B, T, C), dt, K_FLASH_FORWARD)
         R.compare(f"flash_forward lse {tag}", lse, ref_lse.reshape(-1), "f32")
+        guards_intact(f"flash_forward out {tag}", out_buf)
+        guards_intact(f"flash_forward lse {tag}", lse_buf)
         out_stored = ref.transpose(1, 2).reshape(B, T, C).to(DTYPE[dt]).contiguous()
-        lse = ref_lse.reshape(-1).float().contiguous()
+        _, lse = guarded(ref_lse.reshape(-1).float())
         dout, dout64 = rnd((B, T, C), dt)
-        delta = torch.full((rows,), float("nan"), dtype=torch.float32)
-        dqkv = torch.full((B, T, 3 * C), float("nan"), dtype=DTYPE[dt])
+        _, dout = guarded(dout)
+        _, delta = guarded(torch.full((rows,), float("nan"), dtype=torch.float32))
+        dqkv_buf, dqkv = guarded(torch.full((B, T, 3 * C), float("nan"), dtype=DTYPE[dt]))
         launch("attention_backward_delta", dt, blocks(rows, ROWS_PER_BLOCK), 256,
                P(delta), P(dout), P(out_stored), I(B), I(T), I(NH), I(HS))
         for name, rows_per_block in ((f"flash_backward_dkv_hs{HS}", FLASH_DKV_KEYS),
@@ -385,6 +411,7 @@ def check_flash_attention(dt):
         merge = lambda x: x.transpose(1, 2).reshape(B, T, C)
         want = torch.cat([merge(ds @ k64), merge(ds.transpose(-1, -2) @ q64), merge(p_.transpose(-1, -2) @ do)], -1)
         R.compare(f"flash_backward dqkv {tag}", dqkv, want, dt, K_FLASH_BACKWARD)
+        guards_intact(f"flash_backward dqkv {tag}", dqkv_buf)
 
 
 def check_attention_cached(dt):
