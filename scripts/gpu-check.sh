@@ -10,7 +10,9 @@
 #   of tiny and of d12 (when `gptk train` takes --device) · PyTorch's flash attention timed by
 #   scripts/torch_attention.py (when python3 has CUDA PyTorch), then gptk bench beside it.
 # Every stage logs to $OUT/<stage>.log (OUT defaults to ./gpu-run); $OUT/summary.txt lists each
-# stage's status and time. Exits non-zero when a stage that ran failed.
+# stage's status and time. Exits non-zero when a stage that ran failed. ONLY, when set, names the
+# stages to run (comma-separated name prefixes, e.g. ONLY=check-bf16,test-gpu_attention,racecheck,bench),
+# so that a part of the run fits one shorter device call.
 set -uo pipefail
 
 bundle=${1:-target/gpu-bundle}
@@ -23,10 +25,24 @@ gptk="$bundle/gptk"
 
 note() { echo "$*" | tee -a "$summary"; }
 
+# wanted NAME: true when ONLY is unset or names a prefix of NAME.
+wanted() {
+    [ -z "${ONLY:-}" ] && return 0
+    local prefix
+    for prefix in ${ONLY//,/ }; do
+        [[ $1 == "$prefix"* ]] && return 0
+    done
+    return 1
+}
+
 # stage NAME SECONDS COMMAND...: runs COMMAND with a time limit, logging to $OUT/NAME.log.
 stage() {
     local name=$1 limit=$2
     shift 2
+    if ! wanted "$name"; then
+        note "SKIP  $name: not in ONLY=$ONLY"
+        return 0
+    fi
     local start=$SECONDS
     echo "=== $name: $*" | tee "$OUT/$name.log"
     timeout --kill-after=10 "$limit" "$@" >>"$OUT/$name.log" 2>&1
@@ -123,7 +139,9 @@ fi
 if "$gptk" bench --help >/dev/null 2>&1; then
     torch_json="$OUT/torch_attention.json"
     torch_script="$(dirname "$0")/torch_attention.py"
-    if [ -f "$torch_script" ] && python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
+    if ! wanted bench-torch; then
+        note "SKIP  bench-torch: not in ONLY=$ONLY"
+    elif [ -f "$torch_script" ] && python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
         stage bench-torch 40 python3 "$torch_script" --warmup 5 --iters 30 --out "$torch_json"
     else
         skip bench-torch "no scripts/torch_attention.py or no CUDA PyTorch in python3"
