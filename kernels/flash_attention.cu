@@ -179,7 +179,10 @@ __device__ __forceinline__ void flash_store_rows(bf16* dst, long long stride, co
 }
 
 // ---- forward -----------------------------------------------------------------------------------
-
+// out (B,T,C), lse (B,NH,T) from qkv (B,T,3C). Block: FLASH_FWD_ROWS queries of one (b, h), 32
+// per warp; key/value tiles of FWD_KEYS (64 at HS=64, 32 at HS=128) double-buffered. Grid:
+// ⌈T/128⌉·B·NH. Shared: (128 + 4·FWD_KEYS)·(HS+8)·2 bytes = 55,296 (HS=64) / 69,632 (HS=128).
+// sm_90: 240 / 255 registers, 2 blocks (8 warps) per SM, bound by registers.
 template <int HS>
 __device__ __forceinline__ void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int seq, int NH,
                                               int causal, float scale) {
@@ -358,7 +361,10 @@ __device__ __forceinline__ void flash_forward(bf16* out, float* lse, const bf16*
 }
 
 // ---- backward: dK and dV -------------------------------------------------------------------------
-
+// The k and v thirds of dqkv (B,T,3C). Block: FLASH_DKV_KEYS keys of one (b, h), 16 per warp;
+// query tiles of DKV_ROWS (64 at HS=64, 32 at HS=128) with their dout, LSE and delta,
+// double-buffered. Grid: ⌈T/64⌉·B·NH. Shared: (128 + 4·DKV_ROWS)·(HS+8)·2 + 16·DKV_ROWS bytes =
+// 56,320 (HS=64) / 70,144 (HS=128). sm_90: 254 / 250 registers, 2 blocks (8 warps) per SM.
 template <int HS>
 __device__ __forceinline__ void flash_backward_dkv(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                                                    const float* delta, int B, int seq, int NH, int causal,
@@ -533,7 +539,10 @@ __device__ __forceinline__ void flash_backward_dkv(bf16* dqkv, const bf16* dout,
 }
 
 // ---- backward: dQ -------------------------------------------------------------------------------
-
+// The q third of dqkv (B,T,3C). Block: FLASH_DQ_ROWS queries of one (b, h), 16 per warp; key/value
+// tiles of FLASH_DQ_KEYS double-buffered. Grid: ⌈T/64⌉·B·NH. Shared: (128 + 256)·(HS+8)·2 bytes =
+// 55,296 (HS=64) / 104,448 (HS=128). sm_90: 168 registers, 3 blocks (12 warps) per SM (HS=64);
+// 242 registers, 2 blocks (8 warps) per SM (HS=128).
 template <int HS>
 __device__ __forceinline__ void flash_backward_dq(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                                                   const float* delta, int B, int seq, int NH, int causal,
