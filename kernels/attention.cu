@@ -6,7 +6,10 @@
 // warp-wide dot product. No (T, T) matrix is stored: the forward keeps only the output and the
 // log-sum-exp of each score row (B, NH, T), computed with an online softmax in float; the
 // backward recomputes the probabilities p = exp(q·k·scale − lse) from them, as the CPU does.
-// The tiled tensor-core (flash) version replaces it later under the same contract.
+// flash_attention.cu is the tiled tensor-core version under the same contract, for bf16 storage
+// at head sizes 64 and 128; these kernels still serve f32 storage (exact f32 arithmetic, for
+// tight checks), other head sizes and unaligned tensors, the delta pass of the flash backward,
+// and generation (attention_cached).
 //
 // Backward, deterministic without atomics, in three launches:
 // 1. delta (B,NH,T) = dout·out per row, into f32 scratch;

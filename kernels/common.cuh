@@ -171,3 +171,101 @@ __device__ __forceinline__ int lane_id() { return threadIdx.x % WARP_SIZE; }
     extern "C" __global__ void __launch_bounds__(BLOCK) name##_f32 PARAMS(float) { name<float> ARGS; } \
     extern "C" __global__ void __launch_bounds__(BLOCK) name##_bf16 PARAMS(bf16) { name<bf16> ARGS; }
 #endif
+
+// Declares the one entry point `name_bf16` of a kernel that exists for bf16 storage only (the
+// tensor-core kernels): a thin `extern "C"` wrapper whose body is CALL. PARAMS is the parameter
+// list itself; BLOCK as above; MIN_BLOCKS blocks must fit one multiprocessor, which caps the
+// registers ptxas may use. (scripts/kernel-emu defines its own.)
+#ifndef GPTK_BF16_ENTRY_POINT
+#define GPTK_BF16_ENTRY_POINT(name, BLOCK, MIN_BLOCKS, PARAMS, CALL) \
+    extern "C" __global__ void __launch_bounds__(BLOCK, MIN_BLOCKS) name##_bf16 PARAMS { CALL; }
+#endif
+
+// A kernel's dynamically sized shared memory as `T* name`, 128-byte aligned. More than 48 KiB
+// of it needs the host to raise the function's limit first.
+#ifndef GPTK_DYNAMIC_SMEM
+#define GPTK_DYNAMIC_SMEM(T, name)                                   \
+    extern __shared__ __align__(128) unsigned char gptk_dynamic_smem[]; \
+    T* name = reinterpret_cast<T*>(gptk_dynamic_smem)
+#endif
+
+// ---- tensor cores and asynchronous copies (sm_80 and newer) ----------------------------------
+//
+// mma.sync.m16n8k16 with bf16 operands and f32 accumulators; per lane, with g = lane / 4 and
+// t = lane % 4 (PTX ISA, "Matrix fragments for mma.m16n8k16"):
+// - A (16×16, row-major) in 4 registers of 2 bf16: a[0] = (row g, cols 2t, 2t+1),
+//   a[1] = (row g+8, cols 2t, 2t+1), a[2] = (row g, cols 2t+8, 2t+9), a[3] = (row g+8, cols 2t+8, 2t+9);
+// - B (16×8, k × n) in 2 registers: b[0] = (rows 2t, 2t+1, col g), b[1] = (rows 2t+8, 2t+9, col g);
+// - C/D (16×8) in 4 floats: c[0], c[1] = (row g, cols 2t, 2t+1), c[2], c[3] = (row g+8, same cols).
+// The lower 16 bits of a register hold the element with the smaller column (row for B) index.
+// ldmatrix.x4 loads four 8×8 bf16 matrices from shared memory: lane l gives the address of row
+// l % 8 of matrix l / 8 (16 contiguous bytes) and receives in register i the elements (row l / 4,
+// cols 2(l % 4), 2(l % 4)+1) of matrix i, or with .trans (rows 2(l % 4), 2(l % 4)+1, col l / 4).
+// The host build of the kernels (scripts/kernel-emu) emulates these five instructions.
+#ifndef GPTK_HOST_EMULATION
+// A shared-memory address as the instructions take it: 32 bits, in bytes, so that constant
+// offsets fold into the instruction's immediate.
+typedef uint32_t shared_addr;
+
+__device__ __forceinline__ shared_addr shared_address(const void* p) {
+    return static_cast<shared_addr>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes global → shared without passing L1; only the first `src_bytes` (16 or 0) are read,
+// the rest of the 16 is zero-filled.
+__device__ __forceinline__ void cp_async_16(shared_addr dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+
+// 4 bytes global → shared; zero-filled when src_bytes is 0.
+__device__ __forceinline__ void cp_async_4(shared_addr dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+
+// Closes the group of copies issued by this thread since the last commit.
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+
+// Waits until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, shared_addr p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(p)
+                 : "memory");
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, shared_addr p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(p)
+                 : "memory");
+}
+
+// 2^x by the special-function unit alone (relative error about 2⁻²², results below 2⁻¹²⁶
+// flushed to 0): exp2f adds range checks that cost more than the exponential.
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// d (16×8, f32) += a (16×16, bf16) · b (16×8, bf16).
+__device__ __forceinline__ void mma_bf16_16x8x16(float* d, const uint32_t* a, const uint32_t* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif
+
+// Two floats rounded to bf16 and packed into one register, `lo` in the lower 16 bits.
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+    const uint32_t l = __bfloat16_as_ushort(__float2bfloat16_rn(lo));
+    const uint32_t h = __bfloat16_as_ushort(__float2bfloat16_rn(hi));
+    return l | (h << 16);
+}

@@ -6,10 +6,13 @@
 #
 # Stages, each under its own time limit so that the whole run stays under 8 minutes:
 #   nvidia-smi · gptk check (bf16, then f32) · the ignored GPU tests · compute-sanitizer memcheck on
-#   a few small checks (when installed) · 50 training steps of tiny and of d12 (when `gptk train`
-#   takes --device) · gptk bench (when it exists).
+#   a few small checks and racecheck on the attention kernels (when installed) · 50 training steps
+#   of tiny and of d12 (when `gptk train` takes --device) · PyTorch's flash attention timed by
+#   scripts/torch_attention.py (when python3 has CUDA PyTorch), then gptk bench beside it.
 # Every stage logs to $OUT/<stage>.log (OUT defaults to ./gpu-run); $OUT/summary.txt lists each
-# stage's status and time. Exits non-zero when a stage that ran failed.
+# stage's status and time. Exits non-zero when a stage that ran failed. ONLY, when set, names the
+# stages to run (comma-separated name prefixes, e.g. ONLY=check-bf16,test-gpu_attention,racecheck,bench),
+# so that a part of the run fits one shorter device call.
 set -uo pipefail
 
 bundle=${1:-target/gpu-bundle}
@@ -22,10 +25,24 @@ gptk="$bundle/gptk"
 
 note() { echo "$*" | tee -a "$summary"; }
 
+# wanted NAME: true when ONLY is unset or names a prefix of NAME.
+wanted() {
+    [ -z "${ONLY:-}" ] && return 0
+    local prefix
+    for prefix in ${ONLY//,/ }; do
+        [[ $1 == "$prefix"* ]] && return 0
+    done
+    return 1
+}
+
 # stage NAME SECONDS COMMAND...: runs COMMAND with a time limit, logging to $OUT/NAME.log.
 stage() {
     local name=$1 limit=$2
     shift 2
+    if ! wanted "$name"; then
+        note "SKIP  $name: not in ONLY=$ONLY"
+        return 0
+    fi
     local start=$SECONDS
     echo "=== $name: $*" | tee "$OUT/$name.log"
     timeout --kill-after=10 "$limit" "$@" >>"$OUT/$name.log" 2>&1
@@ -90,8 +107,13 @@ done
 
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if [ -n "$sanitizer" ]; then
+    # Every attention family: the tensor-core kernels (odd T, both head sizes), the simple ones,
+    # the cached step.
     stage memcheck 60 "$sanitizer" --tool memcheck --error-exitcode 1 \
-        "$gptk" check --precision bf16 --op attention_cached
+        "$gptk" check --precision bf16 --op attention
+    # Shared-memory hazards of the double-buffered tensor-core attention.
+    stage racecheck 40 "$sanitizer" --tool racecheck --error-exitcode 1 \
+        "$gptk" check --precision bf16 --op attention_
     stage memcheck-ops 60 bash -c "for op in layernorm encoder cross_entropy gelu residual adamw; do
         '$sanitizer' --tool memcheck --error-exitcode 1 '$gptk' check --precision bf16 --op \$op || exit 1; done"
 else
@@ -112,10 +134,21 @@ else
     skip train "this gptk has no 'train --device'"
 fi
 
-if bench_help=$("$gptk" bench --help 2>/dev/null); then
-    bench_args=()
-    if grep -q -- '--device' <<<"$bench_help"; then bench_args+=(--device cuda); fi
-    stage bench 60 "$gptk" bench "${bench_args[@]}"
+# Benchmarks: PyTorch's flash attention on gptk's shapes first (its JSON report), then gptk's
+# kernels with the device's ceilings and the ratio to PyTorch per case.
+if "$gptk" bench --help >/dev/null 2>&1; then
+    torch_json="$OUT/torch_attention.json"
+    torch_script="$(dirname "$0")/torch_attention.py"
+    if ! wanted bench-torch; then
+        note "SKIP  bench-torch: not in ONLY=$ONLY"
+    elif [ -f "$torch_script" ] && python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
+        stage bench-torch 40 python3 "$torch_script" --warmup 5 --iters 30 --out "$torch_json"
+    else
+        skip bench-torch "no scripts/torch_attention.py or no CUDA PyTorch in python3"
+    fi
+    compare=()
+    if [ -s "$torch_json" ]; then compare=(--compare "$torch_json"); fi
+    stage bench 40 "$gptk" bench --warmup 5 --iters 30 ${compare[@]+"${compare[@]}"}
 else
     skip bench "this gptk has no 'bench' command"
 fi

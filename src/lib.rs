@@ -7,6 +7,7 @@
 //! - [`backend`]: the op set, with the CPU reference ([`backend::cpu`]) and the GPU backend
 //!   ([`backend::cuda`]);
 //! - [`check`]: every GPU kernel and a whole training step against the CPU reference;
+//! - [`bench`]: kernels timed on the GPU against the device's ceilings (and PyTorch's numbers);
 //! - [`checkpoint`]: Hugging Face GPT-2 safetensors in and out;
 //! - [`data`]: tokenizers, llm.c token shards, `prepare`, the training loader, MLM masking,
 //!   classification task files;
@@ -15,6 +16,7 @@
 //! - [`generate`]: sampling with a key/value cache.
 
 pub mod backend;
+pub mod bench;
 pub mod check;
 pub mod checkpoint;
 pub mod cli;

@@ -35,8 +35,8 @@ fn skip_without_nvcc(test: &str) -> bool {
     !kernels::COMPILED
 }
 
-#[test]
-fn kernel_list_matches_the_entry_points_in_the_sources() {
+/// (name, file) of every use of the entry-point macro `macro_name` in kernels/*.cu, sorted.
+fn entry_points_in_sources(macro_name: &str) -> Vec<(String, String)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
     let mut found = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap() {
@@ -44,16 +44,33 @@ fn kernel_list_matches_the_entry_points_in_the_sources() {
         if path.extension().is_some_and(|e| e == "cu") {
             let file = path.file_name().unwrap().to_str().unwrap().to_string();
             let text = std::fs::read_to_string(&path).unwrap();
-            for chunk in text.split("GPTK_ENTRY_POINTS(").skip(1) {
+            for chunk in text.split(&format!("{macro_name}(")).skip(1) {
                 found.push((chunk.split(',').next().unwrap().trim().to_string(), file.clone()));
             }
         }
     }
     found.sort();
-    let mut listed: Vec<(String, String)> =
-        kernels::KERNELS.iter().map(|(n, f)| (n.to_string(), f.to_string())).collect();
-    listed.sort();
-    assert_eq!(found, listed, "kernels::KERNELS must list every GPTK_ENTRY_POINTS of kernels/*.cu");
+    found
+}
+
+fn sorted(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = list.iter().map(|(n, f)| (n.to_string(), f.to_string())).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn kernel_list_matches_the_entry_points_in_the_sources() {
+    assert_eq!(
+        entry_points_in_sources("GPTK_ENTRY_POINTS"),
+        sorted(kernels::KERNELS),
+        "kernels::KERNELS must list every GPTK_ENTRY_POINTS of kernels/*.cu"
+    );
+    assert_eq!(
+        entry_points_in_sources("GPTK_BF16_ENTRY_POINT"),
+        sorted(kernels::BF16_KERNELS),
+        "kernels::BF16_KERNELS must list every GPTK_BF16_ENTRY_POINT of kernels/*.cu"
+    );
 }
 
 #[test]
@@ -69,6 +86,17 @@ fn block_sizes_match_the_kernel_sources() {
         ("adamw.cu", "ADAMW_ELEMS", kernels::ADAMW_ELEMS),
         ("reduce.cu", "REDUCE_BLOCK", kernels::REDUCE_BLOCK as usize),
         ("matmul.cu", "MATMUL_BLOCK", kernels::MATMUL_BLOCK as usize),
+        ("flash_attention.cu", "FLASH_BLOCK", kernels::FLASH_BLOCK as usize),
+        ("flash_attention.cu", "FLASH_WARPS", kernels::FLASH_WARPS),
+        ("flash_attention.cu", "FLASH_FWD_ROWS", kernels::FLASH_FWD_ROWS),
+        ("flash_attention.cu", "FLASH_FWD_KEYS_HS64", kernels::FLASH_FWD_KEYS_HS64),
+        ("flash_attention.cu", "FLASH_FWD_KEYS_HS128", kernels::FLASH_FWD_KEYS_HS128),
+        ("flash_attention.cu", "FLASH_DKV_KEYS", kernels::FLASH_DKV_KEYS),
+        ("flash_attention.cu", "FLASH_DKV_ROWS_HS64", kernels::FLASH_DKV_ROWS_HS64),
+        ("flash_attention.cu", "FLASH_DKV_ROWS_HS128", kernels::FLASH_DKV_ROWS_HS128),
+        ("flash_attention.cu", "FLASH_DQ_ROWS", kernels::FLASH_DQ_ROWS),
+        ("flash_attention.cu", "FLASH_DQ_KEYS", kernels::FLASH_DQ_KEYS),
+        ("flash_attention.cu", "FLASH_SMEM_PAD", kernels::FLASH_SMEM_PAD),
     ];
     for (file, name, value) in expect {
         let d = defines(&kernel_source(file));
@@ -88,28 +116,28 @@ fn every_kernel_compiles_for_sm90_without_spills() {
     let report = kernels::resources();
     assert!(!report.is_empty(), "the ptxas report at {} is empty", kernels::PTXAS_REPORT_PATH);
     println!("{:<36} {:>5} {:>6} {:>6} {:>6}", "kernel (sm_90)", "regs", "stack", "spill", "smem");
-    for (name, file) in kernels::KERNELS {
-        for suffix in kernels::DTYPE_SUFFIXES {
-            let full = format!("{name}_{suffix}");
-            let k = report
-                .iter()
-                .find(|k| k.name == full && k.arch == "sm_90")
-                .unwrap_or_else(|| panic!("{full} (kernels/{file}) is not in the sm_90 ptxas report"));
-            println!(
-                "{:<36} {:>5} {:>6} {:>6} {:>6}",
-                full,
-                k.registers,
-                k.stack_bytes,
-                k.spill_store_bytes + k.spill_load_bytes,
-                k.shared_bytes
-            );
-            assert_eq!(
-                (k.spill_store_bytes, k.spill_load_bytes),
-                (0, 0),
-                "{full} (kernels/{file}) spills registers on sm_90: {k:?}"
-            );
-            assert!(k.registers > 0, "{full}: no register count parsed: {k:?}");
-        }
+    let both = kernels::KERNELS.iter().flat_map(|k| kernels::DTYPE_SUFFIXES.map(|s| (k, s)));
+    let bf16_only = kernels::BF16_KERNELS.iter().map(|k| (k, "bf16"));
+    for ((name, file), suffix) in both.chain(bf16_only) {
+        let full = format!("{name}_{suffix}");
+        let k = report
+            .iter()
+            .find(|k| k.name == full && k.arch == "sm_90")
+            .unwrap_or_else(|| panic!("{full} (kernels/{file}) is not in the sm_90 ptxas report"));
+        println!(
+            "{:<36} {:>5} {:>6} {:>6} {:>6}",
+            full,
+            k.registers,
+            k.stack_bytes,
+            k.spill_store_bytes + k.spill_load_bytes,
+            k.shared_bytes
+        );
+        assert_eq!(
+            (k.spill_store_bytes, k.spill_load_bytes),
+            (0, 0),
+            "{full} (kernels/{file}) spills registers on sm_90: {k:?}"
+        );
+        assert!(k.registers > 0, "{full}: no register count parsed: {k:?}");
     }
 }
 

@@ -106,10 +106,10 @@ class Report:
         self.rows = 0
         self.failed = []
 
-    def compare(self, what, got, ref, dt_out):
+    def compare(self, what, got, ref, dt_out, k=None):
         got = got.double()
         ref = ref.double()
-        eps, k = EPS[dt_out], K[dt_out]
+        eps, k = EPS[dt_out], k or K[dt_out]
         rms = ref.pow(2).mean().sqrt().item() if ref.numel() else 0.0
         tol = k * eps * (ref.abs() + rms)
         diff = (got - ref).abs()
@@ -331,6 +331,89 @@ def check_attention(dt):
         R.compare(f"attention_backward dqkv {tag}", dqkv, want, dt)
 
 
+FLASH_BLOCK = 128
+FLASH_FWD_ROWS = 128
+FLASH_DKV_KEYS = 64
+FLASH_DQ_ROWS = 64
+# Tolerance factors of the tensor-core path (gptk check's K_ATTENTION_BF16_*): P, and in the
+# backward dS, are rounded to bf16 before their second product.
+K_FLASH_FORWARD = 4.0
+K_FLASH_BACKWARD = 8.0
+
+
+GUARD = 4096
+
+
+def guarded(t):
+    """t inside a buffer with GUARD NaNs before and after: (buffer, view of t in it). An input
+    read past its end feeds NaN into the results; an output written past its end shows in the
+    guards."""
+    buf = torch.full((t.numel() + 2 * GUARD,), float("nan"), dtype=t.dtype)
+    view = buf[GUARD:GUARD + t.numel()].view(t.shape)
+    view.copy_(t)
+    return buf, view
+
+
+def guards_intact(what, buf):
+    R.rows += 1
+    ok = bool(torch.isnan(buf[:GUARD].float()).all() and torch.isnan(buf[-GUARD:].float()).all())
+    print(f"{what + ' guards':<70} {'ok' if ok else 'FAIL (written outside the tensor)'}")
+    if not ok:
+        R.failed.append(what + " guards")
+
+
+def check_flash_attention(dt):
+    """The tensor-core kernels of flash_attention.cu (bf16 only): forward, then the backward
+    (delta from the simple kernel, dK/dV and dQ from the flash ones) against float64 references.
+    Every tensor sits between NaN guards (see `guarded`)."""
+    if dt != "bf16":
+        return
+    for B, T, NH, HS, causal in [(1, 1, 1, 64, True), (1, 17, 2, 64, True), (2, 65, 1, 64, False),
+                                 (1, 63, 1, 128, True), (1, 200, 1, 64, True), (1, 130, 1, 128, False),
+                                 (1, 129, 1, 128, True)]:
+        tag = f"[{dt} B={B} T={T} NH={NH} HS={HS} causal={int(causal)}]"
+        C = NH * HS
+        qkv, qkv64 = rnd((B, T, 3 * C), dt)
+        _, qkv = guarded(qkv)
+        heads = lambda x: x.view(B, T, NH, HS).transpose(1, 2)
+        q64, k64, v64 = (heads(qkv64[..., i * C:(i + 1) * C]) for i in range(3))
+        rows = B * NH * T
+        scale = 1.0 / math.sqrt(HS)
+        out_buf, out = guarded(torch.full((B, T, C), float("nan"), dtype=DTYPE[dt]))
+        lse_buf, lse = guarded(torch.full((rows,), float("nan"), dtype=torch.float32))
+        tiles = lambda n: -(-T // n) * B * NH
+        launch(f"flash_forward_hs{HS}", dt, tiles(FLASH_FWD_ROWS), FLASH_BLOCK,
+               P(out), P(lse), P(qkv), I(B), I(T), I(NH), I(int(causal)), F(scale))
+        ref, ref_lse = attention_reference(q64, k64, v64, causal)
+        R.compare(f"flash_forward out {tag}", out, ref.transpose(1, 2).reshape(B, T, C), dt, K_FLASH_FORWARD)
+        R.compare(f"flash_forward lse {tag}", lse, ref_lse.reshape(-1), "f32")
+        guards_intact(f"flash_forward out {tag}", out_buf)
+        guards_intact(f"flash_forward lse {tag}", lse_buf)
+        out_stored = ref.transpose(1, 2).reshape(B, T, C).to(DTYPE[dt]).contiguous()
+        _, lse = guarded(ref_lse.reshape(-1).float())
+        dout, dout64 = rnd((B, T, C), dt)
+        _, dout = guarded(dout)
+        _, delta = guarded(torch.full((rows,), float("nan"), dtype=torch.float32))
+        dqkv_buf, dqkv = guarded(torch.full((B, T, 3 * C), float("nan"), dtype=DTYPE[dt]))
+        launch("attention_backward_delta", dt, blocks(rows, ROWS_PER_BLOCK), 256,
+               P(delta), P(dout), P(out_stored), I(B), I(T), I(NH), I(HS))
+        for name, rows_per_block in ((f"flash_backward_dkv_hs{HS}", FLASH_DKV_KEYS),
+                                     (f"flash_backward_dq_hs{HS}", FLASH_DQ_ROWS)):
+            launch(name, dt, tiles(rows_per_block), FLASH_BLOCK, P(dqkv), P(dout), P(qkv), P(lse), P(delta),
+                   I(B), I(T), I(NH), I(int(causal)), F(scale))
+        s_ = q64 @ k64.transpose(-1, -2) * scale
+        if causal:
+            s_ = s_.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf"))
+        p_ = torch.exp(s_ - ref_lse[..., None])
+        do = heads(dout64)
+        delta_ref = (do * heads(out_stored.double())).sum(-1, keepdim=True)
+        ds = p_ * (do @ v64.transpose(-1, -2) - delta_ref) * scale
+        merge = lambda x: x.transpose(1, 2).reshape(B, T, C)
+        want = torch.cat([merge(ds @ k64), merge(ds.transpose(-1, -2) @ q64), merge(p_.transpose(-1, -2) @ do)], -1)
+        R.compare(f"flash_backward dqkv {tag}", dqkv, want, dt, K_FLASH_BACKWARD)
+        guards_intact(f"flash_backward dqkv {tag}", dqkv_buf)
+
+
 def check_attention_cached(dt):
     for B, Tmax, pos, NH, HS in [(1, 1, 0, 1, 4), (2, 9, 0, 3, 15), (2, 9, 8, 3, 15), (3, 12, 5, 2, 64)]:
         tag = f"[{dt} B={B} Tmax={Tmax} pos={pos} NH={NH} HS={HS}]"
@@ -452,6 +535,7 @@ CHECKS = {
     "matmul": check_matmul_helpers,
     "attention": check_attention,
     "attention_cached": check_attention_cached,
+    "flash_attention": check_flash_attention,
     "cross_entropy": check_cross_entropy,
     "adamw": check_adamw,
     "sum_squares": check_sum_squares,

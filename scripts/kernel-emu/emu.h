@@ -53,11 +53,16 @@ inline unsigned int __float_as_uint(float x) {
 namespace emu {
 
 constexpr int kWarp = 32;
+// The most dynamic shared memory a Hopper block can have.
+constexpr int kMaxDynamicSmem = 227 * 1024;
 
 struct Warp {
     explicit Warp(int lanes) : barrier(lanes) {}
     std::barrier<> barrier;
     double slots[kWarp];
+    // What each lane hands the warp-wide matrix instructions (ldmatrix, mma).
+    const unsigned char* rows[kWarp];
+    uint32_t regs[kWarp][6];
 };
 
 struct Block {
@@ -126,13 +131,106 @@ inline double __shfl_xor_sync(unsigned, double v, int offset) {
     return emu::exchange(v, (threadIdx.x % emu::kWarp) ^ offset);
 }
 inline void __syncthreads() { emu::current_block->barrier.arrive_and_wait(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::current_warp->barrier.arrive_and_wait(); }
+
+// ---- the tensor-core kernels' primitives (common.cuh declares them for the GPU) ----------------
+// Shared memory is ordinary memory here, so its "addresses" are plain pointers; the asynchronous
+// copies complete at once (waits have nothing to wait for); ldmatrix and mma exchange operands
+// through the warp, as the hardware does, with the fragment layouts of the PTX ISA.
+#define GPTK_HOST_EMULATION 1
+typedef uintptr_t shared_addr;
+inline shared_addr shared_address(const void* p) { return reinterpret_cast<shared_addr>(p); }
+
+inline void cp_async_bytes(shared_addr dst, const void* src, int size, int src_bytes) {
+    std::memset(reinterpret_cast<void*>(dst), 0, size);
+    std::memcpy(reinterpret_cast<void*>(dst), src, src_bytes);
+}
+inline void cp_async_16(shared_addr dst, const void* src, int src_bytes) { cp_async_bytes(dst, src, 16, src_bytes); }
+inline void cp_async_4(shared_addr dst, const void* src, int src_bytes) { cp_async_bytes(dst, src, 4, src_bytes); }
+inline void cp_async_commit() {}
+template <int N>
+inline void cp_async_wait() {}
+
+inline float fast_exp2(float x) { return std::exp2(x); }
+
+namespace emu {
+inline uint16_t half_at(const unsigned char* row, int col) {
+    uint16_t v;
+    std::memcpy(&v, row + 2 * col, 2);
+    return v;
+}
+
+// Lane l gives the row address l % 8 of matrix l / 8 and gets, per matrix i, the pair at (row
+// l / 4, cols 2(l % 4), +1), or with `trans` at (rows 2(l % 4), +1, col l / 4).
+inline void ldmatrix(uint32_t* r, shared_addr p, bool trans) {
+    Warp* w = current_warp;
+    const int lane = threadIdx.x % kWarp;
+    w->rows[lane] = reinterpret_cast<const unsigned char*>(p);
+    w->barrier.arrive_and_wait();
+    for (int i = 0; i < 4; i++) {
+        uint16_t lo, hi;
+        if (trans) {
+            lo = half_at(w->rows[8 * i + 2 * (lane % 4)], lane / 4);
+            hi = half_at(w->rows[8 * i + 2 * (lane % 4) + 1], lane / 4);
+        } else {
+            lo = half_at(w->rows[8 * i + lane / 4], 2 * (lane % 4));
+            hi = half_at(w->rows[8 * i + lane / 4], 2 * (lane % 4) + 1);
+        }
+        r[i] = static_cast<uint32_t>(lo) | static_cast<uint32_t>(hi) << 16;
+    }
+    w->barrier.arrive_and_wait();
+}
+
+inline float bf16_bits(uint32_t reg, int high) {
+    const uint32_t bits = (high ? reg >> 16 : reg & 0xffffu) << 16;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+}  // namespace emu
+
+inline void ldmatrix_x4(uint32_t* r, shared_addr p) { emu::ldmatrix(r, p, false); }
+inline void ldmatrix_x4_trans(uint32_t* r, shared_addr p) { emu::ldmatrix(r, p, true); }
+
+// d (16×8) += a (16×16) · b (16×8): every lane posts its fragments, then computes its own four
+// outputs from the whole matrices.
+inline void mma_bf16_16x8x16(float* d, const uint32_t* a, const uint32_t* b) {
+    emu::Warp* w = emu::current_warp;
+    const int lane = threadIdx.x % emu::kWarp;
+    for (int i = 0; i < 4; i++) w->regs[lane][i] = a[i];
+    w->regs[lane][4] = b[0];
+    w->regs[lane][5] = b[1];
+    w->barrier.arrive_and_wait();
+    auto A = [&](int row, int k) {
+        const int reg = (row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
+        return emu::bf16_bits(w->regs[(row % 8) * 4 + (k % 8) / 2][reg], k % 2);
+    };
+    auto B = [&](int k, int col) { return emu::bf16_bits(w->regs[col * 4 + (k % 8) / 2][4 + (k >= 8 ? 1 : 0)], k % 2); };
+    const int g = lane / 4, t = lane % 4;
+    float out[4];
+    for (int e = 0; e < 4; e++) {
+        const int row = g + 8 * (e / 2), col = 2 * t + e % 2;
+        float acc = d[e];
+        for (int k = 0; k < 16; k++) acc += A(row, k) * B(k, col);
+        out[e] = acc;
+    }
+    w->barrier.arrive_and_wait();
+    for (int e = 0; e < 4; e++) d[e] = out[e];
+}
 
 extern "C" void emu_config(unsigned gx, unsigned gy, unsigned bx) {
     emu::config_grid = dim3(gx, gy, 1);
     emu::config_block = dim3(bx, 1, 1);
 }
 
+// Dynamic shared memory: one static buffer per kernel body (blocks run one at a time).
+#define GPTK_DYNAMIC_SMEM(T, name)                                                 \
+    alignas(128) static unsigned char emu_dynamic_smem[emu::kMaxDynamicSmem]; \
+    T* name = reinterpret_cast<T*>(emu_dynamic_smem)
+
 // Each entry point runs its template over the configured grid.
 #define GPTK_ENTRY_POINTS(name, BLOCK, PARAMS, ARGS)                           \
     extern "C" void name##_f32 PARAMS(float) { emu::run([=] { name<float> ARGS; }); } \
     extern "C" void name##_bf16 PARAMS(bf16) { emu::run([=] { name<bf16> ARGS; }); }
+#define GPTK_BF16_ENTRY_POINT(name, BLOCK, MIN_BLOCKS, PARAMS, CALL) \
+    extern "C" void name##_bf16 PARAMS { emu::run([=] { CALL; }); }

@@ -32,6 +32,8 @@ pub enum Command {
     Info(crate::cli::info::InfoArgs),
     /// Every CUDA kernel and one training step against the CPU reference (needs a GPU).
     Check(crate::cli::check::CheckArgs),
+    /// Kernels timed at GPT-2 shapes against the device's ceilings (needs a GPU).
+    Bench(crate::cli::bench::BenchArgs),
 }
 
 /// Parses the command line, runs the command, and turns an error into one line on standard
@@ -61,6 +63,7 @@ pub fn main() -> ExitCode {
         Command::Plot(args) => crate::cli::plot::run(args),
         Command::Info(args) => crate::cli::info::run(args),
         Command::Check(args) => crate::cli::check::run(args),
+        Command::Bench(args) => crate::cli::bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,6 +3,7 @@
 //! part of the library (the binary only calls [`command::main`]) so that tests can parse the
 //! commands the README shows.
 
+pub mod bench;
 pub mod check;
 pub mod command;
 pub mod eval;

@@ -235,3 +235,249 @@ pub fn attention_cached<F: Float>(
         }
     }
 }
+
+/// The blocking of the tiled (flash) attention, as `kernels/flash_attention.cu` runs it: each
+/// pass gives one block a fixed set of rows (queries, or keys for dK/dV) and streams tiles of the
+/// other side past it; inside a block, each warp owns a group of those rows and skips, under the
+/// causal mask, the tiles that are wholly in its future.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionTiles {
+    /// Forward: queries per block, per warp, and keys per streamed tile.
+    pub fwd_rows: usize,
+    pub fwd_warp_rows: usize,
+    pub fwd_keys: usize,
+    /// Backward dK, dV: keys per block, per warp, and queries per streamed tile.
+    pub dkv_keys: usize,
+    pub dkv_warp_keys: usize,
+    pub dkv_rows: usize,
+    /// Backward dQ: queries per block, per warp, and keys per streamed tile.
+    pub dq_rows: usize,
+    pub dq_warp_rows: usize,
+    pub dq_keys: usize,
+}
+
+/// One head's view of qkv (B,T,3C): row i of q, k or v.
+struct Head<'a, F> {
+    qkv: &'a [F],
+    base: usize,
+    c: usize,
+    hs: usize,
+}
+
+impl<'a, F: Float> Head<'a, F> {
+    fn new(qkv: &'a [F], (bi, h): (usize, usize), (t, c, hs): (usize, usize, usize)) -> Self {
+        Head { qkv, base: bi * t * 3 * c + h * hs, c, hs }
+    }
+    fn row(&self, part: usize, i: usize) -> &'a [F] {
+        &self.qkv[self.base + i * 3 * self.c + part * self.c..][..self.hs]
+    }
+    fn q(&self, i: usize) -> &'a [F] {
+        self.row(0, i)
+    }
+    fn k(&self, j: usize) -> &'a [F] {
+        self.row(1, j)
+    }
+    fn v(&self, j: usize) -> &'a [F] {
+        self.row(2, j)
+    }
+}
+
+fn dot64<F: Float>(a: &[F], b: &[F]) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| x.f64() * y.f64()).sum()
+}
+
+/// The tiled forward: the same result as [`attention_forward`], computed as the flash kernel
+/// does. Per block of `fwd_rows` queries, keys come in tiles of `fwd_keys` (causal: only up to
+/// the block's last query); each warp's group of `fwd_warp_rows` queries skips tiles whose first
+/// key follows its last query, masks keys past T or (causal) after the query, and keeps per row
+/// a running maximum m and sum l of exp(s − m), rescaling both and the output accumulator by
+/// exp(m_old − m_new) when a tile raises the maximum. out = acc / l, lse = m + ln l.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward_tiled<F: Float>(
+    out: &mut [F],
+    lse: &mut [F],
+    qkv: &[F],
+    b: usize,
+    t: usize,
+    nh: usize,
+    hs: usize,
+    causal: bool,
+    tiles: &AttentionTiles,
+) {
+    let c = nh * hs;
+    assert!(out.len() >= b * t * c && lse.len() >= b * nh * t && qkv.len() >= b * t * 3 * c);
+    let (rows, warp_rows, keys) = (tiles.fwd_rows, tiles.fwd_warp_rows, tiles.fwd_keys);
+    assert!(rows > 0 && keys > 0 && warp_rows > 0 && rows.is_multiple_of(warp_rows));
+    let scale = 1.0 / (hs as f64).sqrt();
+    let (out_p, lse_p) = (SharedMut(out.as_mut_ptr()), SharedMut(lse.as_mut_ptr()));
+    (0..b * nh).into_par_iter().for_each(|bh| {
+        let (bi, h) = (bh / nh, bh % nh);
+        let head = Head::new(qkv, (bi, h), (t, c, hs));
+        for q0 in (0..t).step_by(rows) {
+            let kv_end = if causal { t.min(q0 + rows) } else { t };
+            for w0 in (q0..q0 + rows).step_by(warp_rows) {
+                let w_last = w0 + warp_rows - 1;
+                // Queries past T are padding in the kernel: computed, never stored.
+                let mine = w0.min(t)..(w0 + warp_rows).min(t);
+                let n = mine.len();
+                let (mut m, mut l) = (vec![f64::NEG_INFINITY; n], vec![0.0f64; n]);
+                let mut acc = vec![0.0f64; n * hs];
+                for k0 in (0..kv_end).step_by(keys) {
+                    if causal && k0 > w_last {
+                        continue;
+                    }
+                    let tile = k0..(k0 + keys).min(t);
+                    for (r, i) in mine.clone().enumerate() {
+                        let s: Vec<f64> =
+                            tile.clone()
+                                .map(|j| {
+                                    if causal && j > i {
+                                        f64::NEG_INFINITY
+                                    } else {
+                                        dot64(head.q(i), head.k(j)) * scale
+                                    }
+                                })
+                                .collect();
+                        let m_new = s.iter().fold(m[r], |a, &x| a.max(x));
+                        let m_use = if m_new == f64::NEG_INFINITY { 0.0 } else { m_new };
+                        let alpha = (m[r] - m_use).exp();
+                        m[r] = m_new;
+                        let a = &mut acc[r * hs..(r + 1) * hs];
+                        a.iter_mut().for_each(|x| *x *= alpha);
+                        l[r] *= alpha;
+                        for (&sj, j) in s.iter().zip(tile.clone()) {
+                            let p = (sj - m_use).exp();
+                            l[r] += p;
+                            for (x, &vv) in a.iter_mut().zip(head.v(j)) {
+                                *x += p * vv.f64();
+                            }
+                        }
+                    }
+                }
+                for (r, i) in mine.enumerate() {
+                    let inv = if l[r] > 0.0 { 1.0 / l[r] } else { 0.0 };
+                    // SAFETY: task (bi, h) alone writes lse[bi, h, :] and out[bi, :, h·HS..(h+1)·HS].
+                    unsafe {
+                        *lse_p.at(bh * t + i) = F::of(if l[r] > 0.0 { m[r] + l[r].ln() } else { f64::NEG_INFINITY });
+                        for d in 0..hs {
+                            *out_p.at(bi * t * c + i * c + h * hs + d) = F::of(acc[r * hs + d] * inv);
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// The tiled backward: the same result as [`attention_backward`] (dqkv overwritten), computed as
+/// the flash kernels do, in two passes that never build a (T, T) matrix. With delta_i = dout_i·out_i
+/// and P recomputed tile by tile from q, k and the saved LSE:
+/// - dK, dV: per block of `dkv_keys` keys, query tiles of `dkv_rows` from the first that can see
+///   the block (causal) to T; each warp's `dkv_warp_keys` keys skip tiles whose last query precedes
+///   their first key; dv_j = Σ_i p_ij dout_i, dk_j = scale · Σ_i ds_ij q_i;
+/// - dQ: per block of `dq_rows` queries, key tiles of `dq_keys` up to the block's last query
+///   (causal); warps skip tiles whose first key follows their last query; dq_i = scale · Σ_j ds_ij k_j;
+///
+/// with p_ij = exp(q_i·k_j·scale − lse_i), ds_ij = p_ij (dout_i·v_j − delta_i), masked (0) where
+/// j > i under the causal mask.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_tiled<F: Float>(
+    dqkv: &mut [F],
+    dout: &[F],
+    qkv: &[F],
+    out: &[F],
+    lse: &[F],
+    b: usize,
+    t: usize,
+    nh: usize,
+    hs: usize,
+    causal: bool,
+    tiles: &AttentionTiles,
+) {
+    let c = nh * hs;
+    assert!(
+        dqkv.len() >= b * t * 3 * c && dout.len() >= b * t * c && out.len() >= b * t * c && lse.len() >= b * nh * t
+    );
+    let AttentionTiles { dkv_keys, dkv_warp_keys, dkv_rows, dq_rows, dq_warp_rows, dq_keys, .. } = *tiles;
+    assert!(dkv_keys > 0 && dkv_rows > 0 && dkv_warp_keys > 0 && dkv_keys.is_multiple_of(dkv_warp_keys));
+    assert!(dq_rows > 0 && dq_keys > 0 && dq_warp_rows > 0 && dq_rows.is_multiple_of(dq_warp_rows));
+    let scale = 1.0 / (hs as f64).sqrt();
+    let dqkv_p = SharedMut(dqkv.as_mut_ptr());
+    (0..b * nh).into_par_iter().for_each(|bh| {
+        let (bi, h) = (bh / nh, bh % nh);
+        let head = Head::new(qkv, (bi, h), (t, c, hs));
+        let dy = |i: usize| &dout[bi * t * c + i * c + h * hs..][..hs];
+        let delta: Vec<f64> = (0..t).map(|i| dot64(dy(i), &out[bi * t * c + i * c + h * hs..][..hs])).collect();
+        let lse = &lse[bh * t..(bh + 1) * t];
+        // ds_ij / scale and p_ij of one (query, key) pair, 0 where masked.
+        let pair = |i: usize, j: usize| -> (f64, f64) {
+            if causal && j > i {
+                return (0.0, 0.0);
+            }
+            let p = (dot64(head.q(i), head.k(j)) * scale - lse[i].f64()).exp();
+            (p, p * (dot64(dy(i), head.v(j)) - delta[i]))
+        };
+        // SAFETY: task (bi, h) alone writes the q, k and v columns of head h in batch row bi.
+        let store = |part: usize, i: usize, row: &[f64]| unsafe {
+            for (d, &x) in row.iter().enumerate() {
+                *dqkv_p.at(head.base + i * 3 * c + part * c + d) = F::of(x);
+            }
+        };
+
+        // dK and dV.
+        for k0 in (0..t).step_by(dkv_keys) {
+            let q_start = if causal { (k0 / dkv_rows) * dkv_rows } else { 0 };
+            for w0 in (k0..k0 + dkv_keys).step_by(dkv_warp_keys) {
+                let mine = w0.min(t)..(w0 + dkv_warp_keys).min(t);
+                let n = mine.len();
+                let (mut dk, mut dv) = (vec![0.0f64; n * hs], vec![0.0f64; n * hs]);
+                for q0 in (q_start..t).step_by(dkv_rows) {
+                    if causal && q0 + dkv_rows - 1 < w0 {
+                        continue;
+                    }
+                    for (r, j) in mine.clone().enumerate() {
+                        for i in q0..(q0 + dkv_rows).min(t) {
+                            let (p, ds) = pair(i, j);
+                            for d in 0..hs {
+                                dv[r * hs + d] += p * dy(i)[d].f64();
+                                dk[r * hs + d] += ds * head.q(i)[d].f64();
+                            }
+                        }
+                    }
+                }
+                for (r, j) in mine.enumerate() {
+                    let dk_row: Vec<f64> = dk[r * hs..(r + 1) * hs].iter().map(|x| x * scale).collect();
+                    store(1, j, &dk_row);
+                    store(2, j, &dv[r * hs..(r + 1) * hs]);
+                }
+            }
+        }
+
+        // dQ.
+        for q0 in (0..t).step_by(dq_rows) {
+            let kv_end = if causal { t.min(q0 + dq_rows) } else { t };
+            for w0 in (q0..q0 + dq_rows).step_by(dq_warp_rows) {
+                let w_last = w0 + dq_warp_rows - 1;
+                let mine = w0.min(t)..(w0 + dq_warp_rows).min(t);
+                let mut dq = vec![0.0f64; mine.len() * hs];
+                for k0 in (0..kv_end).step_by(dq_keys) {
+                    if causal && k0 > w_last {
+                        continue;
+                    }
+                    for (r, i) in mine.clone().enumerate() {
+                        for j in k0..(k0 + dq_keys).min(t) {
+                            let (_, ds) = pair(i, j);
+                            for d in 0..hs {
+                                dq[r * hs + d] += ds * head.k(j)[d].f64();
+                            }
+                        }
+                    }
+                }
+                for (r, i) in mine.enumerate() {
+                    let row: Vec<f64> = dq[r * hs..(r + 1) * hs].iter().map(|x| x * scale).collect();
+                    store(0, i, &row);
+                }
+            }
+        }
+    });
+}

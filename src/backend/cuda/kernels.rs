@@ -7,6 +7,9 @@
 
 include!(concat!(env!("OUT_DIR"), "/cuda_kernels.rs"));
 
+use super::plan::{BYTES_PER_BF16, BYTES_PER_F32};
+use crate::backend::cpu::attention::AttentionTiles;
+
 /// Threads per block of the elementwise kernels (gelu.cu).
 pub const ELEMENTWISE_BLOCK: u32 = 256;
 /// Threads per block in encoder.cu.
@@ -27,6 +30,28 @@ pub const ADAMW_ELEMS: usize = 4;
 pub const REDUCE_BLOCK: u32 = 256;
 /// Threads per block in matmul.cu.
 pub const MATMUL_BLOCK: u32 = 256;
+
+/// Threads per block of the tensor-core attention (flash_attention.cu): four warps.
+pub const FLASH_BLOCK: u32 = 128;
+/// Warps per block of flash_attention.cu.
+pub const FLASH_WARPS: usize = 4;
+/// Forward: query rows per block (32 per warp).
+pub const FLASH_FWD_ROWS: usize = 128;
+/// Forward: keys per streamed tile, at HS = 64 and HS = 128.
+pub const FLASH_FWD_KEYS_HS64: usize = 64;
+pub const FLASH_FWD_KEYS_HS128: usize = 32;
+/// Backward dK/dV: keys per block (16 per warp).
+pub const FLASH_DKV_KEYS: usize = 64;
+/// Backward dK/dV: queries per streamed tile, at HS = 64 and HS = 128.
+pub const FLASH_DKV_ROWS_HS64: usize = 64;
+pub const FLASH_DKV_ROWS_HS128: usize = 32;
+/// Backward dQ: query rows per block (16 per warp) and keys per streamed tile.
+pub const FLASH_DQ_ROWS: usize = 64;
+pub const FLASH_DQ_KEYS: usize = 64;
+/// bf16 elements of padding after each shared-memory row (bank-conflict-free ldmatrix).
+pub const FLASH_SMEM_PAD: usize = 8;
+/// Head sizes the tensor-core attention is compiled for.
+pub const FLASH_HEAD_SIZES: [usize; 2] = [64, 128];
 
 /// Every kernel family, by the name its `_f32`/`_bf16` entry points share, with its source file.
 pub const KERNELS: &[(&str, &str)] = &[
@@ -51,6 +76,54 @@ pub const KERNELS: &[(&str, &str)] = &[
     ("bias_add", "matmul.cu"),
     ("bias_grad_partials", "matmul.cu"),
 ];
+
+/// Kernels that exist for bf16 storage only (one `_bf16` entry point each, declared with
+/// `GPTK_BF16_ENTRY_POINT`), with their source file: the tensor-core attention, one entry point per
+/// head size.
+pub const BF16_KERNELS: &[(&str, &str)] = &[
+    ("flash_forward_hs64", "flash_attention.cu"),
+    ("flash_forward_hs128", "flash_attention.cu"),
+    ("flash_backward_dkv_hs64", "flash_attention.cu"),
+    ("flash_backward_dkv_hs128", "flash_attention.cu"),
+    ("flash_backward_dq_hs64", "flash_attention.cu"),
+    ("flash_backward_dq_hs128", "flash_attention.cu"),
+];
+
+/// The tiling of flash_attention.cu for head size `hs`, `None` for head sizes it is not built
+/// for. The CPU twin (`cpu::attention::attention_forward_tiled`) runs the same blocking.
+pub fn flash_tiles(hs: usize) -> Option<AttentionTiles> {
+    let (fwd_keys, dkv_rows) = match hs {
+        64 => (FLASH_FWD_KEYS_HS64, FLASH_DKV_ROWS_HS64),
+        128 => (FLASH_FWD_KEYS_HS128, FLASH_DKV_ROWS_HS128),
+        _ => return None,
+    };
+    Some(AttentionTiles {
+        fwd_rows: FLASH_FWD_ROWS,
+        fwd_warp_rows: FLASH_FWD_ROWS / FLASH_WARPS,
+        fwd_keys,
+        dkv_keys: FLASH_DKV_KEYS,
+        dkv_warp_keys: FLASH_DKV_KEYS / FLASH_WARPS,
+        dkv_rows,
+        dq_rows: FLASH_DQ_ROWS,
+        dq_warp_rows: FLASH_DQ_ROWS / FLASH_WARPS,
+        dq_keys: FLASH_DQ_KEYS,
+    })
+}
+
+/// Bytes of dynamic shared memory each flash kernel takes at head size `hs`, as the kernels lay
+/// it out: (forward, dK/dV, dQ).
+pub fn flash_shared_bytes(hs: usize) -> Option<(usize, usize, usize)> {
+    let t = flash_tiles(hs)?;
+    let row = (hs + FLASH_SMEM_PAD) * BYTES_PER_BF16;
+    // Forward: the query tile, and two stages of key and value tiles.
+    let forward = (t.fwd_rows + 4 * t.fwd_keys) * row;
+    // dK/dV: the block's keys and values, two stages of query and dout tiles and of their LSE and
+    // delta.
+    let dkv = (2 * t.dkv_keys + 4 * t.dkv_rows) * row + 4 * t.dkv_rows * BYTES_PER_F32;
+    // dQ: the block's queries and douts, two stages of key and value tiles.
+    let dq = (2 * t.dq_rows + 4 * t.dq_keys) * row;
+    Some((forward, dkv, dq))
+}
 
 /// The dtype suffixes of the entry points.
 pub const DTYPE_SUFFIXES: [&str; 2] = ["f32", "bf16"];
@@ -204,6 +277,21 @@ ptxas info    : Used 255 registers, used 1 barriers, 256 bytes smem, 364 bytes c
         assert_eq!(r[1].arch, "sm_80");
         assert_eq!((r[1].registers, r[1].shared_bytes), (255, 256));
         assert_eq!((r[1].stack_bytes, r[1].spill_store_bytes, r[1].spill_load_bytes), (16, 12, 8));
+    }
+
+    #[test]
+    fn flash_tiles_exist_for_the_built_head_sizes_only() {
+        for hs in FLASH_HEAD_SIZES {
+            let t = flash_tiles(hs).unwrap();
+            assert_eq!(t.fwd_rows, t.fwd_warp_rows * FLASH_WARPS);
+            assert_eq!(t.dkv_keys, 16 * FLASH_WARPS);
+            assert_eq!(t.dq_rows, 16 * FLASH_WARPS);
+        }
+        assert_eq!(flash_tiles(32), None);
+        assert_eq!(flash_tiles(96), None);
+        // What the kernel headers state, and what fits a Hopper block (227 KiB).
+        assert_eq!(flash_shared_bytes(64), Some((55_296, 56_320, 55_296)));
+        assert_eq!(flash_shared_bytes(128), Some((69_632, 70_144, 104_448)));
     }
 
     #[test]

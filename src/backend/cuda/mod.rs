@@ -27,16 +27,18 @@ pub mod nccl;
 pub mod plan;
 
 mod blas;
+mod timing;
 
 pub use device::{DeviceInfo, NVCC_INSTALL_HINT, device_count, is_compiled, peak_bf16_flops, probe, probe_device};
 pub use nccl::{NCCL_ID_BYTES, NcclComm, check_nccl, new_id as new_nccl_id};
 pub use plan::{ArenaSizes, MemoryPlan, ScratchSizes};
 
-use super::{AdamWStep, Backend, BackendError, Precision, Result};
+use super::{AdamWStep, Backend, BackendError, Precision, Result, cpu};
 use crate::model::config::LAYERNORM_EPS;
 use crate::model::layout::{ActLayout, Arena, ParamLayout, Tensor};
 use blas::{Blas, GemmCall};
 use cast::{blocks_for, to_i32, to_i64, to_u32};
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
 };
@@ -97,23 +99,47 @@ impl DeviceBuffer {
 /// The kernel entry points of one storage precision, by family name.
 struct Functions {
     by_name: HashMap<&'static str, CudaFunction>,
+    /// Head sizes whose tensor-core attention kernels are loaded and got the shared memory they
+    /// need (bf16 storage only).
+    flash_head_sizes: Vec<usize>,
 }
 
 impl Functions {
-    fn load(module: &Arc<CudaModule>, precision: Precision) -> Result<Self> {
+    fn load(module: &Arc<CudaModule>, precision: Precision, max_shared_bytes: usize) -> Result<Self> {
         let suffix = match precision {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
         };
         let mut by_name = HashMap::new();
-        for (name, file) in KERNELS {
+        let bf16_only = if precision == Precision::Bf16 { BF16_KERNELS } else { &[] };
+        for (name, file) in KERNELS.iter().chain(bf16_only) {
             let full = format!("{name}_{suffix}");
             let f = module.load_function(&full).map_err(|e| {
                 driver_error(&format!("kernel {full} (kernels/{file}) is missing from the embedded module"), e)
             })?;
             by_name.insert(*name, f);
         }
-        Ok(Functions { by_name })
+        let mut flash_head_sizes = Vec::new();
+        for hs in FLASH_HEAD_SIZES.into_iter().filter(|_| precision == Precision::Bf16) {
+            let (fwd, dkv, dq) = flash_shared_bytes(hs).expect("tiles exist for every built head size");
+            // A device that cannot give a block this much shared memory keeps the simple kernels.
+            if fwd.max(dkv).max(dq) > max_shared_bytes {
+                continue;
+            }
+            for (kernel, bytes) in [("flash_forward", fwd), ("flash_backward_dkv", dkv), ("flash_backward_dq", dq)] {
+                let name = format!("{kernel}_hs{hs}");
+                by_name[name.as_str()]
+                    .set_attribute(
+                        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        to_i32(bytes, "shared memory")?,
+                    )
+                    .map_err(|e| {
+                        driver_error(&format!("raising the shared memory of {name}_bf16 to {bytes} bytes"), e)
+                    })?;
+            }
+            flash_head_sizes.push(hs);
+        }
+        Ok(Functions { by_name, flash_head_sizes })
     }
 
     fn get(&self, name: &str) -> &CudaFunction {
@@ -229,7 +255,10 @@ impl CudaBackend {
         let module = ctx
             .load_module(cudarc::nvrtc::Ptx::from_binary(FATBIN.to_vec()))
             .map_err(|e| driver_error(&format!("loading the kernels on {} ({ARCHS})", info.name), e))?;
-        let functions = Functions::load(&module, precision)?;
+        let max_shared = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(|e| driver_error("reading the shared memory per block", e))?;
+        let functions = Functions::load(&module, precision, usize::try_from(max_shared).unwrap_or(0))?;
         let s = storage_bytes(precision);
         let f = BYTES_PER_F32;
         let alloc = |elems, bytes, what| DeviceBuffer::new(&stream, elems, bytes, what);
@@ -277,6 +306,14 @@ impl CudaBackend {
     /// Bytes of every buffer this backend allocated.
     pub fn memory_plan(&self) -> &MemoryPlan {
         &self.plan
+    }
+
+    /// True when attention at head size `hs` runs on the tensor-core (flash) kernels: bf16
+    /// storage, a head size they are built for, and a device that gives them their shared memory.
+    /// (Tensors must also be 16-byte aligned, as every arena tensor is.) Otherwise the simple
+    /// kernels of attention.cu run.
+    pub fn uses_flash_attention(&self, hs: usize) -> bool {
+        self.functions.flash_head_sizes.contains(&hs)
     }
 
     /// Reads a float tensor's *storage* copy as f32: for `Params` in bf16 this is the bf16 copy
@@ -396,6 +433,13 @@ impl CudaBackend {
         // caller); the partials scratch holds count·stride floats (checked by `chunks`).
         unsafe { b.launch(cfg) }.map_err(|e| Self::launch_error("add_column_partials", e))?;
         Ok(())
+    }
+
+    /// The flash kernels' tiles when attention at head size `hs` over these tensors can take
+    /// them: see [`CudaBackend::uses_flash_attention`]; every pointer 16-byte aligned.
+    fn flash_tiles_for(&self, hs: usize, ptrs: &[u64]) -> Option<cpu::attention::AttentionTiles> {
+        let aligned = ptrs.iter().all(|p| p % BYTES_PER_VECTOR as u64 == 0);
+        (aligned && self.uses_flash_attention(hs)).then(|| flash_tiles(hs)).flatten()
     }
 
     /// Splits `n` rows into at most MAX_PARTIALS chunks for a column reduction of `columns`
@@ -785,6 +829,25 @@ impl Backend for CudaBackend {
         let rows = b * nh * t;
         let (b_i, t_i, nh_i, hs_i) = (to_i32(b, "B")?, to_i32(t, "T")?, to_i32(nh, "NH")?, to_i32(hs, "HS")?);
         let (causal_i, scale) = (causal as i32, attention_scale(hs));
+        if rows == 0 {
+            return Ok(());
+        }
+        if let Some(tiles) = self.flash_tiles_for(hs, &[out_p, qkv_p]) {
+            let (smem, _, _) = flash_shared_bytes(hs).expect("tiles exist");
+            let name = if hs == 64 { "flash_forward_hs64" } else { "flash_forward_hs128" };
+            let f = self.functions.get(name);
+            let mut l = self.stream.launch_builder(f);
+            l.arg(&out_p).arg(&lse_p).arg(&qkv_p).arg(&b_i).arg(&t_i).arg(&nh_i).arg(&causal_i).arg(&scale);
+            let cfg = flash_launch(t.div_ceil(tiles.fwd_rows) * b * nh, smem)?;
+            // SAFETY: flash_forward_hsN_bf16(bf16* out, float* lse, const bf16* qkv, int B, int
+            // seq, int NH, int causal, float scale), HS = N: out holds B·T·C, lse B·NH·T, qkv
+            // B·T·3C (checked); out and qkv are 16-byte aligned and C = NH·HS is a multiple of 8,
+            // so every row the kernel moves 16 bytes at a time is aligned; rows past T are
+            // neither read nor written; the grid is ⌈T/rows⌉·B·NH blocks with the shared memory
+            // the function was allowed at load.
+            unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error(name, e))?;
+            return Ok(());
+        }
         let f = self.functions.get("attention_forward");
         let mut l = self.stream.launch_builder(f);
         l.arg(&out_p).arg(&lse_p).arg(&qkv_p).arg(&b_i).arg(&t_i).arg(&nh_i).arg(&hs_i).arg(&causal_i).arg(&scale);
@@ -825,6 +888,10 @@ impl Backend for CudaBackend {
         let delta_p = self.scratch.delta.at(0, rows)?;
         let (b_i, t_i, nh_i, hs_i) = (to_i32(b, "B")?, to_i32(t, "T")?, to_i32(nh, "NH")?, to_i32(hs, "HS")?);
         let (causal_i, scale) = (causal as i32, attention_scale(hs));
+        if rows == 0 {
+            return Ok(());
+        }
+        let flash = self.flash_tiles_for(hs, &[dqkv_p, dout_p, qkv_p, out_p]);
         let cfg = LaunchConfig {
             grid_dim: (blocks_for(rows, ROWS_PER_BLOCK as u32, "attention rows")?, 1, 1),
             block_dim: (ATTENTION_BLOCK, 1, 1),
@@ -837,6 +904,29 @@ impl Backend for CudaBackend {
         // int seq, int NH, int HS): delta scratch holds B·NH·T floats (checked by `at`), dout
         // and out B·T·C elements (checked).
         unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("attention_backward_delta", e))?;
+        if let Some(tiles) = flash {
+            let (_, dkv_smem, dq_smem) = flash_shared_bytes(hs).expect("tiles exist");
+            let (dkv, dq) = if hs == 64 {
+                ("flash_backward_dkv_hs64", "flash_backward_dq_hs64")
+            } else {
+                ("flash_backward_dkv_hs128", "flash_backward_dq_hs128")
+            };
+            for (name, rows_per_block, smem) in [(dkv, tiles.dkv_keys, dkv_smem), (dq, tiles.dq_rows, dq_smem)] {
+                let f = self.functions.get(name);
+                let mut l = self.stream.launch_builder(f);
+                l.arg(&dqkv_p).arg(&dout_p).arg(&qkv_p).arg(&lse_p).arg(&delta_p);
+                l.arg(&b_i).arg(&t_i).arg(&nh_i).arg(&causal_i).arg(&scale);
+                let cfg = flash_launch(t.div_ceil(rows_per_block) * b * nh, smem)?;
+                // SAFETY: flash_backward_{dkv,dq}_hsN_bf16(bf16* dqkv, const bf16* dout, const
+                // bf16* qkv, const float* lse, const float* delta, int B, int seq, int NH, int
+                // causal, float scale), HS = N: dqkv and qkv hold B·T·3C, dout B·T·C, lse and
+                // delta B·NH·T (checked; delta was just written on this stream); the bf16 spans
+                // are 16-byte aligned with C a multiple of 8; rows past T are neither read nor
+                // written; dK/dV and dQ write disjoint thirds of dqkv.
+                unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error(name, e))?;
+            }
+            return Ok(());
+        }
         for name in ["attention_backward_dq", "attention_backward_dkv"] {
             let f = self.functions.get(name);
             let mut l = self.stream.launch_builder(f);
@@ -1080,6 +1170,16 @@ fn bucket_by_token(ids: &[i32], out: &mut Vec<i32>) -> usize {
     out.extend_from_slice(&starts);
     out.extend(order.iter().map(|&i| i as i32));
     buckets
+}
+
+/// The launch of a flash kernel: `blocks` blocks of FLASH_BLOCK threads with `smem` bytes of
+/// dynamic shared memory.
+fn flash_launch(blocks: usize, smem: usize) -> Result<LaunchConfig> {
+    Ok(LaunchConfig {
+        grid_dim: (to_u32(blocks, "flash attention blocks")?, 1, 1),
+        block_dim: (FLASH_BLOCK, 1, 1),
+        shared_mem_bytes: to_u32(smem, "shared memory")?,
+    })
 }
 
 /// 1/√HS, the score scale.

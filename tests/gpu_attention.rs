@@ -1,0 +1,84 @@
+//! The tensor-core (flash) attention on a GPU (ignored without one; scripts/gpu-check.sh runs it):
+//! at GPT-2 sizes, beyond the small shapes of `gptk check`, it matches the CPU reference under
+//! the checker's tolerances, and two runs on the same inputs give the same bits (the backward
+//! sums in a fixed order, without atomics).
+
+use gptk::backend::cpu::attention::{attention_backward, attention_forward};
+use gptk::backend::cuda::{ArenaSizes, CudaBackend, ScratchSizes};
+use gptk::backend::{Backend, Precision};
+use gptk::check::{BF16_EPS, F32_EPS, K_ATTENTION_BF16_BACKWARD, K_ATTENTION_BF16_FORWARD, K_F32, compare};
+use gptk::model::layout::{Arena, TENSOR_ALIGN, Tensor};
+use gptk::rng::Rng;
+use half::bf16;
+
+fn round_bf16(x: f64) -> f32 {
+    bf16::from_f64(x).to_f32()
+}
+
+/// An aligned span after `*next`.
+fn take(next: &mut usize, arena: Arena, len: usize) -> Tensor {
+    let t = Tensor { arena, offset: *next, len };
+    *next = t.end().div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN;
+    t
+}
+
+fn assert_within(what: &str, gpu: &[f32], cpu: &[f32], eps: f64, k: f64) {
+    let (max_abs, rel_l2, share, non_finite) = compare(gpu, cpu, eps, k);
+    println!("{what}: max abs {max_abs:.3e}, rel L2 {rel_l2:.3e}, tol used {:.1}%", 100.0 * share);
+    assert!(non_finite == 0 && share <= 1.0, "{what}: {non_finite} non-finite, tol used {:.1}%", 100.0 * share);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn flash_attention_matches_the_cpu_at_gpt2_sizes_and_repeats_bit_for_bit() {
+    let mut rng = Rng::new(2024);
+    for &(b, t, nh, hs, causal) in
+        &[(2, 1024, 12, 64, true), (1, 1000, 4, 64, false), (1, 2048, 6, 128, false), (2, 1023, 6, 128, true)]
+    {
+        let what = format!("B={b} T={t} NH={nh} HS={hs} causal={causal}");
+        let c = nh * hs;
+        let (mut acts, mut grads, mut stats) = (0, 0, 0);
+        let qkv = take(&mut acts, Arena::Acts, b * t * 3 * c);
+        let out = take(&mut acts, Arena::Acts, b * t * c);
+        let dout = take(&mut grads, Arena::ActGrads, b * t * c);
+        let dqkv = take(&mut grads, Arena::ActGrads, b * t * 3 * c);
+        let lse = take(&mut stats, Arena::Stats, b * nh * t);
+        let sizes = ArenaSizes { params: TENSOR_ALIGN, acts, act_grads: grads, stats, inputs: TENSOR_ALIGN };
+        let scratch = ScratchSizes { attention_rows: b * nh * t, ..Default::default() };
+        let mut gpu = CudaBackend::with_sizes(sizes, scratch, Precision::Bf16, 0, None).expect("a GPU backend");
+        assert!(gpu.uses_flash_attention(hs), "HS={hs} should take the tensor-core kernels");
+
+        let x: Vec<f32> = (0..b * t * 3 * c).map(|_| round_bf16(rng.normal())).collect();
+        let dy: Vec<f32> = (0..b * t * c).map(|_| round_bf16(rng.normal())).collect();
+        gpu.upload(qkv, &x).unwrap();
+        gpu.upload(dout, &dy).unwrap();
+
+        // Forward, twice: the same bits; against the CPU.
+        gpu.attention_forward(out, lse, qkv, b, t, nh, hs, causal).unwrap();
+        let (o1, l1) = (gpu.download(out).unwrap(), gpu.download(lse).unwrap());
+        gpu.upload(out, &vec![f32::NAN; out.len]).unwrap();
+        gpu.attention_forward(out, lse, qkv, b, t, nh, hs, causal).unwrap();
+        let (o2, l2) = (gpu.download(out).unwrap(), gpu.download(lse).unwrap());
+        assert!(o1.iter().zip(&o2).all(|(a, b)| a.to_bits() == b.to_bits()), "forward output differs between runs");
+        assert!(l1.iter().zip(&l2).all(|(a, b)| a.to_bits() == b.to_bits()), "LSE differs between runs");
+        let (mut o_cpu, mut l_cpu) = (vec![0f32; out.len], vec![0f32; lse.len]);
+        attention_forward(&mut o_cpu, &mut l_cpu, &x, b, t, nh, hs, causal);
+        assert_within(&format!("out {what}"), &o1, &o_cpu, BF16_EPS, K_ATTENTION_BF16_FORWARD);
+        assert_within(&format!("lse {what}"), &l1, &l_cpu, F32_EPS, K_F32);
+
+        // Backward from the CPU's output (rounded, as stored) and LSE, twice; against the CPU.
+        let o_stored: Vec<f32> = o_cpu.iter().map(|&v| round_bf16(v as f64)).collect();
+        gpu.upload(out, &o_stored).unwrap();
+        gpu.upload(lse, &l_cpu).unwrap();
+        let mut runs = Vec::new();
+        for _ in 0..2 {
+            gpu.upload(dqkv, &vec![f32::NAN; dqkv.len]).unwrap();
+            gpu.attention_backward(dqkv, dout, qkv, out, lse, b, t, nh, hs, causal).unwrap();
+            runs.push(gpu.download(dqkv).unwrap());
+        }
+        assert!(runs[0].iter().zip(&runs[1]).all(|(a, b)| a.to_bits() == b.to_bits()), "dqkv differs between runs");
+        let mut d_cpu = vec![0f32; dqkv.len];
+        attention_backward(&mut d_cpu, &dy, &x, &o_stored, &l_cpu, b, t, nh, hs, causal);
+        assert_within(&format!("dqkv {what}"), &runs[0], &d_cpu, BF16_EPS, K_ATTENTION_BF16_BACKWARD);
+    }
+}
