@@ -6,8 +6,9 @@
 #
 # Stages, each under its own time limit so that the whole run stays under 8 minutes:
 #   nvidia-smi · gptk check (bf16, then f32) · the ignored GPU tests · compute-sanitizer memcheck on
-#   a few small checks and racecheck on the attention kernels (when installed) · 50 training steps
-#   of tiny and of d12 (when `gptk train` takes --device) · PyTorch's flash attention timed by
+#   the checks and racecheck on the attention kernels (when installed) · training: 50 steps of tiny
+#   on the built-in corpus, 30 steps of d12 (GPT-2 124M, GPT-2 vocabulary) on this repository's
+#   text, and 20 steps through `gptk launch --gpus 1` (NCCL) · PyTorch's flash attention timed by
 #   scripts/torch_attention.py (when python3 has CUDA PyTorch), then gptk bench beside it.
 # Every stage logs to $OUT/<stage>.log (OUT defaults to ./gpu-run); $OUT/summary.txt lists each
 # stage's status and time. Exits non-zero when a stage that ran failed. ONLY, when set, names the
@@ -67,9 +68,9 @@ if [ ! -x "$gptk" ]; then
     exit 2
 fi
 
-# cuBLASLt: the system's if the loader finds one, else one from a pip-installed nvidia wheel or
-# torch in this machine's Python.
-if ! ldconfig -p 2>/dev/null | grep -q 'libcublasLt\.so'; then
+# cuBLASLt and NCCL: the system's if the loader finds them, else those of a pip-installed nvidia
+# wheel or torch in this machine's Python.
+if ! ldconfig -p 2>/dev/null | grep -q 'libcublasLt\.so' || ! ldconfig -p 2>/dev/null | grep -q 'libnccl\.so'; then
     extra=$(python3 - <<'PY' 2>/dev/null
 import glob, os, site, sys
 dirs = list(sys.path)
@@ -79,7 +80,8 @@ except Exception:
     pass
 found = []
 for d in dirs:
-    for pattern in ("nvidia/*/lib/libcublasLt.so*", "nvidia/cu*/lib/libcublasLt.so*", "torch/lib/libcublasLt.so*"):
+    for pattern in ("nvidia/*/lib/libcublasLt.so*", "nvidia/cu*/lib/libcublasLt.so*", "torch/lib/libcublasLt.so*",
+                    "nvidia/nccl/lib/libnccl.so*", "nvidia/*/lib/libnccl.so*"):
         for f in glob.glob(os.path.join(d, pattern)):
             lib = os.path.dirname(f)
             if lib not in found:
@@ -89,50 +91,46 @@ PY
 )
     if [ -n "$extra" ]; then
         export LD_LIBRARY_PATH="$extra${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-        note "INFO  cuBLASLt from $extra"
+        note "INFO  cuBLASLt / NCCL from $extra"
     else
         note "INFO  no libcublasLt found on this machine; the GPU stages will say so"
     fi
 fi
 
+# Stage limits add up to under 8 minutes; most stages take a fraction of theirs.
 stage nvidia-smi 10 nvidia-smi
-stage check-bf16 75 "$gptk" check --precision bf16
-stage check-f32 60 "$gptk" check --precision f32
+stage check-bf16 50 "$gptk" check --precision bf16
+stage check-f32 35 "$gptk" check --precision f32
 
 # The GPU tests, minus the checker ones (the two stages above ran it already).
 for t in "$bundle"/gpu_*; do
     [ -x "$t" ] || continue
-    stage "test-$(basename "$t")" 60 "$t" --ignored --skip every_kernel_matches --test-threads 1 --nocapture
+    stage "test-$(basename "$t")" 40 "$t" --ignored --skip every_kernel_matches --test-threads 1 --nocapture
 done
 
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if [ -n "$sanitizer" ]; then
     # Every attention family: the tensor-core kernels (odd T, both head sizes), the simple ones,
     # the cached step.
-    stage memcheck 60 "$sanitizer" --tool memcheck --error-exitcode 1 \
-        "$gptk" check --precision bf16 --op attention
-    # Shared-memory hazards of the double-buffered tensor-core attention.
-    stage racecheck 40 "$sanitizer" --tool racecheck --error-exitcode 1 \
-        "$gptk" check --precision bf16 --op attention_
-    stage memcheck-ops 60 bash -c "for op in layernorm encoder cross_entropy gelu residual adamw; do
+    stage memcheck 50 bash -c "for op in attention layernorm encoder cross_entropy gelu residual adamw; do
         '$sanitizer' --tool memcheck --error-exitcode 1 '$gptk' check --precision bf16 --op \$op || exit 1; done"
+    # Shared-memory hazards of the double-buffered tensor-core attention.
+    stage racecheck 25 "$sanitizer" --tool racecheck --error-exitcode 1 \
+        "$gptk" check --precision bf16 --op attention_
 else
     skip memcheck "compute-sanitizer is not installed"
 fi
 
-if "$gptk" train --help 2>/dev/null | grep -q -- '--device'; then
-    help=$("$gptk" train --help 2>/dev/null)
-    has() { grep -q -- "$1" <<<"$help"; }
-    args=(--device cuda --steps 50)
-    small=(--model tiny)
-    large=(--model d12)
-    if has '--batch-size'; then large+=(--batch-size 8); fi
-    if has '--seq-len'; then large+=(--seq-len 1024); fi
-    stage train-tiny 45 "$gptk" train "${args[@]}" "${small[@]}"
-    stage train-d12 90 "$gptk" train "${args[@]}" "${large[@]}"
-else
-    skip train "this gptk has no 'train --device'"
-fi
+# Training: the tiny preset on the built-in corpus (loss must fall), GPT-2 124M (d12) with GPT-2's
+# vocabulary on text of this repository (tokens/s and MFU of a real d12 step), and the
+# data-parallel path through NCCL with one GPU.
+run_dir="$OUT/runs"
+quick=(--device cuda --sample-every 0 --checkpoint-every 0 --json)
+stage train-tiny 30 "$gptk" train "${quick[@]}" --model tiny --steps 50 --val-every 25 --out "$run_dir/tiny"
+stage train-d12 75 bash -c "'$gptk' prepare --input README.md docs src --out '$run_dir/gpt2-text' --tokenizer gpt2 --val-fraction 0.05 &&
+    '$gptk' train ${quick[*]} --data '$run_dir/gpt2-text' --model d12 --batch-size 8 --seq-len 1024 --steps 30 \
+        --val-every 0 --warmup-steps 5 --lr 6e-4 --out '$run_dir/d12'"
+stage launch-1gpu 35 "$gptk" launch --gpus 1 -- train "${quick[@]}" --model tiny --steps 20 --val-every 10 --out "$run_dir/nccl"
 
 # Benchmarks: PyTorch's flash attention on gptk's shapes first (its JSON report), then gptk's
 # kernels with the device's ceilings and the ratio to PyTorch per case.
@@ -148,7 +146,7 @@ if "$gptk" bench --help >/dev/null 2>&1; then
     fi
     compare=()
     if [ -s "$torch_json" ]; then compare=(--compare "$torch_json"); fi
-    stage bench 40 "$gptk" bench --warmup 5 --iters 30 ${compare[@]+"${compare[@]}"}
+    stage bench 45 "$gptk" bench --warmup 5 --iters 30 ${compare[@]+"${compare[@]}"}
 else
     skip bench "this gptk has no 'bench' command"
 fi
