@@ -127,7 +127,7 @@ fi
 run_dir="$OUT/runs"
 quick=(--device cuda --sample-every 0 --checkpoint-every 0 --json)
 stage train-tiny 30 "$gptk" train "${quick[@]}" --model tiny --steps 50 --val-every 25 --out "$run_dir/tiny"
-stage train-d12 75 bash -c "'$gptk' prepare --input README.md docs src --out '$run_dir/gpt2-text' --tokenizer gpt2 --val-fraction 0.05 &&
+stage train-d12 75 bash -c "'$gptk' prepare --input README.md docs/*.md src/*.rs src/*/*.rs src/*/*/*.rs --out '$run_dir/gpt2-text' --tokenizer gpt2 --val-fraction 0.05 &&
     '$gptk' train ${quick[*]} --data '$run_dir/gpt2-text' --model d12 --batch-size 8 --seq-len 1024 --steps 30 \
         --val-every 0 --warmup-steps 5 --lr 6e-4 --out '$run_dir/d12'"
 stage launch-1gpu 35 "$gptk" launch --gpus 1 -- train "${quick[@]}" --model tiny --steps 20 --val-every 10 --out "$run_dir/nccl"
