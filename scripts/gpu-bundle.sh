@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds what scripts/gpu-check.sh runs on a GPU machine, which needs no Rust toolchain or nvcc:
-# the release gptk binary and the GPU test binary, debug info stripped, in one folder
+# the release gptk binary and the GPU test binary, debug info stripped, and the PyTorch
+# benchmark script (scripts/torch_reference.py) beside them, in one folder
 # (default target/gpu-bundle; first argument overrides). Needs nvcc here (see .ci/install-nvcc.sh):
 # without it the binaries carry no kernels and the bundle is refused.
 set -euo pipefail
@@ -36,4 +37,5 @@ for t in $tests; do
     cp "$t" "$out/${name%-*}"
 done
 strip --strip-debug "$out"/* 2>/dev/null || true
+cp scripts/torch_reference.py "$out/torch_reference.py"
 ls -la "$out"

@@ -8,12 +8,14 @@
 #   nvidia-smi · gptk check (bf16, then f32) · the ignored GPU tests · compute-sanitizer memcheck on
 #   the checks and racecheck on the attention kernels (when installed) · training: 50 steps of tiny
 #   on the built-in corpus, 30 steps of d12 (GPT-2 124M, GPT-2 vocabulary) on this repository's
-#   text, and 20 steps through `gptk launch --gpus 1` (NCCL) · PyTorch's flash attention timed by
-#   scripts/torch_attention.py (when python3 has CUDA PyTorch), then gptk bench beside it.
+#   text, and 20 steps through `gptk launch --gpus 1` (NCCL) · the benchmarks: PyTorch's
+#   counterparts of every kernel and of the d12 step timed by scripts/torch_reference.py (when
+#   python3 has CUDA PyTorch), then `gptk bench` beside them.
 # Every stage logs to $OUT/<stage>.log (OUT defaults to ./gpu-run); $OUT/summary.txt lists each
 # stage's status and time. Exits non-zero when a stage that ran failed. ONLY, when set, names the
 # stages to run (comma-separated name prefixes, e.g. ONLY=check-bf16,test-gpu_attention,racecheck,bench),
-# so that a part of the run fits one shorter device call.
+# so that a part of the run fits one shorter device call. ONLY=bench runs the two benchmark stages
+# alone, with the full iteration counts and PyTorch's torch.compile'd step, in under 8 minutes.
 set -uo pipefail
 
 bundle=${1:-target/gpu-bundle}
@@ -132,21 +134,46 @@ stage train-d12 75 bash -c "'$gptk' prepare --input README.md docs/*.md src/*.rs
         --val-every 0 --warmup-steps 5 --lr 6e-4 --out '$run_dir/d12'"
 stage launch-1gpu 35 "$gptk" launch --gpus 1 -- train "${quick[@]}" --model tiny --steps 20 --val-every 10 --out "$run_dir/nccl"
 
-# Benchmarks: PyTorch's flash attention on gptk's shapes first (its JSON report), then gptk's
-# kernels with the device's ceilings and the ratio to PyTorch per case.
+# Benchmarks: PyTorch's counterparts on gptk's shapes first (their JSON report, rewritten after
+# every family so that a stage stopped by its limit leaves what it measured), then gptk's kernels
+# and d12 step with the device's ceilings and the ratio to PyTorch per case; $OUT/bench_gptk.json
+# keeps gptk's numbers (`gptk bench --results FILE --compare FILE` prints both again, anywhere).
+# In a full run the two stages share what the stages above leave of the 8 minutes: fewer
+# iterations, PyTorch eager only. Alone (every ONLY prefix a bench stage) they take the whole call:
+# default iterations, and the torch.compile'd step with a budget for its compilation.
+bench_alone=false
+if [ -n "${ONLY:-}" ]; then
+    bench_alone=true
+    for prefix in ${ONLY//,/ }; do
+        [[ $prefix == bench* ]] || bench_alone=false
+    done
+fi
+if $bench_alone; then
+    torch_limit=270 gptk_limit=150
+    torch_args=(--compile --compile-budget 150)
+    gptk_args=()
+else
+    torch_limit=40 gptk_limit=45
+    torch_args=(--warmup 3 --iters 20 --step-iters 10)
+    gptk_args=(--warmup 3 --iters 20 --step-iters 10)
+fi
 if "$gptk" bench --help >/dev/null 2>&1; then
-    torch_json="$OUT/torch_attention.json"
-    torch_script="$(dirname "$0")/torch_attention.py"
+    torch_json="$OUT/bench_torch.json"
+    rm -f "$torch_json"
+    # The bundle's copy of the script, else this checkout's.
+    torch_script="$bundle/torch_reference.py"
+    [ -f "$torch_script" ] || torch_script="$(dirname "$0")/torch_reference.py"
     if ! wanted bench-torch; then
         note "SKIP  bench-torch: not in ONLY=$ONLY"
     elif [ -f "$torch_script" ] && python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
-        stage bench-torch 40 python3 "$torch_script" --warmup 5 --iters 30 --out "$torch_json"
+        stage bench-torch "$torch_limit" python3 "$torch_script" "${torch_args[@]}" --out "$torch_json"
     else
-        skip bench-torch "no scripts/torch_attention.py or no CUDA PyTorch in python3"
+        skip bench-torch "no torch_reference.py in the bundle or scripts/, or no CUDA PyTorch in python3"
     fi
     compare=()
     if [ -s "$torch_json" ]; then compare=(--compare "$torch_json"); fi
-    stage bench 45 "$gptk" bench --warmup 5 --iters 30 ${compare[@]+"${compare[@]}"}
+    stage bench "$gptk_limit" "$gptk" bench ${gptk_args[@]+"${gptk_args[@]}"} --out "$OUT/bench_gptk.json" \
+        ${compare[@]+"${compare[@]}"}
 else
     skip bench "this gptk has no 'bench' command"
 fi

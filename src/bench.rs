@@ -1,7 +1,8 @@
-//! `gptk bench`: kernels timed on the GPU at GPT-2 shapes, beside two ceilings measured in the
-//! same run, and optionally beside PyTorch's numbers for the same cases.
+//! `gptk bench`: every kernel family and a whole GPT-2 124M training step timed on the GPU at
+//! GPT-2 shapes, beside two ceilings measured in the same run, and optionally beside PyTorch's
+//! numbers for the same cases (scripts/torch_reference.py).
 //!
-//! Method (scripts/torch_attention.py times PyTorch the same way, so that the ratios mean
+//! Method (scripts/torch_reference.py times PyTorch the same way, so that the ratios mean
 //! something): every pass of every case runs [`BenchOptions::warmup`] times, then
 //! [`BenchOptions::iters`] times, each iteration between two CUDA events on the backend's stream;
 //! the median is the number reported (the minimum beside it). Inputs are random, never zeros, and
@@ -14,14 +15,27 @@
 //! - copy: device-to-device copy bandwidth, bytes read plus bytes written;
 //! - gemm: a bf16 cuBLASLt GEMM of 8192³ with f32 accumulation (the matmul op of the backend).
 //!
-//! Attention counts FLOPs the standard way: forward 4·B·NH·T²·HS (two T×T×HS products), halved
-//! when causal; backward 2.5 times the forward (five such products), whatever the kernels
-//! recompute. The case table is [`cases`]: benchmarking another kernel is adding a [`Case`].
+//! Bytes are the least a kernel with the op's contract must move: each input read once, each
+//! output written once, an accumulated (`+=`) output read and written; scratch traffic, re-reads
+//! and launch overheads are the kernel's cost, not its work. Each case says what it counts.
+//! Matmuls count 2·N·C·OC FLOPs forward and twice that backward (bias work not counted);
+//! attention counts forward 4·B·NH·T²·HS (two T×T×HS products), halved when causal, and backward
+//! 2.5 times the forward (five such products), whatever the kernels recompute.
+//!
+//! The case table is [`cases`]; benchmarking another kernel is adding a [`Case`]. The training
+//! step ([`run_step`]) goes through [`Gpt`] exactly as the trainer does and reports tokens/s, MFU
+//! against the device's dense bf16 peak and the device memory it took, with a second series of
+//! steps split into phases by events.
 
+use crate::backend::cuda::plan::storage_bytes;
 use crate::backend::cuda::{ArenaSizes, CudaBackend, ScratchSizes};
-use crate::backend::{Backend, BackendError, Precision};
-use crate::model::layout::{Arena, TENSOR_ALIGN, Tensor};
+use crate::backend::{AdamWStep, Backend, BackendError, Precision};
+use crate::model::config::{GPT2_VOCAB_SIZE, ModelConfig};
+use crate::model::layout::{ActLayout, Arena, ParamLayout, TENSOR_ALIGN, Tensor};
+use crate::model::schedule::{self, Attention};
+use crate::model::{Gpt, ModelError, init_params};
 use crate::rng::Rng;
+use cudarc::driver::CudaEvent;
 use serde::{Deserialize, Serialize};
 
 /// Bytes of inputs and outputs the copies of one case span together: eight times a 60 MB L2.
@@ -31,15 +45,45 @@ const RANDOM_CHUNK: usize = 1 << 22;
 /// Bytes each side of the copy ceiling moves.
 const COPY_BYTES: usize = 512 << 20;
 /// M = N = K of the GEMM ceiling.
-const GEMM_SIZE: usize = 8192;
+pub const GEMM_SIZE: usize = 8192;
 const BYTES_PER_BF16: usize = 2;
 const BYTES_PER_F32: usize = 4;
+/// Bytes of a token id or a target (i32).
+const BYTES_PER_ID: usize = 4;
+/// Bytes one parameter costs AdamW at the least in bf16 storage: master, m and v (f32) and the
+/// gradient (bf16) read; master, m and v and the bf16 parameter written.
+pub const ADAMW_BYTES_PER_PARAM: usize = 3 * BYTES_PER_F32 + BYTES_PER_BF16 + 3 * BYTES_PER_F32 + BYTES_PER_BF16;
+
+/// GPT-2 124M (the d12 preset) at the batch its benchmarks use: B, T, C, NH, V, Vp, L.
+pub mod gpt2 {
+    pub const B: usize = 8;
+    pub const T: usize = 1024;
+    pub const C: usize = 768;
+    pub const NH: usize = 12;
+    pub const L: usize = 12;
+    pub const V: usize = crate::model::config::GPT2_VOCAB_SIZE;
+    pub const VP: usize = 50304;
+    /// Rows of the residual stream, B·T.
+    pub const N: usize = B * T;
+}
+
+/// Token ids of the encoder cases: id(i) = i·stride mod V. The stride is prime to V, so the B·T
+/// ids are distinct (B·T < V) and spread over the table; scripts/torch_reference.py uses the
+/// same ids, so both sides gather the same rows.
+pub const ENCODER_TOKEN_STRIDE: usize = 7919;
+
+/// The preset the training-step benchmark runs.
+pub const STEP_MODEL: &str = "d12";
+/// Untimed training steps before the timed ones (the first builds cuBLASLt's plans).
+pub const STEP_WARMUP: usize = 3;
 
 /// A failure that stops the benchmark.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error(transparent)]
     Backend(#[from] BackendError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
     #[error("unknown op '{given}' (known: {known})")]
     UnknownOp { given: String, known: String },
 }
@@ -63,11 +107,11 @@ pub struct Ceilings {
 /// One timed pass of one case.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Measurement {
-    /// Op family, as `--op` filters it: `attention`.
+    /// Op family, as `--op` filters it: `attention`, `layernorm`, …
     pub op: String,
     /// The shape, e.g. `B=8 NH=12 T=1024 HS=64 causal`.
     pub case: String,
-    /// `fwd`, `bwd`, `fwd+bwd`.
+    /// `fwd`, `bwd`, `fwd+bwd`; `update` (AdamW), `norm` (the gradient norm).
     pub pass: String,
     pub median_ms: f64,
     pub min_ms: f64,
@@ -86,6 +130,9 @@ impl Measurement {
     /// TFLOP/s or GB/s at the median time, with its unit.
     pub fn rate(&self) -> Option<(f64, &'static str)> {
         let seconds = self.median_ms * 1e-3;
+        if seconds.is_nan() || seconds <= 0.0 {
+            return None;
+        }
         match self.work()? {
             Work::Flops(f) => Some((f / seconds / 1e12, "TFLOP/s")),
             Work::Bytes(b) => Some((b / seconds / 1e9, "GB/s")),
@@ -101,23 +148,184 @@ impl Measurement {
         };
         (ceiling > 0.0).then(|| rate / ceiling)
     }
+
+    /// True when `other` is the same (op, case, pass).
+    pub fn same_case(&self, other: &Measurement) -> bool {
+        self.op == other.op && self.case == other.case && self.pass == other.pass
+    }
 }
 
-/// A whole run, as `--json` prints it and as scripts/torch_attention.py writes PyTorch's.
+/// The median time of one phase of a training step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Phase {
+    pub name: String,
+    pub median_ms: f64,
+}
+
+/// A whole training step, timed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepResult {
+    /// The preset, `d12`.
+    pub model: String,
+    pub b: usize,
+    pub t: usize,
+    /// `gptk`; PyTorch's are `eager` and `compile`.
+    pub variant: String,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub iters: usize,
+    /// B·T over the median step time.
+    pub tokens_per_s: f64,
+    /// Training FLOPs per token ([`ModelConfig::flops_per_token`]).
+    pub flops_per_token: f64,
+    /// The dense bf16 peak MFU is counted against, FLOP/s (none for an unknown device).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_flops: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mfu: Option<f64>,
+    /// Device memory the run took: free memory before the model was built minus free memory
+    /// after the timed steps (PyTorch: its caching allocator's peak reservation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_bytes: Option<f64>,
+    /// Bytes allocated: the backend's memory plan (PyTorch: its peak of allocated tensors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated_bytes: Option<f64>,
+    /// Loss of the first and of the last step run (it must be falling: the steps are real).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_first: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_last: Option<f64>,
+    /// Median time of each phase, from a second series of steps with events between phases.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<Phase>,
+}
+
+impl StepResult {
+    /// The name both sides give the step: `d12 B=8 T=1024`.
+    pub fn name(&self) -> String {
+        step_name(&self.model, self.b, self.t)
+    }
+
+    /// Achieved model FLOP/s as a share of the measured GEMM ceiling.
+    pub fn of_gemm_ceiling(&self, c: &Ceilings) -> Option<f64> {
+        (c.gemm_bf16_tflops > 0.0).then(|| self.tokens_per_s * self.flops_per_token / 1e12 / c.gemm_bf16_tflops)
+    }
+}
+
+/// The name of a training-step case.
+pub fn step_name(model: &str, b: usize, t: usize) -> String {
+    format!("{model} B={b} T={t}")
+}
+
+/// A whole run, as `--json` prints it and as scripts/torch_reference.py writes PyTorch's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     /// `gptk` or `pytorch`.
     pub source: String,
     pub device: String,
+    /// The software that ran, e.g. `gptk 0.1.0` or `torch 2.11.0+cu130`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub software: Option<String>,
     pub ceilings: Ceilings,
     pub results: Vec<Measurement>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepResult>,
+    /// Anything the reader of the numbers should know (a compile that ran out of time, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl Report {
     /// The measurement of the same (op, case, pass), if this report has it.
     pub fn find(&self, m: &Measurement) -> Option<&Measurement> {
-        self.results.iter().find(|r| r.op == m.op && r.case == m.case && r.pass == m.pass)
+        self.results.iter().find(|r| r.same_case(m))
     }
+
+    /// The steps of the same model and batch shape (every variant).
+    pub fn steps_like(&self, s: &StepResult) -> Vec<&StepResult> {
+        self.steps.iter().filter(|r| r.model == s.model && r.b == s.b && r.t == s.t).collect()
+    }
+}
+
+/// The other side's time over this side's: above 1 when `gptk` is faster. None when either time
+/// is not a positive number (PyTorch's backward alone is a difference of two medians and can be
+/// noise).
+pub fn speedup(gptk: &Measurement, torch: &Measurement) -> Option<f64> {
+    let s = torch.median_ms / gptk.median_ms;
+    (gptk.median_ms > 0.0 && torch.median_ms > 0.0 && s.is_finite()).then_some(s)
+}
+
+/// The geometric mean of positive numbers (None for none).
+pub fn geometric_mean(xs: &[f64]) -> Option<f64> {
+    if xs.is_empty() || xs.iter().any(|&x| x.is_nan() || x <= 0.0) {
+        return None;
+    }
+    Some((xs.iter().map(|x| x.ln()).sum::<f64>() / xs.len() as f64).exp())
+}
+
+/// How gptk's report compares with PyTorch's, case by case.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Comparison {
+    /// (op family, cases matched, geometric mean of the speedups), families in gptk's order.
+    pub families: Vec<(String, usize, f64)>,
+    /// Geometric mean over every matched pass, and how many.
+    pub overall: Option<(usize, f64)>,
+    /// `op [case] pass` of the cases PyTorch's report lacks, and the reverse (within the op
+    /// families gptk's report has, so that a run with `--op` lists no other family).
+    pub only_gptk: Vec<String>,
+    pub only_torch: Vec<String>,
+    pub steps: Vec<StepComparison>,
+}
+
+/// One gptk training step beside PyTorch's steps of the same model and shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepComparison {
+    /// The step's name, `d12 B=8 T=1024`.
+    pub name: String,
+    /// gptk's tokens/s.
+    pub tokens_per_s: f64,
+    /// (PyTorch variant, its tokens/s, gptk's tokens/s over it) per variant PyTorch ran.
+    pub torch: Vec<(String, f64, f64)>,
+}
+
+/// Matches two reports case by case: speedup = PyTorch time / gptk time.
+pub fn compare(gptk: &Report, torch: &Report) -> Comparison {
+    let mut families: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut only_gptk = Vec::new();
+    for m in &gptk.results {
+        let Some(t) = torch.find(m) else {
+            only_gptk.push(format!("{} [{}] {}", m.op, m.case, m.pass));
+            continue;
+        };
+        let Some(s) = speedup(m, t) else { continue };
+        match families.iter_mut().find(|f| f.0 == m.op) {
+            Some(f) => f.1.push(s),
+            None => families.push((m.op.clone(), vec![s])),
+        }
+    }
+    let only_torch = torch
+        .results
+        .iter()
+        .filter(|t| gptk.find(t).is_none() && gptk.results.iter().any(|m| m.op == t.op))
+        .map(|t| format!("{} [{}] {}", t.op, t.case, t.pass))
+        .collect();
+    let all: Vec<f64> = families.iter().flat_map(|f| f.1.iter().copied()).collect();
+    let overall = geometric_mean(&all).map(|g| (all.len(), g));
+    let families = families.into_iter().filter_map(|(op, s)| geometric_mean(&s).map(|g| (op, s.len(), g))).collect();
+    let steps = gptk
+        .steps
+        .iter()
+        .map(|s| {
+            let theirs = torch
+                .steps_like(s)
+                .into_iter()
+                .filter(|t| t.tokens_per_s > 0.0)
+                .map(|t| (t.variant.clone(), t.tokens_per_s, s.tokens_per_s / t.tokens_per_s))
+                .collect();
+            StepComparison { name: s.name(), tokens_per_s: s.tokens_per_s, torch: theirs }
+        })
+        .collect();
+    Comparison { families, overall, only_gptk, only_torch, steps }
 }
 
 /// What `gptk bench` asks for.
@@ -129,6 +337,10 @@ pub struct BenchOptions {
     pub warmup: usize,
     pub iters: usize,
     pub seed: u64,
+    /// Sequences per batch of the training-step case.
+    pub step_batch: usize,
+    /// Timed training steps (after [`STEP_WARMUP`]), and as many again split into phases.
+    pub step_iters: usize,
 }
 
 /// One benchmark: an op at one shape, with its inputs in `copies` replicas.
@@ -147,14 +359,21 @@ pub trait Case {
     fn prepare(&mut self, gpu: &mut CudaBackend, rng: &mut Rng) -> Result<(), BackendError>;
     /// One iteration of pass `pass` (an index into `passes`) on replica `copy`.
     fn run(&self, gpu: &mut CudaBackend, pass: usize, copy: usize) -> Result<(), BackendError>;
+    /// The storage precision the case runs in.
+    fn precision(&self) -> Precision {
+        Precision::Bf16
+    }
 }
 
-/// Hands out aligned spans of each arena.
+/// Hands out aligned spans of each arena. The parameter-like arenas (parameters, gradients,
+/// AdamW moments) share one size, as the backend allocates them.
 #[derive(Default)]
 struct Spans {
     acts: usize,
     act_grads: usize,
     stats: usize,
+    inputs: usize,
+    params: usize,
 }
 
 impl Spans {
@@ -163,7 +382,8 @@ impl Spans {
             Arena::Acts => &mut self.acts,
             Arena::ActGrads => &mut self.act_grads,
             Arena::Stats => &mut self.stats,
-            other => unreachable!("benchmarks use no {other:?} tensors"),
+            Arena::Inputs => &mut self.inputs,
+            Arena::Params | Arena::Grads | Arena::OptM | Arena::OptV => &mut self.params,
         };
         let t = Tensor { arena, offset: *next, len };
         *next = t.end().div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN;
@@ -173,17 +393,18 @@ impl Spans {
     fn sizes(&self) -> ArenaSizes {
         let round = |n: usize| n.div_ceil(TENSOR_ALIGN).max(1) * TENSOR_ALIGN;
         ArenaSizes {
-            params: TENSOR_ALIGN,
+            params: round(self.params),
             acts: round(self.acts),
             act_grads: round(self.act_grads),
             stats: round(self.stats),
-            inputs: TENSOR_ALIGN,
+            inputs: round(self.inputs),
         }
     }
 }
 
 /// Random normal values of the given scale in `t`: one draw of up to RANDOM_CHUNK elements,
-/// uploaded, then doubled on the device until the tensor is full.
+/// uploaded, then doubled on the device until the tensor is full. For `Params` this fills the
+/// f32 master weights (what AdamW reads); elsewhere the storage.
 fn fill_random(gpu: &mut CudaBackend, t: Tensor, rng: &mut Rng, scale: f64) -> Result<(), BackendError> {
     let chunk = t.len.min(RANDOM_CHUNK);
     let data: Vec<f32> = (0..chunk).map(|_| (rng.normal() * scale) as f32).collect();
@@ -191,11 +412,354 @@ fn fill_random(gpu: &mut CudaBackend, t: Tensor, rng: &mut Rng, scale: f64) -> R
     let mut filled = chunk;
     while filled < t.len {
         let n = filled.min(t.len - filled);
-        gpu.copy_tensor(t.slice(filled, n), t.slice(0, n))?;
+        if t.arena == Arena::Params {
+            gpu.copy_master(t.slice(filled, n), t.slice(0, n))?;
+        } else {
+            gpu.copy_tensor(t.slice(filled, n), t.slice(0, n))?;
+        }
         filled += n;
     }
     Ok(())
 }
+
+/// Fills the first replica's `tensors` with random values of `scales` and copies them into every
+/// other replica (the tensors of replica `k` are `pick(k)`).
+fn fill_replicas<const K: usize>(
+    gpu: &mut CudaBackend,
+    rng: &mut Rng,
+    copies: usize,
+    pick: impl Fn(usize) -> [Tensor; K],
+    scales: [f64; K],
+) -> Result<(), BackendError> {
+    let first = pick(0);
+    for (t, s) in first.iter().zip(scales) {
+        fill_random(gpu, *t, rng, s)?;
+    }
+    for k in 1..copies {
+        for (dst, src) in pick(k).into_iter().zip(first) {
+            if src.arena == Arena::Params {
+                gpu.copy_master(dst, src)?;
+            } else {
+                gpu.copy_tensor(dst, src)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn nc(n: usize, c: usize) -> f64 {
+    (n * c) as f64
+}
+
+// ---- encoder ------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy)]
+struct EncoderTensors {
+    tokens: Tensor,
+    wte: Tensor,
+    wpe: Tensor,
+    out: Tensor,
+    dout: Tensor,
+    dwte: Tensor,
+    dwpe: Tensor,
+}
+
+/// Token and position embedding, forward and backward, with B·T distinct token ids
+/// ([`ENCODER_TOKEN_STRIDE`]).
+pub struct EncoderCase {
+    pub b: usize,
+    pub t: usize,
+    pub c: usize,
+    pub v: usize,
+    pub vp: usize,
+    copies: Vec<EncoderTensors>,
+}
+
+impl EncoderCase {
+    pub fn new(b: usize, t: usize, c: usize, v: usize, vp: usize) -> Self {
+        assert!(b * t <= v, "the encoder benchmark wants B·T distinct token ids");
+        EncoderCase { b, t, c, v, vp, copies: Vec::new() }
+    }
+
+    /// The token ids: i·stride mod V.
+    pub fn tokens(&self) -> Vec<i32> {
+        (0..self.b * self.t).map(|i| (i * ENCODER_TOKEN_STRIDE % self.v) as i32).collect()
+    }
+}
+
+impl Case for EncoderCase {
+    fn op(&self) -> &'static str {
+        "encoder"
+    }
+
+    fn name(&self) -> String {
+        format!("B={} T={} C={} Vp={}", self.b, self.t, self.c, self.vp)
+    }
+
+    fn passes(&self) -> Vec<(&'static str, Work)> {
+        let (n, c, s) = (self.b * self.t, self.c, BYTES_PER_BF16 as f64);
+        let ids = (n * BYTES_PER_ID) as f64;
+        // Forward: the ids, one wte row per position (the ids are distinct), the T rows of wpe
+        // read; out written.
+        let fwd = ids + nc(n, c) * s + nc(self.t, c) * s + nc(n, c) * s;
+        // Backward: the position ids and dout read; one dwte row per position and all of dwpe
+        // accumulated (read and written). The host's bucketing of the ids is not counted.
+        let bwd = ids + nc(n, c) * s + 2.0 * nc(n, c) * s + 2.0 * nc(self.t, c) * s;
+        vec![("fwd", Work::Bytes(fwd)), ("bwd", Work::Bytes(bwd))]
+    }
+
+    fn bytes_per_copy(&self) -> usize {
+        let (n, c) = (self.b * self.t, self.c);
+        (2 * n * c + 2 * self.vp * c + 2 * self.t * c) * BYTES_PER_BF16 + n * BYTES_PER_ID
+    }
+
+    fn layout(&mut self, copies: usize) -> (ArenaSizes, ScratchSizes) {
+        let (n, c) = (self.b * self.t, self.c);
+        let mut spans = Spans::default();
+        self.copies = (0..copies)
+            .map(|_| EncoderTensors {
+                tokens: spans.take(Arena::Inputs, n),
+                wte: spans.take(Arena::Acts, self.vp * c),
+                wpe: spans.take(Arena::Acts, self.t * c),
+                out: spans.take(Arena::Acts, n * c),
+                dout: spans.take(Arena::ActGrads, n * c),
+                dwte: spans.take(Arena::ActGrads, self.vp * c),
+                dwpe: spans.take(Arena::ActGrads, self.t * c),
+            })
+            .collect();
+        (spans.sizes(), ScratchSizes { tokens: n, ..Default::default() })
+    }
+
+    fn prepare(&mut self, gpu: &mut CudaBackend, rng: &mut Rng) -> Result<(), BackendError> {
+        let tokens = self.tokens();
+        for x in &self.copies {
+            gpu.upload_ints(x.tokens, &tokens)?;
+        }
+        let c = &self.copies;
+        fill_replicas(gpu, rng, c.len(), |k| [c[k].wte, c[k].wpe, c[k].dout, c[k].dwte, c[k].dwpe], [0.02; 5])
+    }
+
+    fn run(&self, gpu: &mut CudaBackend, pass: usize, copy: usize) -> Result<(), BackendError> {
+        let x = self.copies[copy];
+        let (b, t, c) = (self.b, self.t, self.c);
+        match pass {
+            0 => gpu.encoder_forward(x.out, x.tokens, x.wte, x.wpe, b, t, c),
+            _ => gpu.encoder_backward(x.dwte, x.dwpe, x.dout, x.tokens, b, t, c),
+        }
+    }
+}
+
+// ---- layernorm ----------------------------------------------------------------------------------
+
+#[derive(Clone, Copy)]
+struct LayernormTensors {
+    inp: Tensor,
+    w: Tensor,
+    bias: Tensor,
+    out: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    dout: Tensor,
+    dinp: Tensor,
+    dw: Tensor,
+    db: Tensor,
+}
+
+/// Layernorm forward and backward over N rows of C.
+pub struct LayernormCase {
+    pub n: usize,
+    pub c: usize,
+    pub precision: Precision,
+    copies: Vec<LayernormTensors>,
+}
+
+impl LayernormCase {
+    pub fn new(n: usize, c: usize, precision: Precision) -> Self {
+        LayernormCase { n, c, precision, copies: Vec::new() }
+    }
+}
+
+/// ` f32` after the shape of an f32 case; nothing for bf16, the default.
+fn precision_suffix(p: Precision) -> &'static str {
+    match p {
+        Precision::Bf16 => "",
+        Precision::F32 => " f32",
+    }
+}
+
+impl Case for LayernormCase {
+    fn op(&self) -> &'static str {
+        "layernorm"
+    }
+
+    fn name(&self) -> String {
+        format!("N={} C={}{}", self.n, self.c, precision_suffix(self.precision))
+    }
+
+    fn passes(&self) -> Vec<(&'static str, Work)> {
+        let (n, c, s) = (self.n, self.c, storage_bytes(self.precision) as f64);
+        let stats = (2 * n * BYTES_PER_F32) as f64;
+        // Forward: inp, w, b read; out and the f32 mean and rstd written.
+        let fwd = nc(n, c) * s + 2.0 * c as f64 * s + nc(n, c) * s + stats;
+        // Backward: dout, inp, w, mean, rstd read; dinp, dw, db accumulated (read and written).
+        let bwd = 2.0 * nc(n, c) * s + c as f64 * s + stats + 2.0 * nc(n, c) * s + 4.0 * c as f64 * s;
+        vec![("fwd", Work::Bytes(fwd)), ("bwd", Work::Bytes(bwd))]
+    }
+
+    fn bytes_per_copy(&self) -> usize {
+        (4 * self.n * self.c + 4 * self.c) * storage_bytes(self.precision) + 2 * self.n * BYTES_PER_F32
+    }
+
+    fn layout(&mut self, copies: usize) -> (ArenaSizes, ScratchSizes) {
+        let (n, c) = (self.n, self.c);
+        let mut spans = Spans::default();
+        self.copies = (0..copies)
+            .map(|_| LayernormTensors {
+                inp: spans.take(Arena::Acts, n * c),
+                w: spans.take(Arena::Acts, c),
+                bias: spans.take(Arena::Acts, c),
+                out: spans.take(Arena::Acts, n * c),
+                mean: spans.take(Arena::Stats, n),
+                rstd: spans.take(Arena::Stats, n),
+                dout: spans.take(Arena::ActGrads, n * c),
+                dinp: spans.take(Arena::ActGrads, n * c),
+                dw: spans.take(Arena::ActGrads, c),
+                db: spans.take(Arena::ActGrads, c),
+            })
+            .collect();
+        (spans.sizes(), ScratchSizes { max_columns: c, ..Default::default() })
+    }
+
+    fn prepare(&mut self, gpu: &mut CudaBackend, rng: &mut Rng) -> Result<(), BackendError> {
+        let c = &self.copies;
+        fill_replicas(
+            gpu,
+            rng,
+            c.len(),
+            |k| [c[k].inp, c[k].w, c[k].bias, c[k].dout, c[k].dinp],
+            [1.0, 0.2, 0.2, 1.0, 1.0],
+        )?;
+        // The backward reads the forward's mean and rstd.
+        for copy in 0..self.copies.len() {
+            self.run(gpu, 0, copy)?;
+        }
+        Ok(())
+    }
+
+    fn run(&self, gpu: &mut CudaBackend, pass: usize, copy: usize) -> Result<(), BackendError> {
+        let x = self.copies[copy];
+        match pass {
+            0 => gpu.layernorm_forward(x.out, x.mean, x.rstd, x.inp, x.w, x.bias, self.n, self.c),
+            _ => gpu.layernorm_backward(x.dinp, x.dw, x.db, x.dout, x.inp, x.w, x.mean, x.rstd, self.n, self.c),
+        }
+    }
+
+    fn precision(&self) -> Precision {
+        self.precision
+    }
+}
+
+// ---- matmul -------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy)]
+struct MatmulTensors {
+    inp: Tensor,
+    w: Tensor,
+    bias: Option<Tensor>,
+    out: Tensor,
+    dout: Tensor,
+    dinp: Tensor,
+    dw: Tensor,
+    dbias: Option<Tensor>,
+}
+
+/// A linear layer through the backend (cuBLASLt): out (N,OC) = inp (N,C)·Wᵀ (+ bias), and its
+/// backward (dinp, dW +=, dbias +=).
+pub struct MatmulCase {
+    /// Which layer of GPT-2 this shape is: `qkv`, `attproj`, `fc`, `fcproj`, `classifier`.
+    pub label: &'static str,
+    pub n: usize,
+    pub c: usize,
+    pub oc: usize,
+    pub bias: bool,
+    copies: Vec<MatmulTensors>,
+}
+
+impl MatmulCase {
+    pub fn new(label: &'static str, n: usize, c: usize, oc: usize, bias: bool) -> Self {
+        MatmulCase { label, n, c, oc, bias, copies: Vec::new() }
+    }
+
+    /// 2·N·C·OC.
+    pub fn forward_flops(&self) -> f64 {
+        2.0 * self.n as f64 * self.c as f64 * self.oc as f64
+    }
+}
+
+impl Case for MatmulCase {
+    fn op(&self) -> &'static str {
+        "matmul"
+    }
+
+    fn name(&self) -> String {
+        let bias = if self.bias { " bias" } else { "" };
+        format!("{} N={} C={} OC={}{bias}", self.label, self.n, self.c, self.oc)
+    }
+
+    fn passes(&self) -> Vec<(&'static str, Work)> {
+        // Backward: dinp = dout·W and dW += doutᵀ·inp, two products of the forward's size. The
+        // bias (fused into the forward's epilogue) and its gradient are not counted.
+        let f = self.forward_flops();
+        vec![("fwd", Work::Flops(f)), ("bwd", Work::Flops(2.0 * f))]
+    }
+
+    fn bytes_per_copy(&self) -> usize {
+        let (n, c, oc) = (self.n, self.c, self.oc);
+        let bias = if self.bias { 2 * oc } else { 0 };
+        (2 * n * c + 2 * oc * c + 2 * n * oc + bias) * BYTES_PER_BF16
+    }
+
+    fn layout(&mut self, copies: usize) -> (ArenaSizes, ScratchSizes) {
+        let (n, c, oc) = (self.n, self.c, self.oc);
+        let mut spans = Spans::default();
+        self.copies = (0..copies)
+            .map(|_| MatmulTensors {
+                inp: spans.take(Arena::Acts, n * c),
+                w: spans.take(Arena::Acts, oc * c),
+                bias: self.bias.then(|| spans.take(Arena::Acts, oc)),
+                out: spans.take(Arena::Acts, n * oc),
+                dout: spans.take(Arena::ActGrads, n * oc),
+                dinp: spans.take(Arena::ActGrads, n * c),
+                dw: spans.take(Arena::ActGrads, oc * c),
+                dbias: self.bias.then(|| spans.take(Arena::ActGrads, oc)),
+            })
+            .collect();
+        (spans.sizes(), ScratchSizes { max_columns: oc, ..Default::default() })
+    }
+
+    fn prepare(&mut self, gpu: &mut CudaBackend, rng: &mut Rng) -> Result<(), BackendError> {
+        let c = &self.copies;
+        // Weights of scale 1/√C keep the outputs of order one, like the GEMM ceiling's.
+        let w_scale = 1.0 / (self.c as f64).sqrt();
+        fill_replicas(gpu, rng, c.len(), |k| [c[k].inp, c[k].w, c[k].dout, c[k].dw], [1.0, w_scale, 1.0, 0.02])?;
+        if self.bias {
+            let pick = |k: usize| [c[k].bias.expect("bias"), c[k].dbias.expect("dbias")];
+            fill_replicas(gpu, rng, c.len(), pick, [0.02, 0.02])?;
+        }
+        Ok(())
+    }
+
+    fn run(&self, gpu: &mut CudaBackend, pass: usize, copy: usize) -> Result<(), BackendError> {
+        let x = self.copies[copy];
+        let (n, c, oc) = (self.n, self.c, self.oc);
+        match pass {
+            0 => gpu.matmul_forward(x.out, x.inp, x.w, x.bias, n, c, oc),
+            _ => gpu.matmul_backward(x.dinp, x.dw, x.dbias, x.dout, x.inp, x.w, n, c, oc),
+        }
+    }
+}
+
+// ---- attention ----------------------------------------------------------------------------------
 
 /// The tensors of one attention replica.
 #[derive(Clone, Copy)]
@@ -230,7 +794,7 @@ impl AttentionCase {
     }
 }
 
-/// The name both gptk and scripts/torch_attention.py give an attention shape.
+/// The name both gptk and scripts/torch_reference.py give an attention shape.
 pub fn attention_case_name(b: usize, t: usize, nh: usize, hs: usize, causal: bool) -> String {
     format!("B={b} NH={nh} T={t} HS={hs} {}", if causal { "causal" } else { "bidirectional" })
 }
@@ -279,13 +843,8 @@ impl Case for AttentionCase {
     }
 
     fn prepare(&mut self, gpu: &mut CudaBackend, rng: &mut Rng) -> Result<(), BackendError> {
-        let first = self.copies[0];
-        fill_random(gpu, first.qkv, rng, 1.0)?;
-        fill_random(gpu, first.dout, rng, 1.0)?;
-        for c in &self.copies[1..] {
-            gpu.copy_tensor(c.qkv, first.qkv)?;
-            gpu.copy_tensor(c.dout, first.dout)?;
-        }
+        let c = &self.copies;
+        fill_replicas(gpu, rng, c.len(), |k| [c[k].qkv, c[k].dout], [1.0, 1.0])?;
         // The backward reads the forward's output and LSE.
         for copy in 0..self.copies.len() {
             self.run(gpu, 0, copy)?;
@@ -306,39 +865,514 @@ impl Case for AttentionCase {
     }
 }
 
+// ---- cached attention (generation) --------------------------------------------------------------
+
+#[derive(Clone, Copy)]
+struct CachedTensors {
+    qkv: Tensor,
+    kv: Tensor,
+    out: Tensor,
+}
+
+/// One generation step of causal attention: the new token's k and v written into the key/value
+/// cache at `pos`, its q attending over positions 0..=pos.
+pub struct AttentionCachedCase {
+    pub b: usize,
+    pub t_max: usize,
+    pub pos: usize,
+    pub nh: usize,
+    pub hs: usize,
+    copies: Vec<CachedTensors>,
+}
+
+impl AttentionCachedCase {
+    pub fn new(b: usize, t_max: usize, pos: usize, nh: usize, hs: usize) -> Self {
+        AttentionCachedCase { b, t_max, pos, nh, hs, copies: Vec::new() }
+    }
+}
+
+impl Case for AttentionCachedCase {
+    fn op(&self) -> &'static str {
+        "attention_cached"
+    }
+
+    fn name(&self) -> String {
+        format!("B={} NH={} Tmax={} pos={} HS={}", self.b, self.nh, self.t_max, self.pos, self.hs)
+    }
+
+    fn passes(&self) -> Vec<(&'static str, Work)> {
+        let bc = nc(self.b, self.nh * self.hs) * BYTES_PER_BF16 as f64;
+        // qkv read, the cached k and v of the `pos` earlier positions read, the new k and v
+        // written into the cache, out written. The scores are a few FLOPs per byte.
+        let bytes = bc * (3.0 + 2.0 * self.pos as f64 + 2.0 + 1.0);
+        vec![("fwd", Work::Bytes(bytes))]
+    }
+
+    fn bytes_per_copy(&self) -> usize {
+        self.b * self.nh * self.hs * (4 + 2 * self.t_max) * BYTES_PER_BF16
+    }
+
+    fn layout(&mut self, copies: usize) -> (ArenaSizes, ScratchSizes) {
+        let (b, c) = (self.b, self.nh * self.hs);
+        let mut spans = Spans::default();
+        self.copies = (0..copies)
+            .map(|_| CachedTensors {
+                qkv: spans.take(Arena::Acts, b * 3 * c),
+                kv: spans.take(Arena::Acts, b * self.t_max * 2 * c),
+                out: spans.take(Arena::Acts, b * c),
+            })
+            .collect();
+        (spans.sizes(), ScratchSizes::default())
+    }
+
+    fn prepare(&mut self, gpu: &mut CudaBackend, rng: &mut Rng) -> Result<(), BackendError> {
+        let c = &self.copies;
+        fill_replicas(gpu, rng, c.len(), |k| [c[k].qkv, c[k].kv], [1.0, 1.0])
+    }
+
+    fn run(&self, gpu: &mut CudaBackend, _pass: usize, copy: usize) -> Result<(), BackendError> {
+        let x = self.copies[copy];
+        gpu.attention_cached(x.out, x.qkv, x.kv, self.b, self.t_max, self.pos, self.nh, self.hs)
+    }
+}
+
+// ---- GELU ---------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy)]
+struct GeluTensors {
+    inp: Tensor,
+    out: Tensor,
+    d: Tensor,
+}
+
+/// tanh-GELU forward and backward over N rows of C (the MLP's 4C), elementwise.
+pub struct GeluCase {
+    pub n: usize,
+    pub c: usize,
+    pub precision: Precision,
+    copies: Vec<GeluTensors>,
+}
+
+impl GeluCase {
+    pub fn new(n: usize, c: usize, precision: Precision) -> Self {
+        GeluCase { n, c, precision, copies: Vec::new() }
+    }
+}
+
+impl Case for GeluCase {
+    fn op(&self) -> &'static str {
+        "gelu"
+    }
+
+    fn name(&self) -> String {
+        format!("N={} C={}{}", self.n, self.c, precision_suffix(self.precision))
+    }
+
+    fn passes(&self) -> Vec<(&'static str, Work)> {
+        let (e, s) = (nc(self.n, self.c), storage_bytes(self.precision) as f64);
+        // Forward: inp read, out written. Backward: the output gradient and inp read, the input
+        // gradient written (in place).
+        vec![("fwd", Work::Bytes(2.0 * e * s)), ("bwd", Work::Bytes(3.0 * e * s))]
+    }
+
+    fn bytes_per_copy(&self) -> usize {
+        3 * self.n * self.c * storage_bytes(self.precision)
+    }
+
+    fn layout(&mut self, copies: usize) -> (ArenaSizes, ScratchSizes) {
+        let e = self.n * self.c;
+        let mut spans = Spans::default();
+        self.copies = (0..copies)
+            .map(|_| GeluTensors {
+                inp: spans.take(Arena::Acts, e),
+                out: spans.take(Arena::Acts, e),
+                d: spans.take(Arena::ActGrads, e),
+            })
+            .collect();
+        (spans.sizes(), ScratchSizes::default())
+    }
+
+    fn prepare(&mut self, gpu: &mut CudaBackend, rng: &mut Rng) -> Result<(), BackendError> {
+        let c = &self.copies;
+        fill_replicas(gpu, rng, c.len(), |k| [c[k].inp, c[k].d], [1.0, 1.0])
+    }
+
+    fn run(&self, gpu: &mut CudaBackend, pass: usize, copy: usize) -> Result<(), BackendError> {
+        let x = self.copies[copy];
+        // The backward works in place: each iteration scales d by GELU′ again. The values shrink
+        // but stay normal numbers over the iterations a run makes, and the kernel's work does
+        // not depend on them.
+        match pass {
+            0 => gpu.gelu_forward(x.out, x.inp),
+            _ => gpu.gelu_backward(x.d, x.inp),
+        }
+    }
+
+    fn precision(&self) -> Precision {
+        self.precision
+    }
+}
+
+// ---- residual -----------------------------------------------------------------------------------
+
+#[derive(Clone, Copy)]
+struct ResidualTensors {
+    a: Tensor,
+    b: Tensor,
+    out: Tensor,
+}
+
+/// The residual add out = a + b over N rows of C.
+pub struct ResidualCase {
+    pub n: usize,
+    pub c: usize,
+    copies: Vec<ResidualTensors>,
+}
+
+impl ResidualCase {
+    pub fn new(n: usize, c: usize) -> Self {
+        ResidualCase { n, c, copies: Vec::new() }
+    }
+}
+
+impl Case for ResidualCase {
+    fn op(&self) -> &'static str {
+        "residual"
+    }
+
+    fn name(&self) -> String {
+        format!("N={} C={}", self.n, self.c)
+    }
+
+    fn passes(&self) -> Vec<(&'static str, Work)> {
+        // a and b read, out written.
+        vec![("fwd", Work::Bytes(3.0 * nc(self.n, self.c) * BYTES_PER_BF16 as f64))]
+    }
+
+    fn bytes_per_copy(&self) -> usize {
+        3 * self.n * self.c * BYTES_PER_BF16
+    }
+
+    fn layout(&mut self, copies: usize) -> (ArenaSizes, ScratchSizes) {
+        let e = self.n * self.c;
+        let mut spans = Spans::default();
+        self.copies = (0..copies)
+            .map(|_| ResidualTensors {
+                a: spans.take(Arena::Acts, e),
+                b: spans.take(Arena::Acts, e),
+                out: spans.take(Arena::Acts, e),
+            })
+            .collect();
+        (spans.sizes(), ScratchSizes::default())
+    }
+
+    fn prepare(&mut self, gpu: &mut CudaBackend, rng: &mut Rng) -> Result<(), BackendError> {
+        let c = &self.copies;
+        fill_replicas(gpu, rng, c.len(), |k| [c[k].a, c[k].b], [1.0, 1.0])
+    }
+
+    fn run(&self, gpu: &mut CudaBackend, _pass: usize, copy: usize) -> Result<(), BackendError> {
+        let x = self.copies[copy];
+        gpu.residual_forward(x.out, x.a, x.b)
+    }
+}
+
+// ---- cross-entropy ------------------------------------------------------------------------------
+
+#[derive(Clone, Copy)]
+struct CrossEntropyTensors {
+    logits: Tensor,
+    losses: Tensor,
+    targets: Tensor,
+}
+
+/// The fused softmax cross-entropy over N rows of Vp logits (the first V real): the loss alone,
+/// and the loss with dlogits written over the logits (what training runs).
+pub struct CrossEntropyCase {
+    pub n: usize,
+    pub v: usize,
+    pub vp: usize,
+    copies: Vec<CrossEntropyTensors>,
+}
+
+impl CrossEntropyCase {
+    pub fn new(n: usize, v: usize, vp: usize) -> Self {
+        CrossEntropyCase { n, v, vp, copies: Vec::new() }
+    }
+}
+
+impl Case for CrossEntropyCase {
+    fn op(&self) -> &'static str {
+        "cross_entropy"
+    }
+
+    fn name(&self) -> String {
+        format!("N={} V={} Vp={}", self.n, self.v, self.vp)
+    }
+
+    fn passes(&self) -> Vec<(&'static str, Work)> {
+        let (n, s) = (self.n, BYTES_PER_BF16 as f64);
+        let ids = (n * (BYTES_PER_ID + BYTES_PER_F32)) as f64;
+        // Loss only: the V real logits of each row and its target read, the f32 loss written.
+        let fwd = nc(n, self.v) * s + ids;
+        // With the gradient: the same, and dlogits written over all Vp columns (zeros in the
+        // padding).
+        let both = fwd + nc(n, self.vp) * s;
+        vec![("fwd", Work::Bytes(fwd)), ("fwd+bwd", Work::Bytes(both))]
+    }
+
+    fn bytes_per_copy(&self) -> usize {
+        self.n * self.vp * BYTES_PER_BF16 + self.n * (BYTES_PER_ID + BYTES_PER_F32)
+    }
+
+    fn layout(&mut self, copies: usize) -> (ArenaSizes, ScratchSizes) {
+        let mut spans = Spans::default();
+        self.copies = (0..copies)
+            .map(|_| CrossEntropyTensors {
+                logits: spans.take(Arena::Acts, self.n * self.vp),
+                losses: spans.take(Arena::Stats, self.n),
+                targets: spans.take(Arena::Inputs, self.n),
+            })
+            .collect();
+        (spans.sizes(), ScratchSizes::default())
+    }
+
+    fn prepare(&mut self, gpu: &mut CudaBackend, rng: &mut Rng) -> Result<(), BackendError> {
+        let targets: Vec<i32> = (0..self.n).map(|_| rng.below(self.v as u64) as i32).collect();
+        for x in &self.copies {
+            gpu.upload_ints(x.targets, &targets)?;
+        }
+        let c = &self.copies;
+        fill_replicas(gpu, rng, c.len(), |k| [c[k].logits], [1.0])
+    }
+
+    fn run(&self, gpu: &mut CudaBackend, pass: usize, copy: usize) -> Result<(), BackendError> {
+        let x = self.copies[copy];
+        // The gradient pass writes dlogits over the logits, which the next iterations on this
+        // copy read as logits: still finite, nonzero numbers, and the kernel's work does not
+        // depend on their values. The loss-only pass runs first, on the random logits.
+        let dloss = (pass == 1).then(|| 1.0 / self.n as f32);
+        gpu.cross_entropy(x.losses, x.logits, x.targets, self.n, self.v, self.vp, dloss)
+    }
+}
+
+// ---- AdamW and the gradient norm over the parameter arena ---------------------------------------
+
+/// The parameter arena of a model preset (GPT-2's vocabulary): elements, and where weight decay
+/// stops.
+fn arena_of(preset: &str) -> (usize, usize) {
+    let cfg = ModelConfig::preset(preset, GPT2_VOCAB_SIZE).expect("a known preset");
+    let p = ParamLayout::new(&cfg);
+    (p.total, p.decay_end)
+}
+
+/// One AdamW update over the whole parameter arena of a preset, in one launch.
+pub struct AdamwCase {
+    pub preset: &'static str,
+    /// Elements of the arena.
+    pub params: usize,
+    decay_end: usize,
+    copies: Vec<Tensor>,
+}
+
+impl AdamwCase {
+    pub fn new(preset: &'static str) -> Self {
+        let (params, decay_end) = arena_of(preset);
+        AdamwCase { preset, params, decay_end, copies: Vec::new() }
+    }
+}
+
+impl Case for AdamwCase {
+    fn op(&self) -> &'static str {
+        "adamw"
+    }
+
+    fn name(&self) -> String {
+        format!("{} P={}", self.preset, self.params)
+    }
+
+    fn passes(&self) -> Vec<(&'static str, Work)> {
+        vec![("update", Work::Bytes((self.params * ADAMW_BYTES_PER_PARAM) as f64))]
+    }
+
+    fn bytes_per_copy(&self) -> usize {
+        self.params * ADAMW_BYTES_PER_PARAM
+    }
+
+    fn layout(&mut self, copies: usize) -> (ArenaSizes, ScratchSizes) {
+        // Replica k is elements [k·P, (k+1)·P) of one arena of k·P: one launch updates one.
+        let mut spans = Spans::default();
+        self.copies = (0..copies).map(|_| spans.take(Arena::Params, self.params)).collect();
+        (spans.sizes(), ScratchSizes::default())
+    }
+
+    fn prepare(&mut self, gpu: &mut CudaBackend, rng: &mut Rng) -> Result<(), BackendError> {
+        // Master weights and gradients random; m and v start at zero, as in training, and the
+        // warm-up iterations make them what a running optimizer holds.
+        let c = &self.copies;
+        fill_replicas(gpu, rng, c.len(), |k| [c[k], c[k].grad()], [0.02, 0.01])
+    }
+
+    fn run(&self, gpu: &mut CudaBackend, _pass: usize, copy: usize) -> Result<(), BackendError> {
+        let x = self.copies[copy];
+        let step = AdamWStep {
+            lr: 6e-4,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            t: 10,
+            grad_scale: 1.0,
+            seed: 1337 + copy as u64,
+        };
+        gpu.adamw(&step, x.offset + self.decay_end, x.offset..x.end())
+    }
+}
+
+/// The squared L2 norm of the whole gradient arena of a preset, read back to the host as the
+/// trainer does (so the time includes one synchronisation).
+pub struct GradNormCase {
+    pub preset: &'static str,
+    pub params: usize,
+    copies: Vec<Tensor>,
+}
+
+impl GradNormCase {
+    pub fn new(preset: &'static str) -> Self {
+        GradNormCase { preset, params: arena_of(preset).0, copies: Vec::new() }
+    }
+}
+
+impl Case for GradNormCase {
+    fn op(&self) -> &'static str {
+        "grad_norm"
+    }
+
+    fn name(&self) -> String {
+        format!("{} P={}", self.preset, self.params)
+    }
+
+    fn passes(&self) -> Vec<(&'static str, Work)> {
+        // The bf16 gradients read once; the per-block partials are a few KB.
+        vec![("norm", Work::Bytes((self.params * BYTES_PER_BF16) as f64))]
+    }
+
+    fn bytes_per_copy(&self) -> usize {
+        self.params * BYTES_PER_BF16
+    }
+
+    fn layout(&mut self, copies: usize) -> (ArenaSizes, ScratchSizes) {
+        let mut spans = Spans::default();
+        self.copies = (0..copies).map(|_| spans.take(Arena::Grads, self.params)).collect();
+        (spans.sizes(), ScratchSizes::default())
+    }
+
+    fn prepare(&mut self, gpu: &mut CudaBackend, rng: &mut Rng) -> Result<(), BackendError> {
+        let c = &self.copies;
+        fill_replicas(gpu, rng, c.len(), |k| [c[k]], [0.01])
+    }
+
+    fn run(&self, gpu: &mut CudaBackend, _pass: usize, copy: usize) -> Result<(), BackendError> {
+        let x = self.copies[copy];
+        gpu.grad_norm_squared(x.offset..x.end()).map(|_| ())
+    }
+}
+
+// ---- the case table -----------------------------------------------------------------------------
+
 /// The attention shapes: GPT-2 small's heads (NH=12, HS=64) at B=8 and T = 1024, 2048, 4096, and
 /// HS=128 with half the heads (same C = 768), each causal and bidirectional.
-/// scripts/torch_attention.py times the same list.
+/// scripts/torch_reference.py times the same list.
 pub const ATTENTION_SHAPES: &[(usize, usize, usize, usize)] =
     &[(8, 1024, 12, 64), (8, 2048, 12, 64), (8, 4096, 12, 64), (8, 1024, 6, 128), (8, 2048, 6, 128), (8, 4096, 6, 128)];
 
-/// Every benchmark case, in the order they run.
+/// Rows of logits the d12 model's classifier computes at a time at B=8, T=1024 (its plan's
+/// chunk).
+pub fn classifier_chunk_rows() -> usize {
+    let cfg = ModelConfig::preset(STEP_MODEL, GPT2_VOCAB_SIZE).expect("d12 exists");
+    ActLayout::new(&cfg, gpt2::B, gpt2::T, None).chunk
+}
+
+/// The four linear layers of a GPT-2 block and the tied classifier, at one chunk of rows (what
+/// the model runs) and over all B·T rows: (label, N, C, OC, bias).
+pub fn matmul_shapes() -> Vec<(&'static str, usize, usize, usize, bool)> {
+    use gpt2::{C, N, VP};
+    vec![
+        ("qkv", N, C, 3 * C, true),
+        ("attproj", N, C, C, true),
+        ("fc", N, C, 4 * C, true),
+        ("fcproj", N, 4 * C, C, true),
+        ("classifier", classifier_chunk_rows(), C, VP, false),
+        ("classifier", N, C, VP, false),
+    ]
+}
+
+/// Every kernel benchmark, in the order they run, grouped by op family.
 pub fn cases() -> Vec<Box<dyn Case>> {
-    let mut v: Vec<Box<dyn Case>> = Vec::new();
+    use gpt2::{B, C, N, T, V, VP};
+    let mut v: Vec<Box<dyn Case>> = vec![Box::new(EncoderCase::new(B, T, C, V, VP))];
+    for p in [Precision::Bf16, Precision::F32] {
+        v.push(Box::new(LayernormCase::new(N, C, p)));
+    }
+    for (label, n, c, oc, bias) in matmul_shapes() {
+        v.push(Box::new(MatmulCase::new(label, n, c, oc, bias)));
+    }
     for &(b, t, nh, hs) in ATTENTION_SHAPES {
         for causal in [true, false] {
             v.push(Box::new(AttentionCase::new(b, t, nh, hs, causal)));
         }
     }
+    // The last position of a full context: the longest step of a generation.
+    v.push(Box::new(AttentionCachedCase::new(B, T, T - 1, gpt2::NH, C / gpt2::NH)));
+    for p in [Precision::Bf16, Precision::F32] {
+        v.push(Box::new(GeluCase::new(N, 4 * C, p)));
+    }
+    v.push(Box::new(ResidualCase::new(N, C)));
+    v.push(Box::new(CrossEntropyCase::new(classifier_chunk_rows(), V, VP)));
+    v.push(Box::new(CrossEntropyCase::new(N, V, VP)));
+    v.push(Box::new(AdamwCase::new(STEP_MODEL)));
+    v.push(Box::new(GradNormCase::new(STEP_MODEL)));
     v
 }
 
-/// The op families of [`cases`].
+/// The family name of the training-step benchmark.
+pub const STEP_FAMILY: &str = "step";
+
+/// The op families of [`cases`], then the training step.
 pub fn families() -> Vec<&'static str> {
     let mut f: Vec<&'static str> = cases().iter().map(|c| c.op()).collect();
     f.dedup();
+    f.push(STEP_FAMILY);
     f
 }
 
-/// The cases a `--op` filter selects; an error naming the known families when none matches.
-pub fn select(op: Option<&str>) -> Result<Vec<Box<dyn Case>>, BenchError> {
+/// What a `--op` filter selects: kernel cases, and whether the training step runs.
+pub struct Selection {
+    pub cases: Vec<Box<dyn Case>>,
+    pub step: bool,
+}
+
+/// The cases a `--op` filter selects (all for `None`); an error naming the known families when
+/// it selects nothing.
+pub fn select(op: Option<&str>) -> Result<Selection, BenchError> {
     let all = cases();
-    let Some(want) = op else { return Ok(all) };
-    let chosen: Vec<Box<dyn Case>> = all.into_iter().filter(|c| c.op().contains(want)).collect();
-    if chosen.is_empty() {
+    let Some(want) = op else { return Ok(Selection { cases: all, step: true }) };
+    let cases: Vec<Box<dyn Case>> = all.into_iter().filter(|c| c.op().contains(want)).collect();
+    let step = STEP_FAMILY.contains(want);
+    if cases.is_empty() && !step {
         return Err(BenchError::UnknownOp { given: want.into(), known: families().join(", ") });
     }
-    Ok(chosen)
+    Ok(Selection { cases, step })
+}
+
+// ---- timing -------------------------------------------------------------------------------------
+
+fn event_error(e: impl std::fmt::Debug) -> BackendError {
+    BackendError::Device(format!("reading a timing event: {e:?}"))
+}
+
+fn elapsed_ms(start: &CudaEvent, end: &CudaEvent) -> Result<f64, BackendError> {
+    Ok(start.elapsed_ms(end).map_err(event_error)? as f64)
 }
 
 /// Median and minimum of `iters` timed runs of `f` after `warmup` untimed ones; `f` gets the
@@ -362,9 +1396,7 @@ fn time_ms(
     gpu.synchronize()?;
     let mut ms = Vec::with_capacity(events.len());
     for (start, end) in &events {
-        ms.push(
-            start.elapsed_ms(end).map_err(|e| BackendError::Device(format!("reading a timing event: {e:?}")))? as f64
-        );
+        ms.push(elapsed_ms(start, end)?);
     }
     Ok((median(&mut ms), ms.iter().copied().fold(f64::INFINITY, f64::min)))
 }
@@ -412,16 +1444,19 @@ pub fn copies_for(bytes_per_copy: usize) -> usize {
     ROTATION_BYTES.div_ceil(bytes_per_copy.max(1)).max(2)
 }
 
-/// Runs the selected cases, handing each measurement to `report` as it is made.
-pub fn run(opts: &BenchOptions, mut report: impl FnMut(&Measurement)) -> Result<Vec<Measurement>, BenchError> {
-    let selected = select(opts.op.as_deref())?;
+/// Runs `cases`, handing each measurement to `report` as it is made.
+pub fn run(
+    opts: &BenchOptions,
+    cases: Vec<Box<dyn Case>>,
+    mut report: impl FnMut(&Measurement),
+) -> Result<Vec<Measurement>, BenchError> {
     // Each case opens its own backend; holding the context keeps it alive between them.
     let _context = crate::backend::cuda::device::open(opts.device)?;
     let mut out = Vec::new();
-    for (i, mut case) in selected.into_iter().enumerate() {
+    for (i, mut case) in cases.into_iter().enumerate() {
         let copies = copies_for(case.bytes_per_copy());
         let (sizes, scratch) = case.layout(copies);
-        let mut gpu = CudaBackend::with_sizes(sizes, scratch, Precision::Bf16, opts.device, None)?;
+        let mut gpu = CudaBackend::with_sizes(sizes, scratch, case.precision(), opts.device, None)?;
         let mut rng = Rng::derive(opts.seed, i as u64);
         case.prepare(&mut gpu, &mut rng)?;
         for (p, (pass, work)) in case.passes().into_iter().enumerate() {
@@ -445,6 +1480,158 @@ pub fn run(opts: &BenchOptions, mut report: impl FnMut(&Measurement)) -> Result<
         }
     }
     Ok(out)
+}
+
+// ---- the training step --------------------------------------------------------------------------
+
+/// The phases a training step is split into, in order: the forward through the blocks (the
+/// gradients zeroed and the batch uploaded first), the classifier with the fused loss and its
+/// backward, the backward through the blocks, and the optimizer (the loss read back, the gradient
+/// norm, AdamW).
+pub const STEP_PHASES: [&str; 4] = ["forward", "classifier", "backward", "optimizer"];
+
+/// The AdamW settings of the benchmark steps (GPT-2's: lr 6e-4, β 0.9/0.95, decay 0.1, clip 1).
+fn adamw_step(t: usize, grad_norm: f32, seed: u64) -> AdamWStep {
+    const CLIP: f32 = 1.0;
+    AdamWStep {
+        lr: 6e-4,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        t: t as u64,
+        grad_scale: if grad_norm > CLIP { CLIP / grad_norm } else { 1.0 },
+        seed: Rng::derive(seed, 0xADA0 + t as u64).next_u64(),
+    }
+}
+
+/// One optimizer step as the trainer takes it (one micro-batch, one GPU): zero the gradients,
+/// upload the batch, forward and backward, average the gradients over the ranks (nothing alone),
+/// the clipped norm, AdamW, and wait for the device. Returns the loss.
+fn trainer_step(
+    model: &mut Gpt<CudaBackend>,
+    tokens: &[i32],
+    targets: &[i32],
+    t: usize,
+    seed: u64,
+) -> Result<f32, BenchError> {
+    model.zero_grads()?;
+    model.set_batch(tokens, targets)?;
+    let loss = model.forward_backward(true, 1.0)?;
+    model.sync_grads()?;
+    let norm = model.grad_norm()?;
+    model.adamw(&adamw_step(t, norm, seed))?;
+    model.backend.synchronize()?;
+    Ok(loss)
+}
+
+/// The same step with an event between phases ([`STEP_PHASES`]): the same ops in the same order,
+/// through the schedule instead of [`Gpt::forward_backward`].
+fn phased_step(
+    model: &mut Gpt<CudaBackend>,
+    tokens: &[i32],
+    targets: &[i32],
+    t: usize,
+    seed: u64,
+) -> Result<[CudaEvent; 5], BenchError> {
+    let e0 = model.backend.record_event()?;
+    model.zero_grads()?;
+    model.set_batch(tokens, targets)?;
+    let dloss = 1.0 / model.counted_targets().max(1) as f32;
+    let (k, cfg, p, a) = (&mut model.backend, &model.cfg, &model.params, &model.acts);
+    schedule::forward(k, cfg, p, a, Attention::Full { causal: true })?;
+    let e1 = k.record_event()?;
+    schedule::classifier(k, cfg, p, a, Some(dloss))?;
+    let e2 = k.record_event()?;
+    schedule::backward(k, cfg, p, a, true)?;
+    let e3 = k.record_event()?;
+    k.download(a.losses)?;
+    model.sync_grads()?;
+    let norm = model.grad_norm()?;
+    model.adamw(&adamw_step(t, norm, seed))?;
+    let e4 = model.backend.record_event()?;
+    model.backend.synchronize()?;
+    Ok([e0, e1, e2, e3, e4])
+}
+
+/// Free device memory now.
+fn free_memory(ctx: &cudarc::driver::CudaContext) -> Result<usize, BackendError> {
+    ctx.mem_get_info().map(|(free, _)| free).map_err(|e| BackendError::Device(format!("reading free memory: {e:?}")))
+}
+
+/// Times whole training steps of [`STEP_MODEL`] (GPT-2's vocabulary, bf16) at B = `step_batch`,
+/// T = 1024 through [`Gpt`], random tokens and targets, GPT-2's initialisation: [`STEP_WARMUP`]
+/// untimed steps, `step_iters` timed ones (events around each; every step ends waiting for the
+/// device, as the trainer's do), then as many split into phases.
+pub fn run_step(opts: &BenchOptions) -> Result<StepResult, BenchError> {
+    let (b, t) = (opts.step_batch.max(1), gpt2::T);
+    let cfg = ModelConfig::preset(STEP_MODEL, GPT2_VOCAB_SIZE).expect("d12 exists");
+    let ctx = crate::backend::cuda::device::open(opts.device)?;
+    let free_before = free_memory(&ctx)?;
+    let acts = ActLayout::new(&cfg, b, t, None);
+    let device = opts.device;
+    let mut model = Gpt::new(cfg.clone(), acts, |p, a| CudaBackend::new(p, a, Precision::Bf16, device))?;
+    let host = init_params(&cfg, &model.params, opts.seed);
+    model.load_params(&host)?;
+    drop(host);
+    let mut rng = Rng::derive(opts.seed, 0x57E9);
+    let n = b * t;
+    let tokens: Vec<i32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as i32).collect();
+    let targets: Vec<i32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as i32).collect();
+
+    let mut step = 0;
+    let mut losses = Vec::new();
+    for _ in 0..STEP_WARMUP {
+        step += 1;
+        losses.push(trainer_step(&mut model, &tokens, &targets, step, opts.seed)?);
+    }
+    let iters = opts.step_iters.max(1);
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        step += 1;
+        let start = model.backend.record_event()?;
+        losses.push(trainer_step(&mut model, &tokens, &targets, step, opts.seed)?);
+        let end = model.backend.record_event()?;
+        model.backend.synchronize()?;
+        times.push(elapsed_ms(&start, &end)?);
+    }
+    let mut phase_ms = vec![Vec::with_capacity(iters); STEP_PHASES.len()];
+    for _ in 0..iters {
+        step += 1;
+        let e = phased_step(&mut model, &tokens, &targets, step, opts.seed)?;
+        for (i, ms) in phase_ms.iter_mut().enumerate() {
+            ms.push(elapsed_ms(&e[i], &e[i + 1])?);
+        }
+    }
+    let free_after = free_memory(&ctx)?;
+    let min_ms = times.iter().copied().fold(f64::INFINITY, f64::min);
+    let median_ms = median(&mut times);
+    let tokens_per_s = n as f64 / (median_ms * 1e-3);
+    let flops_per_token = cfg.flops_per_token(t);
+    let peak_flops = model.backend.device_info().peak_bf16_flops;
+    let phases = STEP_PHASES
+        .iter()
+        .zip(&mut phase_ms)
+        .map(|(name, ms)| Phase { name: (*name).into(), median_ms: median(ms) })
+        .collect();
+    Ok(StepResult {
+        model: STEP_MODEL.into(),
+        b,
+        t,
+        variant: "gptk".into(),
+        median_ms,
+        min_ms,
+        iters,
+        tokens_per_s,
+        flops_per_token,
+        peak_flops,
+        mfu: peak_flops.map(|peak| tokens_per_s * flops_per_token / peak),
+        device_bytes: Some(free_before.saturating_sub(free_after) as f64),
+        allocated_bytes: Some(model.backend.memory_plan().total() as f64),
+        loss_first: losses.first().map(|&l| l as f64),
+        loss_last: losses.last().map(|&l| l as f64),
+        phases,
+    })
 }
 
 #[cfg(test)]
@@ -474,55 +1661,36 @@ mod tests {
     }
 
     #[test]
-    fn rates_and_ceiling_shares() {
-        let m = Measurement {
-            op: "attention".into(),
-            case: "x".into(),
-            pass: "fwd".into(),
-            median_ms: 2.0,
-            min_ms: 1.5,
-            iters: 10,
-            flops: Some(1e12),
-            bytes: None,
-        };
-        assert_eq!(m.rate(), Some((500.0, "TFLOP/s")));
-        let c = Ceilings { copy_gbps: 4000.0, gemm_bf16_tflops: 800.0 };
-        assert_eq!(m.of_ceiling(&c), Some(0.625));
-        let bytes = Measurement { flops: None, bytes: Some(4e9), ..m };
-        assert_eq!(bytes.rate(), Some((2000.0, "GB/s")));
-        assert_eq!(bytes.of_ceiling(&c), Some(0.5));
-        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+    fn spans_are_aligned_and_sized_per_arena() {
+        let mut s = Spans::default();
+        let a = s.take(Arena::Acts, 10);
+        let b = s.take(Arena::Acts, 3);
+        let p = s.take(Arena::Params, 100);
+        let g = s.take(Arena::Grads, 5);
+        let i = s.take(Arena::Inputs, 7);
+        assert_eq!((a.offset, b.offset), (0, TENSOR_ALIGN));
+        // Parameters and gradients share the parameter layout's size.
+        assert_eq!((p.offset, g.offset), (0, 2 * TENSOR_ALIGN));
+        assert_eq!(i.offset, 0);
+        let sizes = s.sizes();
+        assert_eq!((sizes.acts, sizes.params, sizes.inputs, sizes.stats), (128, 192, 64, 64));
     }
 
     #[test]
     fn the_op_filter_names_the_known_families() {
-        assert_eq!(select(Some("attention")).unwrap().len(), 2 * ATTENTION_SHAPES.len());
+        // A filter is a substring of the family: `attention` takes the cached step too.
+        let s = select(Some("attention")).unwrap();
+        assert_eq!((s.cases.len(), s.step), (2 * ATTENTION_SHAPES.len() + 1, false));
+        assert_eq!(select(Some("attention_cached")).unwrap().cases.len(), 1);
+        let s = select(Some("step")).unwrap();
+        assert!(s.cases.is_empty() && s.step);
         let e = select(Some("nope")).err().expect("an error");
-        assert!(e.to_string().contains("attention"), "{e}");
+        assert!(e.to_string().contains("attention") && e.to_string().contains("step"), "{e}");
     }
 
     #[test]
-    fn reports_round_trip_through_json() {
-        let r = Report {
-            source: "pytorch".into(),
-            device: "NVIDIA H200".into(),
-            ceilings: Ceilings { copy_gbps: 4300.0, gemm_bf16_tflops: 780.0 },
-            results: vec![Measurement {
-                op: "attention".into(),
-                case: attention_case_name(8, 1024, 12, 64, true),
-                pass: "fwd+bwd".into(),
-                median_ms: 1.25,
-                min_ms: 1.2,
-                iters: 30,
-                flops: Some(1e11),
-                bytes: None,
-            }],
-        };
-        let text = serde_json::to_string(&r).unwrap();
-        assert!(!text.contains("bytes"), "absent counts are left out: {text}");
-        let back: Report = serde_json::from_str(&text).unwrap();
-        assert_eq!(back, r);
-        assert!(back.find(&r.results[0]).is_some());
+    fn the_d12_classifier_chunk_is_the_plans() {
+        // 2²⁵ logits at most: 667 rows of 50304, rounded down to a multiple of 64.
+        assert_eq!(classifier_chunk_rows(), 640);
     }
 }

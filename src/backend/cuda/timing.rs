@@ -1,11 +1,13 @@
 //! What `gptk bench` needs from the backend beyond the op set: CUDA events on the backend's one
-//! stream, so that kernels are timed on the device and not through host clocks, and a
-//! device-to-device copy of a tensor, which replicates benchmark inputs (L2-defeating copies of
-//! one random draw) and is itself the memory-bandwidth ceiling.
+//! stream, so that kernels are timed on the device and not through host clocks, and
+//! device-to-device copies of a tensor, which replicate benchmark inputs (L2-defeating copies of
+//! one random draw) and are themselves the memory-bandwidth ceiling. The parameter arena has two
+//! copies in bf16 storage (the bf16 parameters and the f32 master weights AdamW reads), so each
+//! has its copy.
 
 use super::{CudaBackend, driver_error};
 use crate::backend::Result;
-use crate::model::layout::Tensor;
+use crate::model::layout::{Arena, Tensor};
 use cudarc::driver::CudaEvent;
 use cudarc::driver::sys::CUevent_flags;
 
@@ -22,9 +24,26 @@ impl CudaBackend {
     }
 
     /// Copies `src` into `dst` on the device (asynchronously, in stream order). Both must be in
-    /// arenas of the same element type and of the same length.
+    /// arenas of the same element type and of the same length. For `Params` this copies the
+    /// storage copy (the bf16 parameters in bf16), not the master weights.
     pub fn copy_tensor(&mut self, dst: Tensor, src: Tensor) -> Result<()> {
-        let (from, to) = (self.buffer(src.arena, false)?, self.buffer(dst.arena, false)?);
+        self.copy_between(dst, src, false)
+    }
+
+    /// Copies `src` into `dst`, both spans of the parameter arena, within its f32 master weights
+    /// (the parameters themselves in f32 storage), in stream order.
+    pub fn copy_master(&mut self, dst: Tensor, src: Tensor) -> Result<()> {
+        if src.arena != Arena::Params || dst.arena != Arena::Params {
+            return Err(crate::backend::BackendError::Device(format!(
+                "master weights live in the parameter arena, not {:?} → {:?}",
+                src.arena, dst.arena
+            )));
+        }
+        self.copy_between(dst, src, true)
+    }
+
+    fn copy_between(&mut self, dst: Tensor, src: Tensor, master: bool) -> Result<()> {
+        let (from, to) = (self.buffer(src.arena, master)?, self.buffer(dst.arena, master)?);
         if from.elem_bytes != to.elem_bytes || src.len != dst.len {
             return Err(crate::backend::BackendError::Device(format!(
                 "copy of {} elements of {} bytes into {} of {} bytes",
