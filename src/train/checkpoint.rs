@@ -163,10 +163,16 @@ pub fn save<K: Backend>(
 /// Reads the loop state and the AdamW moments of the checkpoint in `dir`.
 pub fn load_state(dir: &Path) -> Result<(TrainState, Vec<f32>, Vec<f32>), CheckpointError> {
     let path = dir.join(STATE_FILE);
-    let bad = |msg: String| CheckpointError::Format { path: path.clone(), msg };
     let bytes = std::fs::read(&path).map_err(|source| CheckpointError::Io { path: path.clone(), source })?;
+    parse_state(&path, &bytes)
+}
+
+/// [`load_state`] on the bytes of a state file (named `path` in errors): the two moments must be
+/// 1-D F32 tensors of one length, and the metadata a readable [`TrainState`].
+pub fn parse_state(path: &Path, bytes: &[u8]) -> Result<(TrainState, Vec<f32>, Vec<f32>), CheckpointError> {
+    let bad = |msg: String| CheckpointError::Format { path: path.to_path_buf(), msg };
     let (_, header) =
-        SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
+        SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
     let json = header
         .metadata()
         .as_ref()
@@ -174,13 +180,24 @@ pub fn load_state(dir: &Path) -> Result<(TrainState, Vec<f32>, Vec<f32>), Checkp
         .ok_or_else(|| bad(format!("metadata '{META_STATE}' is missing")))?;
     let state: TrainState =
         serde_json::from_str(json).map_err(|e| bad(format!("metadata '{META_STATE}' is unreadable ({e})")))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
     let read = |name: &str| -> Result<Vec<f32>, CheckpointError> {
         let t = st.tensor(name).map_err(|_| bad(format!("missing tensor '{name}'")))?;
         if t.dtype() != Dtype::F32 {
             return Err(bad(format!("tensor '{name}' has dtype {:?}, expected F32", t.dtype())));
         }
+        if t.shape().len() != 1 {
+            return Err(bad(format!("tensor '{name}' has shape {:?}, expected one dimension", t.shape())));
+        }
         Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
     };
-    Ok((state, read("adamw.m")?, read("adamw.v")?))
+    let (m, v) = (read("adamw.m")?, read("adamw.v")?);
+    if m.len() != v.len() {
+        return Err(bad(format!(
+            "tensors 'adamw.m' and 'adamw.v' hold {} and {} values, expected equal",
+            m.len(),
+            v.len()
+        )));
+    }
+    Ok((state, m, v))
 }

@@ -162,6 +162,13 @@ pub fn train<K: Backend>(
         tokenizer: run.tokenizer.name().to_string(),
     };
     if let Some((saved, m, v)) = resume {
+        let total = model.params.total;
+        anyhow::ensure!(
+            m.len() == total && v.len() == total,
+            "resume: the optimizer moments hold {} and {} values, the model has {total} parameters",
+            m.len(),
+            v.len()
+        );
         model.backend.upload(whole(Arena::OptM, model.params.total), &m)?;
         model.backend.upload(whole(Arena::OptV, model.params.total), &v)?;
         let loader: LoaderState = serde_json::from_value(saved.loader.clone()).context("checkpoint's loader state")?;
