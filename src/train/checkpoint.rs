@@ -21,6 +21,10 @@ pub const STATE_FILE: &str = "train_state.safetensors";
 /// The resolved run configuration, as TOML (`gptk train --config` takes it).
 pub const RUN_CONFIG_FILE: &str = "run.toml";
 const STEP_PREFIX: &str = "step_";
+/// Test hook, `STEP:MS`: the save of the checkpoint after `STEP` steps waits `MS` milliseconds
+/// between writing its partial directory and renaming it into place, so that a test can kill
+/// the process in the middle of a save. Unset, saves never wait.
+pub const PAUSE_IN_SAVE_ENV: &str = "GPTK_TEST_PAUSE_IN_SAVE";
 const META_STATE: &str = "gptk_train_state";
 /// Safetensors metadata key naming the tokenizer a model was trained with.
 pub const META_TOKENIZER: &str = "gptk_tokenizer";
@@ -135,6 +139,7 @@ pub fn save<K: Backend>(
         let path = partial.join(RUN_CONFIG_FILE);
         atomic::write_bytes(&path, cfg.to_toml().as_bytes()).map_err(io(&path))?;
     }
+    pause_for_tests(state.step);
     if final_dir.exists() {
         std::fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
     }
@@ -158,6 +163,17 @@ pub fn save<K: Backend>(
         }
     }
     Ok(final_dir)
+}
+
+/// The wait [`PAUSE_IN_SAVE_ENV`] asks for at the save of `step`, if any.
+fn pause_for_tests(step: usize) {
+    let Ok(value) = std::env::var(PAUSE_IN_SAVE_ENV) else { return };
+    let parsed = value.split_once(':').and_then(|(s, ms)| Some((s.parse::<usize>().ok()?, ms.parse::<u64>().ok()?)));
+    if let Some((at, ms)) = parsed
+        && at == step
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
 }
 
 /// Reads the loop state and the AdamW moments of the checkpoint in `dir`.
