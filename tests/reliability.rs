@@ -258,7 +258,7 @@ fn interrupt(dir: &Path, out: &str, signal: &str) -> (Output, u64) {
         .parse()
         .unwrap();
     // The step under way finished: the last step printed is the one saved.
-    let last_step = seen.lines().filter(|l| l.starts_with("step")).last().unwrap();
+    let last_step = seen.lines().rfind(|l| l.starts_with("step")).unwrap();
     assert!(last_step.starts_with(&format!("step {stopped:>5}/")), "{last_step} vs {stopped}");
     (Output { status, stdout: seen.into_bytes(), stderr: err.into_bytes() }, stopped)
 }
