@@ -92,10 +92,26 @@ pub fn load(path: &Path) -> Result<LoadedModel, CheckpointError> {
     // SAFETY: the map is read-only; a file changed underneath us during loading is outside what
     // gptk can defend against (as for every mmap-based loader).
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(&weights_path))?;
-    let (_, header) = SafeTensors::read_metadata(&map)
+    let config = match &config_path {
+        Some(cp) => Some((cp.as_path(), std::fs::read_to_string(cp).map_err(io_err(cp))?)),
+        None => None,
+    };
+    load_bytes(&weights_path, &map, config.as_ref().map(|(p, text)| (*p, text.as_str())))
+}
+
+/// Reads a checkpoint from the bytes of its `model.safetensors` (named `weights_path` in errors)
+/// and the text of its `config.json`, if it has one. Every size in the bytes is checked against
+/// the bytes themselves before anything is allocated from it.
+pub fn load_bytes(
+    weights_path: &Path,
+    bytes: &[u8],
+    config: Option<(&Path, &str)>,
+) -> Result<LoadedModel, CheckpointError> {
+    let weights_path = weights_path.to_path_buf();
+    let (_, header) = SafeTensors::read_metadata(bytes)
         .map_err(|e| format_err(&weights_path, format!("not a valid safetensors file ({e})")))?;
     let metadata = header.metadata().clone().unwrap_or_default();
-    let st = SafeTensors::deserialize(&map)
+    let st = SafeTensors::deserialize(bytes)
         .map_err(|e| format_err(&weights_path, format!("not a valid safetensors file ({e})")))?;
     let views: HashMap<String, TensorView> = st.tensors().into_iter().collect();
     let mut notes = Vec::new();
@@ -112,8 +128,8 @@ pub fn load(path: &Path) -> Result<LoadedModel, CheckpointError> {
         }
     }
 
-    let cfg = match &config_path {
-        Some(cp) => config_from_json(cp)?,
+    let cfg = match config {
+        Some((cp, text)) => config_from_str(cp, text)?,
         None => {
             if let Some(json) = metadata.get(META_CONFIG) {
                 serde_json::from_str::<ModelConfig>(json).map_err(|e| {
@@ -129,12 +145,14 @@ pub fn load(path: &Path) -> Result<LoadedModel, CheckpointError> {
             }
         }
     };
-    let config_source = config_path.as_deref().unwrap_or(&weights_path);
+    let config_source = config.map_or(weights_path.as_path(), |(cp, _)| cp);
     cfg.validate().map_err(|e| format_err(config_source, e.to_string()))?;
     check_shape_against_tensors(&cfg, config_source, &weights_path, &by_name)?;
 
     let n_classes = match by_name.get(HEAD_WEIGHT) {
-        Some((_, view)) if view.shape().len() == 2 && view.shape()[0] > 0 => view.shape()[0],
+        Some((_, view)) if view.shape().len() == 2 && view.shape()[0] > 0 && view.shape()[1] == cfg.n_embd => {
+            view.shape()[0]
+        }
         Some((_, view)) => {
             return Err(format_err(
                 &weights_path,
@@ -143,13 +161,21 @@ pub fn load(path: &Path) -> Result<LoadedModel, CheckpointError> {
         }
         None => 0,
     };
+    let missing = |name: &str| format_err(&weights_path, format!("missing tensor '{name}' (expected for {cfg})"));
+    // A missing tensor is named before the sizes are compared, when that is cheap: the layout's
+    // table has a dozen entries a block, bounded here by the tensors the file holds.
+    if cfg.n_layer <= by_name.len()
+        && let Some(spec) =
+            ParamLayout::with_head(&cfg, n_classes).specs.iter().find(|s| !by_name.contains_key(s.name.as_str()))
+    {
+        return Err(missing(&spec.name));
+    }
+    check_size_against_tensors(&cfg, n_classes, config_source, &weights_path, &by_name)?;
     let layout = ParamLayout::with_head(&cfg, n_classes);
     let mut params = vec![0f32; layout.total];
     let mut used: HashSet<&str> = HashSet::new();
     for spec in &layout.specs {
-        let (full, view) = by_name
-            .get(spec.name.as_str())
-            .ok_or_else(|| format_err(&weights_path, format!("missing tensor '{}' (expected for {cfg})", spec.name)))?;
+        let (full, view) = by_name.get(spec.name.as_str()).ok_or_else(|| missing(&spec.name))?;
         used.insert(spec.name.as_str());
         let values = to_f32(&weights_path, full, view)?;
         let dst = &mut params[spec.tensor.offset..spec.tensor.end()];
@@ -262,7 +288,12 @@ fn get_usize(path: &Path, obj: &Map<String, Value>, keys: &[&str]) -> Result<usi
 /// ones that would change the arithmetic.
 pub fn config_from_json(path: &Path) -> Result<ModelConfig, CheckpointError> {
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-    let value: Value = serde_json::from_str(&text).map_err(|e| format_err(path, format!("not valid JSON ({e})")))?;
+    config_from_str(path, &text)
+}
+
+/// [`config_from_json`] on the text of the file `path`.
+pub fn config_from_str(path: &Path, text: &str) -> Result<ModelConfig, CheckpointError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| format_err(path, format!("not valid JSON ({e})")))?;
     let obj = value.as_object().ok_or_else(|| format_err(path, "expected a JSON object"))?;
     if let Some(t) = obj.get("model_type").and_then(Value::as_str)
         && t != "gpt2"
@@ -359,6 +390,46 @@ fn check_shape_against_tensors(
         return Err(disagree(format!("n_layer is {} but the tensors hold {blocks} blocks (h.N)", cfg.n_layer)));
     }
     Ok(())
+}
+
+/// Parameters the shape `cfg` (with a head of `n_classes`) needs from a file, the embedding
+/// counted at its smallest (V rows); `None` when the count does not fit in `usize`.
+fn required_values(cfg: &ModelConfig, n_classes: usize) -> Option<usize> {
+    let c = cfg.n_embd;
+    let per_layer = c.checked_mul(c)?.checked_mul(12)?.checked_add(c.checked_mul(13)?)?;
+    cfg.vocab_size
+        .checked_add(cfg.n_ctx)?
+        .checked_mul(c)?
+        .checked_add(per_layer.checked_mul(cfg.n_layer)?)?
+        .checked_add(c.checked_mul(2)?)?
+        .checked_add(n_classes.checked_mul(c.checked_add(1)?)?)
+}
+
+/// Refuses a shape that needs more parameter values than the file holds, before the parameter
+/// layout and buffer are built from it: tensors of zero elements can carry any name (`h.N` with
+/// a huge N) or a huge dimension beside a zero, so names and shapes alone do not bound the
+/// allocation; the values actually present in the file do.
+fn check_size_against_tensors(
+    cfg: &ModelConfig,
+    n_classes: usize,
+    config_source: &Path,
+    weights: &Path,
+    by_name: &HashMap<String, (&str, &TensorView)>,
+) -> Result<(), CheckpointError> {
+    // Each view's element count is backed by its bytes (the safetensors crate checks that), so
+    // the sum is at most the file's length.
+    let present: usize = by_name.values().map(|(_, v)| v.shape().iter().product::<usize>()).sum();
+    match required_values(cfg, n_classes) {
+        Some(needed) if needed <= present => Ok(()),
+        needed => Err(format_err(
+            config_source,
+            format!(
+                "{cfg} needs {} parameter values but {} holds {present}; the config does not describe these weights",
+                needed.map_or("more than 2^64".to_string(), |n| n.to_string()),
+                weights.display()
+            ),
+        )),
+    }
 }
 
 /// The shape of a bare safetensors file from its tensors: layers counted, C from wte, context

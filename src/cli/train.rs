@@ -88,6 +88,20 @@ pub fn run(cfg: &TrainConfig) -> Result<()> {
     if cfg.seq_len > model_cfg.n_ctx {
         bail!("--seq-len {} is longer than the model's context of {} positions", cfg.seq_len, model_cfg.n_ctx);
     }
+    if let Some((dir, state, m, _)) = &resume {
+        // The moments must cover the parameters the checkpoint's model file gave.
+        let total = ParamLayout::new(&model_cfg).total;
+        if m.len() != total {
+            bail!(
+                "{}: the optimizer moments hold {} values but the model ({model_cfg}) has {total}; the state file belongs to another model",
+                dir.join(crate::train::checkpoint::STATE_FILE).display(),
+                m.len()
+            );
+        }
+        if lead {
+            eprintln!("resuming from {} (step {})", dir.display(), state.step);
+        }
+    }
     let resume = resume.map(|(_, state, m, v)| (state, m, v));
 
     let stop = Arc::new(AtomicBool::new(false));

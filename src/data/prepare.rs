@@ -114,8 +114,25 @@ impl Manifest {
     pub fn read(dir: &Path) -> Result<Manifest, PrepareError> {
         let path = dir.join(MANIFEST_FILE);
         let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-        serde_json::from_str(&text)
-            .map_err(|e| PrepareError::Input(format!("{}: not a gptk manifest ({e})", path.display())))
+        Manifest::parse(&path, &text)
+    }
+
+    /// A manifest from the text of the file `path`. Shard entries must be plain file names
+    /// (the shards sit beside the manifest): a path that climbs out (`..`), is absolute or names
+    /// a subdirectory is refused, so a manifest cannot make gptk read files elsewhere.
+    pub fn parse(path: &Path, text: &str) -> Result<Manifest, PrepareError> {
+        let bad = |msg: String| PrepareError::Input(format!("{}: {msg}", path.display()));
+        let m: Manifest = serde_json::from_str(text).map_err(|e| bad(format!("not a gptk manifest ({e})")))?;
+        for (split, stats) in [("train", &m.train), ("val", &m.val)] {
+            for name in &stats.shards {
+                let mut parts = Path::new(name).components();
+                let plain = matches!((parts.next(), parts.next()), (Some(std::path::Component::Normal(_)), None));
+                if !plain {
+                    return Err(bad(format!("{split} shard '{name}' is not a file name in this directory")));
+                }
+            }
+        }
+        Ok(m)
     }
 
     /// The tokenizer of a data directory: its manifest's, or GPT-2 for a directory of llm.c
@@ -250,34 +267,38 @@ fn read_file(path: &Path, tokenizer: &Tokenizer, text_field: &str) -> Result<Fil
             return Ok(FileDocs { docs: Vec::new(), empty: 0, skipped: Some(skipped) });
         }
     };
-    let texts: Vec<String> = if path.extension().is_some_and(|e| e == "jsonl") {
-        let mut texts = Vec::new();
-        for (i, line) in text.strip_prefix(BOM).unwrap_or(&text).lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let at = || format!("{}:{}", path.display(), i + 1);
-            let mut value: serde_json::Value = serde_json::from_str(line)
-                .map_err(|e| PrepareError::Input(format!("{}: not a JSON object ({e})", at())))?;
-            match value.get_mut(text_field).map(serde_json::Value::take) {
-                Some(serde_json::Value::String(s)) => texts.push(s),
-                _ => {
-                    return Err(PrepareError::Input(format!(
-                        "{}: no string field '{text_field}' (choose the field with --text-field)",
-                        at()
-                    )));
-                }
-            }
-        }
-        texts
-    } else {
-        vec![text]
-    };
+    let texts: Vec<String> =
+        if path.extension().is_some_and(|e| e == "jsonl") { jsonl_texts(path, &text, text_field)? } else { vec![text] };
     let before = texts.len();
     let texts: Vec<String> = texts.into_iter().filter(|t| !t.trim().is_empty()).collect();
     let empty = before - texts.len();
     let docs = texts.par_iter().map(|t| to_u16(tokenizer.encode(t))).collect();
     Ok(FileDocs { docs, empty, skipped: None })
+}
+
+/// The `text_field` strings of a `.jsonl` file's lines (`text` is the file's content, `path`
+/// names it in errors): blank lines are skipped, a leading byte-order mark is ignored, any other
+/// line must be a JSON object with that field as a string.
+pub fn jsonl_texts(path: &Path, text: &str, text_field: &str) -> Result<Vec<String>, PrepareError> {
+    let mut texts = Vec::new();
+    for (i, line) in text.strip_prefix(BOM).unwrap_or(text).lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{}:{}", path.display(), i + 1);
+        let mut value: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| PrepareError::Input(format!("{}: not a JSON object ({e})", at())))?;
+        match value.get_mut(text_field).map(serde_json::Value::take) {
+            Some(serde_json::Value::String(s)) => texts.push(s),
+            _ => {
+                return Err(PrepareError::Input(format!(
+                    "{}: no string field '{text_field}' (choose the field with --text-field)",
+                    at()
+                )));
+            }
+        }
+    }
+    Ok(texts)
 }
 
 /// Shard files (llm.c's naming, either split) already in `dir`.

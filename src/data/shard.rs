@@ -35,38 +35,17 @@ impl Shard {
     /// Maps and validates a shard: magic, version, and a size that matches the token count.
     pub fn open(path: &Path) -> Result<Shard, ShardError> {
         let io_err = |source| ShardError::Io { path: path.to_path_buf(), source };
-        let bad = |msg: String| ShardError::Format { path: path.to_path_buf(), msg };
         let file = File::open(path).map_err(io_err)?;
-        let len = file.metadata().map_err(io_err)?.len() as usize;
-        if len < HEADER_BYTES {
-            return Err(bad(format!("{len} bytes is shorter than the {HEADER_BYTES}-byte llm.c shard header")));
+        let len = file.metadata().map_err(io_err)?.len();
+        if len < HEADER_BYTES as u64 {
+            return Err(ShardError::Format {
+                path: path.to_path_buf(),
+                msg: format!("{len} bytes is shorter than the {HEADER_BYTES}-byte llm.c shard header"),
+            });
         }
         // SAFETY: read-only map; a shard changed underneath a running job is outside what we defend.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;
-        let word = |i: usize| i32::from_le_bytes([map[4 * i], map[4 * i + 1], map[4 * i + 2], map[4 * i + 3]]);
-        if word(0) != SHARD_MAGIC {
-            return Err(bad(format!("bad magic {} (an llm.c token shard starts with {SHARD_MAGIC})", word(0))));
-        }
-        match word(1) {
-            SHARD_VERSION => {}
-            2 => {
-                return Err(bad(
-                    "version 2 (u32 tokens, LLaMA 3) is not supported; gptk reads version 1 (u16 GPT-2 tokens)".into(),
-                ));
-            }
-            v => return Err(bad(format!("unsupported version {v} (expected {SHARD_VERSION})"))),
-        }
-        let count = word(2);
-        if count < 0 {
-            return Err(bad(format!("negative token count {count}")));
-        }
-        let num_tokens = count as usize;
-        let expected = HEADER_BYTES + 2 * num_tokens;
-        if len != expected {
-            return Err(bad(format!(
-                "header says {num_tokens} tokens ({expected} bytes) but the file has {len} bytes"
-            )));
-        }
+        let num_tokens = parse_header(path, &map[..HEADER_BYTES], map.len() as u64)?;
         Ok(Shard { path: path.to_path_buf(), map, num_tokens })
     }
 
@@ -95,6 +74,40 @@ impl Shard {
             *o = u16::from_le_bytes([b[0], b[1]]) as i32;
         }
     }
+}
+
+/// Checks the header of a shard file of `file_len` bytes (`header` is at least its first
+/// [`HEADER_BYTES`]) and returns the token count: magic, version, and a count that matches the
+/// length exactly.
+pub fn parse_header(path: &Path, header: &[u8], file_len: u64) -> Result<usize, ShardError> {
+    let bad = |msg: String| ShardError::Format { path: path.to_path_buf(), msg };
+    if header.len() < HEADER_BYTES || file_len < HEADER_BYTES as u64 {
+        let len = file_len.min(header.len() as u64);
+        return Err(bad(format!("{len} bytes is shorter than the {HEADER_BYTES}-byte llm.c shard header")));
+    }
+    let word = |i: usize| i32::from_le_bytes([header[4 * i], header[4 * i + 1], header[4 * i + 2], header[4 * i + 3]]);
+    if word(0) != SHARD_MAGIC {
+        return Err(bad(format!("bad magic {} (an llm.c token shard starts with {SHARD_MAGIC})", word(0))));
+    }
+    match word(1) {
+        SHARD_VERSION => {}
+        2 => {
+            return Err(bad(
+                "version 2 (u32 tokens, LLaMA 3) is not supported; gptk reads version 1 (u16 GPT-2 tokens)".into(),
+            ));
+        }
+        v => return Err(bad(format!("unsupported version {v} (expected {SHARD_VERSION})"))),
+    }
+    let count = word(2);
+    if count < 0 {
+        return Err(bad(format!("negative token count {count}")));
+    }
+    // At most 2^31 tokens: no overflow in u64.
+    let expected = HEADER_BYTES as u64 + 2 * count as u64;
+    if file_len != expected {
+        return Err(bad(format!("header says {count} tokens ({expected} bytes) but the file has {file_len} bytes")));
+    }
+    Ok(count as usize)
 }
 
 /// Writes `tokens` as an llm.c shard (atomically: temporary file, fsync, rename).

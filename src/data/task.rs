@@ -40,6 +40,11 @@ pub enum Labels {
 /// non-empty string `text`.
 pub fn read_examples(path: &Path, labels: Labels) -> Result<Vec<Example>, TaskError> {
     let text = std::fs::read_to_string(path).map_err(|source| TaskError::Io { path: path.to_path_buf(), source })?;
+    parse_examples(path, &text, labels)
+}
+
+/// [`read_examples`] on the text of the file `path`.
+pub fn parse_examples(path: &Path, text: &str, labels: Labels) -> Result<Vec<Example>, TaskError> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {

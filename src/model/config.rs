@@ -90,7 +90,9 @@ impl ModelConfig {
         if self.n_embd % self.n_head != 0 {
             return Err(ConfigError::HeadSplit { n_embd: self.n_embd, n_head: self.n_head });
         }
-        if self.padded_vocab_size() > 1 << 16 {
+        // Compared before padding, which would overflow for a vocabulary near usize::MAX (a
+        // hostile config), then after it.
+        if self.vocab_size > 1 << 16 || self.padded_vocab_size() > 1 << 16 {
             return Err(ConfigError::VocabTooLarge(self.vocab_size));
         }
         Ok(())
@@ -171,5 +173,8 @@ mod tests {
         cfg.n_head = 0;
         assert_eq!(cfg.validate(), Err(ConfigError::Zero { field: "n_head", value: 0 }));
         assert!(ModelConfig::preset("d13", 257).is_err());
+        cfg.n_head = 4;
+        cfg.vocab_size = usize::MAX;
+        assert_eq!(cfg.validate(), Err(ConfigError::VocabTooLarge(usize::MAX)));
     }
 }

@@ -21,6 +21,10 @@ pub const STATE_FILE: &str = "train_state.safetensors";
 /// The resolved run configuration, as TOML (`gptk train --config` takes it).
 pub const RUN_CONFIG_FILE: &str = "run.toml";
 const STEP_PREFIX: &str = "step_";
+/// Test hook, `STEP:MS`: the save of the checkpoint after `STEP` steps waits `MS` milliseconds
+/// between writing its partial directory and renaming it into place, so that a test can kill
+/// the process in the middle of a save. Unset, saves never wait.
+pub const PAUSE_IN_SAVE_ENV: &str = "GPTK_TEST_PAUSE_IN_SAVE";
 const META_STATE: &str = "gptk_train_state";
 /// Safetensors metadata key naming the tokenizer a model was trained with.
 pub const META_TOKENIZER: &str = "gptk_tokenizer";
@@ -135,6 +139,7 @@ pub fn save<K: Backend>(
         let path = partial.join(RUN_CONFIG_FILE);
         atomic::write_bytes(&path, cfg.to_toml().as_bytes()).map_err(io(&path))?;
     }
+    pause_for_tests(state.step);
     if final_dir.exists() {
         std::fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
     }
@@ -160,13 +165,30 @@ pub fn save<K: Backend>(
     Ok(final_dir)
 }
 
+/// The wait [`PAUSE_IN_SAVE_ENV`] asks for at the save of `step`, if any.
+fn pause_for_tests(step: usize) {
+    let Ok(value) = std::env::var(PAUSE_IN_SAVE_ENV) else { return };
+    let parsed = value.split_once(':').and_then(|(s, ms)| Some((s.parse::<usize>().ok()?, ms.parse::<u64>().ok()?)));
+    if let Some((at, ms)) = parsed
+        && at == step
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
 /// Reads the loop state and the AdamW moments of the checkpoint in `dir`.
 pub fn load_state(dir: &Path) -> Result<(TrainState, Vec<f32>, Vec<f32>), CheckpointError> {
     let path = dir.join(STATE_FILE);
-    let bad = |msg: String| CheckpointError::Format { path: path.clone(), msg };
     let bytes = std::fs::read(&path).map_err(|source| CheckpointError::Io { path: path.clone(), source })?;
+    parse_state(&path, &bytes)
+}
+
+/// [`load_state`] on the bytes of a state file (named `path` in errors): the two moments must be
+/// 1-D F32 tensors of one length, and the metadata a readable [`TrainState`].
+pub fn parse_state(path: &Path, bytes: &[u8]) -> Result<(TrainState, Vec<f32>, Vec<f32>), CheckpointError> {
+    let bad = |msg: String| CheckpointError::Format { path: path.to_path_buf(), msg };
     let (_, header) =
-        SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
+        SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
     let json = header
         .metadata()
         .as_ref()
@@ -174,13 +196,24 @@ pub fn load_state(dir: &Path) -> Result<(TrainState, Vec<f32>, Vec<f32>), Checkp
         .ok_or_else(|| bad(format!("metadata '{META_STATE}' is missing")))?;
     let state: TrainState =
         serde_json::from_str(json).map_err(|e| bad(format!("metadata '{META_STATE}' is unreadable ({e})")))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
     let read = |name: &str| -> Result<Vec<f32>, CheckpointError> {
         let t = st.tensor(name).map_err(|_| bad(format!("missing tensor '{name}'")))?;
         if t.dtype() != Dtype::F32 {
             return Err(bad(format!("tensor '{name}' has dtype {:?}, expected F32", t.dtype())));
         }
+        if t.shape().len() != 1 {
+            return Err(bad(format!("tensor '{name}' has shape {:?}, expected one dimension", t.shape())));
+        }
         Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
     };
-    Ok((state, read("adamw.m")?, read("adamw.v")?))
+    let (m, v) = (read("adamw.m")?, read("adamw.v")?);
+    if m.len() != v.len() {
+        return Err(bad(format!(
+            "tensors 'adamw.m' and 'adamw.v' hold {} and {} values, expected equal",
+            m.len(),
+            v.len()
+        )));
+    }
+    Ok((state, m, v))
 }

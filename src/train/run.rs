@@ -162,6 +162,13 @@ pub fn train<K: Backend>(
         tokenizer: run.tokenizer.name().to_string(),
     };
     if let Some((saved, m, v)) = resume {
+        let total = model.params.total;
+        anyhow::ensure!(
+            m.len() == total && v.len() == total,
+            "resume: the optimizer moments hold {} and {} values, the model has {total} parameters",
+            m.len(),
+            v.len()
+        );
         model.backend.upload(whole(Arena::OptM, model.params.total), &m)?;
         model.backend.upload(whole(Arena::OptV, model.params.total), &v)?;
         let loader: LoaderState = serde_json::from_value(saved.loader.clone()).context("checkpoint's loader state")?;
@@ -287,7 +294,10 @@ pub fn train<K: Backend>(
         if !finite {
             emit(Event::Skipped { step: state.step, loss, grad_norm, consecutive: bad_steps }, &mut run.report)?;
             if bad_steps >= cfg.max_bad_steps.max(1) {
-                let last_good = checkpoint::latest(run.out).map_or("none yet".to_string(), |p| p.display().to_string());
+                let last_good = last_checkpoint
+                    .clone()
+                    .or_else(|| checkpoint::latest(run.out))
+                    .map_or("none yet".to_string(), |p| p.display().to_string());
                 anyhow::bail!(
                     "step {}: loss or gradient norm not finite for {bad_steps} consecutive steps (loss {loss}, grad norm {grad_norm}); last good checkpoint: {last_good}",
                     state.step
@@ -330,7 +340,10 @@ pub fn train<K: Backend>(
                 emit(Event::Sample { step: state.step, text }, &mut run.report)?;
             }
         }
-        if every(cfg.checkpoint_every) || last || stop_requested {
+        // No checkpoint during a run of skipped steps (unless asked to stop): the newest
+        // checkpoint, which the abort names and --resume takes, stays one written after an
+        // applied update, and keep-last-K does not rotate the good ones out.
+        if (every(cfg.checkpoint_every) || last) && bad_steps == 0 || stop_requested {
             state.loader = serde_json::to_value(run.train.state()).expect("loader state serialises");
             state.sample_rng = sample_rng.state;
             state.mask_rng = mask_rng.state;

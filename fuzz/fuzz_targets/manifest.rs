@@ -1,0 +1,10 @@
+//! Fuzz target `manifest`: see `gptk_fuzz::targets::manifest`.
+#![cfg_attr(fuzzing, no_main)]
+
+#[cfg(fuzzing)]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| gptk_fuzz::targets::manifest(data));
+
+#[cfg(not(fuzzing))]
+fn main() {
+    gptk_fuzz::plain_main("manifest");
+}

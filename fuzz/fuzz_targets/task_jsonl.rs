@@ -1,0 +1,10 @@
+//! Fuzz target `task_jsonl`: see `gptk_fuzz::targets::task_jsonl`.
+#![cfg_attr(fuzzing, no_main)]
+
+#[cfg(fuzzing)]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| gptk_fuzz::targets::task_jsonl(data));
+
+#[cfg(not(fuzzing))]
+fn main() {
+    gptk_fuzz::plain_main("task_jsonl");
+}
