@@ -7,7 +7,8 @@
 #    (scripts/fetch-brown.sh, scripts/brown-genre-task.py).
 # 2. Pretrain the same small model twice on the pretraining documents: causal LM and masked LM.
 # 3. Fine-tune for the task: from the CLM model with λ = 0.5 and λ = 0, from the MLM model
-#    (bidirectional, λ = 0), and from random initialisation with λ = 0.5 and λ = 0.
+#    (bidirectional, λ = 0), and from random initialisation with λ = 0.5, λ = 0, and bidirectional
+#    (λ = 0: the control for the MLM run).
 # Each fine-tuning configuration runs once per seed in FT_SEEDS; every run prints its validation
 # accuracy and OUT/results.jsonl collects them all.
 # Sizes are chosen for a CPU (about 1.5 hours on two cores); set STEPS (pretraining), EPOCHS,
@@ -54,19 +55,31 @@ for s in $ft_seeds; do
     finetune mlm-bidirectional "$s" --model "$out/pretrain-mlm" --lm-weight 0 --bidirectional
     finetune random-lm0.5 "$s" --model "$out/pretrain-clm" --random-init --lm-weight 0.5
     finetune random-lm0 "$s" --model "$out/pretrain-clm" --random-init --lm-weight 0
+    finetune random-bidirectional "$s" --model "$out/pretrain-mlm" --random-init --lm-weight 0 --bidirectional
 done
-# Mean and spread of the validation accuracy per configuration.
-python3 - "$out/results.jsonl" <<'PY'
-import json, statistics, sys
-runs = {}
-baseline = None
-for line in open(sys.argv[1]):
+# Mean and spread of the final validation accuracy per configuration, then the mean accuracy and
+# task loss on the validation passages after each epoch.
+python3 - "$out" <<'PY'
+import collections, glob, json, os, statistics, sys
+out = sys.argv[1]
+runs, baseline = {}, None
+for line in open(os.path.join(out, "results.jsonl")):
     r = json.loads(line)
     runs.setdefault(r["run"], []).append(r["val_accuracy"])
     baseline = r["majority_baseline"]
 print(f"majority-class baseline: {baseline:.3f}")
 for name, accs in runs.items():
     sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-    print(f"{name:<20} mean {statistics.mean(accs):.3f}  sd {sd:.3f}  runs {len(accs)}  {[round(a, 3) for a in accs]}")
+    print(f"{name:<22} mean {statistics.mean(accs):.3f}  sd {sd:.3f}  runs {len(accs)}  {[round(a, 3) for a in accs]}")
+print("per epoch, mean over seeds: accuracy / task loss on the validation passages")
+for name in runs:
+    epochs = collections.defaultdict(list)
+    for log in glob.glob(os.path.join(out, f"finetune-{name}-seed*.log")):
+        for line in open(log):
+            r = json.loads(line)
+            if r.get("event") == "epoch":
+                epochs[r["epoch"]].append((r["val_accuracy"], r["val_class_loss"]))
+    cells = [f"{statistics.mean(a for a, _ in v):.3f} / {statistics.mean(l for _, l in v):.3f}" for _, v in sorted(epochs.items())]
+    print(f"{name:<22} " + "  ".join(cells))
 PY
 echo "results: $out/results.jsonl"
