@@ -152,6 +152,19 @@ fn loss_falls_and_a_checkpoint_samples() {
     let again =
         gptk(&["sample", "--model", "run", "--prompt", "line 3 of", "--max-new-tokens", "20", "--seed", "1"], &dir);
     assert_eq!(out.stdout, again.stdout, "sampling with a seed is reproducible");
+    // eval takes the run directory (its newest checkpoint) as sample does.
+    let val = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("_val_"))
+        .expect("a validation shard");
+    let eval = |model: &str| {
+        let args = ["eval", "--model", model, "--data", val.to_str().unwrap(), "--batch-size", "2", "--seq-len", "32"];
+        let out = gptk(&args, &dir);
+        assert!(out.status.success(), "eval {model}: {}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    };
+    assert_eq!(eval("run"), eval("run/step_000040"));
 }
 
 fn fails_with(args: &[&str], dir: &Path, needle: &str) {

@@ -8,12 +8,14 @@ use crate::checkpoint;
 use crate::data::shard::{SequentialBatches, Shard};
 use crate::model::Gpt;
 use crate::model::layout::ActLayout;
+use crate::train::checkpoint::resolve_model;
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
-    /// Checkpoint directory (model.safetensors + config.json) or a .safetensors file.
+    /// Checkpoint directory (model.safetensors + config.json), .safetensors file, or run directory
+    /// (its newest checkpoint).
     #[arg(long)]
     model: PathBuf,
     /// llm.c token shard (.bin).
@@ -43,7 +45,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let Some(bt) = args.batch_size.checked_mul(args.seq_len) else {
         bail!("--batch-size {} × --seq-len {} is too large", args.batch_size, args.seq_len);
     };
-    let loaded = checkpoint::load(&args.model)?;
+    let loaded = checkpoint::load(&resolve_model(&args.model))?;
     for note in &loaded.notes {
         eprintln!("note: {note}");
     }
