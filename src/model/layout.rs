@@ -250,8 +250,10 @@ pub struct ClassActs {
 /// compute for memory (llm.c's levels). A recomputed activation has one buffer shared by every
 /// layer: the forward writes it and the next matmul reads it at once; the backward runs the same
 /// forward op again on the same saved input just before the matmul backward that reads it. Ops are
-/// deterministic, so the recomputed values, and hence losses and gradients, are bitwise those of a
-/// run that keeps everything; the level changes memory and time only.
+/// deterministic, so the recomputed values are bitwise those the forward wrote, and so are the
+/// losses and gradients on the CPU; on the GPU too wherever the buffers the level moves keep their
+/// 256-byte alignment, which the cuBLASLt algorithm choice depends on (GPT-2 widths at an even
+/// B·T do).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "u8", into = "u8")]
 pub enum Recompute {
