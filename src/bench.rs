@@ -31,7 +31,7 @@ use crate::backend::cuda::plan::storage_bytes;
 use crate::backend::cuda::{ArenaSizes, CudaBackend, ScratchSizes};
 use crate::backend::{AdamWStep, Backend, BackendError, Precision};
 use crate::model::config::{GPT2_VOCAB_SIZE, ModelConfig};
-use crate::model::layout::{ActLayout, Arena, ParamLayout, TENSOR_ALIGN, Tensor};
+use crate::model::layout::{ActLayout, Arena, ParamLayout, Recompute, TENSOR_ALIGN, Tensor};
 use crate::model::schedule::{self, Attention};
 use crate::model::{Gpt, ModelError, init_params};
 use crate::rng::Rng;
@@ -341,6 +341,8 @@ pub struct BenchOptions {
     pub step_batch: usize,
     /// Timed training steps (after [`STEP_WARMUP`]), and as many again split into phases.
     pub step_iters: usize,
+    /// Activation recomputation of the training-step case.
+    pub step_recompute: Recompute,
 }
 
 /// One benchmark: an op at one shape, with its inputs in `copies` replicas.
@@ -1568,7 +1570,7 @@ pub fn run_step(opts: &BenchOptions) -> Result<StepResult, BenchError> {
     let cfg = ModelConfig::preset(STEP_MODEL, GPT2_VOCAB_SIZE).expect("d12 exists");
     let ctx = crate::backend::cuda::device::open(opts.device)?;
     let free_before = free_memory(&ctx)?;
-    let acts = ActLayout::new(&cfg, b, t, None);
+    let acts = ActLayout::with_recompute(&cfg, b, t, None, opts.step_recompute);
     let device = opts.device;
     let mut model = Gpt::new(cfg.clone(), acts, |p, a| CudaBackend::new(p, a, Precision::Bf16, device))?;
     let host = init_params(&cfg, &model.params, opts.seed);
@@ -1618,7 +1620,10 @@ pub fn run_step(opts: &BenchOptions) -> Result<StepResult, BenchError> {
         model: STEP_MODEL.into(),
         b,
         t,
-        variant: "gptk".into(),
+        variant: match opts.step_recompute {
+            Recompute::Off => "gptk".into(),
+            level => format!("gptk, recompute {level}"),
+        },
         median_ms,
         min_ms,
         iters,

@@ -6,7 +6,7 @@ use gptk::backend::cuda::CudaBackend;
 use gptk::backend::{AdamWStep, Backend, Precision};
 use gptk::check::{self, CheckOptions};
 use gptk::model::config::ModelConfig;
-use gptk::model::layout::{ActLayout, Arena, Tensor};
+use gptk::model::layout::{ActLayout, Arena, Recompute, Tensor};
 use gptk::model::{Gpt, init_params};
 use gptk::rng::Rng;
 
@@ -39,9 +39,19 @@ fn every_kernel_matches_the_cpu_in_bf16() {
 /// `steps` AdamW steps of a model of `n_head` heads on one fixed batch: the losses and the final
 /// parameters.
 fn fixed_batch_run(precision: Precision, n_head: usize, steps: u64) -> (Vec<f32>, Vec<f32>) {
+    fixed_batch_run_recomputing(precision, n_head, steps, Recompute::Off)
+}
+
+/// `fixed_batch_run` on a plan that recomputes activations at `recompute`.
+fn fixed_batch_run_recomputing(
+    precision: Precision,
+    n_head: usize,
+    steps: u64,
+    recompute: Recompute,
+) -> (Vec<f32>, Vec<f32>) {
     let cfg = ModelConfig { n_layer: 2, n_head, n_embd: 128, n_ctx: 64, vocab_size: 512 };
     let (b, t) = (4, 64);
-    let acts = ActLayout::new(&cfg, b, t, None);
+    let acts = ActLayout::with_recompute(&cfg, b, t, None, recompute);
     let mut model = Gpt::new(cfg.clone(), acts, |p, a| CudaBackend::new(p, a, precision, 0)).expect("a GPU backend");
     let host = init_params(&cfg, &model.params, 3);
     model.load_params(&host).unwrap();
@@ -97,6 +107,23 @@ fn training_repeats_bitwise() {
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&losses), bits(&again), "{precision}, {n_head} heads: losses differ");
             assert!(bits(&params) == bits(&params_again), "{precision}, {n_head} heads: parameters differ");
+        }
+    }
+}
+
+/// Activation recomputation gives the same bits as keeping everything: the recomputed GELU and
+/// layernorm outputs are those of the forward, and every buffer of this shape starts on a 256-byte
+/// boundary whatever the level, so cuBLASLt is asked for the same algorithms.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn recompute_repeats_the_same_bits() {
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for precision in [Precision::Bf16, Precision::F32] {
+        let (losses, params) = fixed_batch_run(precision, 2, 5);
+        for level in [Recompute::Gelu, Recompute::GeluLayernorm] {
+            let (again, params_again) = fixed_batch_run_recomputing(precision, 2, 5, level);
+            assert_eq!(bits(&losses), bits(&again), "{precision}, recompute {level}: losses differ");
+            assert!(bits(&params) == bits(&params_again), "{precision}, recompute {level}: parameters differ");
         }
     }
 }

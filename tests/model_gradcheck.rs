@@ -3,7 +3,7 @@
 
 use gptk::backend::cpu::CpuBackend;
 use gptk::model::config::ModelConfig;
-use gptk::model::layout::{ActLayout, Arena};
+use gptk::model::layout::{ActLayout, Arena, Recompute};
 use gptk::model::{Gpt, init_params};
 use gptk::rng::Rng;
 
@@ -108,7 +108,7 @@ fn gradient_accumulation_adds_micro_batches() {
 fn classification_gradcheck(lm_weight: f64) {
     let cfg = ModelConfig { n_layer: 1, n_head: 2, n_embd: 8, n_ctx: 6, vocab_size: 11 };
     let (b, t, nc) = (2, 6, 3);
-    let acts = ActLayout::for_classification(&cfg, b, t, nc);
+    let acts = ActLayout::for_classification(&cfg, b, t, nc, Recompute::Off);
     let mut m = Gpt::new(cfg.clone(), acts, |p, a| Ok(CpuBackend::<f64>::new(p.total, a))).unwrap();
     assert_eq!(m.params.n_classes(), nc);
     let host = init_params(&cfg, &m.params, 2);

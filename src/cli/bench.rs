@@ -6,6 +6,7 @@
 
 use crate::backend::cuda;
 use crate::bench::{self, BenchOptions, Ceilings, Measurement, Report, StepResult};
+use crate::model::layout::Recompute;
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 
@@ -47,6 +48,9 @@ pub struct BenchArgs {
     /// Timed d12 training steps (after 3 untimed), and as many again split into phases.
     #[arg(long, default_value_t = 20)]
     step_iters: usize,
+    /// Activation recomputation in the d12 training step, as `gptk train --recompute`.
+    #[arg(long, default_value_t = Recompute::Off)]
+    step_recompute: Recompute,
 }
 
 fn read_report(path: &Path) -> Result<Report> {
@@ -227,6 +231,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         seed: args.seed,
         step_batch: args.step_batch.max(1),
         step_iters: args.step_iters.max(1),
+        step_recompute: args.step_recompute,
     };
     let table = !args.json;
     let ceilings = bench::measure_ceilings(&opts)?;

@@ -7,7 +7,7 @@ use crate::backend::{Backend, BackendError, DeviceKind, Precision};
 use crate::checkpoint::{self, META_LABELS};
 use crate::data::task::{Encoded, LabelSet, Labels, encode, read_examples};
 use crate::data::tokenizer::Tokenizer;
-use crate::model::layout::{ActLayout, ParamLayout};
+use crate::model::layout::{ActLayout, ParamLayout, Recompute};
 use crate::model::{Gpt, init_params};
 use crate::train::checkpoint::{META_TOKENIZER, resolve_model};
 use crate::train::finetune::{FinetuneEvent, FinetuneOpts, TaskSet, evaluate, finetune};
@@ -62,6 +62,10 @@ pub struct FinetuneArgs {
     /// Attend both ways (for a model pretrained with --objective mlm); needs --lm-weight 0.
     #[arg(long)]
     bidirectional: bool,
+    /// Activation recomputation, as in `gptk train --recompute`: 0 keeps every activation, 1
+    /// recomputes the GELU outputs in the backward, 2 the layernorm outputs too. Same results.
+    #[arg(long, default_value_t = Recompute::Off)]
+    recompute: Recompute,
     /// Re-initialise the transformer (same shape, no pretraining): the baseline.
     #[arg(long)]
     random_init: bool,
@@ -240,7 +244,8 @@ struct Job<'a> {
 
 impl Job<'_> {
     fn run<K: Backend>(self, build: impl FnOnce(&ParamLayout, &ActLayout) -> Result<K, BackendError>) -> Result<()> {
-        let acts = ActLayout::for_classification(&self.cfg, self.args.batch_size, self.t, self.n_classes);
+        let (b, recompute) = (self.args.batch_size, self.args.recompute);
+        let acts = ActLayout::for_classification(&self.cfg, b, self.t, self.n_classes, recompute);
         let mut model = Gpt::new(self.cfg.clone(), acts, build)?;
         model.load_params(&self.params)?;
         std::fs::create_dir_all(&self.out)
@@ -320,7 +325,7 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
     let classes = labels.indices(&examples, &args.input)?;
     let t = seq_len(args.seq_len, loaded.cfg.n_ctx, examples.iter().any(|e| e.text_b.is_some()))?;
     let set = TaskSet { examples: encode_all(&tok, &examples, t, &args.input), classes };
-    let acts = ActLayout::for_classification(&loaded.cfg, args.batch_size, t, loaded.n_classes);
+    let acts = ActLayout::for_classification(&loaded.cfg, args.batch_size, t, loaded.n_classes, Recompute::Off);
     let causal = loaded.metadata.get(META_ATTENTION).is_none_or(|a| a != "bidirectional");
     fn classify<K: Backend>(
         loaded: &checkpoint::LoadedModel,

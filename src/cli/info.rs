@@ -7,7 +7,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::MemoryPlan;
 use crate::checkpoint;
 use crate::model::config::{GPT2_VOCAB_SIZE, ModelConfig};
-use crate::model::layout::{ActLayout, ParamLayout};
+use crate::model::layout::{ActLayout, ParamLayout, Recompute};
 use crate::model::plan::parameter_groups;
 use crate::train::checkpoint::resolve_model;
 use anyhow::{Result, bail};
@@ -33,6 +33,10 @@ pub struct InfoArgs {
     /// Dense bf16 peak of the GPU in TFLOP/s (989 = H100/H200 SXM).
     #[arg(long, default_value_t = 989.0)]
     peak_tflops: f64,
+    /// Plan with activation recomputation at this level (as `gptk train --recompute`) and show
+    /// the bytes it saves.
+    #[arg(long, default_value_t = Recompute::Off)]
+    recompute: Recompute,
 }
 
 fn model_config(spec: &str, vocab_size: usize) -> Result<ModelConfig> {
@@ -61,22 +65,32 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         args.seq_len,
         flops / 1e9
     );
-    let (params, acts) = (ParamLayout::new(&cfg), ActLayout::new(&cfg, args.batch_size, args.seq_len, None));
-    println!(
-        "memory on the CPU (f32), B={} T={}: {}",
-        args.batch_size,
-        args.seq_len,
-        human_bytes(CpuBackend::<f32>::bytes_for(params.total, &acts))
-    );
+    let (b, t, recompute) = (args.batch_size, args.seq_len, args.recompute);
+    let params = ParamLayout::new(&cfg);
+    let acts = ActLayout::with_recompute(&cfg, b, t, None, recompute);
+    let kept_all = ActLayout::new(&cfg, b, t, None);
+    let plan_name = if recompute == Recompute::Off { String::new() } else { format!(", recompute {recompute}") };
+    let cpu_bytes = |a: &ActLayout| CpuBackend::<f32>::bytes_for(params.total, a);
+    println!("memory on the CPU (f32), B={b} T={t}{plan_name}: {}", human_bytes(cpu_bytes(&acts)));
     for precision in [Precision::Bf16, Precision::F32] {
         let plan = MemoryPlan::for_model(&params, &acts, precision);
-        println!(
-            "memory on a GPU ({precision} storage), B={} T={}: {}",
-            args.batch_size,
-            args.seq_len,
-            human_bytes(plan.total())
-        );
+        println!("memory on a GPU ({precision} storage), B={b} T={t}{plan_name}: {}", human_bytes(plan.total()));
         println!("{plan}");
+    }
+    if recompute != Recompute::Off {
+        let gpu_saved = |p: Precision| {
+            human_bytes(
+                MemoryPlan::for_model(&params, &kept_all, p).total() - MemoryPlan::for_model(&params, &acts, p).total(),
+            )
+        };
+        println!(
+            "recompute {recompute} saves {} on a GPU in bf16, {} in f32, {} on the CPU, against keeping every activation",
+            gpu_saved(Precision::Bf16),
+            gpu_saved(Precision::F32),
+            human_bytes(cpu_bytes(&kept_all) - cpu_bytes(&acts))
+        );
+        let what = if recompute.layernorm() { "a GELU and two layernorm forwards" } else { "a GELU forward" };
+        println!("  at the price of {what} per layer run again in the backward (elementwise work, no matmul)");
     }
     let tokens_per_s = args.mfu * args.peak_tflops * 1e12 / flops;
     println!(

@@ -314,7 +314,7 @@ impl Job<'_> {
     ) -> Result<()> {
         let cfg = self.cfg;
         let (b, t, rank, world) = (cfg.batch_size, cfg.seq_len, self.rank, self.world);
-        let acts = ActLayout::new(&self.model_cfg, b, t, None);
+        let acts = ActLayout::with_recompute(&self.model_cfg, b, t, None, cfg.recompute);
         let mut model = Gpt::new(self.model_cfg.clone(), acts, build)?;
         model.load_params(&self.params)?;
         let train_data = Loader::open(self.data_dir, Split::Train, b, t, cfg.seed, rank, world)?;

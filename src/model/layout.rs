@@ -246,11 +246,84 @@ pub struct ClassActs {
     pub targets: Tensor, // (B, T) inputs
 }
 
+/// Activations the forward does not keep per layer but the backward recomputes, trading a little
+/// compute for memory (llm.c's levels). A recomputed activation has one buffer shared by every
+/// layer: the forward writes it and the next matmul reads it at once; the backward runs the same
+/// forward op again on the same saved input just before the matmul backward that reads it. Ops are
+/// deterministic, so the recomputed values are bitwise those the forward wrote, and so are the
+/// losses and gradients on the CPU; on the GPU too wherever the buffers the level moves keep their
+/// 256-byte alignment, which the cuBLASLt algorithm choice depends on (GPT-2 widths at an even
+/// B·T do).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "u8", into = "u8")]
+pub enum Recompute {
+    /// Level 0: keep every activation.
+    #[default]
+    Off,
+    /// Level 1: recompute the GELU output (B, T, 4C) from the saved pre-activation `fch`.
+    Gelu,
+    /// Level 2: also recompute both layernorm outputs (B, T, C) from the saved residual stream;
+    /// ln1 and ln2 of every layer share one buffer. (The layernorm forward rewrites its mean and
+    /// rstd with the same values.)
+    GeluLayernorm,
+}
+
+impl Recompute {
+    /// The number `--recompute` takes: 0, 1 or 2.
+    pub fn level(self) -> u8 {
+        self as u8
+    }
+
+    /// The GELU output is recomputed in the backward.
+    pub fn gelu(self) -> bool {
+        self >= Recompute::Gelu
+    }
+
+    /// The layernorm outputs are recomputed in the backward.
+    pub fn layernorm(self) -> bool {
+        self >= Recompute::GeluLayernorm
+    }
+}
+
+impl TryFrom<u8> for Recompute {
+    type Error = String;
+    fn try_from(level: u8) -> Result<Self, String> {
+        match level {
+            0 => Ok(Recompute::Off),
+            1 => Ok(Recompute::Gelu),
+            2 => Ok(Recompute::GeluLayernorm),
+            _ => Err(format!("recompute level {level} does not exist (0 keeps every activation, 1 or 2 recompute)")),
+        }
+    }
+}
+
+impl From<Recompute> for u8 {
+    fn from(r: Recompute) -> u8 {
+        r.level()
+    }
+}
+
+impl std::str::FromStr for Recompute {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let level: u8 = s.trim().parse().map_err(|_| format!("'{s}' is not a recompute level (0, 1 or 2)"))?;
+        Recompute::try_from(level)
+    }
+}
+
+impl std::fmt::Display for Recompute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.level())
+    }
+}
+
 /// The activation plan for a batch of `b` sequences of `t` tokens, sized once.
 #[derive(Clone, Debug)]
 pub struct ActLayout {
     pub b: usize,
     pub t: usize,
+    /// What the backward recomputes; the tensors it names are shared by all layers.
+    pub recompute: Recompute,
     /// Rows of logits computed at a time by the classifier; the full (B·T, Vp) logits never exist
     /// unless `chunk == B·T`.
     pub chunk: usize,
@@ -292,21 +365,34 @@ impl ActLayout {
     /// Plans activations for (b, t). `chunk` bounds the logits rows held at once; `None` picks
     /// the largest multiple of 64 rows under [`LOGITS_CHUNK_ELEMS`] (or all B·T rows).
     pub fn new(cfg: &ModelConfig, b: usize, t: usize, chunk: Option<usize>) -> Self {
-        Self::plan(cfg, b, t, chunk, 0, 0)
+        Self::plan(cfg, b, t, chunk, 0, 0, Recompute::Off)
+    }
+
+    /// Plans activations for (b, t) like [`ActLayout::new`], keeping only what `recompute` leaves.
+    pub fn with_recompute(cfg: &ModelConfig, b: usize, t: usize, chunk: Option<usize>, recompute: Recompute) -> Self {
+        Self::plan(cfg, b, t, chunk, 0, 0, recompute)
     }
 
     /// Plans a batch for fine-tuning with a classification head of `n_classes` outputs.
-    pub fn for_classification(cfg: &ModelConfig, b: usize, t: usize, n_classes: usize) -> Self {
-        Self::plan(cfg, b, t, None, 0, n_classes)
+    pub fn for_classification(cfg: &ModelConfig, b: usize, t: usize, n_classes: usize, recompute: Recompute) -> Self {
+        Self::plan(cfg, b, t, None, 0, n_classes, recompute)
     }
 
     /// Plans one-token steps for `b` sequences with a key/value cache of `t_max` positions per
     /// layer: what generation with a KV cache runs on.
     pub fn for_generation(cfg: &ModelConfig, b: usize, t_max: usize) -> Self {
-        Self::plan(cfg, b, 1, Some(b), t_max, 0)
+        Self::plan(cfg, b, 1, Some(b), t_max, 0, Recompute::Off)
     }
 
-    fn plan(cfg: &ModelConfig, b: usize, t: usize, chunk: Option<usize>, kv_len: usize, n_classes: usize) -> Self {
+    fn plan(
+        cfg: &ModelConfig,
+        b: usize,
+        t: usize,
+        chunk: Option<usize>,
+        kv_len: usize,
+        n_classes: usize,
+        recompute: Recompute,
+    ) -> Self {
         let (c, nh) = (cfg.n_embd, cfg.n_head);
         let vp = cfg.padded_vocab_size();
         let bt = b * t;
@@ -323,9 +409,12 @@ impl ActLayout {
         let tokens = inputs.take(bt);
         let targets = inputs.take(bt);
         let encoded = acts.take(bt * c);
+        // One buffer for all layers where the backward recomputes (ln1 and ln2 share theirs).
+        let shared_gelu = recompute.gelu().then(|| acts.take(bt * 4 * c));
+        let shared_ln = recompute.layernorm().then(|| acts.take(bt * c));
         let layers = (0..cfg.n_layer)
             .map(|_| LayerActs {
-                ln1: acts.take(bt * c),
+                ln1: shared_ln.unwrap_or_else(|| acts.take(bt * c)),
                 ln1_mean: stats.take(bt),
                 ln1_rstd: stats.take(bt),
                 qkv: acts.take(bt * 3 * c),
@@ -333,11 +422,11 @@ impl ActLayout {
                 att_lse: stats.take(b * nh * t),
                 attproj: acts.take(bt * c),
                 residual2: acts.take(bt * c),
-                ln2: acts.take(bt * c),
+                ln2: shared_ln.unwrap_or_else(|| acts.take(bt * c)),
                 ln2_mean: stats.take(bt),
                 ln2_rstd: stats.take(bt),
                 fch: acts.take(bt * 4 * c),
-                fch_gelu: acts.take(bt * 4 * c),
+                fch_gelu: shared_gelu.unwrap_or_else(|| acts.take(bt * 4 * c)),
                 fcproj: acts.take(bt * c),
                 residual3: acts.take(bt * c),
             })
@@ -361,6 +450,7 @@ impl ActLayout {
         ActLayout {
             b,
             t,
+            recompute,
             chunk,
             tokens,
             targets,
@@ -426,33 +516,60 @@ mod tests {
     #[test]
     fn activations_are_disjoint_per_arena() {
         let cfg = ModelConfig { n_layer: 2, n_head: 2, n_embd: 8, n_ctx: 8, vocab_size: 50 };
-        let a = ActLayout::new(&cfg, 3, 5, Some(4));
-        let mut all = vec![a.tokens, a.targets, a.encoded, a.lnf, a.lnf_mean, a.lnf_rstd, a.logits, a.losses];
-        all.extend([a.dres, a.dbtc, a.dqkv, a.d4c]);
-        for l in &a.layers {
-            all.extend([
-                l.ln1,
-                l.ln1_mean,
-                l.ln1_rstd,
-                l.qkv,
-                l.atty,
-                l.att_lse,
-                l.attproj,
-                l.residual2,
-                l.ln2,
-                l.ln2_mean,
-                l.ln2_rstd,
-                l.fch,
-                l.fch_gelu,
-                l.fcproj,
-                l.residual3,
-            ]);
-        }
-        for (i, x) in all.iter().enumerate() {
-            for y in &all[i + 1..] {
-                assert!(!x.overlaps(*y), "{x:?} overlaps {y:?}");
+        for recompute in [Recompute::Off, Recompute::Gelu, Recompute::GeluLayernorm] {
+            let a = ActLayout::with_recompute(&cfg, 3, 5, Some(4), recompute);
+            let mut all = vec![a.tokens, a.targets, a.encoded, a.lnf, a.lnf_mean, a.lnf_rstd, a.logits, a.losses];
+            all.extend([a.dres, a.dbtc, a.dqkv, a.d4c]);
+            // A recomputed activation is one tensor shared by every layer (ln1 and ln2 alike).
+            let mut shared = Vec::new();
+            let mut keep = |t: Tensor, is_shared: bool| {
+                if !is_shared {
+                    all.push(t)
+                } else if !shared.contains(&t) {
+                    shared.push(t)
+                }
+            };
+            for l in &a.layers {
+                keep(l.ln1, recompute.layernorm());
+                keep(l.ln2, recompute.layernorm());
+                keep(l.fch_gelu, recompute.gelu());
+                for t in [
+                    l.ln1_mean,
+                    l.ln1_rstd,
+                    l.qkv,
+                    l.atty,
+                    l.att_lse,
+                    l.attproj,
+                    l.residual2,
+                    l.ln2_mean,
+                    l.ln2_rstd,
+                    l.fch,
+                    l.fcproj,
+                    l.residual3,
+                ] {
+                    keep(t, false);
+                }
             }
+            assert_eq!(shared.len(), recompute.level() as usize);
+            all.extend(shared);
+            for (i, x) in all.iter().enumerate() {
+                for y in &all[i + 1..] {
+                    assert!(!x.overlaps(*y), "{x:?} overlaps {y:?} at recompute {recompute}");
+                }
+            }
+            assert_eq!(a.logits.len, 4 * cfg.padded_vocab_size());
         }
-        assert_eq!(a.logits.len, 4 * cfg.padded_vocab_size());
+    }
+
+    #[test]
+    fn recompute_levels_read_and_print_as_numbers() {
+        for level in 0..=2u8 {
+            let r: Recompute = level.to_string().parse().unwrap();
+            assert_eq!((r.level(), r.to_string()), (level, level.to_string()));
+            assert_eq!(Recompute::try_from(level), Ok(r));
+        }
+        assert!("3".parse::<Recompute>().unwrap_err().contains("recompute level 3 does not exist"));
+        assert!("two".parse::<Recompute>().unwrap_err().contains("'two'"));
+        assert!(Recompute::Gelu.gelu() && !Recompute::Gelu.layernorm() && !Recompute::Off.gelu());
     }
 }

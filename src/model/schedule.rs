@@ -3,7 +3,10 @@
 //!
 //! Shapes: N = B·T rows; the residual stream is (N, C). The backward consumes the activations the
 //! forward kept (see `ActLayout`) and reuses three scratch buffers per layer; the residual
-//! gradient `dres` accumulates through the layernorm backwards, which add into it.
+//! gradient `dres` accumulates through the layernorm backwards, which add into it. Where the plan
+//! recomputes (`ActLayout::recompute`), the forward writes GELU and layernorm outputs into one
+//! buffer shared by all layers, and the backward runs the same forward op again right before the
+//! matmul backward that reads it.
 
 use super::config::ModelConfig;
 use super::layout::{ActLayout, ParamLayout, Tensor};
@@ -145,6 +148,9 @@ pub fn backward_from<K: Backend>(
     for (l, (lp, la)) in p.layers.iter().zip(&a.layers).enumerate().rev() {
         let residual = a.residual_in(l);
         // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2)))).
+        if a.recompute.gelu() {
+            k.gelu_forward(la.fch_gelu, la.fch)?;
+        }
         k.matmul_backward(
             a.d4c,
             lp.fcproj_w.grad(),
@@ -157,6 +163,9 @@ pub fn backward_from<K: Backend>(
             c,
         )?;
         k.gelu_backward(a.d4c, la.fch)?;
+        if a.recompute.layernorm() {
+            k.layernorm_forward(la.ln2, la.ln2_mean, la.ln2_rstd, la.residual2, lp.ln2_w, lp.ln2_b, n, c)?;
+        }
         k.matmul_backward(a.dbtc, lp.fc_w.grad(), Some(lp.fc_b.grad()), a.d4c, la.ln2, lp.fc_w, n, c, 4 * c)?;
         k.layernorm_backward(
             a.dres,
@@ -183,6 +192,9 @@ pub fn backward_from<K: Backend>(
             c,
         )?;
         k.attention_backward(a.dqkv, a.dbtc, la.qkv, la.atty, la.att_lse, b, t, nh, hs, causal)?;
+        if a.recompute.layernorm() {
+            k.layernorm_forward(la.ln1, la.ln1_mean, la.ln1_rstd, residual, lp.ln1_w, lp.ln1_b, n, c)?;
+        }
         k.matmul_backward(a.dbtc, lp.qkv_w.grad(), Some(lp.qkv_b.grad()), a.dqkv, la.ln1, lp.qkv_w, n, c, 3 * c)?;
         k.layernorm_backward(
             a.dres,

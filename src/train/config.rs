@@ -3,6 +3,7 @@
 
 use super::lr::Decay;
 use crate::backend::{DeviceKind, Precision};
+use crate::model::layout::Recompute;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -121,6 +122,13 @@ pub struct TrainConfig {
     /// Clip the global gradient norm to this (0 disables).
     #[arg(long, default_value_t = 1.0)]
     pub grad_clip: f32,
+    /// Activation recomputation, trading a little compute for memory: 0 keeps every activation;
+    /// 1 recomputes each layer's GELU output in the backward (one (B, T, 4C) buffer serves all
+    /// layers); 2 also its layernorm outputs. Losses and gradients do not change (`gptk info
+    /// --recompute N` shows the memory saved).
+    #[arg(long, default_value_t = Recompute::Off)]
+    #[serde(default)]
+    pub recompute: Recompute,
 
     /// Validation loss every N steps (0 disables; also run at the end).
     #[arg(long, default_value_t = 50)]
@@ -178,7 +186,8 @@ pub struct TrainConfig {
 
 impl TrainConfig {
     /// The settings a resumed run must share with the run it continues, as (name, value) pairs.
-    /// Schedules of logging, sampling and checkpoints, the step count and the device may change.
+    /// Schedules of logging, sampling and checkpoints, the step count and the device may change,
+    /// and so may `--recompute`: it changes memory and time, never a loss or a gradient.
     pub fn identity(&self) -> Vec<(&'static str, String)> {
         vec![
             ("--model", self.model.clone()),
