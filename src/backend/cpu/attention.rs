@@ -34,6 +34,20 @@ fn scratch<F: Float>(t: usize) -> (Vec<F>, Vec<F>) {
     (vec![F::zero(); t * t], vec![F::zero(); t * t])
 }
 
+/// Rows handled together under a causal mask: a block of query rows needs only the keys up to
+/// its last row, so the score and value GEMMs skip the masked upper triangle block by block.
+const CAUSAL_ROW_BLOCK: usize = 32;
+
+/// (first row, end row, keys needed) of each block of query rows: one block of every key when
+/// bidirectional.
+fn row_blocks(t: usize, causal: bool) -> impl Iterator<Item = (usize, usize, usize)> {
+    let step = if causal { CAUSAL_ROW_BLOCK } else { t.max(1) };
+    (0..t).step_by(step).map(move |r0| {
+        let r1 = (r0 + step).min(t);
+        (r0, r1, if causal { r1 } else { t })
+    })
+}
+
 /// P (T,T) row-major = softmax rows of `scale · q kᵀ` for head `h` of batch row `bi`, with
 /// future keys masked when `causal`; the log-sum-exp of each row goes to `lse_row` if given,
 /// else `lse_in` supplies it (the backward's recomputation).
@@ -53,23 +67,44 @@ fn probabilities<F: Float>(
     // caller checked qkv holds B·T·3C); p is a private T×T buffer.
     unsafe {
         let q = qkv.as_ptr().add(base);
-        gemm_raw((t, t, hs), p.as_mut_ptr(), (t, 1), false, q, (3 * c, 1), q.add(c), (1, 3 * c), Parallelism::None);
+        for (r0, r1, keys) in row_blocks(t, causal) {
+            let (q_rows, s_rows) = (q.add(r0 * 3 * c), p.as_mut_ptr().add(r0 * t));
+            gemm_raw(
+                (r1 - r0, keys, hs),
+                s_rows,
+                (t, 1),
+                false,
+                q_rows,
+                (3 * c, 1),
+                q.add(c),
+                (1, 3 * c),
+                Parallelism::None,
+            );
+        }
     }
     for i in 0..t {
         let row = &mut p[i * t..(i + 1) * t];
         let n_keys = if causal { i + 1 } else { t };
-        let lse = match lse_in {
-            Some(lse) => lse[i].f64(),
+        match lse_in {
+            // The backward: P from the saved log-sum-exp.
+            Some(lse) => {
+                let lse = lse[i].f64();
+                for x in &mut row[..n_keys] {
+                    *x = F::of(x.f64() * scale - lse).exp();
+                }
+            }
+            // The forward: one exponential per score (in F), summed in f64.
             None => {
                 let max = row[..n_keys].iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x.f64() * scale));
-                let sum: f64 = row[..n_keys].iter().map(|&x| (x.f64() * scale - max).exp()).sum();
-                let lse = max + sum.ln();
-                lse_out(i, lse);
-                lse
+                let mut sum = 0.0f64;
+                for x in &mut row[..n_keys] {
+                    *x = F::of(x.f64() * scale - max).exp();
+                    sum += x.f64();
+                }
+                lse_out(i, max + sum.ln());
+                let inv = F::of(1.0 / sum);
+                row[..n_keys].iter_mut().for_each(|x| *x = *x * inv);
             }
-        };
-        for x in &mut row[..n_keys] {
-            *x = F::of((x.f64() * scale - lse).exp());
         }
         row[n_keys..].fill(F::zero());
     }
@@ -104,7 +139,10 @@ pub fn attention_forward<F: Float>(
             unsafe {
                 let v = qkv.as_ptr().add(bi * t * 3 * c + 2 * c + h * hs);
                 let dst = out_p.at(bi * t * c + h * hs);
-                gemm_raw((t, hs, t), dst, (c, 1), false, p.as_ptr(), (t, 1), v, (3 * c, 1), Parallelism::None);
+                for (r0, r1, keys) in row_blocks(t, causal) {
+                    let (dst, p) = (dst.add(r0 * c), p.as_ptr().add(r0 * t));
+                    gemm_raw((r1 - r0, hs, keys), dst, (c, 1), false, p, (t, 1), v, (3 * c, 1), Parallelism::None);
+                }
             }
         },
     );
@@ -145,20 +183,34 @@ pub fn attention_backward<F: Float>(
                 let v = qkv.as_ptr().add(qkv_head + 2 * c);
                 let dy = dout.as_ptr().add(head);
                 let dst = dqkv_p.at(qkv_head);
-                // dv = Pᵀ · dout
-                gemm_raw(
-                    (t, hs, t),
-                    dst.add(2 * c),
-                    (3 * c, 1),
-                    false,
-                    p.as_ptr(),
-                    (1, t),
-                    dy,
-                    (c, 1),
-                    Parallelism::None,
-                );
-                // dP = dout · vᵀ
-                gemm_raw((t, t, hs), ds.as_mut_ptr(), (t, 1), false, dy, (c, 1), v, (1, 3 * c), Parallelism::None);
+                for (r0, r1, keys) in row_blocks(t, causal) {
+                    // dv = Pᵀ · dout: key rows r0..r1 gather the query rows that see them, from
+                    // r0 on when causal (P is zero above the diagonal).
+                    let from = if causal { r0 } else { 0 };
+                    gemm_raw(
+                        (r1 - r0, hs, t - from),
+                        dst.add(2 * c + r0 * 3 * c),
+                        (3 * c, 1),
+                        false,
+                        p.as_ptr().add(from * t + r0),
+                        (1, t),
+                        dy.add(from * c),
+                        (c, 1),
+                        Parallelism::None,
+                    );
+                    // dP = dout · vᵀ, for the keys query rows r0..r1 see
+                    gemm_raw(
+                        (r1 - r0, keys, hs),
+                        ds.as_mut_ptr().add(r0 * t),
+                        (t, 1),
+                        false,
+                        dy.add(r0 * c),
+                        (c, 1),
+                        v,
+                        (1, 3 * c),
+                        Parallelism::None,
+                    );
+                }
             }
             for i in 0..t {
                 let (o, dy) = (&out[head + i * c..][..hs], &dout[head + i * c..][..hs]);
@@ -173,19 +225,34 @@ pub fn attention_backward<F: Float>(
             unsafe {
                 let (q, k) = (qkv.as_ptr().add(qkv_head), qkv.as_ptr().add(qkv_head + c));
                 let dst = dqkv_p.at(qkv_head);
-                // dq = dS · k ; dk = dSᵀ · q
-                gemm_raw((t, hs, t), dst, (3 * c, 1), false, ds.as_ptr(), (t, 1), k, (3 * c, 1), Parallelism::None);
-                gemm_raw(
-                    (t, hs, t),
-                    dst.add(c),
-                    (3 * c, 1),
-                    false,
-                    ds.as_ptr(),
-                    (1, t),
-                    q,
-                    (3 * c, 1),
-                    Parallelism::None,
-                );
+                for (r0, r1, keys) in row_blocks(t, causal) {
+                    // dq = dS · k over the keys these query rows see
+                    let (dq, ds_rows) = (dst.add(r0 * 3 * c), ds.as_ptr().add(r0 * t));
+                    gemm_raw(
+                        (r1 - r0, hs, keys),
+                        dq,
+                        (3 * c, 1),
+                        false,
+                        ds_rows,
+                        (t, 1),
+                        k,
+                        (3 * c, 1),
+                        Parallelism::None,
+                    );
+                    // dk = dSᵀ · q over the query rows that see these keys
+                    let from = if causal { r0 } else { 0 };
+                    gemm_raw(
+                        (r1 - r0, hs, t - from),
+                        dst.add(c + r0 * 3 * c),
+                        (3 * c, 1),
+                        false,
+                        ds.as_ptr().add(from * t + r0),
+                        (1, t),
+                        q.add(from * 3 * c),
+                        (3 * c, 1),
+                        Parallelism::None,
+                    );
+                }
             }
         },
     );
