@@ -119,6 +119,8 @@ fn draw_panel(
         .build_cartesian_2d(x0.max(0.0)..x1, y0..y1)
         .map_err(|e| e.to_string())?;
     chart.configure_mesh().x_desc("step").light_line_style(WHITE.mix(0.0)).draw().map_err(|e| e.to_string())?;
+    // A legend when it tells lines apart: several runs, or training beside validation.
+    let has_val = runs.iter().any(|r| series(r).iter().any(|(p, dashed)| *dashed && !p.is_empty()));
     for (i, run) in runs.iter().enumerate() {
         let colour = PALETTE[i % PALETTE.len()];
         for (points, dashed) in series(run) {
@@ -128,12 +130,12 @@ fn draw_panel(
             let label = if dashed { format!("{} (val)", run.name) } else { run.name.clone() };
             let style = if dashed { colour.stroke_width(3) } else { colour.mix(0.8).stroke_width(1) };
             let drawn = chart.draw_series(LineSeries::new(points.iter().copied(), style)).map_err(|e| e.to_string())?;
-            if runs.len() > 1 || dashed {
+            if runs.len() > 1 || has_val {
                 drawn.label(label).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
             }
         }
     }
-    if runs.len() > 1 || runs.iter().any(|r| !r.val_loss.is_empty()) && title.contains("loss") {
+    if runs.len() > 1 || has_val {
         chart
             .configure_series_labels()
             .background_style(WHITE.mix(0.8))
