@@ -4,7 +4,8 @@
 //! each score row (B, NH, T); the backward recomputes the probabilities from q, k and the LSE,
 //! so no (T, T) matrix is kept between the passes. One rayon task per (batch, head), each the
 //! textbook matrix form with a private (T, T) scratch and single-threaded GEMMs on strided views
-//! of qkv (no copies), so results do not depend on the thread count.
+//! of qkv (no copies), so results do not depend on the thread count. Under the causal mask the
+//! GEMMs run in blocks of query rows that stop at the block's last key.
 
 use super::Float;
 use super::matmul::gemm_raw;
