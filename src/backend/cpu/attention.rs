@@ -9,6 +9,7 @@
 
 use super::Float;
 use super::matmul::gemm_raw;
+use super::vector::{dot_f64, max_of, simd, sum_f64};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -63,7 +64,7 @@ fn probabilities<F: Float>(
     mut lse_out: impl FnMut(usize, f64),
 ) {
     let base = bi * t * 3 * c + h * hs;
-    let scale = 1.0 / (hs as f64).sqrt();
+    let scale = F::of(1.0 / (hs as f64).sqrt());
     // SAFETY: q rows at base + i·3C, k rows at base + C + j·3C, HS wide, all inside qkv (the
     // caller checked qkv holds B·T·3C); p is a private T×T buffer.
     unsafe {
@@ -83,32 +84,30 @@ fn probabilities<F: Float>(
             );
         }
     }
-    for i in 0..t {
-        let row = &mut p[i * t..(i + 1) * t];
-        let n_keys = if causal { i + 1 } else { t };
-        match lse_in {
-            // The backward: P from the saved log-sum-exp.
-            Some(lse) => {
-                let lse = lse[i].f64();
-                for x in &mut row[..n_keys] {
-                    *x = F::of(x.f64() * scale - lse).exp();
+    simd(|| {
+        for i in 0..t {
+            let n_keys = if causal { i + 1 } else { t };
+            let (row, masked) = p[i * t..(i + 1) * t].split_at_mut(n_keys);
+            match lse_in {
+                // The backward: P from the saved log-sum-exp.
+                Some(lse) => {
+                    let lse = lse[i];
+                    row.iter_mut().for_each(|x| *x = (*x * scale - lse).exp_fast());
+                }
+                // The forward: one exponential per score, in F like the scores; the sum in f64.
+                None => {
+                    row.iter_mut().for_each(|x| *x *= scale);
+                    let max = max_of(row);
+                    row.iter_mut().for_each(|x| *x = (*x - max).exp_fast());
+                    let sum = sum_f64(row, F::f64);
+                    lse_out(i, max.f64() + sum.ln());
+                    let inv = F::of(1.0 / sum);
+                    row.iter_mut().for_each(|x| *x *= inv);
                 }
             }
-            // The forward: one exponential per score (in F), summed in f64.
-            None => {
-                let max = row[..n_keys].iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x.f64() * scale));
-                let mut sum = 0.0f64;
-                for x in &mut row[..n_keys] {
-                    *x = F::of(x.f64() * scale - max).exp();
-                    sum += x.f64();
-                }
-                lse_out(i, max + sum.ln());
-                let inv = F::of(1.0 / sum);
-                row[..n_keys].iter_mut().for_each(|x| *x = *x * inv);
-            }
+            masked.fill(F::zero());
         }
-        row[n_keys..].fill(F::zero());
-    }
+    })
 }
 
 /// out (B,T,C), lse (B,NH,T) from qkv (B,T,3C) laid out [q | k | v], each C = NH·HS.
@@ -169,7 +168,7 @@ pub fn attention_backward<F: Float>(
     assert!(
         dqkv.len() >= b * t * 3 * c && dout.len() >= b * t * c && out.len() >= b * t * c && lse.len() >= b * nh * t
     );
-    let scale = 1.0 / (hs as f64).sqrt();
+    let scale = F::of(1.0 / (hs as f64).sqrt());
     let dqkv_p = SharedMut(dqkv.as_mut_ptr());
     (0..b * nh).into_par_iter().for_each_init(
         || scratch::<F>(t),
@@ -213,15 +212,18 @@ pub fn attention_backward<F: Float>(
                     );
                 }
             }
-            for i in 0..t {
-                let (o, dy) = (&out[head + i * c..][..hs], &dout[head + i * c..][..hs]);
-                let delta: f64 = o.iter().zip(dy).map(|(a, b)| a.f64() * b.f64()).sum();
-                let n_keys = if causal { i + 1 } else { t };
-                for j in 0..n_keys {
-                    ds[i * t + j] = F::of(p[i * t + j].f64() * (ds[i * t + j].f64() - delta) * scale);
+            simd(|| {
+                for i in 0..t {
+                    let (o, dy) = (&out[head + i * c..][..hs], &dout[head + i * c..][..hs]);
+                    let delta = F::of(dot_f64(o, dy, F::f64));
+                    let n_keys = if causal { i + 1 } else { t };
+                    let (ds, masked) = ds[i * t..(i + 1) * t].split_at_mut(n_keys);
+                    for (s, &p) in ds.iter_mut().zip(&p[i * t..][..n_keys]) {
+                        *s = p * (*s - delta) * scale;
+                    }
+                    masked.fill(F::zero());
                 }
-                ds[i * t + n_keys..(i + 1) * t].fill(F::zero());
-            }
+            });
             // SAFETY: as above.
             unsafe {
                 let (q, k) = (qkv.as_ptr().add(qkv_head), qkv.as_ptr().add(qkv_head + c));

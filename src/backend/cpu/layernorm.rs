@@ -1,5 +1,6 @@
 //! Layer normalisation over the last dimension, forward and backward.
 
+use super::vector::{dot_f64, simd, sum_by, sum_f64};
 use super::{Float, sum_row_chunks};
 use crate::model::config::LAYERNORM_EPS;
 use rayon::prelude::*;
@@ -18,15 +19,17 @@ pub fn layernorm_forward<F: Float>(
 ) {
     out[..n * c].par_chunks_mut(c).zip(mean[..n].par_iter_mut().zip(rstd[..n].par_iter_mut())).enumerate().for_each(
         |(i, (row, (m_out, s_out)))| {
-            let x = &inp[i * c..][..c];
-            let m = x.iter().map(|v| v.f64()).sum::<f64>() / c as f64;
-            let var = x.iter().map(|v| (v.f64() - m).powi(2)).sum::<f64>() / c as f64;
-            let s = 1.0 / (var + LAYERNORM_EPS as f64).sqrt();
-            for k in 0..c {
-                row[k] = F::of((x[k].f64() - m) * s) * w[k] + b[k];
-            }
-            *m_out = F::of(m);
-            *s_out = F::of(s);
+            simd(|| {
+                let x = &inp[i * c..][..c];
+                let m = sum_f64(x, F::f64) / c as f64;
+                let var = sum_f64(x, |v| (v.f64() - m) * (v.f64() - m)) / c as f64;
+                let s = 1.0 / (var + LAYERNORM_EPS as f64).sqrt();
+                for (((y, &x), &w), &b) in row.iter_mut().zip(x).zip(&w[..c]).zip(&b[..c]) {
+                    *y = F::of((x.f64() - m) * s) * w + b;
+                }
+                *m_out = F::of(m);
+                *s_out = F::of(s);
+            })
         },
     );
 }
@@ -46,31 +49,30 @@ pub fn layernorm_backward<F: Float>(
     c: usize,
 ) {
     dinp[..n * c].par_chunks_mut(c).enumerate().for_each(|(i, drow)| {
-        let (x, dy) = (&inp[i * c..][..c], &dout[i * c..][..c]);
-        let (m, s) = (mean[i].f64(), rstd[i].f64());
-        let (mut dnorm_mean, mut dnorm_norm_mean) = (0.0f64, 0.0f64);
-        for k in 0..c {
-            let norm = (x[k].f64() - m) * s;
-            let dnorm = w[k].f64() * dy[k].f64();
-            dnorm_mean += dnorm;
-            dnorm_norm_mean += dnorm * norm;
-        }
-        dnorm_mean /= c as f64;
-        dnorm_norm_mean /= c as f64;
-        for k in 0..c {
-            let norm = (x[k].f64() - m) * s;
-            let dnorm = w[k].f64() * dy[k].f64();
-            drow[k] += F::of((dnorm - dnorm_mean - norm * dnorm_norm_mean) * s);
-        }
+        simd(|| {
+            let (x, dy) = (&inp[i * c..][..c], &dout[i * c..][..c]);
+            let (m, s) = (mean[i].f64(), rstd[i].f64());
+            let (w, c64) = (&w[..c], c as f64);
+            let norm = |k: usize| (x[k].f64() - m) * s;
+            let dnorm = |k: usize| w[k].f64() * dy[k].f64();
+            let dnorm_mean = dot_f64(w, dy, F::f64) / c64;
+            let dnorm_norm_mean = sum_by(c, |k| dnorm(k) * norm(k)) / c64;
+            for (k, d) in drow.iter_mut().enumerate() {
+                *d += F::of((dnorm(k) - dnorm_mean - norm(k) * dnorm_norm_mean) * s);
+            }
+        })
     });
     // dw and db: [dw | db] partial sums over fixed row chunks, added in order.
     let sums = sum_row_chunks(n, 2 * c, |i, acc| {
-        let (x, dy) = (&inp[i * c..][..c], &dout[i * c..][..c]);
-        let (m, s) = (mean[i].f64(), rstd[i].f64());
-        for k in 0..c {
-            acc[k] += (x[k].f64() - m) * s * dy[k].f64();
-            acc[c + k] += dy[k].f64();
-        }
+        simd(|| {
+            let (x, dy) = (&inp[i * c..][..c], &dout[i * c..][..c]);
+            let (m, s) = (mean[i].f64(), rstd[i].f64());
+            let (dw, db) = acc.split_at_mut(c);
+            for (((dw, db), &x), &dy) in dw.iter_mut().zip(db).zip(x).zip(dy) {
+                *dw += (x.f64() - m) * s * dy.f64();
+                *db += dy.f64();
+            }
+        })
     });
     for k in 0..c {
         dw[k] += F::of(sums[k]);

@@ -5,6 +5,7 @@
 //! dlogits = dloss·(softmax − onehot), so the classifier needs no second (N, Vp) buffer.
 
 use super::Float;
+use super::vector::{max_of, simd, sum_exp};
 use rayon::prelude::*;
 
 /// losses (N) = −log softmax(logits[n, :V])[targets[n]], 0 where targets[n] < 0.
@@ -29,20 +30,24 @@ pub fn cross_entropy<F: Float>(
         }
         let target = target as usize;
         assert!(target < v, "target {target} outside the vocabulary of {v}");
-        // exp in the storage type (f32 for training, several times faster than f64), on
-        // differences from the row's maximum; sums in f64.
-        let max = row[..v].iter().fold(F::neg_infinity(), |m, &x| m.max(x));
-        let sum: f64 = row[..v].iter().map(|&x| (x - max).exp().f64()).sum();
-        let log_sum = sum.ln();
-        *loss = F::of(max.f64() + log_sum - row[target].f64());
-        if let Some(dloss) = dloss {
-            let (dloss, log_sum) = (dloss.f64(), F::of(log_sum));
-            for (j, x) in row[..v].iter_mut().enumerate() {
-                let p = ((*x - max) - log_sum).exp().f64();
-                let indicator = if j == target { 1.0 } else { 0.0 };
-                *x = F::of((p - indicator) * dloss);
-            }
-            row[v..].fill(F::zero());
-        }
+        simd(|| softmax_xent_row(row, loss, target, v, dloss));
     });
+}
+
+/// One row of [`cross_entropy`] with a target in 0..v: exp in the storage type (f32 for
+/// training: vectorised, [`Float::exp_fast`]) on differences from the row's maximum, sums in f64.
+/// A function of its own so the row is known not to alias anything (see `adamw::update`).
+#[inline(always)]
+fn softmax_xent_row<F: Float>(row: &mut [F], loss: &mut F, target: usize, v: usize, dloss: Option<F>) {
+    let max = max_of(&row[..v]);
+    let log_sum = sum_exp(&row[..v], max).ln();
+    *loss = F::of(max.f64() + log_sum - row[target].f64());
+    if let Some(dloss) = dloss {
+        let (shift, dloss) = (max + F::of(log_sum), F::of(dloss.f64()));
+        for x in row[..v].iter_mut() {
+            *x = (*x - shift).exp_fast() * dloss;
+        }
+        row[target] -= dloss;
+        row[v..].fill(F::zero());
+    }
 }

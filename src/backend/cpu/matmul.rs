@@ -5,6 +5,7 @@
 //! ever materialised. Its threads split the output, never the reduction, so results do not
 //! depend on scheduling.
 
+use super::vector::simd;
 use super::{Float, sum_row_chunks};
 use gemm::Parallelism;
 
@@ -122,9 +123,11 @@ pub fn matmul_backward<F: Float>(
     gemm_strided(&mut dw[..oc * c], true, (oc, c, n), dout, (1, oc), inp, (c, 1));
     if let Some(dbias) = dbias {
         let sums = sum_row_chunks(n, oc, |i, acc| {
-            for (a, &d) in acc.iter_mut().zip(&dout[i * oc..][..oc]) {
-                *a += d.f64();
-            }
+            simd(|| {
+                for (a, &d) in acc.iter_mut().zip(&dout[i * oc..][..oc]) {
+                    *a += d.f64();
+                }
+            })
         });
         for (g, s) in dbias[..oc].iter_mut().zip(sums) {
             *g += F::of(s);

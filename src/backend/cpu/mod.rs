@@ -14,6 +14,7 @@ pub mod gelu;
 pub mod layernorm;
 pub mod loss;
 pub mod matmul;
+pub mod vector;
 
 pub use adamw::{adamw, norm_squared};
 pub use attention::{attention_backward, attention_cached, attention_forward};
@@ -34,23 +35,37 @@ use std::ops::Range;
 pub trait Float: num_traits::Float + num_traits::NumAssign + Send + Sync + Default + Debug + 'static {
     fn of(x: f64) -> Self;
     fn f64(self) -> f64;
+    /// e^self: within 2 ulp and vectorisable for f32 ([`vector::exp_f32`]), libm's for f64.
+    fn exp_fast(self) -> Self;
 }
 
 impl Float for f32 {
+    #[inline(always)]
     fn of(x: f64) -> Self {
         x as f32
     }
+    #[inline(always)]
     fn f64(self) -> f64 {
         self as f64
+    }
+    #[inline(always)]
+    fn exp_fast(self) -> Self {
+        vector::exp_f32(self)
     }
 }
 
 impl Float for f64 {
+    #[inline(always)]
     fn of(x: f64) -> Self {
         x
     }
+    #[inline(always)]
     fn f64(self) -> f64 {
         self
+    }
+    #[inline(always)]
+    fn exp_fast(self) -> Self {
+        self.exp()
     }
 }
 
