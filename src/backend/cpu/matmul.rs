@@ -8,6 +8,7 @@
 use super::vector::simd;
 use super::{Float, sum_row_chunks};
 use gemm::Parallelism;
+use rayon::prelude::*;
 
 fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
     // Below ~1 MFLOP the thread hand-off costs more than it saves.
@@ -99,9 +100,9 @@ fn gemm_strided<F: Float>(
 pub fn matmul_forward<F: Float>(out: &mut [F], inp: &[F], w: &[F], bias: Option<&[F]>, n: usize, c: usize, oc: usize) {
     let out = &mut out[..n * oc];
     if let Some(bias) = bias {
-        for row in out.chunks_mut(oc) {
-            row.copy_from_slice(&bias[..oc]);
-        }
+        // The GEMM accumulates onto the bias, copied into every row (by every thread).
+        out.par_chunks_mut(oc * 64)
+            .for_each(|rows| rows.chunks_mut(oc).for_each(|row| row.copy_from_slice(&bias[..oc])));
     }
     gemm_strided(out, bias.is_some(), (n, oc, c), inp, (c, 1), w, (1, c));
 }
@@ -123,7 +124,7 @@ pub fn matmul_backward<F: Float>(
     gemm_strided(&mut dw[..oc * c], true, (oc, c, n), dout, (1, oc), inp, (c, 1));
     if let Some(dbias) = dbias {
         let sums = sum_row_chunks(n, oc, |i, acc| {
-            simd(|| {
+            simd(#[inline(always)] || {
                 for (a, &d) in acc.iter_mut().zip(&dout[i * oc..][..oc]) {
                     *a += d.f64();
                 }
