@@ -3,7 +3,8 @@
 same thread count, and prints the ratio.
 
     scripts/cpu_step_vs_torch.py [--gptk target/release/gptk] [--threads N] [--steps 12]
-                                 [--vocab bytes,gpt2] [--batch-size 8] [--seq-len 256] [--json]
+                                 [--repeats 1] [--vocab bytes,gpt2] [--batch-size 8] [--seq-len 256]
+                                 [--json]
 
 The model is the `tiny` preset (4 layers, 4 heads, 256 wide, context 256) with gptk's padded
 vocabulary (Vp = round_up(V + 5, 128): 384 for bytes, 50304 for GPT-2), tied embeddings,
@@ -12,7 +13,9 @@ tanh-GELU, and the softmax over the first V columns. A step is forward, backward
 (RAYON_NUM_THREADS for gptk, torch.set_num_threads for PyTorch); the time of a step is the median
 over --steps steps after two of warm-up. gptk's time per step is the `ms` its training loop
 reports (it includes the gradient-norm and AdamW passes; the loop's bookkeeping between steps is
-not counted, nor is PyTorch's).
+not counted, nor is PyTorch's). With --repeats R, the two sides take turns R times (gptk,
+PyTorch, gptk, ...) so that a slow spell of a shared machine falls on both; each side's time is
+then the median of its R medians, and the spread of the R per-turn ratios is printed beside it.
 
 Needs torch. Reported figures: docs/performance.md.
 """
@@ -137,6 +140,7 @@ def main():
     ap.add_argument("--gptk", default="target/release/gptk")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--repeats", type=int, default=1, help="turns each side takes, alternating")
     ap.add_argument("--vocab", default="bytes,gpt2")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=256)
@@ -146,20 +150,27 @@ def main():
     rows = []
     for name in args.vocab.split(","):
         v = VOCABS[name]
+        gs, ps = [], []
         with tempfile.TemporaryDirectory() as data:
             write_data(data, v, b * t * (args.steps + 4) + 1, seed=1)
-            g = gptk_step_ms(args.gptk, data, args.threads, args.steps, b, t)
-        p = torch_step_ms(v, args.threads, args.steps, b, t)
-        rows.append({"vocab": name, "threads": args.threads, "batch": b, "seq_len": t,
+            for _ in range(args.repeats):
+                gs.append(gptk_step_ms(args.gptk, data, args.threads, args.steps, b, t))
+                ps.append(torch_step_ms(v, args.threads, args.steps, b, t))
+        g, p = statistics.median(gs), statistics.median(ps)
+        ratios = sorted(pi / gi for gi, pi in zip(gs, ps))
+        rows.append({"vocab": name, "threads": args.threads, "batch": b, "seq_len": t, "repeats": args.repeats,
                      "gptk_ms": round(g, 1), "torch_ms": round(p, 1), "speedup": round(p / g, 3),
+                     "speedup_min": round(ratios[0], 3), "speedup_max": round(ratios[-1], 3),
                      "gptk_tokens_per_s": round(b * t / g * 1e3), "torch_tokens_per_s": round(b * t / p * 1e3)})
     if args.json:
         print(json.dumps(rows))
         return
-    print(f"CPU training step, tiny preset, B={b} T={t}, {args.threads} threads (torch {torch.__version__})")
-    print(f"{'vocab':<6} {'gptk ms':>9} {'torch ms':>9} {'gptk/torch speed':>17}")
+    print(f"CPU training step, tiny preset, B={b} T={t}, {args.threads} threads, {args.repeats} turn(s) each "
+          f"(torch {torch.__version__})")
+    print(f"{'vocab':<6} {'gptk ms':>9} {'torch ms':>9} {'gptk/torch speed':>17} {'per-turn range':>16}")
     for r in rows:
-        print(f"{r['vocab']:<6} {r['gptk_ms']:>9.1f} {r['torch_ms']:>9.1f} {r['speedup']:>16.2f}x")
+        print(f"{r['vocab']:<6} {r['gptk_ms']:>9.1f} {r['torch_ms']:>9.1f} {r['speedup']:>16.2f}x"
+              f" {r['speedup_min']:>7.2f}-{r['speedup_max']:.2f}x")
 
 
 if __name__ == "__main__":

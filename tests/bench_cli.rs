@@ -388,3 +388,27 @@ fn a_report_in_the_scripts_format_is_compared_case_by_case() {
     assert!(out.contains("PyTorch note: hand-made test fixture"), "{out}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn the_cpu_step_script_times_both_sides_in_turns() {
+    if !python_can("import torch, numpy") {
+        println!("note: no PyTorch here; scripts/cpu_step_vs_torch.py was not run");
+        return;
+    }
+    let o = Command::new("python3")
+        .arg(script("cpu_step_vs_torch.py"))
+        .args(["--gptk", env!("CARGO_BIN_EXE_gptk"), "--threads", "1", "--steps", "1", "--repeats", "2"])
+        .args(["--vocab", "bytes", "--batch-size", "2", "--seq-len", "16", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> = serde_json::from_str(stdout(&o).trim()).expect("one JSON list");
+    assert_eq!(rows.len(), 1);
+    let r = &rows[0];
+    assert_eq!((r["vocab"].as_str(), r["repeats"].as_u64(), r["seq_len"].as_u64()), (Some("bytes"), Some(2), Some(16)));
+    let num = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} missing in {r}"));
+    assert!(num("gptk_ms") > 0.0 && num("torch_ms") > 0.0, "{r}");
+    assert!(num("speedup_min") <= num("speedup_max"), "{r}");
+    let ratio = num("torch_ms") / num("gptk_ms");
+    assert!((ratio - num("speedup")).abs() < 0.01 * ratio, "{r}");
+}

@@ -32,7 +32,7 @@ pub fn adamw<F: Float>(params: &mut [F], grads: &[F], m: &mut [F], v: &mut [F], 
             let decaying = decay_end.saturating_sub(chunk * ELEMS_PER_TASK).min(p.len());
             let ((p0, p1), (g0, g1)) = (p.split_at_mut(decaying), g.split_at(decaying));
             let ((m0, m1), (v0, v1)) = (m.split_at_mut(decaying), v.split_at_mut(decaying));
-            simd(#[inline(always)] || {
+            simd!({
                 update(p0, g0, m0, v0, &k, k.wd);
                 update(p1, g1, m1, v1, &k, F::zero());
             });
@@ -68,6 +68,6 @@ fn update<F: Float>(p: &mut [F], g: &[F], m: &mut [F], v: &mut [F], k: &Constant
 
 /// Σ g² in f64, summed over fixed chunks in order (deterministic).
 pub fn norm_squared<F: Float>(g: &[F]) -> f64 {
-    let partial: Vec<f64> = g.par_chunks(ELEMS_PER_TASK).map(|c| simd(#[inline(always)] || sum_f64(c, |x| x.f64() * x.f64()))).collect();
+    let partial: Vec<f64> = g.par_chunks(ELEMS_PER_TASK).map(|c| simd!(sum_f64(c, |x| x.f64() * x.f64()))).collect();
     partial.iter().sum()
 }

@@ -84,7 +84,7 @@ fn probabilities<F: Float>(
             );
         }
     }
-    simd(#[inline(always)] || {
+    simd!({
         for i in 0..t {
             let n_keys = if causal { i + 1 } else { t };
             let (row, masked) = p[i * t..(i + 1) * t].split_at_mut(n_keys);
@@ -212,7 +212,7 @@ pub fn attention_backward<F: Float>(
                     );
                 }
             }
-            simd(#[inline(always)] || {
+            simd!({
                 for i in 0..t {
                     let (o, dy) = (&out[head + i * c..][..hs], &dout[head + i * c..][..hs]);
                     let delta = F::of(dot_f64(o, dy, F::f64));

@@ -23,7 +23,7 @@ fn tanh<F: Float>(u: F) -> F {
 pub fn gelu_forward<F: Float>(out: &mut [F], inp: &[F]) {
     out.par_chunks_mut(ELEMS_PER_TASK).zip(inp.par_chunks(ELEMS_PER_TASK)).for_each(|(o, x)| {
         let (k, cubic, half, one) = (F::of(SQRT_2_OVER_PI), F::of(GELU_CUBIC), F::of(0.5), F::one());
-        simd(#[inline(always)] || {
+        simd!({
             for (o, &x) in o.iter_mut().zip(x) {
                 let u = k * (x + cubic * x * x * x);
                 *o = half * x * (one + tanh(u));
@@ -36,7 +36,7 @@ pub fn gelu_forward<F: Float>(out: &mut [F], inp: &[F]) {
 pub fn gelu_backward<F: Float>(d: &mut [F], inp: &[F]) {
     d.par_chunks_mut(ELEMS_PER_TASK).zip(inp.par_chunks(ELEMS_PER_TASK)).for_each(|(d, x)| {
         let (k, cubic, half, one, three) = (F::of(SQRT_2_OVER_PI), F::of(GELU_CUBIC), F::of(0.5), F::one(), F::of(3.0));
-        simd(#[inline(always)] || {
+        simd!({
             for (d, &x) in d.iter_mut().zip(x) {
                 let th = tanh(k * (x + cubic * x * x * x));
                 let du = k * (one + three * cubic * x * x);
@@ -50,7 +50,7 @@ pub fn gelu_backward<F: Float>(d: &mut [F], inp: &[F]) {
 pub fn residual_forward<F: Float>(out: &mut [F], a: &[F], b: &[F]) {
     out.par_chunks_mut(ELEMS_PER_TASK).zip(a.par_chunks(ELEMS_PER_TASK).zip(b.par_chunks(ELEMS_PER_TASK))).for_each(
         |(o, (a, b))| {
-            simd(#[inline(always)] || {
+            simd!({
                 for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
                     *o = a + b;
                 }

@@ -19,7 +19,7 @@ pub fn layernorm_forward<F: Float>(
 ) {
     out[..n * c].par_chunks_mut(c).zip(mean[..n].par_iter_mut().zip(rstd[..n].par_iter_mut())).enumerate().for_each(
         |(i, (row, (m_out, s_out)))| {
-            simd(#[inline(always)] || {
+            simd!({
                 let x = &inp[i * c..][..c];
                 let m = sum_f64(x, F::f64) / c as f64;
                 let var = sum_f64(x, |v| (v.f64() - m) * (v.f64() - m)) / c as f64;
@@ -49,7 +49,7 @@ pub fn layernorm_backward<F: Float>(
     c: usize,
 ) {
     dinp[..n * c].par_chunks_mut(c).enumerate().for_each(|(i, drow)| {
-        simd(#[inline(always)] || {
+        simd!({
             let (x, dy) = (&inp[i * c..][..c], &dout[i * c..][..c]);
             let (m, s) = (mean[i].f64(), rstd[i].f64());
             let (w, c64) = (&w[..c], c as f64);
@@ -64,7 +64,7 @@ pub fn layernorm_backward<F: Float>(
     });
     // dw and db: [dw | db] partial sums over fixed row chunks, added in order.
     let sums = sum_row_chunks(n, 2 * c, |i, acc| {
-        simd(#[inline(always)] || {
+        simd!({
             let (x, dy) = (&inp[i * c..][..c], &dout[i * c..][..c]);
             let (m, s) = (mean[i].f64(), rstd[i].f64());
             let (dw, db) = acc.split_at_mut(c);

@@ -30,7 +30,7 @@ pub fn cross_entropy<F: Float>(
         }
         let target = target as usize;
         assert!(target < v, "target {target} outside the vocabulary of {v}");
-        simd(#[inline(always)] || softmax_xent_row(row, loss, target, v, dloss));
+        simd!(softmax_xent_row(row, loss, target, v, dloss));
     });
 }
 

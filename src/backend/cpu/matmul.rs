@@ -124,7 +124,7 @@ pub fn matmul_backward<F: Float>(
     gemm_strided(&mut dw[..oc * c], true, (oc, c, n), dout, (1, oc), inp, (c, 1));
     if let Some(dbias) = dbias {
         let sums = sum_row_chunks(n, oc, |i, acc| {
-            simd(#[inline(always)] || {
+            simd!({
                 for (a, &d) in acc.iter_mut().zip(&dout[i * oc..][..oc]) {
                     *a += d.f64();
                 }

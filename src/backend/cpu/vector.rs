@@ -9,11 +9,11 @@
 
 use super::Float;
 
-/// Runs `f` compiled for AVX2 and FMA when the CPU has them (x86-64), else as it is. `f` should
-/// be the loop itself (its callees inlined), called inside each rayon task: target features do
-/// not cross function boundaries that are not inlined.
+/// Runs `f` compiled for AVX2 and FMA when the CPU has them (x86-64), else as it is. Called
+/// through [`simd!`], which makes `f` an always-inlined closure: target features reach only code
+/// inlined into `with_simd`, and LLVM declines to inline a closure with a large loop on its own.
 #[inline(always)]
-pub fn simd<R>(f: impl FnOnce() -> R) -> R {
+pub fn with_simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx2,fma")]
@@ -27,6 +27,18 @@ pub fn simd<R>(f: impl FnOnce() -> R) -> R {
     }
     f()
 }
+
+/// `simd!(expr)`: evaluates `expr` (a loop, or a block of them, with its callees inlined) in code
+/// compiled for AVX2 + FMA where the CPU has them ([`with_simd`]). Use it inside each rayon task.
+macro_rules! simd {
+    ($body:expr) => {
+        $crate::backend::cpu::vector::with_simd(
+            #[inline(always)]
+            || $body,
+        )
+    };
+}
+pub(crate) use simd;
 
 /// Below this, e^x is flushed to 0 (e^-86.6 ≈ 2.4e-38, the edge of f32's normal range).
 const EXP_LO: f32 = -86.6;
@@ -184,7 +196,7 @@ mod tests {
     fn the_dispatcher_gives_the_same_bits_as_the_plain_loop() {
         let xs: Vec<f32> = (0..10_000).map(|i| (i as f32 - 5000.0) * 0.0173).collect();
         let plain: Vec<u32> = xs.iter().map(|&x| exp_f32(x).to_bits()).collect();
-        let vector: Vec<u32> = simd(#[inline(always)] || xs.iter().map(|&x| exp_f32(x).to_bits()).collect());
+        let vector: Vec<u32> = simd!(xs.iter().map(|&x| exp_f32(x).to_bits()).collect());
         assert_eq!(plain, vector);
     }
 
