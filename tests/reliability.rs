@@ -377,6 +377,29 @@ fn loss_spikes_are_logged() {
 }
 
 #[test]
+fn the_avx2_loops_give_bitwise_the_same_training_as_the_baseline_code() {
+    if !gptk::backend::cpu::vector::simd_enabled() {
+        println!("note: this CPU has no AVX2 + FMA; there is no second code path to compare");
+        return;
+    }
+    let dir = temp_dir("simd");
+    dataset(&dir);
+    let run = |out: &str, simd: &str| {
+        let output = gptk_command(&train_args(out, &["--objective", "clm+mlm", "--json"]), &dir)
+            .env("GPTK_CPU_SIMD", simd)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let params = gptk::checkpoint::load(&dir.join(out).join("step_000006")).unwrap().params;
+        (step_losses(&output), params)
+    };
+    let (avx2, baseline) = (run("avx2", "1"), run("baseline", "0"));
+    assert_eq!(avx2.0.len(), 6);
+    assert_eq!(avx2.0, baseline.0, "training losses with and without the AVX2 loops");
+    assert!(avx2.1 == baseline.1, "final parameters differ with and without the AVX2 loops");
+}
+
+#[test]
 fn same_seed_and_command_give_bitwise_the_same_losses_on_any_thread_count() {
     let dir = temp_dir("determinism");
     dataset(&dir);

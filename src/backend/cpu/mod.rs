@@ -265,7 +265,8 @@ impl<F: Float> CpuBackend<F> {
 
 impl<F: Float> Backend for CpuBackend<F> {
     fn describe(&self) -> String {
-        format!("cpu ({} threads, {})", rayon::current_num_threads(), std::any::type_name::<F>())
+        let simd = if vector::simd_enabled() { ", AVX2" } else { "" };
+        format!("cpu ({} threads, {}{simd})", rayon::current_num_threads(), std::any::type_name::<F>())
     }
 
     fn precision(&self) -> Precision {

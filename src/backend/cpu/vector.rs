@@ -9,9 +9,28 @@
 
 use super::Float;
 
-/// Runs `f` compiled for AVX2 and FMA when the CPU has them (x86-64), else as it is. Called
-/// through [`simd!`], which makes `f` an always-inlined closure: target features reach only code
-/// inlined into `with_simd`, and LLVM declines to inline a closure with a large loop on its own.
+/// Whether [`with_simd`] uses the AVX2 + FMA code: the CPU has both and `GPTK_CPU_SIMD` is not
+/// `0` (which forces the baseline code, to compare the two or to rule the dispatch out).
+pub fn simd_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        let detected = {
+            #[cfg(target_arch = "x86_64")]
+            {
+                std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                false
+            }
+        };
+        detected && std::env::var("GPTK_CPU_SIMD").map_or(true, |v| v != "0")
+    })
+}
+
+/// Runs `f` compiled for AVX2 and FMA when [`simd_enabled`], else as it is. Called through
+/// [`simd!`], which makes `f` an always-inlined closure: target features reach only code inlined
+/// into `with_simd`, and LLVM declines to inline a closure with a large loop on its own.
 #[inline(always)]
 pub fn with_simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
@@ -20,8 +39,8 @@ pub fn with_simd<R>(f: impl FnOnce() -> R) -> R {
         fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
             f()
         }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the features `with_avx2` is compiled for were detected on this CPU.
+        if simd_enabled() {
+            // SAFETY: `simd_enabled` detected the features `with_avx2` is compiled for.
             return unsafe { with_avx2(f) };
         }
     }
