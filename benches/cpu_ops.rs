@@ -48,7 +48,8 @@ struct Bench {
 }
 
 impl Bench {
-    /// Times `f` (median of the runs) and prints one line, if `name` passes the filter.
+    /// Times `f` (median of the runs, the fastest run beside it: on a shared machine the minimum
+    /// moves less) and prints one line, if `name` passes the filter.
     fn run(&mut self, name: &str, shape: &str, work: Work, mut f: impl FnMut()) {
         if !self.filter.is_empty() && !self.filter.iter().any(|w| name.contains(w.as_str())) {
             return;
@@ -67,7 +68,12 @@ impl Bench {
             Work::Flops(x) => format!("{:8.1} GFLOP/s", x / median / 1e9),
             Work::Bytes(x) => format!("{:8.1} GB/s   ", x / median / 1e9),
         };
-        println!("{name:<16} {shape:<34} {:>9.3} ms  {rate}  ({} runs)", median * 1e3, times.len());
+        println!(
+            "{name:<16} {shape:<34} {:>9.3} ms  {rate}  (min {:.3} ms, {} runs)",
+            median * 1e3,
+            times[0] * 1e3,
+            times.len()
+        );
         self.ran += 1;
     }
 }
