@@ -3,7 +3,9 @@
 // Forward: one warp per row. Three passes over the row (mean, variance about the mean, output),
 // each lane striding by 32·VN channels; the row is at most a few KB, so passes two and three hit
 // L1. Two-pass variance avoids the cancellation of E[x²] − E[x]². out (N,C) is overwritten;
-// mean and rstd (N) are written as f32 statistics.
+// mean and rstd (N) are written as f32 statistics. residual_layernorm_forward first writes the
+// residual sum of two rows (res = x + y) and normalises that: the schedule's residual adds fused
+// with the layernorm that follows each.
 //
 // Backward, deterministic without atomics, in three launches:
 // 1. dinp (N,C) += (w·dy − mean(w·dy) − norm·mean(w·dy·norm))·rstd: one warp per row.
@@ -64,6 +66,39 @@ __device__ __forceinline__ void layernorm_forward(T* out, float* mean, float* rs
         layernorm_forward_row<T, Vec<T>::N>(out, mean, rstd, inp, w, b, C, eps, row);
     } else {
         layernorm_forward_row<T, 1>(out, mean, rstd, inp, w, b, C, eps, row);
+    }
+}
+
+// Fused residual add and layernorm forward (each residual add of the schedule feeds a layernorm):
+// res (N,C) = x + y, rounded to T and stored, then the layernorm of the stored row exactly as
+// layernorm_forward computes it. Each lane reads back only the elements it wrote (the same
+// lane-to-channel mapping in both loops), so no barrier is needed and the result has the same bits
+// as residual_forward followed by layernorm_forward, with one launch and one read of the row fewer.
+template <typename T, int VN>
+__device__ __forceinline__ void residual_row(T* res, const T* x, const T* y, int C) {
+    for (int c = lane_id() * VN; c < C; c += WARP_SIZE * VN) {
+        float xv[VN], yv[VN];
+        load_vec<T, VN>(x + c, xv);
+        load_vec<T, VN>(y + c, yv);
+#pragma unroll
+        for (int k = 0; k < VN; k++) xv[k] += yv[k];
+        store_vec<T, VN>(res + c, xv);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void residual_layernorm_forward(T* res, T* out, float* mean, float* rstd, const T* x,
+                                                           const T* y, const T* w, const T* b, int N, int C, float eps,
+                                                           int vec) {
+    const long long row = global_warp();
+    if (row >= N) return;
+    const long long at = row * C;
+    if (vec) {
+        residual_row<T, Vec<T>::N>(res + at, x + at, y + at, C);
+        layernorm_forward_row<T, Vec<T>::N>(out, mean, rstd, res, w, b, C, eps, row);
+    } else {
+        residual_row<T, 1>(res + at, x + at, y + at, C);
+        layernorm_forward_row<T, 1>(out, mean, rstd, res, w, b, C, eps, row);
     }
 }
 
@@ -142,6 +177,11 @@ __device__ __forceinline__ void layernorm_backward_partials(float* partials, con
 #define LN_FWD_PARAMS(T) \
     (T * out, float* mean, float* rstd, const T* inp, const T* w, const T* b, int N, int C, float eps, int vec)
 GPTK_ENTRY_POINTS(layernorm_forward, LAYERNORM_BLOCK, LN_FWD_PARAMS, (out, mean, rstd, inp, w, b, N, C, eps, vec))
+#define RES_LN_FWD_PARAMS(T)                                                                                    \
+    (T * res, T * out, float* mean, float* rstd, const T* x, const T* y, const T* w, const T* b, int N, int C, float eps, \
+     int vec)
+GPTK_ENTRY_POINTS(residual_layernorm_forward, LAYERNORM_BLOCK, RES_LN_FWD_PARAMS,
+                  (res, out, mean, rstd, x, y, w, b, N, C, eps, vec))
 #define LN_DINP_PARAMS(T) \
     (T * dinp, const T* dout, const T* inp, const T* w, const float* mean, const float* rstd, int N, int C, int vec)
 GPTK_ENTRY_POINTS(layernorm_backward_dinp, LAYERNORM_BLOCK, LN_DINP_PARAMS,

@@ -17,6 +17,8 @@ C=768, NH=12, V=50257, Vp=50304, N = B·T:
   (B, Tmax, 2C) cache laid out like gptk's, then SDPA of the one query over it (PyTorch picks the backend);
 - gelu: F.gelu(approximate="tanh"); backward aten.gelu_backward;
 - residual: torch.add(a, b, out=out);
+- residual_layernorm: torch.add(x, y, out=res), then F.layer_norm(res) (two kernels in eager;
+  gptk runs one);
 - cross_entropy: F.cross_entropy on (rows, Vp) bf16 logits, the loss alone and the loss with
   torch.autograd.grad of the logits (PyTorch has no fused in-place kernel: it writes a fresh
   dlogits), over one classifier chunk and over all N rows;
@@ -66,7 +68,7 @@ BYTES_BF16, BYTES_F32, BYTES_ID = 2, 4, 4
 ADAMW_BYTES_PER_PARAM = 3 * BYTES_F32 + BYTES_BF16 + 3 * BYTES_F32 + BYTES_BF16
 STEP_WARMUP = 3
 LAYERNORM_EPS = 1e-5
-FAMILIES = ["encoder", "layernorm", "matmul", "attention", "attention_cached", "gelu", "residual", "cross_entropy", "adamw",
+FAMILIES = ["encoder", "layernorm", "matmul", "attention", "attention_cached", "gelu", "residual", "residual_layernorm", "cross_entropy", "adamw",
             "grad_norm", "step"]
 
 
@@ -181,6 +183,9 @@ def cases(s):
         out.append(Case("gelu", f"N={N} C={4 * C}{suffix}", [("fwd", "bytes", 2 * e * sz), ("bwd", "bytes", 3 * e * sz)],
                         setup_gelu, e=e, dtype=dtype))
     out.append(Case("residual", f"N={N} C={C}", [("fwd", "bytes", 3 * N * C * s16)], setup_residual, e=N * C))
+    out.append(Case("residual_layernorm", f"N={N} C={C}",
+                    [("fwd", "bytes", 4 * N * C * s16 + 2 * C * s16 + 2 * N * BYTES_F32)],
+                    setup_residual_layernorm, n=N, c=C))
     for n in (s.chunk, N):
         loss_only = n * V * s16 + n * (BYTES_ID + BYTES_F32)
         out.append(Case("cross_entropy", f"N={n} V={V} Vp={Vp}",
@@ -402,6 +407,22 @@ def setup_residual(bench, F, s, case):
     def fwd(i):
         a, b, out = xs[i % k]
         return torch.add(a, b, out=out)
+
+    return {"fwd": fwd}
+
+
+def setup_residual_layernorm(bench, F, s, case):
+    torch = bench.torch
+    n, c = case.shape["n"], case.shape["c"]
+    k = bench.copies(4 * n * c * BYTES_BF16)
+    xs = [(bench.randn(n, c), bench.randn(n, c), torch.empty(n, c, dtype=torch.bfloat16, device=bench.device))
+          for _ in range(k)]
+    w, b = bench.randn(c) * 0.2 + 1.0, bench.randn(c) * 0.2
+
+    def fwd(i):
+        x, y, res = xs[i % k]
+        torch.add(x, y, out=res)
+        return F.layer_norm(res, (c,), w, b, LAYERNORM_EPS)
 
     return {"fwd": fwd}
 

@@ -1079,6 +1079,82 @@ impl Case for ResidualCase {
     }
 }
 
+// ---- residual + layernorm -----------------------------------------------------------------------
+
+#[derive(Clone, Copy)]
+struct ResidualLayernormTensors {
+    x: Tensor,
+    y: Tensor,
+    w: Tensor,
+    bias: Tensor,
+    res: Tensor,
+    out: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+}
+
+/// The fused residual add and layernorm of the schedule: res = x + y, out = layernorm(res).
+pub struct ResidualLayernormCase {
+    pub n: usize,
+    pub c: usize,
+    copies: Vec<ResidualLayernormTensors>,
+}
+
+impl ResidualLayernormCase {
+    pub fn new(n: usize, c: usize) -> Self {
+        ResidualLayernormCase { n, c, copies: Vec::new() }
+    }
+}
+
+impl Case for ResidualLayernormCase {
+    fn op(&self) -> &'static str {
+        "residual_layernorm"
+    }
+
+    fn name(&self) -> String {
+        format!("N={} C={}", self.n, self.c)
+    }
+
+    fn passes(&self) -> Vec<(&'static str, Work)> {
+        // x, y, w, b read; res, out and the f32 mean and rstd written.
+        let (n, c, s) = (self.n, self.c, BYTES_PER_BF16 as f64);
+        let bytes = 4.0 * nc(n, c) * s + 2.0 * c as f64 * s + (2 * n * BYTES_PER_F32) as f64;
+        vec![("fwd", Work::Bytes(bytes))]
+    }
+
+    fn bytes_per_copy(&self) -> usize {
+        (4 * self.n * self.c + 2 * self.c) * BYTES_PER_BF16 + 2 * self.n * BYTES_PER_F32
+    }
+
+    fn layout(&mut self, copies: usize) -> (ArenaSizes, ScratchSizes) {
+        let (n, c) = (self.n, self.c);
+        let mut spans = Spans::default();
+        self.copies = (0..copies)
+            .map(|_| ResidualLayernormTensors {
+                x: spans.take(Arena::Acts, n * c),
+                y: spans.take(Arena::Acts, n * c),
+                w: spans.take(Arena::Acts, c),
+                bias: spans.take(Arena::Acts, c),
+                res: spans.take(Arena::Acts, n * c),
+                out: spans.take(Arena::Acts, n * c),
+                mean: spans.take(Arena::Stats, n),
+                rstd: spans.take(Arena::Stats, n),
+            })
+            .collect();
+        (spans.sizes(), ScratchSizes::default())
+    }
+
+    fn prepare(&mut self, gpu: &mut CudaBackend, rng: &mut Rng) -> Result<(), BackendError> {
+        let c = &self.copies;
+        fill_replicas(gpu, rng, c.len(), |k| [c[k].x, c[k].y, c[k].w, c[k].bias], [1.0, 1.0, 0.2, 0.2])
+    }
+
+    fn run(&self, gpu: &mut CudaBackend, _pass: usize, copy: usize) -> Result<(), BackendError> {
+        let x = self.copies[copy];
+        gpu.residual_layernorm_forward(x.res, x.out, x.mean, x.rstd, (x.x, x.y), x.w, x.bias, self.n, self.c)
+    }
+}
+
 // ---- cross-entropy ------------------------------------------------------------------------------
 
 #[derive(Clone, Copy)]
@@ -1330,6 +1406,7 @@ pub fn cases() -> Vec<Box<dyn Case>> {
         v.push(Box::new(GeluCase::new(N, 4 * C, p)));
     }
     v.push(Box::new(ResidualCase::new(N, C)));
+    v.push(Box::new(ResidualLayernormCase::new(N, C)));
     v.push(Box::new(CrossEntropyCase::new(classifier_chunk_rows(), V, VP)));
     v.push(Box::new(CrossEntropyCase::new(N, V, VP)));
     v.push(Box::new(AdamwCase::new(STEP_MODEL)));

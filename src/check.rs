@@ -60,6 +60,7 @@ pub const OPS: &[&str] = &[
     "encoder_backward",
     "layernorm_forward",
     "layernorm_backward",
+    "residual_layernorm_forward",
     "matmul_forward",
     "matmul_backward",
     "attention_forward",
@@ -349,6 +350,7 @@ impl Ctx {
             "encoder_backward" => self.encoder(true),
             "layernorm_forward" => self.layernorm(false),
             "layernorm_backward" => self.layernorm(true),
+            "residual_layernorm_forward" => self.residual_layernorm(),
             "matmul_forward" => self.matmul(false),
             "matmul_backward" => self.matmul(true),
             "attention_forward" => self.attention(false),
@@ -446,6 +448,44 @@ impl Ctx {
                 rows.push(p.compare(op, &case, "out", out)?);
                 rows.push(p.compare(op, &case, "mean", mean)?);
                 rows.push(p.compare(op, &case, "rstd", rstd)?);
+            }
+        }
+        Ok(rows)
+    }
+
+    /// The fused residual add and layernorm: the sum and the layernorm of it, both compared.
+    fn residual_layernorm(&self) -> Rows {
+        let op = "residual_layernorm_forward";
+        let mut rows = Vec::new();
+        for (i, &(n, c, skew)) in [(1, 1, 0), (5, 8, 0), (7, 13, 1), (64, 768, 0), (33, 1600, 3)].iter().enumerate() {
+            let case = format!("N={n} C={c}{}", if skew > 0 { " unaligned" } else { "" });
+            let mut plan = Plan::default();
+            let (w, bias) = (plan.take(Arena::Params, c), plan.take(Arena::Params, c));
+            let x = plan.take_skewed(Arena::Acts, n * c, skew);
+            let y = plan.take(Arena::Acts, n * c);
+            let (res, out) = (plan.take(Arena::Acts, n * c), plan.take(Arena::Acts, n * c));
+            let (mean, rstd) = (plan.take(Arena::Stats, n), plan.take(Arena::Stats, n));
+            let mut p = self.pair(&plan, 150 + i as u64)?;
+            let shifted: Vec<f32> = p.randn(n * c, 1.0).iter().map(|v| v + 0.5).collect();
+            p.set(x, shifted)?;
+            p.fill(y, 0.5)?;
+            let ones: Vec<f32> = p.randn(c, 0.2).iter().map(|v| v + 1.0).collect();
+            p.set(w, ones)?;
+            p.fill(bias, 0.2)?;
+            for t in [res, out, mean, rstd] {
+                p.poison(t)?;
+            }
+            // The reference normalises the sum as the GPU stores it (rounded to bf16 in bf16
+            // mode), so that the statistics can be held to f32 tolerances.
+            p.cpu.residual_forward(res, x, y)?;
+            if p.precision == Precision::Bf16 {
+                let stored: Vec<f32> = p.cpu.download(res)?.into_iter().map(round_bf16).collect();
+                p.cpu.upload(res, &stored)?;
+            }
+            p.cpu.layernorm_forward(out, mean, rstd, res, w, bias, n, c)?;
+            p.gpu.residual_layernorm_forward(res, out, mean, rstd, (x, y), w, bias, n, c)?;
+            for (name, t) in [("res", res), ("out", out), ("mean", mean), ("rstd", rstd)] {
+                rows.push(p.compare(op, &case, name, t)?);
             }
         }
         Ok(rows)

@@ -517,6 +517,47 @@ def check_adamw(dt):
             R.failed.append(f"adamw shard {name} [{dt}]")
 
 
+def check_residual_layernorm(dt):
+    """res = x + y, then the layernorm of the stored res: against float64, and bitwise against the
+    two separate launches it replaces."""
+    for N, C, skew in [(1, 1, 0), (5, 8, 0), (7, 13, 1), (9, 64, 0), (300, 24, 0)]:
+        tag = f"[{dt} N={N} C={C} skew={skew}]"
+        x, x64 = rnd((N, C), dt, 1.0, 0.5)
+        _, x = skewed(x, skew)
+        x = x.view(N, C)
+        y, y64 = rnd((N, C), dt, 0.5)
+        w, w64 = rnd(C, dt, 0.2, 1.0)
+        b, b64 = rnd(C, dt, 0.2)
+        res = torch.full((N, C), float("nan"), dtype=DTYPE[dt])
+        out = torch.full((N, C), float("nan"), dtype=DTYPE[dt])
+        mean = torch.full((N,), float("nan"), dtype=torch.float32)
+        rstd = torch.full((N,), float("nan"), dtype=torch.float32)
+        vec = vec_ok(dt, [res, out, x, y, w, b], [C])
+        launch("residual_layernorm_forward", dt, blocks(N, ROWS_PER_BLOCK), 256, P(res), P(out), P(mean), P(rstd),
+               P(x), P(y), P(w), P(b), I(N), I(C), F(LAYERNORM_EPS), I(vec))
+        R.compare(f"residual_layernorm_forward res {tag} vec={vec}", res, x64 + y64, dt)
+        r64 = res.double()  # the layernorm normalises the stored (rounded) residual
+        m = r64.mean(1)
+        s = 1.0 / torch.sqrt(((r64 - m[:, None]) ** 2).mean(1) + LAYERNORM_EPS)
+        R.compare(f"residual_layernorm_forward out {tag} vec={vec}", out, (r64 - m[:, None]) * s[:, None] * w64 + b64, dt)
+        R.compare(f"residual_layernorm_forward mean {tag}", mean, m, "f32")
+        R.compare(f"residual_layernorm_forward rstd {tag}", rstd, s, "f32")
+        # The same bits as residual_forward then layernorm_forward.
+        res2 = torch.full((N, C), float("nan"), dtype=DTYPE[dt])
+        out2 = torch.full((N, C), float("nan"), dtype=DTYPE[dt])
+        mean2 = torch.full((N,), float("nan"), dtype=torch.float32)
+        rstd2 = torch.full((N,), float("nan"), dtype=torch.float32)
+        evec = vec_ok(dt, [res2, x, y], [N * C])
+        n = N * C
+        per_block = 256 * (VEC[dt] if evec else 1)
+        launch("residual_forward", dt, max(1, -(-n // per_block)), 256, P(res2), P(x), P(y), L(n), I(evec))
+        lvec = vec_ok(dt, [out2, res2, w, b], [C])
+        launch("layernorm_forward", dt, blocks(N, ROWS_PER_BLOCK), 256,
+               P(out2), P(mean2), P(rstd2), P(res2), P(w), P(b), I(N), I(C), F(LAYERNORM_EPS), I(lvec))
+        for name, got, want in [("res", res, res2), ("out", out, out2), ("mean", mean, mean2), ("rstd", rstd, rstd2)]:
+            R.compare(f"residual_layernorm_forward {name} {tag} = two launches", got, want.double(), dt, k=1e-30)
+
+
 def check_sum_squares(dt):
     for n in [64, 1000 * 64, 100_000]:
         x, x64 = rnd(n, dt, 0.1)
@@ -532,6 +573,7 @@ CHECKS = {
     "elementwise": check_elementwise,
     "encoder": check_encoder,
     "layernorm": check_layernorm,
+    "residual_layernorm": check_residual_layernorm,
     "matmul": check_matmul_helpers,
     "attention": check_attention,
     "attention_cached": check_attention_cached,

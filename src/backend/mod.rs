@@ -116,6 +116,25 @@ pub trait Backend {
         n: usize,
         c: usize,
     ) -> Result<()>;
+    /// res (N,C) = x + y, then out = layernorm(res) as `layernorm_forward` (the residual add that
+    /// feeds each layernorm). The same values as the two ops; a backend may fuse them (the CUDA
+    /// one does: one launch, one read of the row fewer).
+    #[allow(clippy::too_many_arguments)]
+    fn residual_layernorm_forward(
+        &mut self,
+        res: Tensor,
+        out: Tensor,
+        mean: Tensor,
+        rstd: Tensor,
+        (x, y): (Tensor, Tensor),
+        w: Tensor,
+        bias: Tensor,
+        n: usize,
+        c: usize,
+    ) -> Result<()> {
+        self.residual_forward(res, x, y)?;
+        self.layernorm_forward(out, mean, rstd, res, w, bias, n, c)
+    }
     /// dinp (N,C) +=, dw (C) +=, db (C) +=.
     #[allow(clippy::too_many_arguments)]
     fn layernorm_backward(

@@ -37,9 +37,13 @@ pub fn forward<K: Backend>(
         Attention::Cached { pos } => p.wpe.slice(pos * c, c),
     };
     k.encoder_forward(a.encoded, a.tokens, p.wte, wpe, b, t, c)?;
+    // Every residual add is fused with the layernorm that reads its sum: the first layernorm of
+    // layer 0 alone reads the embedding; the others are done by the add before them.
+    if let (Some(lp), Some(la)) = (p.layers.first(), a.layers.first()) {
+        k.layernorm_forward(la.ln1, la.ln1_mean, la.ln1_rstd, a.encoded, lp.ln1_w, lp.ln1_b, n, c)?;
+    }
     for (l, (lp, la)) in p.layers.iter().zip(&a.layers).enumerate() {
         let residual = a.residual_in(l);
-        k.layernorm_forward(la.ln1, la.ln1_mean, la.ln1_rstd, residual, lp.ln1_w, lp.ln1_b, n, c)?;
         k.matmul_forward(la.qkv, la.ln1, lp.qkv_w, Some(lp.qkv_b), n, c, 3 * c)?;
         match attn {
             Attention::Full { causal } => k.attention_forward(la.atty, la.att_lse, la.qkv, b, t, nh, hs, causal)?,
@@ -48,15 +52,32 @@ pub fn forward<K: Backend>(
             }
         }
         k.matmul_forward(la.attproj, la.atty, lp.attproj_w, Some(lp.attproj_b), n, c, c)?;
-        k.residual_forward(la.residual2, residual, la.attproj)?;
-        k.layernorm_forward(la.ln2, la.ln2_mean, la.ln2_rstd, la.residual2, lp.ln2_w, lp.ln2_b, n, c)?;
+        let (ln2, mean2, rstd2) = (la.ln2, la.ln2_mean, la.ln2_rstd);
+        k.residual_layernorm_forward(
+            la.residual2,
+            ln2,
+            mean2,
+            rstd2,
+            (residual, la.attproj),
+            lp.ln2_w,
+            lp.ln2_b,
+            n,
+            c,
+        )?;
         k.matmul_forward(la.fch, la.ln2, lp.fc_w, Some(lp.fc_b), n, c, 4 * c)?;
         k.gelu_forward(la.fch_gelu, la.fch)?;
         k.matmul_forward(la.fcproj, la.fch_gelu, lp.fcproj_w, Some(lp.fcproj_b), n, 4 * c, c)?;
-        k.residual_forward(la.residual3, la.residual2, la.fcproj)?;
+        // The next layernorm: the next layer's first, or the final one.
+        let ((out, mean, rstd), (w, bias)) = match (p.layers.get(l + 1), a.layers.get(l + 1)) {
+            (Some(np), Some(na)) => ((na.ln1, na.ln1_mean, na.ln1_rstd), (np.ln1_w, np.ln1_b)),
+            _ => ((a.lnf, a.lnf_mean, a.lnf_rstd), (p.lnf_w, p.lnf_b)),
+        };
+        k.residual_layernorm_forward(la.residual3, out, mean, rstd, (la.residual2, la.fcproj), w, bias, n, c)?;
     }
-    let last = a.residual_in(cfg.n_layer);
-    k.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, last, p.lnf_w, p.lnf_b, n, c)
+    if p.layers.is_empty() {
+        k.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, a.encoded, p.lnf_w, p.lnf_b, n, c)?;
+    }
+    Ok(())
 }
 
 /// The tied classifier and fused loss, `a.chunk` rows at a time: per-token losses into

@@ -59,6 +59,7 @@ pub const KERNELS: &[(&str, &str)] = &[
     ("encoder_backward_wpe", "encoder.cu"),
     ("encoder_backward_wte", "encoder.cu"),
     ("layernorm_forward", "layernorm.cu"),
+    ("residual_layernorm_forward", "layernorm.cu"),
     ("layernorm_backward_dinp", "layernorm.cu"),
     ("layernorm_backward_partials", "layernorm.cu"),
     ("attention_forward", "attention.cu"),

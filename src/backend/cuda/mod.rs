@@ -661,6 +661,43 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
+    fn residual_layernorm_forward(
+        &mut self,
+        res: Tensor,
+        out: Tensor,
+        mean: Tensor,
+        rstd: Tensor,
+        (x, y): (Tensor, Tensor),
+        w: Tensor,
+        bias: Tensor,
+        n: usize,
+        c: usize,
+    ) -> Result<()> {
+        Self::expect_arena(mean, &[Arena::Stats], "layernorm mean")?;
+        Self::expect_arena(rstd, &[Arena::Stats], "layernorm rstd")?;
+        let res_p = self.ptr_n(res, n * c, "residual output")?;
+        let out_p = self.ptr_n(out, n * c, "layernorm output")?;
+        let (x_p, y_p) = (self.ptr_n(x, n * c, "residual input")?, self.ptr_n(y, n * c, "residual input")?);
+        let (mean_p, rstd_p) = (self.ptr_n(mean, n, "mean")?, self.ptr_n(rstd, n, "rstd")?);
+        let (w_p, b_p) = (self.ptr_n(w, c, "layernorm weight")?, self.ptr_n(bias, c, "layernorm bias")?);
+        let vec = self.vec_flag(&[res_p, out_p, x_p, y_p, w_p, b_p], &[c]);
+        let (n_i, c_i, eps) = (to_i32(n, "N")?, to_i32(c, "C")?, LAYERNORM_EPS);
+        let f = self.functions.get("residual_layernorm_forward");
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&res_p).arg(&out_p).arg(&mean_p).arg(&rstd_p).arg(&x_p).arg(&y_p);
+        l.arg(&w_p).arg(&b_p).arg(&n_i).arg(&c_i).arg(&eps).arg(&vec);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks_for(n, ROWS_PER_BLOCK as u32, "layernorm rows")?, 1, 1),
+            block_dim: (LAYERNORM_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: residual_layernorm_forward_T(T* res, T* out, float* mean, float* rstd, const T*
+        // x, const T* y, const T* w, const T* b, int N, int C, float eps, int vec): res, out, x and
+        // y hold N·C, mean and rstd N (f32 stats), w and b C elements (all checked).
+        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("residual_layernorm_forward", e))?;
+        Ok(())
+    }
+
     fn layernorm_backward(
         &mut self,
         dinp: Tensor,
