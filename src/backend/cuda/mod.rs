@@ -192,6 +192,60 @@ pub struct CudaBackend {
 }
 
 impl CudaBackend {
+    /// The layernorm forward of `inp` (mean and rstd into the stats), or with `residual` =
+    /// (res, y) the fused residual add before it: res = inp + y, then the layernorm of res.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_launch(
+        &mut self,
+        out: Tensor,
+        (mean, rstd): (Tensor, Tensor),
+        inp: Tensor,
+        residual: Option<(Tensor, Tensor)>,
+        (w, bias): (Tensor, Tensor),
+        n: usize,
+        c: usize,
+    ) -> Result<()> {
+        Self::expect_arena(mean, &[Arena::Stats], "layernorm mean")?;
+        Self::expect_arena(rstd, &[Arena::Stats], "layernorm rstd")?;
+        let out_p = self.ptr_n(out, n * c, "layernorm output")?;
+        let inp_p = self.ptr_n(inp, n * c, "layernorm input")?;
+        let (mean_p, rstd_p) = (self.ptr_n(mean, n, "mean")?, self.ptr_n(rstd, n, "rstd")?);
+        let (w_p, b_p) = (self.ptr_n(w, c, "layernorm weight")?, self.ptr_n(bias, c, "layernorm bias")?);
+        let (n_i, c_i, eps) = (to_i32(n, "N")?, to_i32(c, "C")?, LAYERNORM_EPS);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks_for(n, ROWS_PER_BLOCK as u32, "layernorm rows")?, 1, 1),
+            block_dim: (LAYERNORM_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let name = if residual.is_some() { "residual_layernorm_forward" } else { "layernorm_forward" };
+        match residual {
+            None => {
+                let vec = self.vec_flag(&[out_p, inp_p, w_p, b_p], &[c]);
+                let mut l = self.stream.launch_builder(self.functions.get(name));
+                l.arg(&out_p).arg(&mean_p).arg(&rstd_p).arg(&inp_p).arg(&w_p).arg(&b_p);
+                l.arg(&n_i).arg(&c_i).arg(&eps).arg(&vec);
+                // SAFETY: layernorm_forward_T(T* out, float* mean, float* rstd, const T* inp,
+                // const T* w, const T* b, int N, int C, float eps, int vec): out and inp hold N·C,
+                // mean and rstd N (f32 stats), w and b C elements (all checked).
+                unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error(name, e))?;
+            }
+            Some((res, y)) => {
+                let res_p = self.ptr_n(res, n * c, "residual output")?;
+                let y_p = self.ptr_n(y, n * c, "residual input")?;
+                let vec = self.vec_flag(&[res_p, out_p, inp_p, y_p, w_p, b_p], &[c]);
+                let mut l = self.stream.launch_builder(self.functions.get(name));
+                l.arg(&res_p).arg(&out_p).arg(&mean_p).arg(&rstd_p).arg(&inp_p).arg(&y_p);
+                l.arg(&w_p).arg(&b_p).arg(&n_i).arg(&c_i).arg(&eps).arg(&vec);
+                // SAFETY: residual_layernorm_forward_T(T* res, T* out, float* mean, float* rstd,
+                // const T* x, const T* y, const T* w, const T* b, int N, int C, float eps, int
+                // vec): res, out, x (inp) and y hold N·C, mean and rstd N (f32 stats), w and b C
+                // elements (all checked).
+                unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error(name, e))?;
+            }
+        }
+        Ok(())
+    }
+
     /// The backend for a model: arenas from the parameter and activation layouts, on GPU
     /// `device_ordinal`. Fails with [`BackendError::OutOfMemory`] (and a batch that would fit)
     /// when the plan exceeds the free memory, or [`BackendError::Unavailable`] without a usable
@@ -638,27 +692,7 @@ impl Backend for CudaBackend {
         n: usize,
         c: usize,
     ) -> Result<()> {
-        Self::expect_arena(mean, &[Arena::Stats], "layernorm mean")?;
-        Self::expect_arena(rstd, &[Arena::Stats], "layernorm rstd")?;
-        let out_p = self.ptr_n(out, n * c, "layernorm output")?;
-        let inp_p = self.ptr_n(inp, n * c, "layernorm input")?;
-        let (mean_p, rstd_p) = (self.ptr_n(mean, n, "mean")?, self.ptr_n(rstd, n, "rstd")?);
-        let (w_p, b_p) = (self.ptr_n(w, c, "layernorm weight")?, self.ptr_n(bias, c, "layernorm bias")?);
-        let vec = self.vec_flag(&[out_p, inp_p, w_p, b_p], &[c]);
-        let (n_i, c_i, eps) = (to_i32(n, "N")?, to_i32(c, "C")?, LAYERNORM_EPS);
-        let f = self.functions.get("layernorm_forward");
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&out_p).arg(&mean_p).arg(&rstd_p).arg(&inp_p).arg(&w_p).arg(&b_p).arg(&n_i).arg(&c_i).arg(&eps).arg(&vec);
-        let cfg = LaunchConfig {
-            grid_dim: (blocks_for(n, ROWS_PER_BLOCK as u32, "layernorm rows")?, 1, 1),
-            block_dim: (LAYERNORM_BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: layernorm_forward_T(T* out, float* mean, float* rstd, const T* inp, const T*
-        // w, const T* b, int N, int C, float eps, int vec): out and inp hold N·C, mean and rstd
-        // N (f32 stats), w and b C elements (all checked).
-        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("layernorm_forward", e))?;
-        Ok(())
+        self.layernorm_launch(out, (mean, rstd), inp, None, (w, bias), n, c)
     }
 
     fn residual_layernorm_forward(
@@ -673,29 +707,7 @@ impl Backend for CudaBackend {
         n: usize,
         c: usize,
     ) -> Result<()> {
-        Self::expect_arena(mean, &[Arena::Stats], "layernorm mean")?;
-        Self::expect_arena(rstd, &[Arena::Stats], "layernorm rstd")?;
-        let res_p = self.ptr_n(res, n * c, "residual output")?;
-        let out_p = self.ptr_n(out, n * c, "layernorm output")?;
-        let (x_p, y_p) = (self.ptr_n(x, n * c, "residual input")?, self.ptr_n(y, n * c, "residual input")?);
-        let (mean_p, rstd_p) = (self.ptr_n(mean, n, "mean")?, self.ptr_n(rstd, n, "rstd")?);
-        let (w_p, b_p) = (self.ptr_n(w, c, "layernorm weight")?, self.ptr_n(bias, c, "layernorm bias")?);
-        let vec = self.vec_flag(&[res_p, out_p, x_p, y_p, w_p, b_p], &[c]);
-        let (n_i, c_i, eps) = (to_i32(n, "N")?, to_i32(c, "C")?, LAYERNORM_EPS);
-        let f = self.functions.get("residual_layernorm_forward");
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&res_p).arg(&out_p).arg(&mean_p).arg(&rstd_p).arg(&x_p).arg(&y_p);
-        l.arg(&w_p).arg(&b_p).arg(&n_i).arg(&c_i).arg(&eps).arg(&vec);
-        let cfg = LaunchConfig {
-            grid_dim: (blocks_for(n, ROWS_PER_BLOCK as u32, "layernorm rows")?, 1, 1),
-            block_dim: (LAYERNORM_BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: residual_layernorm_forward_T(T* res, T* out, float* mean, float* rstd, const T*
-        // x, const T* y, const T* w, const T* b, int N, int C, float eps, int vec): res, out, x and
-        // y hold N·C, mean and rstd N (f32 stats), w and b C elements (all checked).
-        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("residual_layernorm_forward", e))?;
-        Ok(())
+        self.layernorm_launch(out, (mean, rstd), x, Some((res, y)), (w, bias), n, c)
     }
 
     fn layernorm_backward(
