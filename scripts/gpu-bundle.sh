@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds what scripts/gpu-check.sh runs on a GPU machine, which needs no Rust toolchain or nvcc:
 # the release gptk binary and the GPU test binary, debug info stripped, and the PyTorch
-# benchmark script (scripts/torch_reference.py) beside them, in one folder
+# benchmark script (scripts/torch_reference.py) and the commit (COMMIT) beside them, in one folder
 # (default target/gpu-bundle; first argument overrides). Needs nvcc here (see .ci/install-nvcc.sh):
 # without it the binaries carry no kernels and the bundle is refused.
 set -euo pipefail
@@ -38,4 +38,9 @@ for t in $tests; do
 done
 strip --strip-debug "$out"/* 2>/dev/null || true
 cp scripts/torch_reference.py "$out/torch_reference.py"
+# The commit the binaries come from, "-dirty" when the tree had changes; gpu-check.sh copies it
+# into its output for scripts/gpu-report.py.
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then commit="$commit-dirty"; fi
+echo "$commit" >"$out/COMMIT"
 ls -la "$out"

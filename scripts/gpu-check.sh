@@ -12,7 +12,8 @@
 #   counterparts of every kernel and of the d12 step timed by scripts/torch_reference.py (when
 #   python3 has CUDA PyTorch), then `gptk bench` beside them.
 # Every stage logs to $OUT/<stage>.log (OUT defaults to ./gpu-run); $OUT/summary.txt lists each
-# stage's status and time. Exits non-zero when a stage that ran failed. ONLY, when set, names the
+# stage's status and time; scripts/gpu-report.py $OUT turns the folder into the page for
+# docs/gpu-runs/. Exits non-zero when a stage that ran failed. ONLY, when set, names the
 # stages to run (comma-separated name prefixes, e.g. ONLY=check-bf16,test-gpu_attention,racecheck,bench),
 # so that a part of the run fits one shorter device call. ONLY=bench runs the two benchmark stages
 # alone, with the full iteration counts and PyTorch's torch.compile'd step, in under 8 minutes.
@@ -68,6 +69,10 @@ skip() { note "SKIP  $1: $2"; }
 if [ ! -x "$gptk" ]; then
     echo "gpu-check: no gptk binary in $bundle (build it with scripts/gpu-bundle.sh)" >&2
     exit 2
+fi
+if [ -f "$bundle/COMMIT" ]; then
+    cp "$bundle/COMMIT" "$OUT/COMMIT"
+    note "INFO  binaries built from commit $(cat "$bundle/COMMIT")"
 fi
 
 # cuBLASLt and NCCL: the system's if the loader finds them, else those of a pip-installed nvidia

@@ -1,0 +1,137 @@
+//! scripts/gpu-report.py, which turns a scripts/gpu-check.sh output folder into the page
+//! docs/gpu-runs/ keeps: on a folder written by hand in the formats gptk prints, and end to end on
+//! a real gpu-check.sh run on this machine (no GPU: its stages fail, and the page says so).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name)
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gptk-gpu-report-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn report(out: &Path) -> Output {
+    Command::new("python3").arg(script("gpu-report.py")).arg(out).args(["--date", "2026-01-02"]).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn the_report_collects_stages_checks_training_and_benchmarks() {
+    let out = scratch("fixture");
+    let write = |name: &str, body: &str| std::fs::write(out.join(name), body).unwrap();
+    write("COMMIT", "abc1234\n");
+    write(
+        "summary.txt",
+        "INFO  binaries built from commit abc1234\nPASS  nvidia-smi (0s)\nFAIL  check-bf16: exit 1 (12s)\n\
+         PASS  check-f32 (9s)\nSKIP  memcheck: compute-sanitizer is not installed\nPASS  train-tiny (8s)\n\
+         FAIL  bench: timed out after 45s\ntotal 95s, 2 failed stage(s); logs in ./gpu-run\n",
+    );
+    write(
+        "nvidia-smi.log",
+        "=== nvidia-smi: nvidia-smi\n| NVIDIA-SMI 580.65.06   Driver Version: 580.65.06   CUDA Version: 13.0 |\n\
+         |   0  NVIDIA H200                    On  |   00000000:19:00.0 Off |                    0 |\n",
+    );
+    let row = |op: &str, tensor: &str, used: f64, result: &str| {
+        format!(
+            "{op:<19} {:<40} {tensor:<34} {:>9} {:>10.3e} {:>10.3e} {used:>9.1}%  {result}\n",
+            "N=5 C=8", 40, 1e-3, 1e-3
+        )
+    };
+    let mut check = String::from("=== check-bf16: gptk check --precision bf16\nchecking H200 with bf16 storage\n");
+    check += &row("layernorm_forward", "out", 12.5, "ok");
+    check += &row("layernorm_forward", "mean", 40.0, "ok");
+    check += &row("attention_forward", "out", 180.0, "FAIL");
+    check += "2 passed, 1 failed\nError: 1 of 3 comparisons failed\n";
+    write("check-bf16.log", &check);
+    write("check-f32.log", &format!("=== check-f32\n{}1 passed, 0 failed\n", row("adamw", "params", 3.0, "ok")));
+    let step = |s: usize, loss: f64, tps: f64| {
+        format!(
+            "{{\"event\":\"step\",\"step\":{s},\"steps\":5,\"loss\":{loss},\"lr\":0.001,\"grad_norm\":1.0,\"ms\":10.0,\
+             \"tokens_per_s\":{tps},\"mfu\":0.25,\"eta_s\":0.0}}\n"
+        )
+    };
+    let mut train = String::from("=== train-tiny: gptk train\n");
+    for (s, loss, tps) in [(1, 5.6, 100.0), (2, 5.0, 900.0), (3, 4.5, 1000.0), (4, 4.0, 1100.0), (5, 3.5, 1200.0)] {
+        train += &step(s, loss, tps);
+    }
+    train += "{\"event\":\"val\",\"step\":5,\"val_loss\":3.75,\"tokens\":1000}\n";
+    write("train-tiny.log", &train);
+    write("bench.log", "=== bench: gptk bench\nlayernorm  N=8192 C=768  fwd  0.021 ms  1200 GB/s\n");
+
+    let o = report(&out);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let page = text(&o.stdout);
+    for want in [
+        "# GPU run 2026-01-02",
+        "- commit: `abc1234`",
+        "NVIDIA H200 · driver 580.65.06 · CUDA 13.0",
+        "total 95s, 2 failed stage(s)",
+        "| check-bf16 | FAIL | exit 1 (12s) |",
+        "| memcheck | SKIP | compute-sanitizer is not installed |",
+        "| nvidia-smi | PASS | 0s |",
+        "Result: **2 passed, 1 failed**",
+        "| attention_forward | 180.0% |",
+        "| layernorm_forward | 40.0% |",
+        "Result: **1 passed, 0 failed**",
+        // Loss first → last, the last validation loss, tokens/s over steps 4 and 5, MFU.
+        "| train-tiny | 5 | 5.600 → 3.500 | 3.750 (step 5) | 1,150 | 25.0% |",
+        "layernorm  N=8192 C=768  fwd  0.021 ms  1200 GB/s",
+    ] {
+        assert!(page.contains(want), "missing {want:?} in:\n{page}");
+    }
+    // The failing row is quoted whole.
+    assert!(page.lines().any(|l| l.starts_with("attention_forward") && l.ends_with("FAIL")), "{page}");
+
+    // Not a gpu-check.sh folder: one line, non-zero.
+    let empty = scratch("empty");
+    let o = report(&empty);
+    assert!(!o.status.success());
+    assert_eq!(text(&o.stderr).trim().lines().count(), 1, "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("summary.txt is missing"));
+    std::fs::remove_dir_all(&out).ok();
+    std::fs::remove_dir_all(&empty).ok();
+}
+
+#[test]
+fn a_real_gpu_check_run_without_a_gpu_gives_a_page_that_says_what_failed() {
+    // A bundle of this build's gptk and a commit file; ONLY keeps the run to the checker stages.
+    let bundle = scratch("bundle");
+    std::fs::copy(env!("CARGO_BIN_EXE_gptk"), bundle.join("gptk")).unwrap();
+    std::fs::write(bundle.join("COMMIT"), "feedbee\n").unwrap();
+    let out = scratch("run");
+    let o = Command::new("bash")
+        .arg(script("gpu-check.sh"))
+        .arg(&bundle)
+        .env("OUT", &out)
+        .env("ONLY", "check-bf16")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let summary = std::fs::read_to_string(out.join("summary.txt")).unwrap();
+    if gptk::backend::cuda::probe().is_ok() {
+        println!("note: a GPU is present; the no-GPU page was not exercised");
+        return;
+    }
+    assert!(!o.status.success(), "gpu-check.sh passed without a GPU:\n{summary}");
+    assert!(summary.contains("FAIL  check-bf16"), "{summary}");
+    let o = report(&out);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let page = text(&o.stdout);
+    assert!(page.contains("- commit: `feedbee`"), "{page}");
+    assert!(page.contains("| check-bf16 | FAIL |"), "{page}");
+    assert!(page.contains("| check-f32 | SKIP |"), "{page}");
+    assert!(page.contains("no total line (the run stopped before the end; see the log)"), "{page}");
+    // The checker's own one-line reason is quoted.
+    assert!(page.contains("Its last line: `error: gptk check needs a CUDA GPU"), "{page}");
+    std::fs::remove_dir_all(&bundle).ok();
+    std::fs::remove_dir_all(&out).ok();
+}
