@@ -10,7 +10,7 @@ fn script(name: &str) -> PathBuf {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gptk-gpu-report-{name}-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("gptk-run-report-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
