@@ -19,19 +19,27 @@ pub fn layernorm_forward<F: Float>(
 ) {
     out[..n * c].par_chunks_mut(c).zip(mean[..n].par_iter_mut().zip(rstd[..n].par_iter_mut())).enumerate().for_each(
         |(i, (row, (m_out, s_out)))| {
-            simd!({
-                let x = &inp[i * c..][..c];
-                let m = sum_f64(x, F::f64) / c as f64;
-                let var = sum_f64(x, |v| (v.f64() - m) * (v.f64() - m)) / c as f64;
-                let s = 1.0 / (var + LAYERNORM_EPS as f64).sqrt();
-                for (((y, &x), &w), &b) in row.iter_mut().zip(x).zip(&w[..c]).zip(&b[..c]) {
-                    *y = F::of((x.f64() - m) * s) * w + b;
-                }
-                *m_out = F::of(m);
-                *s_out = F::of(s);
-            })
+            let (m, s) = simd!(normalise_row(row, &inp[i * c..][..c], &w[..c], &b[..c]));
+            *m_out = F::of(m);
+            *s_out = F::of(s);
         },
     );
+}
+
+/// y = (x − mean)·rstd·w + b for one row, statistics in f64, the output in F; returns (mean,
+/// rstd). A function of its own so that its slices are known not to alias (see `adamw::update`).
+#[inline(always)]
+fn normalise_row<F: Float>(y: &mut [F], x: &[F], w: &[F], b: &[F]) -> (f64, f64) {
+    let c = y.len();
+    let (x, w, b) = (&x[..c], &w[..c], &b[..c]);
+    let m = sum_f64(x, F::f64) / c as f64;
+    let var = sum_f64(x, |v| (v.f64() - m) * (v.f64() - m)) / c as f64;
+    let s = 1.0 / (var + LAYERNORM_EPS as f64).sqrt();
+    let (mf, sf) = (F::of(m), F::of(s));
+    for k in 0..c {
+        y[k] = (x[k] - mf) * sf * w[k] + b[k];
+    }
+    (m, s)
 }
 
 /// dinp (N,C) +=, dw (C) +=, db (C) += the gradients of `layernorm_forward` given dout.
