@@ -5,7 +5,7 @@
 //! dlogits = dloss·(softmax − onehot), so the classifier needs no second (N, Vp) buffer.
 
 use super::Float;
-use super::vector::{max_of, simd, sum_exp};
+use super::vector::{max_of, simd, sum_exp, sum_f64};
 use rayon::prelude::*;
 
 /// losses (N) = −log softmax(logits[n, :V])[targets[n]], 0 where targets[n] < 0.
@@ -36,18 +36,24 @@ pub fn cross_entropy<F: Float>(
 
 /// One row of [`cross_entropy`] with a target in 0..v: exp in the storage type (f32 for
 /// training: vectorised, [`Float::exp_fast`]) on differences from the row's maximum, sums in f64.
+/// With `dloss` the exponentials are written into the row, which becomes the gradient, so each
+/// logit costs one `exp`; without, they go through a buffer and the logits stay as they are.
 /// A function of its own so the row is known not to alias anything (see `adamw::update`).
 #[inline(always)]
 fn softmax_xent_row<F: Float>(row: &mut [F], loss: &mut F, target: usize, v: usize, dloss: Option<F>) {
     let max = max_of(&row[..v]);
-    let log_sum = sum_exp(&row[..v], max).ln();
-    *loss = F::of(max.f64() + log_sum - row[target].f64());
-    if let Some(dloss) = dloss {
-        let (shift, dloss) = (max + F::of(log_sum), F::of(dloss.f64()));
-        for x in row[..v].iter_mut() {
-            *x = (*x - shift).exp_fast() * dloss;
-        }
-        row[target] -= dloss;
-        row[v..].fill(F::zero());
-    }
+    let target_logit = row[target].f64();
+    let Some(dloss) = dloss else {
+        *loss = F::of(max.f64() + sum_exp(&row[..v], max).ln() - target_logit);
+        return;
+    };
+    let (logits, padding) = row.split_at_mut(v);
+    logits.iter_mut().for_each(|x| *x = (*x - max).exp_fast());
+    let sum = sum_f64(logits, F::f64);
+    *loss = F::of(max.f64() + sum.ln() - target_logit);
+    // dlogits = dloss·(softmax − onehot)
+    let scale = F::of(dloss.f64() / sum);
+    logits.iter_mut().for_each(|x| *x *= scale);
+    logits[target] -= dloss;
+    padding.fill(F::zero());
 }
