@@ -287,6 +287,24 @@ fn row(op: &str, case: &str, name: &str, gpu: &[f32], cpu: &[f32], eps: f64, k: 
     }
 }
 
+/// A row that passes only when `got` and `want` hold the same bits (NaN included).
+fn bitwise_row(op: &str, case: &str, name: &str, got: &[f32], want: &[f32]) -> Comparison {
+    let same = got.len() == want.len() && got.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits());
+    let max_abs = got.iter().zip(want).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max);
+    let non_finite = got.iter().zip(want).filter(|(a, b)| !a.is_finite() && b.is_finite()).count();
+    Comparison {
+        op: op.into(),
+        case: case.into(),
+        tensor: name.into(),
+        elems: want.len(),
+        max_abs,
+        rel_l2: if same { 0.0 } else { f64::NAN },
+        tol_share: if same { 0.0 } else { f64::INFINITY },
+        non_finite,
+        passed: same,
+    }
+}
+
 /// The op families a `--op` filter selects (all for `None`); an error naming the known ones
 /// when it matches none.
 pub fn select(op: Option<&str>) -> Result<Vec<&'static str>, CheckError> {
@@ -465,6 +483,9 @@ impl Ctx {
             let y = plan.take(Arena::Acts, n * c);
             let (res, out) = (plan.take(Arena::Acts, n * c), plan.take(Arena::Acts, n * c));
             let (mean, rstd) = (plan.take(Arena::Stats, n), plan.take(Arena::Stats, n));
+            // The two unfused launches, on the GPU only, for the bitwise comparison.
+            let (res2, out2) = (plan.take(Arena::Acts, n * c), plan.take(Arena::Acts, n * c));
+            let (mean2, rstd2) = (plan.take(Arena::Stats, n), plan.take(Arena::Stats, n));
             let mut p = self.pair(&plan, 150 + i as u64)?;
             let shifted: Vec<f32> = p.randn(n * c, 1.0).iter().map(|v| v + 0.5).collect();
             p.set(x, shifted)?;
@@ -486,6 +507,18 @@ impl Ctx {
             p.gpu.residual_layernorm_forward(res, out, mean, rstd, (x, y), w, bias, n, c)?;
             for (name, t) in [("res", res), ("out", out), ("mean", mean), ("rstd", rstd)] {
                 rows.push(p.compare(op, &case, name, t)?);
+            }
+            // The fused kernel promises the bits of residual_forward then layernorm_forward.
+            for t in [res2, out2, mean2, rstd2] {
+                p.poison(t)?;
+            }
+            p.gpu.residual_forward(res2, x, y)?;
+            p.gpu.layernorm_forward(out2, mean2, rstd2, res2, w, bias, n, c)?;
+            for (name, fused, two) in
+                [("res", res, res2), ("out", out, out2), ("mean", mean, mean2), ("rstd", rstd, rstd2)]
+            {
+                let (fused, two) = (p.gpu.download(fused)?, p.gpu.download(two)?);
+                rows.push(bitwise_row(op, &case, &format!("{name} = 2 launches (bitwise)"), &fused, &two));
             }
         }
         Ok(rows)
@@ -862,4 +895,24 @@ fn step<K: Backend>(m: &mut Gpt<K>, tokens: &[i32], targets: &[i32]) -> Result<f
     m.set_batch(tokens, targets)?;
     m.zero_grads()?;
     m.forward_backward(true, 1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bitwise_rows_pass_only_on_identical_bits() {
+        let a = [1.0f32, -0.0, f32::NAN, 3.5];
+        assert!(bitwise_row("op", "case", "t", &a, &a).passed);
+        let mut b = a;
+        b[3] = f32::from_bits(a[3].to_bits() + 1);
+        let r = bitwise_row("op", "case", "t", &b, &a);
+        assert!(!r.passed && r.max_abs > 0.0 && r.tol_share.is_infinite());
+        // +0 and −0 compare equal as numbers but are different bits.
+        let mut z = a;
+        z[1] = 0.0;
+        assert!(!bitwise_row("op", "case", "t", &z, &a).passed);
+        assert!(!bitwise_row("op", "case", "t", &a[..3], &a).passed);
+    }
 }
