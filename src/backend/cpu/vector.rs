@@ -1,7 +1,6 @@
 //! What lets the element-wise loops of the reference run at SIMD speed without giving up being
 //! plain loops over slices: a dispatcher that compiles a loop for AVX2 + FMA when the CPU has
 //! them, an `exp` for f32 that such loops can vectorise, and sums in several lanes.
-
 //!
 //! None of this changes what is computed where it matters for determinism: no fused multiply-add
 //! is ever requested (LLVM does not contract `a * b + c` in Rust), so a loop gives the same bits
