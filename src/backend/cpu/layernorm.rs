@@ -57,18 +57,8 @@ pub fn layernorm_backward<F: Float>(
     c: usize,
 ) {
     dinp[..n * c].par_chunks_mut(c).enumerate().for_each(|(i, drow)| {
-        simd!({
-            let (x, dy) = (&inp[i * c..][..c], &dout[i * c..][..c]);
-            let (m, s) = (mean[i].f64(), rstd[i].f64());
-            let (w, c64) = (&w[..c], c as f64);
-            let norm = |k: usize| (x[k].f64() - m) * s;
-            let dnorm = |k: usize| w[k].f64() * dy[k].f64();
-            let dnorm_mean = dot_f64(w, dy, F::f64) / c64;
-            let dnorm_norm_mean = sum_by(c, |k| dnorm(k) * norm(k)) / c64;
-            for (k, d) in drow.iter_mut().enumerate() {
-                *d += F::of((dnorm(k) - dnorm_mean - norm(k) * dnorm_norm_mean) * s);
-            }
-        })
+        let (x, dy) = (&inp[i * c..][..c], &dout[i * c..][..c]);
+        simd!(layernorm_backward_row(drow, x, dy, &w[..c], mean[i].f64(), rstd[i].f64()))
     });
     // dw and db: [dw | db] partial sums over fixed row chunks, added in order.
     let sums = sum_row_chunks(n, 2 * c, |i, acc| {
@@ -85,5 +75,20 @@ pub fn layernorm_backward<F: Float>(
     for k in 0..c {
         dw[k] += F::of(sums[k]);
         db[k] += F::of(sums[c + k]);
+    }
+}
+
+/// dx += (w·dy − mean(w·dy) − norm·mean(w·dy·norm))·rstd for one row, the two means in f64. A
+/// function of its own so that its slices are known not to alias (see `adamw::update`).
+#[inline(always)]
+fn layernorm_backward_row<F: Float>(dx: &mut [F], x: &[F], dy: &[F], w: &[F], m: f64, s: f64) {
+    let c = dx.len();
+    let (x, dy, w, c64) = (&x[..c], &dy[..c], &w[..c], c as f64);
+    let dnorm_mean = dot_f64(w, dy, F::f64) / c64;
+    let dnorm_norm_mean = sum_by(c, |k| w[k].f64() * dy[k].f64() * ((x[k].f64() - m) * s)) / c64;
+    let (mf, sf, a, b) = (F::of(m), F::of(s), F::of(dnorm_mean), F::of(dnorm_norm_mean));
+    for k in 0..c {
+        let norm = (x[k] - mf) * sf;
+        dx[k] += (w[k] * dy[k] - a - norm * b) * sf;
     }
 }
