@@ -10,8 +10,10 @@ use gptk::model::config::ModelConfig;
 use gptk::model::layout::{ActLayout, ParamLayout, Recompute, TENSOR_ALIGN};
 use gptk::model::{Gpt, init_params};
 use gptk::rng::Rng;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod common;
+use common::{gptk, temp_dir};
 
 const LEVELS: [Recompute; 3] = [Recompute::Off, Recompute::Gelu, Recompute::GeluLayernorm];
 
@@ -175,17 +177,6 @@ fn gpt2_small_saves_what_the_performance_log_says() {
     assert_eq!(bf16(Recompute::Off) - bf16(Recompute::GeluLayernorm), 804 << 20);
 }
 
-fn gptk(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gptk")).args(args).current_dir(dir).output().expect("run gptk")
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("gptk-recompute-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// Training and validation losses printed as JSON lines, exactly as printed.
 fn losses(out: &Output) -> Vec<String> {
     assert!(out.status.success(), "gptk failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -226,7 +217,7 @@ const RUN: &[&str] = &[
 
 #[test]
 fn training_with_recompute_prints_the_same_losses() {
-    let dir = temp_dir("train");
+    let dir = temp_dir("recompute-train");
     let kept = losses(&gptk(&[RUN, &["--out", "kept"]].concat(), &dir));
     assert_eq!(kept.iter().filter(|l| l.starts_with("\"step\"")).count(), 4, "{kept:?}");
     let recomputed = losses(&gptk(&[RUN, &["--out", "recomputed", "--recompute", "2"]].concat(), &dir));
@@ -245,7 +236,7 @@ fn training_with_recompute_prints_the_same_losses() {
 
 #[test]
 fn a_level_that_does_not_exist_fails_with_one_line() {
-    let dir = temp_dir("bad");
+    let dir = temp_dir("recompute-bad");
     let out = gptk(&[RUN, &["--out", "r", "--recompute", "3"]].concat(), &dir);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("recompute level 3 does not exist"), "{err}");

@@ -11,45 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{byte_dataset, events, gptk, gptk_command, step_losses, temp_dir};
+
 /// Longest a test waits for a training process to reach a point.
 const WAIT: Duration = Duration::from_secs(120);
-
-fn gptk_command(args: &[&str], dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_gptk"));
-    c.args(args).current_dir(dir);
-    c
-}
-
-fn gptk(args: &[&str], dir: &Path) -> Output {
-    gptk_command(args, dir).output().expect("run gptk")
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("gptk-reliability-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A small byte-level dataset under `dir/data`; returns its validation shard.
-fn dataset(dir: &Path) -> PathBuf {
-    let text = dir.join("text");
-    std::fs::create_dir_all(&text).unwrap();
-    for i in 0..12 {
-        let doc: String =
-            (0..60).map(|j| format!("line {j} of document {i}: the quick brown fox {}.\n", i * j % 7)).collect();
-        std::fs::write(text.join(format!("doc{i:02}.txt")), doc).unwrap();
-    }
-    let out =
-        gptk(&["prepare", "--input", "text", "--out", "data", "--tokenizer", "bytes", "--val-fraction", "0.2"], dir);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    std::fs::read_dir(dir.join("data"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().contains("_val_"))
-        .expect("a validation shard")
-}
 
 /// A micro model on the CPU, six steps, a checkpoint every two, the newest two kept.
 const SMALL: &[&str] = &[
@@ -91,19 +57,14 @@ fn train_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     args
 }
 
-fn events(stdout: &[u8], kind: &str) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["event"] == kind)
-        .collect()
-}
-
-/// (step, loss as printed) of every step event; the shortest round-trip form of an f32, so equal
-/// strings are equal bits.
-fn step_losses(out: &Output) -> Vec<(u64, String)> {
-    assert!(out.status.success(), "gptk failed: {}", String::from_utf8_lossy(&out.stderr));
-    events(&out.stdout, "step").iter().map(|v| (v["step"].as_u64().unwrap(), v["loss"].to_string())).collect()
+/// The validation shard of a prepared dataset.
+fn val_shard(data: &Path) -> PathBuf {
+    std::fs::read_dir(data)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().contains("_val_"))
+        .expect("a validation shard")
 }
 
 /// The names of the entries of a run directory that look like checkpoints, sorted.
@@ -143,8 +104,8 @@ fn wait_until(what: &str, child: &mut Child, done: impl Fn() -> bool) {
 
 #[test]
 fn sigkill_in_the_middle_of_a_save_leaves_the_previous_checkpoint_usable() {
-    let dir = temp_dir("sigkill");
-    let val = dataset(&dir);
+    let dir = temp_dir("reliability-sigkill");
+    let val = val_shard(&byte_dataset(&dir));
     let whole = step_losses(&gptk(&train_args("whole", &["--json"]), &dir));
     assert_eq!(whole.len(), 6);
     assert_eq!(checkpoints(&dir.join("whole")), ["step_000004", "step_000006"], "the newest two are kept");
@@ -206,29 +167,9 @@ fn sigkill_in_the_middle_of_a_save_leaves_the_previous_checkpoint_usable() {
 /// Runs until a few steps are printed, sends `signal`, and returns the output and the step the
 /// run stopped after.
 fn interrupt(dir: &Path, out: &str, signal: &str) -> (Output, u64) {
-    let args = [
-        "train",
-        "--out",
-        out,
-        "--data",
-        "data",
-        "--device",
-        "cpu",
-        "--model",
-        "micro",
-        "--batch-size",
-        "2",
-        "--seq-len",
-        "32",
-        "--steps",
-        "100000",
-        "--val-every",
-        "0",
-        "--sample-every",
-        "0",
-        "--checkpoint-every",
-        "0",
-    ];
+    // No validation, samples or periodic checkpoints: the only save is the one the signal asks for.
+    let args =
+        train_args(out, &["--steps", "100000", "--val-every", "0", "--sample-every", "0", "--checkpoint-every", "0"]);
     let mut running = Running(gptk_command(&args, dir).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
     let child = &mut running.0;
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
@@ -265,8 +206,8 @@ fn interrupt(dir: &Path, out: &str, signal: &str) -> (Output, u64) {
 
 #[test]
 fn sigint_and_sigterm_finish_the_step_save_and_exit_zero() {
-    let dir = temp_dir("signals");
-    dataset(&dir);
+    let dir = temp_dir("reliability-signals");
+    byte_dataset(&dir);
     for signal in ["INT", "TERM"] {
         let out = format!("run-{signal}");
         let (output, stopped) = interrupt(&dir, &out, signal);
@@ -314,8 +255,8 @@ fn sigint_and_sigterm_finish_the_step_save_and_exit_zero() {
 
 #[test]
 fn non_finite_steps_are_skipped_counted_and_end_the_run() {
-    let dir = temp_dir("nan");
-    dataset(&dir);
+    let dir = temp_dir("reliability-nan");
+    byte_dataset(&dir);
     // A learning rate of 1e30 makes the weights overflow after the first update.
     let out = gptk(
         &train_args(
@@ -360,8 +301,8 @@ fn non_finite_steps_are_skipped_counted_and_end_the_run() {
 
 #[test]
 fn loss_spikes_are_logged() {
-    let dir = temp_dir("spike");
-    dataset(&dir);
+    let dir = temp_dir("reliability-spike");
+    byte_dataset(&dir);
     // Any step after the first is above half the running average.
     let out = gptk(&train_args("run", &["--spike-factor", "0.5", "--json"]), &dir);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -382,8 +323,8 @@ fn the_avx2_loops_give_bitwise_the_same_training_as_the_baseline_code() {
         println!("note: this CPU has no AVX2 + FMA; there is no second code path to compare");
         return;
     }
-    let dir = temp_dir("simd");
-    dataset(&dir);
+    let dir = temp_dir("reliability-simd");
+    byte_dataset(&dir);
     let run = |out: &str, simd: &str| {
         let output = gptk_command(&train_args(out, &["--objective", "clm+mlm", "--json"]), &dir)
             .env("GPTK_CPU_SIMD", simd)
@@ -401,8 +342,8 @@ fn the_avx2_loops_give_bitwise_the_same_training_as_the_baseline_code() {
 
 #[test]
 fn same_seed_and_command_give_bitwise_the_same_losses_on_any_thread_count() {
-    let dir = temp_dir("determinism");
-    dataset(&dir);
+    let dir = temp_dir("reliability-determinism");
+    byte_dataset(&dir);
     // The micro model at B·T = 64 runs its larger matmuls on several threads.
     let run = |out: &str, threads: &str| {
         let output = gptk_command(&train_args(out, &["--objective", "clm+mlm", "--json"]), &dir)

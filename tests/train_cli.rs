@@ -1,57 +1,9 @@
 //! `gptk train` end to end on the CPU: exact resume, the built-in corpus, and bad input.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
-fn gptk(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gptk")).args(args).current_dir(dir).output().expect("run gptk")
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("gptk-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A small byte-level dataset: a few thousand tokens of varied text.
-fn dataset(dir: &Path) -> PathBuf {
-    let text = dir.join("text");
-    std::fs::create_dir_all(&text).unwrap();
-    for i in 0..12 {
-        let doc: String =
-            (0..60).map(|j| format!("line {j} of document {i}: the quick brown fox {}.\n", i * j % 7)).collect();
-        std::fs::write(text.join(format!("doc{i:02}.txt")), doc).unwrap();
-    }
-    let data = dir.join("data");
-    let out = gptk(
-        &[
-            "prepare",
-            "--input",
-            text.to_str().unwrap(),
-            "--out",
-            data.to_str().unwrap(),
-            "--tokenizer",
-            "bytes",
-            "--val-fraction",
-            "0.2",
-        ],
-        dir,
-    );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    data
-}
-
-/// The training losses printed as JSON lines, by step.
-fn step_losses(out: &Output) -> Vec<(u64, String)> {
-    assert!(out.status.success(), "gptk failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["event"] == "step")
-        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].to_string()))
-        .collect()
-}
+mod common;
+use common::{byte_dataset as dataset, gptk, step_losses, temp_dir};
 
 const SMALL: &[&str] = &[
     "--model",
@@ -77,7 +29,7 @@ const SMALL: &[&str] = &[
 
 #[test]
 fn resumed_run_reproduces_the_uninterrupted_losses_bitwise() {
-    let dir = temp_dir("resume");
+    let dir = temp_dir("train-resume");
     let data = dataset(&dir);
     let d = data.to_str().unwrap();
     let whole = step_losses(&gptk(&[&["train", "--data", d, "--out", "a"], SMALL].concat(), &dir));
@@ -114,7 +66,7 @@ fn resumed_run_reproduces_the_uninterrupted_losses_bitwise() {
 
 #[test]
 fn loss_falls_and_a_checkpoint_samples() {
-    let dir = temp_dir("falls");
+    let dir = temp_dir("train-falls");
     let data = dataset(&dir);
     let args = [
         "train",
@@ -177,7 +129,7 @@ fn fails_with(args: &[&str], dir: &Path, needle: &str) {
 
 #[test]
 fn bad_runs_fail_with_one_clear_line() {
-    let dir = temp_dir("bad");
+    let dir = temp_dir("train-bad");
     let data = dataset(&dir);
     let d = data.to_str().unwrap();
     let ok = gptk(&[&["train", "--data", d, "--out", "r"], SMALL].concat(), &dir);
