@@ -75,6 +75,9 @@ pub const OPS: &[&str] = &[
     "model_step",
 ];
 
+/// (N, C, skew) of the layernorm checks: degenerate, odd, unaligned and GPT-2-sized rows.
+const LAYERNORM_SHAPES: [(usize, usize, usize); 5] = [(1, 1, 0), (5, 8, 0), (7, 13, 1), (64, 768, 0), (33, 1600, 3)];
+
 /// One compared tensor.
 #[derive(Clone, Debug)]
 pub struct Comparison {
@@ -240,6 +243,16 @@ impl Pair {
     fn fill(&mut self, t: Tensor, scale: f64) -> Result<(), BackendError> {
         let data = self.randn(t.len, scale);
         self.set(t, data)
+    }
+
+    /// A layernorm's input (normal, shifted off zero so the mean matters), weight (near 1) and
+    /// bias, on both sides.
+    fn layernorm_inputs(&mut self, inp: Tensor, w: Tensor, bias: Tensor) -> Result<(), BackendError> {
+        let shifted: Vec<f32> = self.randn(inp.len, 1.0).iter().map(|x| x + 0.5).collect();
+        self.set(inp, shifted)?;
+        let ones: Vec<f32> = self.randn(w.len, 0.2).iter().map(|x| x + 1.0).collect();
+        self.set(w, ones)?;
+        self.fill(bias, 0.2)
     }
 
     fn set_ints(&mut self, t: Tensor, ids: &[i32]) -> Result<(), BackendError> {
@@ -427,7 +440,7 @@ impl Ctx {
     fn layernorm(&self, backward: bool) -> Rows {
         let op = if backward { "layernorm_backward" } else { "layernorm_forward" };
         let mut rows = Vec::new();
-        for (i, &(n, c, skew)) in [(1, 1, 0), (5, 8, 0), (7, 13, 1), (64, 768, 0), (33, 1600, 3)].iter().enumerate() {
+        for (i, &(n, c, skew)) in LAYERNORM_SHAPES.iter().enumerate() {
             let case = format!("N={n} C={c}{}", if skew > 0 { " unaligned" } else { "" });
             let mut plan = Plan::default();
             let (w, bias) = (plan.take(Arena::Params, c), plan.take(Arena::Params, c));
@@ -437,11 +450,7 @@ impl Ctx {
             let (dout, dinp) = (plan.take(Arena::ActGrads, n * c), plan.take_skewed(Arena::ActGrads, n * c, skew));
             plan.scratch.max_columns = c;
             let mut p = self.pair(&plan, 100 + i as u64)?;
-            let shifted: Vec<f32> = p.randn(n * c, 1.0).iter().map(|x| x + 0.5).collect();
-            p.set(inp, shifted)?;
-            let ones: Vec<f32> = p.randn(c, 0.2).iter().map(|x| x + 1.0).collect();
-            p.set(w, ones)?;
-            p.fill(bias, 0.2)?;
+            p.layernorm_inputs(inp, w, bias)?;
             if backward {
                 // The statistics come from the reference forward, identical on both sides.
                 p.cpu.layernorm_forward(out, mean, rstd, inp, w, bias, n, c)?;
@@ -475,7 +484,7 @@ impl Ctx {
     fn residual_layernorm(&self) -> Rows {
         let op = "residual_layernorm_forward";
         let mut rows = Vec::new();
-        for (i, &(n, c, skew)) in [(1, 1, 0), (5, 8, 0), (7, 13, 1), (64, 768, 0), (33, 1600, 3)].iter().enumerate() {
+        for (i, &(n, c, skew)) in LAYERNORM_SHAPES.iter().enumerate() {
             let case = format!("N={n} C={c}{}", if skew > 0 { " unaligned" } else { "" });
             let mut plan = Plan::default();
             let (w, bias) = (plan.take(Arena::Params, c), plan.take(Arena::Params, c));
@@ -487,12 +496,8 @@ impl Ctx {
             let (res2, out2) = (plan.take(Arena::Acts, n * c), plan.take(Arena::Acts, n * c));
             let (mean2, rstd2) = (plan.take(Arena::Stats, n), plan.take(Arena::Stats, n));
             let mut p = self.pair(&plan, 150 + i as u64)?;
-            let shifted: Vec<f32> = p.randn(n * c, 1.0).iter().map(|v| v + 0.5).collect();
-            p.set(x, shifted)?;
+            p.layernorm_inputs(x, w, bias)?;
             p.fill(y, 0.5)?;
-            let ones: Vec<f32> = p.randn(c, 0.2).iter().map(|v| v + 1.0).collect();
-            p.set(w, ones)?;
-            p.fill(bias, 0.2)?;
             for t in [res, out, mean, rstd] {
                 p.poison(t)?;
             }
