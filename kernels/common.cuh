@@ -67,6 +67,17 @@ __device__ __forceinline__ void store_vec(T* p, const float* in) {
     }
 }
 
+// out[i..i+VN] = a + b, added in f32 and rounded once (the residual add; layernorm.cu fuses it).
+template <typename T, int VN>
+__device__ __forceinline__ void residual_span(T* out, const T* a, const T* b, long long i) {
+    float x[VN], y[VN];
+    load_vec<T, VN>(a + i, x);
+    load_vec<T, VN>(b + i, y);
+#pragma unroll
+    for (int k = 0; k < VN; k++) x[k] += y[k];
+    store_vec<T, VN>(out + i, x);
+}
+
 // ---- reductions --------------------------------------------------------------------------------
 
 __device__ __forceinline__ float warp_sum(float x) {

@@ -65,16 +65,6 @@ __device__ __forceinline__ void gelu_backward(T* d, const T* inp, long long n, i
     }
 }
 
-template <typename T, int VN>
-__device__ __forceinline__ void residual_span(T* out, const T* a, const T* b, long long i) {
-    float x[VN], y[VN];
-    load_vec<T, VN>(a + i, x);
-    load_vec<T, VN>(b + i, y);
-#pragma unroll
-    for (int k = 0; k < VN; k++) x[k] += y[k];
-    store_vec<T, VN>(out + i, x);
-}
-
 // out (n) = a + b.
 template <typename T>
 __device__ __forceinline__ void residual_forward(T* out, const T* a, const T* b, long long n, int vec) {

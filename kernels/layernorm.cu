@@ -76,14 +76,7 @@ __device__ __forceinline__ void layernorm_forward(T* out, float* mean, float* rs
 // as residual_forward followed by layernorm_forward, with one launch and one read of the row fewer.
 template <typename T, int VN>
 __device__ __forceinline__ void residual_row(T* res, const T* x, const T* y, int C) {
-    for (int c = lane_id() * VN; c < C; c += WARP_SIZE * VN) {
-        float xv[VN], yv[VN];
-        load_vec<T, VN>(x + c, xv);
-        load_vec<T, VN>(y + c, yv);
-#pragma unroll
-        for (int k = 0; k < VN; k++) xv[k] += yv[k];
-        store_vec<T, VN>(res + c, xv);
-    }
+    for (int c = lane_id() * VN; c < C; c += WARP_SIZE * VN) residual_span<T, VN>(res, x, y, c);
 }
 
 template <typename T>
