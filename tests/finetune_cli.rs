@@ -1,18 +1,9 @@
 //! `gptk finetune` and `gptk predict` end to end on the CPU, and their answers to bad input.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn gptk(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gptk")).args(args).current_dir(dir).output().expect("run gptk")
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("gptk-finetune-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+mod common;
+use common::{gptk, temp_dir};
 
 /// A separable task: the label is the kind of word the passage is made of.
 fn task(dir: &Path, name: &str, n: usize, seed: usize) -> PathBuf {
@@ -66,7 +57,7 @@ fn pretrained(dir: &Path) -> PathBuf {
 
 #[test]
 fn finetune_learns_a_separable_task_and_predict_uses_the_head() {
-    let dir = temp_dir("learn");
+    let dir = temp_dir("finetune-learn");
     pretrained(&dir);
     task(&dir, "train.jsonl", 64, 0);
     task(&dir, "val.jsonl", 16, 1);
@@ -127,7 +118,7 @@ fn fails_with(args: &[&str], dir: &Path, needle: &str) {
 
 #[test]
 fn bad_tasks_fail_with_one_clear_line() {
-    let dir = temp_dir("bad");
+    let dir = temp_dir("finetune-bad");
     pretrained(&dir);
     task(&dir, "train.jsonl", 8, 0);
     let base = ["finetune", "--model", "pre", "--train", "train.jsonl", "--epochs", "1", "--seq-len", "32"];
