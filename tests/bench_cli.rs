@@ -8,6 +8,9 @@ use gptk::bench::{self, Ceilings, Measurement, Phase, Report, StepResult, Work};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+use common::{script, temp_dir};
+
 fn gptk(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_gptk")).args(args).output().expect("run gptk")
 }
@@ -18,17 +21,6 @@ fn stderr(o: &Output) -> String {
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name)
-}
-
-/// A fresh directory for one test's files.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gptk-bench-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// True when `python3 -c CODE` runs here.
@@ -62,7 +54,7 @@ fn bench_names_the_known_ops_and_reads_its_compare_file_first() {
     }
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 
-    let dir = scratch("cli");
+    let dir = temp_dir("bench-cli");
     let bad = dir.join("bad.json");
     std::fs::write(&bad, "{\"results\": 3}").unwrap();
     let o = gptk(&["bench", "--compare", bad.to_str().unwrap()]);
@@ -148,7 +140,7 @@ fn reports() -> (Report, Report) {
 
 #[test]
 fn a_saved_report_is_printed_and_compared_without_a_gpu() {
-    let dir = scratch("saved");
+    let dir = temp_dir("bench-saved");
     let (ours, theirs) = reports();
     let (ours_path, theirs_path) = (dir.join("gptk.json"), dir.join("torch.json"));
     std::fs::write(&ours_path, serde_json::to_string(&ours).unwrap()).unwrap();
@@ -277,7 +269,7 @@ fn the_pytorch_script_runs_every_path_on_the_cpu() {
         println!("note: no PyTorch here; the reference script's smoke run was skipped");
         return;
     }
-    let dir = scratch("smoke");
+    let dir = temp_dir("bench-smoke");
     let out = dir.join("torch.json");
     let o = Command::new("python3")
         .arg(script("torch_reference.py"))
@@ -363,7 +355,7 @@ fn a_report_in_the_scripts_format_is_compared_case_by_case() {
         measurement("gelu", "N=8192 C=3072", "fwd", 0.05, Work::Bytes(100663296.0)),
     ];
     ours.steps = vec![step("gptk", 64.0)];
-    let dir = scratch("fixture");
+    let dir = temp_dir("bench-fixture");
     let ours_path = dir.join("gptk.json");
     std::fs::write(&ours_path, serde_json::to_string_pretty(&ours).unwrap()).unwrap();
     let fixture = torch_fixture();

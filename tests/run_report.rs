@@ -2,19 +2,11 @@
 //! docs/gpu-runs/ keeps: on a folder written by hand in the formats gptk prints, and end to end on
 //! a real gpu-check.sh run on this machine (no GPU: its stages fail, and the page says so).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name)
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gptk-run-report-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+mod common;
+use common::{script, temp_dir};
 
 fn report(out: &Path) -> Output {
     Command::new("python3").arg(script("gpu-report.py")).arg(out).args(["--date", "2026-01-02"]).output().unwrap()
@@ -26,7 +18,7 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn the_report_collects_stages_checks_training_and_benchmarks() {
-    let out = scratch("fixture");
+    let out = temp_dir("run-report-fixture");
     let write = |name: &str, body: &str| std::fs::write(out.join(name), body).unwrap();
     write("COMMIT", "abc1234\n");
     write(
@@ -92,7 +84,7 @@ fn the_report_collects_stages_checks_training_and_benchmarks() {
     assert!(page.lines().any(|l| l.starts_with("attention_forward") && l.ends_with("FAIL")), "{page}");
 
     // Not a gpu-check.sh folder: one line, non-zero.
-    let empty = scratch("empty");
+    let empty = temp_dir("run-report-empty");
     let o = report(&empty);
     assert!(!o.status.success());
     assert_eq!(text(&o.stderr).trim().lines().count(), 1, "{}", text(&o.stderr));
@@ -104,10 +96,10 @@ fn the_report_collects_stages_checks_training_and_benchmarks() {
 #[test]
 fn a_real_gpu_check_run_without_a_gpu_gives_a_page_that_says_what_failed() {
     // A bundle of this build's gptk and a commit file; ONLY keeps the run to the checker stages.
-    let bundle = scratch("bundle");
+    let bundle = temp_dir("run-report-bundle");
     std::fs::copy(env!("CARGO_BIN_EXE_gptk"), bundle.join("gptk")).unwrap();
     std::fs::write(bundle.join("COMMIT"), "feedbee\n").unwrap();
-    let out = scratch("run");
+    let out = temp_dir("run-report-run");
     let o = Command::new("bash")
         .arg(script("gpu-check.sh"))
         .arg(&bundle)

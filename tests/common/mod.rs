@@ -16,6 +16,11 @@ pub fn gptk(args: &[&str], dir: &Path) -> Output {
     gptk_command(args, dir).output().expect("run gptk")
 }
 
+/// A script of the repository's `scripts/` folder.
+pub fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name)
+}
+
 /// A fresh, empty scratch folder `gptk-NAME-PID` under the system's temporary directory.
 pub fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("gptk-{name}-{}", std::process::id()));
