@@ -63,6 +63,8 @@ pub const OPS: &[&str] = &[
     "residual_layernorm_forward",
     "matmul_forward",
     "matmul_backward",
+    "matmul_gelu_forward",
+    "matmul_backward_gelu",
     "attention_forward",
     "attention_backward",
     "attention_cached",
@@ -384,6 +386,8 @@ impl Ctx {
             "residual_layernorm_forward" => self.residual_layernorm(),
             "matmul_forward" => self.matmul(false),
             "matmul_backward" => self.matmul(true),
+            "matmul_gelu_forward" => self.matmul_gelu(false),
+            "matmul_backward_gelu" => self.matmul_gelu(true),
             "attention_forward" => self.attention(false),
             "attention_backward" => self.attention(true),
             "attention_cached" => self.attention_cached(),
@@ -578,6 +582,84 @@ impl Ctx {
                 p.cpu.matmul_forward(out, inp, w, bias, n, c, oc)?;
                 p.gpu.matmul_forward(out, inp, w, bias, n, c, oc)?;
                 rows.push(p.compare(op, &case, "out", out)?);
+            }
+        }
+        Ok(rows)
+    }
+
+    /// The MLP's linear layers with their GELU: forward (the GELU over the OC outputs) and
+    /// backward (carried through the GELU of the C inputs). On the GPU the GELU runs in
+    /// cuBLASLt's epilogue where the library allows (the GELU's matrix needs a width divisible by
+    /// 8) and apart otherwise; the case says which.
+    fn matmul_gelu(&self, backward: bool) -> Rows {
+        let op = if backward { "matmul_backward_gelu" } else { "matmul_gelu_forward" };
+        let mut rows = Vec::new();
+        // (N, C, OC, bias, skew): the GELU'd width (OC forward, C backward) odd or divisible by
+        // 8; GPT-2's fc (forward) and fcproj (backward) shapes; an unaligned bias and input.
+        let shapes: [(usize, usize, usize, bool, usize); 6] = if backward {
+            [
+                (1, 1, 1, true, 0),
+                (5, 7, 3, true, 0),
+                (17, 32, 13, true, 1),
+                (17, 24, 13, false, 0),
+                (64, 3072, 768, true, 0),
+                (48, 256, 64, false, 0),
+            ]
+        } else {
+            [
+                (1, 1, 1, true, 0),
+                (5, 7, 3, true, 0),
+                (17, 13, 32, true, 1),
+                (17, 13, 24, false, 0),
+                (64, 768, 3072, true, 0),
+                (48, 64, 256, false, 0),
+            ]
+        };
+        for (i, &(n, c, oc, with_bias, skew)) in shapes.iter().enumerate() {
+            let mut plan = Plan::default();
+            let w = plan.take(Arena::Params, oc * c);
+            let bias = plan.take_skewed(Arena::Params, oc, skew);
+            let inp = plan.take_skewed(Arena::Acts, n * c, skew);
+            let gelu_width = if backward { c } else { oc };
+            let (pre, out) = (plan.take(Arena::Acts, n * gelu_width), plan.take(Arena::Acts, n * oc));
+            let (dout, dinp) = (plan.take(Arena::ActGrads, n * oc), plan.take(Arena::ActGrads, n * c));
+            plan.scratch.max_columns = oc;
+            let mut p = self.pair(&plan, 250 + i as u64)?;
+            p.fill(w, 1.0 / (c as f64).sqrt())?;
+            p.fill(bias, 0.5)?;
+            p.fill(inp, 1.0)?;
+            let bias = with_bias.then_some(bias);
+            let before = p.gpu.gelu_epilogue_calls();
+            let mut compared = Vec::new();
+            if backward {
+                p.fill(pre, 1.5)?;
+                p.fill(dout, 1.0)?;
+                p.poison(dinp)?;
+                p.fill(w.grad(), 0.1)?;
+                if let Some(b) = bias {
+                    p.fill(b.grad(), 0.1)?;
+                }
+                let dbias = bias.map(|b| b.grad());
+                p.cpu.matmul_backward_gelu(dinp, w.grad(), dbias, dout, (inp, pre), w, n, c, oc)?;
+                p.gpu.matmul_backward_gelu(dinp, w.grad(), dbias, dout, (inp, pre), w, n, c, oc)?;
+                compared.extend([("dinp", dinp), ("dw", w.grad())]);
+                compared.extend(dbias.map(|db| ("dbias", db)));
+            } else {
+                p.poison(pre)?;
+                p.poison(out)?;
+                p.cpu.matmul_gelu_forward(pre, out, inp, w, bias, n, c, oc)?;
+                p.gpu.matmul_gelu_forward(pre, out, inp, w, bias, n, c, oc)?;
+                compared.extend([("pre", pre), ("out", out)]);
+            }
+            let fused = p.gpu.gelu_epilogue_calls().fused > before.fused;
+            let case = format!(
+                "N={n} C={c} OC={oc}{}{}, {}",
+                if with_bias { " bias" } else { "" },
+                if skew > 0 { " unaligned" } else { "" },
+                if fused { "epilogue" } else { "apart" }
+            );
+            for (name, t) in compared {
+                rows.push(p.compare(op, &case, name, t)?);
             }
         }
         Ok(rows)

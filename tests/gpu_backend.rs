@@ -2,7 +2,7 @@
 //! scripts/gpu-check.sh does): the checker passes in both precisions, and a small model trains on
 //! the GPU with falling loss and repeats itself bitwise.
 
-use gptk::backend::cuda::CudaBackend;
+use gptk::backend::cuda::{CudaBackend, GeluEpilogueCalls};
 use gptk::backend::{AdamWStep, Backend, Precision};
 use gptk::check::{self, CheckOptions};
 use gptk::model::config::ModelConfig;
@@ -39,20 +39,23 @@ fn every_kernel_matches_the_cpu_in_bf16() {
 /// `steps` AdamW steps of a model of `n_head` heads on one fixed batch: the losses and the final
 /// parameters.
 fn fixed_batch_run(precision: Precision, n_head: usize, steps: u64) -> (Vec<f32>, Vec<f32>) {
-    fixed_batch_run_recomputing(precision, n_head, steps, Recompute::Off)
+    fixed_batch_run_with(precision, n_head, steps, Recompute::Off, true).0
 }
 
-/// `fixed_batch_run` on a plan that recomputes activations at `recompute`.
-fn fixed_batch_run_recomputing(
+/// `fixed_batch_run` on a plan that recomputes activations at `recompute`, with the MLP's GELU
+/// in its GEMMs' epilogue or apart; also how the matmul+GELU ops ran.
+fn fixed_batch_run_with(
     precision: Precision,
     n_head: usize,
     steps: u64,
     recompute: Recompute,
-) -> (Vec<f32>, Vec<f32>) {
+    gelu_epilogue: bool,
+) -> ((Vec<f32>, Vec<f32>), GeluEpilogueCalls) {
     let cfg = ModelConfig { n_layer: 2, n_head, n_embd: 128, n_ctx: 64, vocab_size: 512 };
     let (b, t) = (4, 64);
     let acts = ActLayout::with_recompute(&cfg, b, t, None, recompute);
     let mut model = Gpt::new(cfg.clone(), acts, |p, a| CudaBackend::new(p, a, precision, 0)).expect("a GPU backend");
+    model.backend.set_gelu_epilogue(gelu_epilogue);
     let host = init_params(&cfg, &model.params, 3);
     model.load_params(&host).unwrap();
     let mut rng = Rng::new(11);
@@ -81,7 +84,7 @@ fn fixed_batch_run_recomputing(
     }
     let all = Tensor { arena: Arena::Params, offset: 0, len: model.params.total };
     let params = model.backend.download(all).unwrap();
-    (losses, params)
+    ((losses, params), model.backend.gelu_epilogue_calls())
 }
 
 /// Overfits one fixed batch for a few dozen AdamW steps: the loss must fall well below its start.
@@ -111,19 +114,42 @@ fn training_repeats_bitwise() {
     }
 }
 
-/// Activation recomputation gives the same bits as keeping everything: the recomputed GELU and
-/// layernorm outputs are those of the forward, and every buffer of this shape starts on a 256-byte
+/// Activation recomputation gives the same bits as keeping everything (with the GELU apart from
+/// its GEMM, as a plan that recomputes it runs the forward): the recomputed GELU and layernorm
+/// outputs are those of the forward, and every buffer of this shape starts on a 256-byte
 /// boundary whatever the level, so cuBLASLt is asked for the same algorithms.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn recompute_repeats_the_same_bits() {
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     for precision in [Precision::Bf16, Precision::F32] {
-        let (losses, params) = fixed_batch_run(precision, 2, 5);
+        let ((losses, params), _) = fixed_batch_run_with(precision, 2, 5, Recompute::Off, false);
         for level in [Recompute::Gelu, Recompute::GeluLayernorm] {
-            let (again, params_again) = fixed_batch_run_recomputing(precision, 2, 5, level);
+            let ((again, params_again), _) = fixed_batch_run_with(precision, 2, 5, level, true);
             assert_eq!(bits(&losses), bits(&again), "{precision}, recompute {level}: losses differ");
             assert!(bits(&params) == bits(&params_again), "{precision}, recompute {level}: parameters differ");
+        }
+    }
+}
+
+/// The MLP's GELU runs in cuBLASLt's epilogue at these widths (4C = 512) in bf16, and training
+/// with it follows training with the GELU apart: the two differ only in where the GEMM's sum is
+/// rounded before the GELU.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn the_gelu_epilogue_trains_like_the_gelu_apart() {
+    for precision in [Precision::Bf16, Precision::F32] {
+        let ((fused, _), calls) = fixed_batch_run_with(precision, 2, 10, Recompute::Off, true);
+        let ((apart, _), calls_apart) = fixed_batch_run_with(precision, 2, 10, Recompute::Off, false);
+        println!("{precision}: GELU epilogue {calls:?}; losses {fused:?} against {apart:?} apart");
+        // Two layers, ten steps: a forward and a backward op per layer and step.
+        assert_eq!(calls.fused + calls.apart, 40, "{calls:?}");
+        assert_eq!(calls_apart, GeluEpilogueCalls { fused: 0, apart: 40 });
+        if precision == Precision::Bf16 {
+            assert_eq!(calls.apart, 0, "cuBLASLt refused the bf16 GELU epilogue at GPT-2-like widths");
+        }
+        for (step, (a, b)) in fused.iter().zip(&apart).enumerate() {
+            assert!((a - b).abs() <= 0.02 * b.abs(), "step {}: loss {a} with the epilogue, {b} apart", step + 1);
         }
     }
 }

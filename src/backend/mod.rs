@@ -176,6 +176,44 @@ pub trait Backend {
         c: usize,
         oc: usize,
     ) -> Result<()>;
+    /// pre (N,OC) = inp · wᵀ + bias as `matmul_forward`, then out (N,OC) = tanh-GELU(pre): the
+    /// MLP's first layer. The same values as the two ops; a backend may fuse them (the CUDA one
+    /// applies the GELU in the GEMM's epilogue, where cuBLASLt allows).
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_gelu_forward(
+        &mut self,
+        pre: Tensor,
+        out: Tensor,
+        inp: Tensor,
+        w: Tensor,
+        bias: Option<Tensor>,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
+        self.matmul_forward(pre, inp, w, bias, n, c, oc)?;
+        self.gelu_forward(out.slice(0, n * oc), pre.slice(0, n * oc))
+    }
+    /// `matmul_backward` of a layer whose input was inp = GELU(pre), carried on through that
+    /// GELU: dinp (N,C) = (dout · w) ⊙ GELU′(pre), overwritten; dw and dbias as
+    /// `matmul_backward`. The same values as the two ops; a backend may fuse them (the CUDA one
+    /// applies GELU′ in the epilogue of the dinp GEMM, where cuBLASLt allows).
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_backward_gelu(
+        &mut self,
+        dinp: Tensor,
+        dw: Tensor,
+        dbias: Option<Tensor>,
+        dout: Tensor,
+        (inp, pre): (Tensor, Tensor),
+        w: Tensor,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
+        self.matmul_backward(dinp, dw, dbias, dout, inp, w, n, c, oc)?;
+        self.gelu_backward(dinp.slice(0, n * c), pre.slice(0, n * c))
+    }
     /// out (B,T,C) = softmax(q·kᵀ/√HS [+ causal mask]) · v, heads read from qkv (B,T,3C);
     /// lse (B,NH,T) = log Σ exp of each score row, saved for the backward.
     #[allow(clippy::too_many_arguments)]

@@ -64,8 +64,15 @@ pub fn forward<K: Backend>(
             n,
             c,
         )?;
-        k.matmul_forward(la.fch, la.ln2, lp.fc_w, Some(lp.fc_b), n, c, 4 * c)?;
-        k.gelu_forward(la.fch_gelu, la.fch)?;
+        if a.recompute.gelu() {
+            // The backward recomputes GELU(fch) with the GELU op; the forward uses the same op,
+            // so that fcproj's backward reads the values its forward read. (A GELU fused into
+            // the GEMM's epilogue works from the unrounded sum, and may differ in the last bit.)
+            k.matmul_forward(la.fch, la.ln2, lp.fc_w, Some(lp.fc_b), n, c, 4 * c)?;
+            k.gelu_forward(la.fch_gelu, la.fch)?;
+        } else {
+            k.matmul_gelu_forward(la.fch, la.fch_gelu, la.ln2, lp.fc_w, Some(lp.fc_b), n, c, 4 * c)?;
+        }
         k.matmul_forward(la.fcproj, la.fch_gelu, lp.fcproj_w, Some(lp.fcproj_b), n, 4 * c, c)?;
         // The next layernorm: the next layer's first, or the final one.
         let ((out, mean, rstd), (w, bias)) = match (p.layers.get(l + 1), a.layers.get(l + 1)) {
@@ -172,18 +179,17 @@ pub fn backward_from<K: Backend>(
         if a.recompute.gelu() {
             k.gelu_forward(la.fch_gelu, la.fch)?;
         }
-        k.matmul_backward(
+        k.matmul_backward_gelu(
             a.d4c,
             lp.fcproj_w.grad(),
             Some(lp.fcproj_b.grad()),
             a.dres,
-            la.fch_gelu,
+            (la.fch_gelu, la.fch),
             lp.fcproj_w,
             n,
             4 * c,
             c,
         )?;
-        k.gelu_backward(a.d4c, la.fch)?;
         if a.recompute.layernorm() {
             k.layernorm_forward(la.ln2, la.ln2_mean, la.ln2_rstd, la.residual2, lp.ln2_w, lp.ln2_b, n, c)?;
         }

@@ -8,6 +8,10 @@
 //! the GEMM of a small model. The cache key includes the pointer alignments, because the
 //! heuristic only promises an algorithm for operands at least as aligned as it was told.
 //!
+//! The epilogue can also apply the tanh-GELU of the MLP (`GELU_AUX`, writing the GELU's input beside
+//! its output, for the backward) or its derivative (`DGELU`, the backward through it): see
+//! [`Blas::gemm_gelu`]. cuBLASLt's GELU is the tanh approximation, GPT-2's.
+//!
 //! Precision: bf16 operands with f32 accumulation (`CUBLAS_COMPUTE_32F`), or f32 operands with
 //! full f32 arithmetic (not TF32), so the f32 backend can be checked tightly against the CPU.
 
@@ -22,8 +26,29 @@ use std::sync::Arc;
 /// The largest alignment worth telling the heuristic about.
 const MAX_ALIGNMENT: u32 = 256;
 
+/// A tanh-GELU in the epilogue of a GEMM; its input matrix `pre` has D's shape and leading
+/// dimension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gelu {
+    /// D = GELU(op(A)·op(B) + bias), and the GELU's input (the product plus the bias) is
+    /// written to `pre` (cuBLASLt's `GELU_AUX`, `GELU_AUX_BIAS`).
+    Forward { pre: u64 },
+    /// D = op(A)·op(B) ⊙ GELU′(pre): the gradient through the GELU whose input was `pre`
+    /// (cuBLASLt's `DGELU`; no bias).
+    Backward { pre: u64 },
+}
+
+impl Gelu {
+    fn pre(self) -> u64 {
+        match self {
+            Gelu::Forward { pre } | Gelu::Backward { pre } => pre,
+        }
+    }
+}
+
 /// One GEMM: D (m×n, column-major, leading dimension ldd) = op(A)·op(B) + beta·D, where op
-/// transposes when asked; the optional bias (m) is added to every column.
+/// transposes when asked; the optional bias (m) is added to every column, then the optional
+/// GELU epilogue applies.
 #[derive(Clone, Copy, Debug)]
 pub struct GemmCall {
     pub m: usize,
@@ -40,9 +65,15 @@ pub struct GemmCall {
     /// 0 overwrites D, 1 accumulates into it.
     pub beta: f32,
     pub bias: Option<u64>,
+    pub gelu: Option<Gelu>,
 }
 
 impl GemmCall {
+    /// The same GEMM with a GELU epilogue.
+    pub fn with_gelu(self, gelu: Gelu) -> Self {
+        GemmCall { gelu: Some(gelu), ..self }
+    }
+
     /// Row-major out (N,OC) = inp (N,C)·Wᵀ (+ bias), W (OC,C): column-major outᵀ (OC,N) =
     /// W (stored as (C,OC), transposed) · inpᵀ (stored as (C,N)).
     pub fn linear_forward(n: usize, c: usize, oc: usize, inp: u64, w: u64, out: u64, bias: Option<u64>) -> Self {
@@ -60,6 +91,7 @@ impl GemmCall {
             ldd: oc,
             beta: 0.0,
             bias,
+            gelu: None,
         }
     }
 
@@ -80,6 +112,7 @@ impl GemmCall {
             ldd: c,
             beta: 0.0,
             bias: None,
+            gelu: None,
         }
     }
 
@@ -100,8 +133,17 @@ impl GemmCall {
             ldd: c,
             beta: 1.0,
             bias: None,
+            gelu: None,
         }
     }
+}
+
+/// Which epilogue a plan was asked for.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum GeluMode {
+    None,
+    Forward,
+    Backward,
 }
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -115,7 +157,37 @@ struct Key {
     trans_a: bool,
     trans_b: bool,
     bias: bool,
-    align: [u32; 3],
+    gelu: GeluMode,
+    /// Alignments of A, B, D and the GELU's input matrix.
+    align: [u32; 4],
+}
+
+impl Key {
+    fn of(call: &GemmCall) -> Self {
+        let gelu = match call.gelu {
+            None => GeluMode::None,
+            Some(Gelu::Forward { .. }) => GeluMode::Forward,
+            Some(Gelu::Backward { .. }) => GeluMode::Backward,
+        };
+        Key {
+            m: call.m,
+            n: call.n,
+            k: call.k,
+            lda: call.lda,
+            ldb: call.ldb,
+            ldd: call.ldd,
+            trans_a: call.trans_a,
+            trans_b: call.trans_b,
+            bias: call.bias.is_some(),
+            gelu,
+            align: [
+                alignment(call.a),
+                alignment(call.b),
+                alignment(call.d),
+                call.gelu.map_or(MAX_ALIGNMENT, |g| alignment(g.pre())),
+            ],
+        }
+    }
 }
 
 /// Descriptors and the chosen algorithm for one key.
@@ -149,7 +221,8 @@ pub struct Blas {
     workspace_bytes: usize,
     data_type: sys::cudaDataType,
     compute_type: sys::cublasComputeType_t,
-    plans: HashMap<Key, Plan>,
+    /// `None`: the library has no algorithm for this GELU epilogue (asked once, remembered).
+    plans: HashMap<Key, Option<Plan>>,
     stream: Arc<CudaStream>,
 }
 
@@ -175,6 +248,26 @@ unsafe fn set_desc<T>(
     value: &T,
 ) -> Result<(), lt::CublasError> {
     unsafe { lt::set_matmul_desc_attribute(desc, attr, value as *const T as *const c_void, size_of::<T>()) }
+}
+
+/// Points the descriptor at this call's bias (when fused) and GELU input.
+///
+/// SAFETY: `desc` is live; the pointers are device addresses (or 0 before a heuristic query).
+unsafe fn set_pointers(
+    desc: sys::cublasLtMatmulDesc_t,
+    call: &GemmCall,
+    fused_bias: bool,
+) -> Result<(), lt::CublasError> {
+    use sys::cublasLtMatmulDescAttributes_t as D;
+    unsafe {
+        if let (true, Some(bias)) = (fused_bias, call.bias) {
+            set_desc(desc, D::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias)?;
+        }
+        if let Some(gelu) = call.gelu {
+            set_desc(desc, D::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &gelu.pre())?;
+        }
+    }
+    Ok(())
 }
 
 impl Blas {
@@ -210,8 +303,9 @@ impl Blas {
         lt::create_matrix_layout(self.data_type, rows as u64, cols as u64, ld as i64)
     }
 
-    /// Builds the plan for `key`, with the bias fused when `fuse` and the library agrees.
-    fn plan(&self, key: &Key, fuse: bool) -> Result<Plan, lt::CublasError> {
+    /// Builds the plan for `call` (whose key is `key`), with the bias fused when `fuse` and the
+    /// GELU epilogue the key asks for.
+    fn plan(&self, key: &Key, call: &GemmCall, fuse: bool) -> Result<Plan, lt::CublasError> {
         let desc = lt::create_matmul_desc(self.compute_type, sys::cudaDataType::CUDA_R_32F)?;
         let (a_rows, a_cols) = if key.trans_a { (key.k, key.m) } else { (key.m, key.k) };
         let (b_rows, b_cols) = if key.trans_b { (key.n, key.k) } else { (key.k, key.n) };
@@ -227,18 +321,27 @@ impl Blas {
         plan.b = self.layout(b_rows, b_cols, key.ldb)?;
         plan.d = self.layout(key.m, key.n, key.ldd)?;
         let (op_a, op_b) = (key.trans_a as i32, key.trans_b as i32); // CUBLAS_OP_N = 0, CUBLAS_OP_T = 1
-        let epilogue = if fuse {
-            sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS
-        } else {
-            sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT
+        use sys::cublasLtEpilogue_t as E;
+        let epilogue = match (key.gelu, fuse) {
+            (GeluMode::None, false) => E::CUBLASLT_EPILOGUE_DEFAULT,
+            (GeluMode::None, true) => E::CUBLASLT_EPILOGUE_BIAS,
+            (GeluMode::Forward, false) => E::CUBLASLT_EPILOGUE_GELU_AUX,
+            (GeluMode::Forward, true) => E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
+            (GeluMode::Backward, _) => E::CUBLASLT_EPILOGUE_DGELU,
         };
         use sys::cublasLtMatmulDescAttributes_t as D;
-        // SAFETY: the descriptor is live; TRANSA/TRANSB take an int32 cublasOperation_t and
-        // EPILOGUE a uint32 cublasLtEpilogue_t.
+        // SAFETY: the descriptor is live; TRANSA/TRANSB take an int32 cublasOperation_t,
+        // EPILOGUE a uint32 cublasLtEpilogue_t, EPILOGUE_AUX_LD an int64 (the GELU input has D's
+        // leading dimension; its type, left unset, is D's). The pointers are set before the
+        // heuristic because it reads their alignment from them.
         unsafe {
             set_desc(desc, D::CUBLASLT_MATMUL_DESC_TRANSA, &op_a)?;
             set_desc(desc, D::CUBLASLT_MATMUL_DESC_TRANSB, &op_b)?;
             set_desc(desc, D::CUBLASLT_MATMUL_DESC_EPILOGUE, &(epilogue as u32))?;
+            if key.gelu != GeluMode::None {
+                set_desc(desc, D::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &(key.ldd as i64))?;
+            }
+            set_pointers(desc, call, fuse)?;
         }
         let pref = lt::create_matmul_pref()?;
         use sys::cublasLtMatmulPreferenceAttributes_t as P;
@@ -247,7 +350,7 @@ impl Blas {
             unsafe { lt::set_matmul_pref_attribute(pref, attr, value, size) }
         };
         let workspace = self.workspace_bytes as u64;
-        let [align_a, align_b, align_d] = key.align;
+        let [align_a, align_b, align_d, _] = key.align;
         let result = (|| {
             set_pref(P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace as *const u64 as _, 8)?;
             set_pref(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a as *const u32 as _, 4)?;
@@ -265,54 +368,77 @@ impl Blas {
         Ok(plan)
     }
 
-    /// Runs one GEMM. Returns whether `call.bias` was added in the epilogue (false without a
-    /// bias); when a bias was given but not added, the caller adds it.
+    fn shape_error(call: &GemmCall, e: lt::CublasError) -> BackendError {
+        blas_error(
+            &format!(
+                "has no algorithm for a {}×{}×{} GEMM (transa {}, transb {})",
+                call.m, call.n, call.k, call.trans_a, call.trans_b
+            ),
+            e,
+        )
+    }
+
+    /// Runs one GEMM without a GELU. Returns whether `call.bias` was added in the epilogue (false
+    /// without a bias); when a bias was given but not added, the caller adds it.
     pub fn gemm(&mut self, call: &GemmCall) -> Result<bool, BackendError> {
-        let key = Key {
-            m: call.m,
-            n: call.n,
-            k: call.k,
-            lda: call.lda,
-            ldb: call.ldb,
-            ldd: call.ldd,
-            trans_a: call.trans_a,
-            trans_b: call.trans_b,
-            bias: call.bias.is_some(),
-            align: [alignment(call.a), alignment(call.b), alignment(call.d)],
-        };
+        if call.gelu.is_some() {
+            return Err(BackendError::Device("a GEMM with a GELU epilogue goes through gemm_gelu".into()));
+        }
+        let key = Key::of(call);
         if !self.plans.contains_key(&key) {
-            let plan = match self.plan(&key, key.bias) {
+            let plan = match self.plan(&key, call, key.bias) {
                 // The epilogue is an optimisation: without it the caller adds the bias.
-                Err(_) if key.bias => self.plan(&key, false),
+                Err(_) if key.bias => self.plan(&key, call, false),
                 other => other,
             }
-            .map_err(|e| {
-                blas_error(
-                    &format!(
-                        "has no algorithm for a {}×{}×{} GEMM (transa {}, transb {})",
-                        call.m, call.n, call.k, call.trans_a, call.trans_b
-                    ),
-                    e,
-                )
-            })?;
+            .map_err(|e| Self::shape_error(call, e))?;
+            self.plans.insert(key, Some(plan));
+        }
+        let fused_bias = self.run(&key, call)?;
+        Ok(fused_bias && call.bias.is_some())
+    }
+
+    /// Runs one GEMM with its GELU epilogue (and its bias, if any, fused too), or nothing and
+    /// returns false when cuBLASLt has no algorithm for that epilogue at this shape, alignment
+    /// and type; the caller then runs the GEMM and the GELU apart. The GELU's input matrix needs
+    /// a leading dimension divisible by 8.
+    pub fn gemm_gelu(&mut self, call: &GemmCall) -> Result<bool, BackendError> {
+        let Some(gelu) = call.gelu else {
+            return Err(BackendError::Device("gemm_gelu without a GELU epilogue".into()));
+        };
+        if matches!(gelu, Gelu::Backward { .. }) && call.bias.is_some() {
+            return Err(BackendError::Device("the DGELU epilogue takes no bias".into()));
+        }
+        if !call.ldd.is_multiple_of(8) {
+            return Ok(false);
+        }
+        let key = Key::of(call);
+        if !self.plans.contains_key(&key) {
+            let plan = self.plan(&key, call, key.bias).ok();
             self.plans.insert(key, plan);
         }
-        let plan = &self.plans[&key];
-        if let (true, Some(bias)) = (plan.fused_bias, call.bias) {
-            // SAFETY: the descriptor is live; BIAS_POINTER takes a device pointer.
-            unsafe {
-                set_desc(plan.desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias)
-            }
-            .map_err(|e| blas_error("setting the bias pointer", e))?;
+        match self.plans[&key] {
+            Some(_) => self.run(&key, call),
+            None => Ok(false),
         }
+    }
+
+    /// Launches `call` with the cached plan of `key`; returns whether the plan fuses the bias.
+    fn run(&mut self, key: &Key, call: &GemmCall) -> Result<bool, BackendError> {
+        let plan = self.plans[key].as_ref().expect("a plan exists for the key");
+        // SAFETY: the descriptor is live; BIAS_POINTER and EPILOGUE_AUX_POINTER take device
+        // pointers.
+        unsafe { set_pointers(plan.desc, call, plan.fused_bias) }
+            .map_err(|e| blas_error("setting the epilogue pointers", e))?;
         let alpha = 1.0f32;
         self.stream
             .context()
             .bind_to_thread()
             .map_err(|e| BackendError::Device(format!("binding the context: {e:?}")))?;
-        // SAFETY: the caller guarantees A, B and D hold the matrices the dimensions and leading
-        // dimensions describe (checked against the arenas before the call); the workspace is
-        // ours and idle outside this stream; alpha and beta are host f32 (scale type f32).
+        // SAFETY: the caller guarantees A, B and D (and the GELU input) hold the matrices the
+        // dimensions and leading dimensions describe (checked against the arenas before the
+        // call); the workspace is ours and idle outside this stream; alpha and beta are host f32
+        // (scale type f32).
         unsafe {
             lt::matmul(
                 self.handle,
@@ -334,7 +460,7 @@ impl Blas {
             )
         }
         .map_err(|e| blas_error(&format!("matmul {}×{}×{}", call.m, call.n, call.k), e))?;
-        Ok(plan.fused_bias && call.bias.is_some())
+        Ok(plan.fused_bias)
     }
 }
 
@@ -354,9 +480,22 @@ mod tests {
     use crate::backend::cpu::{matmul_backward, matmul_forward};
     use crate::rng::Rng;
 
+    /// GPT-2's tanh-GELU and its derivative, as cuBLASLt's epilogues apply them.
+    fn gelu(x: f64) -> f64 {
+        let k = (2.0 / std::f64::consts::PI).sqrt();
+        0.5 * x * (1.0 + (k * (x + 0.044715 * x.powi(3))).tanh())
+    }
+
+    fn gelu_grad(x: f64) -> f64 {
+        let k = (2.0 / std::f64::consts::PI).sqrt();
+        let th = (k * (x + 0.044715 * x.powi(3))).tanh();
+        0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * k * (1.0 + 3.0 * 0.044715 * x * x)
+    }
+
     /// What cuBLASLt computes for `call`, on host buffers (the addresses are element offsets):
-    /// column-major D = op(A)·op(B) + beta·D, plus the bias on every column.
-    fn reference(call: &GemmCall, a: &[f64], b: &[f64], d: &mut [f64], bias: &[f64]) {
+    /// column-major D = op(A)·op(B) + beta·D, plus the bias on every column, then the GELU
+    /// epilogue, whose input matrix `aux` has D's layout (written forward, read backward).
+    fn reference(call: &GemmCall, a: &[f64], b: &[f64], d: &mut [f64], bias: &[f64], aux: &mut [f64]) {
         let (a0, b0, d0) = (call.a as usize, call.b as usize, call.d as usize);
         for j in 0..call.n {
             for i in 0..call.m {
@@ -368,7 +507,15 @@ mod tests {
                 }
                 let at = d0 + i + j * call.ldd;
                 let bias = call.bias.map_or(0.0, |o| bias[o as usize + i]);
-                d[at] = acc + call.beta as f64 * d[at] + bias;
+                let x = acc + call.beta as f64 * d[at] + bias;
+                d[at] = match call.gelu {
+                    None => x,
+                    Some(Gelu::Forward { pre }) => {
+                        aux[pre as usize + i + j * call.ldd] = x;
+                        gelu(x)
+                    }
+                    Some(Gelu::Backward { pre }) => x * gelu_grad(aux[pre as usize + i + j * call.ldd]),
+                };
             }
         }
     }
@@ -393,18 +540,47 @@ mod tests {
             let mut want = vec![0.0; n * oc];
             matmul_forward(&mut want, &inp, &w, Some(&bias), n, c, oc);
             let mut got = vec![0.0; n * oc];
-            reference(&GemmCall::linear_forward(n, c, oc, 0, 0, 0, Some(0)), &w, &inp, &mut got, &bias);
+            reference(&GemmCall::linear_forward(n, c, oc, 0, 0, 0, Some(0)), &w, &inp, &mut got, &bias, &mut []);
             close(&got, &want);
 
             let dw0 = randn(&mut rng, oc * c);
             let (mut want_dinp, mut want_dw) = (vec![0.0; n * c], dw0.clone());
             matmul_backward(&mut want_dinp, &mut want_dw, None, &dout, &inp, &w, n, c, oc);
             let mut got_dinp = vec![0.0; n * c];
-            reference(&GemmCall::linear_backward_input(n, c, oc, 0, 0, 0), &w, &dout, &mut got_dinp, &[]);
+            reference(&GemmCall::linear_backward_input(n, c, oc, 0, 0, 0), &w, &dout, &mut got_dinp, &[], &mut []);
             close(&got_dinp, &want_dinp);
             let mut got_dw = dw0;
-            reference(&GemmCall::linear_backward_weight(n, c, oc, 0, 0, 0), &inp, &dout, &mut got_dw, &[]);
+            reference(&GemmCall::linear_backward_weight(n, c, oc, 0, 0, 0), &inp, &dout, &mut got_dw, &[], &mut []);
             close(&got_dw, &want_dw);
+        }
+    }
+
+    #[test]
+    fn gelu_epilogues_are_the_mlp_ops_in_the_gemm() {
+        use crate::backend::cpu::{gelu_backward, gelu_forward};
+        let mut rng = Rng::new(10);
+        for (n, c, oc) in [(1, 1, 1), (5, 7, 3), (4, 16, 48)] {
+            // Forward: out = GELU(inp·Wᵀ + b) with the GELU's input kept, as matmul_gelu_forward.
+            let (inp, w, bias) = (randn(&mut rng, n * c), randn(&mut rng, oc * c), randn(&mut rng, oc));
+            let mut want_pre = vec![0.0; n * oc];
+            matmul_forward(&mut want_pre, &inp, &w, Some(&bias), n, c, oc);
+            let mut want_out = vec![0.0; n * oc];
+            gelu_forward(&mut want_out, &want_pre);
+            let (mut got_out, mut got_pre) = (vec![0.0; n * oc], vec![0.0; n * oc]);
+            let call = GemmCall::linear_forward(n, c, oc, 0, 0, 0, Some(0)).with_gelu(Gelu::Forward { pre: 0 });
+            reference(&call, &w, &inp, &mut got_out, &bias, &mut got_pre);
+            close(&got_pre, &want_pre);
+            close(&got_out, &want_out);
+
+            // Backward: dinp = (dout·W) ⊙ GELU′(pre), pre (N,C), as matmul_backward_gelu.
+            let (dout, mut pre) = (randn(&mut rng, n * oc), randn(&mut rng, n * c));
+            let (mut want_dinp, mut dw) = (vec![0.0; n * c], vec![0.0; oc * c]);
+            matmul_backward(&mut want_dinp, &mut dw, None, &dout, &inp, &w, n, c, oc);
+            gelu_backward(&mut want_dinp, &pre);
+            let mut got_dinp = vec![0.0; n * c];
+            let call = GemmCall::linear_backward_input(n, c, oc, 0, 0, 0).with_gelu(Gelu::Backward { pre: 0 });
+            reference(&call, &w, &dout, &mut got_dinp, &[], &mut pre);
+            close(&got_dinp, &want_dinp);
         }
     }
 }

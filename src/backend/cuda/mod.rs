@@ -36,7 +36,7 @@ pub use plan::{ArenaSizes, MemoryPlan, ScratchSizes};
 use super::{AdamWStep, Backend, BackendError, Precision, Result, cpu};
 use crate::model::config::LAYERNORM_EPS;
 use crate::model::layout::{ActLayout, Arena, ParamLayout, Tensor};
-use blas::{Blas, GemmCall};
+use blas::{Blas, Gelu, GemmCall};
 use cast::{blocks_for, to_i32, to_i64, to_u32};
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{
@@ -189,6 +189,27 @@ pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     /// The data-parallel communicator (none: a world of one).
     nccl: Option<NcclComm>,
+    /// Whether the MLP's GELU runs in the epilogue of its GEMMs (where cuBLASLt allows).
+    gelu_epilogue: bool,
+    gelu_calls: GeluEpilogueCalls,
+}
+
+/// The device addresses of a linear layer's backward.
+struct LinearBackward {
+    dinp: u64,
+    dw: u64,
+    dbias: Option<u64>,
+    dout: u64,
+    inp: u64,
+    w: u64,
+}
+
+/// How the fused matmul+GELU ops ran so far: with the GELU in cuBLASLt's epilogue, or apart
+/// (the epilogue turned off, or no algorithm for it at that shape, alignment and type).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GeluEpilogueCalls {
+    pub fused: usize,
+    pub apart: usize,
 }
 
 impl CudaBackend {
@@ -347,6 +368,8 @@ impl CudaBackend {
             stream,
             ctx,
             nccl: None,
+            gelu_epilogue: true,
+            gelu_calls: GeluEpilogueCalls::default(),
         };
         backend.stream.synchronize().map_err(|e| driver_error("initialising the arenas", e))?;
         Ok(backend)
@@ -368,6 +391,67 @@ impl CudaBackend {
     /// kernels of attention.cu run.
     pub fn uses_flash_attention(&self, hs: usize) -> bool {
         self.functions.flash_head_sizes.contains(&hs)
+    }
+
+    /// Turns the GELU epilogue of `matmul_gelu_forward` and `matmul_backward_gelu` on (the
+    /// default) or off (a GEMM, then the GELU kernel), e.g. to measure one against the other.
+    pub fn set_gelu_epilogue(&mut self, on: bool) {
+        self.gelu_epilogue = on;
+    }
+
+    /// How the fused matmul+GELU ops have run since the backend was made.
+    pub fn gelu_epilogue_calls(&self) -> GeluEpilogueCalls {
+        self.gelu_calls
+    }
+
+    /// The device addresses of a linear layer's backward, each checked against its arena.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_backward_pointers(
+        &self,
+        dinp: Tensor,
+        dw: Tensor,
+        dbias: Option<Tensor>,
+        dout: Tensor,
+        inp: Tensor,
+        w: Tensor,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<LinearBackward> {
+        Ok(LinearBackward {
+            dinp: self.ptr_n(dinp, n * c, "matmul dinp")?,
+            dw: self.ptr_n(dw, oc * c, "matmul dw")?,
+            dbias: dbias.map(|b| self.ptr_n(b, oc, "matmul dbias")).transpose()?,
+            dout: self.ptr_n(dout, n * oc, "matmul dout")?,
+            inp: self.ptr_n(inp, n * c, "matmul input")?,
+            w: self.ptr_n(w, oc * c, "matmul weight")?,
+        })
+    }
+
+    /// dW (OC,C) += doutᵀ · inp and dbias (OC) += Σ rows of dout: the part of a linear layer's
+    /// backward that does not depend on how dinp was made.
+    fn linear_backward_weight(&mut self, p: &LinearBackward, n: usize, c: usize, oc: usize) -> Result<()> {
+        let dout_p = p.dout;
+        self.blas.gemm(&GemmCall::linear_backward_weight(n, c, oc, dout_p, p.inp, p.dw))?;
+        if let Some(dbias_p) = p.dbias {
+            let (rows, count) = self.chunks(n, oc, 1)?;
+            let (n_i, oc_i, rows_i) = (to_i32(n, "N")?, to_i32(oc, "OC")?, to_i32(rows, "rows per chunk")?);
+            let partials = self.scratch.partials.ptr;
+            let f = self.functions.get("bias_grad_partials");
+            let mut l = self.stream.launch_builder(f);
+            l.arg(&partials).arg(&dout_p).arg(&n_i).arg(&oc_i).arg(&rows_i);
+            let cfg = LaunchConfig {
+                grid_dim: (blocks_for(oc, MATMUL_BLOCK, "bias columns")?, to_u32(count, "row chunks")?, 1),
+                block_dim: (MATMUL_BLOCK, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: bias_grad_partials_T(float* partials, const T* dout, int N, int OC, int
+            // rows_per_chunk): writes count·OC floats inside the scratch (checked by `chunks`),
+            // reads dout (N·OC, checked).
+            unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("bias_grad_partials", e))?;
+            self.add_partials(dbias_p, count, oc, oc, 0)?;
+        }
+        Ok(())
     }
 
     /// Reads a float tensor's *storage* copy as f32: for `Params` in bf16 this is the bf16 copy
@@ -823,39 +907,75 @@ impl Backend for CudaBackend {
         c: usize,
         oc: usize,
     ) -> Result<()> {
-        let dinp_p = self.ptr_n(dinp, n * c, "matmul dinp")?;
-        let dw_p = self.ptr_n(dw, oc * c, "matmul dw")?;
-        let dout_p = self.ptr_n(dout, n * oc, "matmul dout")?;
-        let inp_p = self.ptr_n(inp, n * c, "matmul input")?;
-        let w_p = self.ptr_n(w, oc * c, "matmul weight")?;
-        let dbias_p = dbias.map(|b| self.ptr_n(b, oc, "matmul dbias")).transpose()?;
+        let p = self.linear_backward_pointers(dinp, dw, dbias, dout, inp, w, n, c, oc)?;
         if n == 0 || c == 0 {
             return Ok(());
         }
         if oc == 0 {
             return self.zero(dinp.slice(0, n * c));
         }
-        self.blas.gemm(&GemmCall::linear_backward_input(n, c, oc, dout_p, w_p, dinp_p))?;
-        self.blas.gemm(&GemmCall::linear_backward_weight(n, c, oc, dout_p, inp_p, dw_p))?;
-        if let Some(dbias_p) = dbias_p {
-            let (rows, count) = self.chunks(n, oc, 1)?;
-            let (n_i, oc_i, rows_i) = (to_i32(n, "N")?, to_i32(oc, "OC")?, to_i32(rows, "rows per chunk")?);
-            let partials = self.scratch.partials.ptr;
-            let f = self.functions.get("bias_grad_partials");
-            let mut l = self.stream.launch_builder(f);
-            l.arg(&partials).arg(&dout_p).arg(&n_i).arg(&oc_i).arg(&rows_i);
-            let cfg = LaunchConfig {
-                grid_dim: (blocks_for(oc, MATMUL_BLOCK, "bias columns")?, to_u32(count, "row chunks")?, 1),
-                block_dim: (MATMUL_BLOCK, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            // SAFETY: bias_grad_partials_T(float* partials, const T* dout, int N, int OC, int
-            // rows_per_chunk): writes count·OC floats inside the scratch (checked by `chunks`),
-            // reads dout (N·OC, checked).
-            unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("bias_grad_partials", e))?;
-            self.add_partials(dbias_p, count, oc, oc, 0)?;
+        self.blas.gemm(&GemmCall::linear_backward_input(n, c, oc, p.dout, p.w, p.dinp))?;
+        self.linear_backward_weight(&p, n, c, oc)
+    }
+
+    fn matmul_gelu_forward(
+        &mut self,
+        pre: Tensor,
+        out: Tensor,
+        inp: Tensor,
+        w: Tensor,
+        bias: Option<Tensor>,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
+        if self.gelu_epilogue && n > 0 && c > 0 && oc > 0 {
+            let pre_p = self.ptr_n(pre, n * oc, "matmul GELU input")?;
+            let out_p = self.ptr_n(out, n * oc, "matmul GELU output")?;
+            let inp_p = self.ptr_n(inp, n * c, "matmul input")?;
+            let w_p = self.ptr_n(w, oc * c, "matmul weight")?;
+            let bias_p = bias.map(|b| self.ptr_n(b, oc, "matmul bias")).transpose()?;
+            // The bias must be added before the GELU, so in the epilogue too (aligned, as in
+            // `matmul_forward`); otherwise both run apart.
+            if bias_p.is_none_or(|p| p % BYTES_PER_VECTOR as u64 == 0) {
+                let call = GemmCall::linear_forward(n, c, oc, inp_p, w_p, out_p, bias_p)
+                    .with_gelu(Gelu::Forward { pre: pre_p });
+                if self.blas.gemm_gelu(&call)? {
+                    self.gelu_calls.fused += 1;
+                    return Ok(());
+                }
+            }
         }
-        Ok(())
+        self.gelu_calls.apart += 1;
+        self.matmul_forward(pre, inp, w, bias, n, c, oc)?;
+        self.gelu_forward(out.slice(0, n * oc), pre.slice(0, n * oc))
+    }
+
+    fn matmul_backward_gelu(
+        &mut self,
+        dinp: Tensor,
+        dw: Tensor,
+        dbias: Option<Tensor>,
+        dout: Tensor,
+        (inp, pre): (Tensor, Tensor),
+        w: Tensor,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
+        if self.gelu_epilogue && n > 0 && c > 0 && oc > 0 {
+            let p = self.linear_backward_pointers(dinp, dw, dbias, dout, inp, w, n, c, oc)?;
+            let pre_p = self.ptr_n(pre, n * c, "matmul GELU input")?;
+            let call =
+                GemmCall::linear_backward_input(n, c, oc, p.dout, p.w, p.dinp).with_gelu(Gelu::Backward { pre: pre_p });
+            if self.blas.gemm_gelu(&call)? {
+                self.gelu_calls.fused += 1;
+                return self.linear_backward_weight(&p, n, c, oc);
+            }
+        }
+        self.gelu_calls.apart += 1;
+        self.matmul_backward(dinp, dw, dbias, dout, inp, w, n, c, oc)?;
+        self.gelu_backward(dinp.slice(0, n * c), pre.slice(0, n * c))
     }
 
     fn attention_forward(
