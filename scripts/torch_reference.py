@@ -11,6 +11,10 @@ C=768, NH=12, V=50257, Vp=50304, N = B·T:
 - matmul: F.linear (bias fused by cuBLASLt) at the four linear layers of a block and the tied
   classifier (one chunk of 640 rows, as gptk's d12 plan runs it, and all N rows); backward
   dinp = dout·W, dW += doutᵀ·inp (addmm_, accumulating like gptk), dbias += Σ dout;
+- matmul_gelu: the MLP's GEMMs with their GELU, which gptk runs with the GELU in cuBLASLt's epilogue
+  and apart: fc forward F.gelu(F.linear(x, W, b), approximate="tanh"), and fcproj backward carried
+  through that GELU (dh = dout·W, aten.gelu_backward(dh, pre), dW += doutᵀ·h, db += Σ dout); the same
+  PyTorch ops are timed for both of gptk's variants, since eager PyTorch runs them apart;
 - attention: F.scaled_dot_product_attention with the flash backend forced; backward alone is
   its fwd+bwd (torch.autograd.grad of q, k, v) minus its fwd;
 - attention_cached: one generation step at the last position of a full context: the new k, v copied into a
@@ -68,7 +72,7 @@ BYTES_BF16, BYTES_F32, BYTES_ID = 2, 4, 4
 ADAMW_BYTES_PER_PARAM = 3 * BYTES_F32 + BYTES_BF16 + 3 * BYTES_F32 + BYTES_BF16
 STEP_WARMUP = 3
 LAYERNORM_EPS = 1e-5
-FAMILIES = ["encoder", "layernorm", "matmul", "attention", "attention_cached", "gelu", "residual", "residual_layernorm", "cross_entropy", "adamw",
+FAMILIES = ["encoder", "layernorm", "matmul", "matmul_gelu", "attention", "attention_cached", "gelu", "residual", "residual_layernorm", "cross_entropy", "adamw",
             "grad_norm", "step"]
 
 
@@ -165,6 +169,13 @@ def cases(s):
         f = 2.0 * n * c * oc
         out.append(Case("matmul", f"{label} N={n} C={c} OC={oc}{' bias' if bias else ''}",
                         [("fwd", "flops", f), ("bwd", "flops", 2.0 * f)], setup_matmul, n=n, c=c, oc=oc, bias=bias))
+    for backward in (False, True):
+        label, (c, oc) = ("fcproj", (4 * C, C)) if backward else ("fc", (C, 4 * C))
+        f = 2.0 * N * c * oc
+        for how in ("epilogue", "apart"):
+            out.append(Case("matmul_gelu", f"{label} N={N} C={c} OC={oc} bias, {how}",
+                            [("bwd", "flops", 2.0 * f)] if backward else [("fwd", "flops", f)],
+                            setup_matmul_gelu, n=N, c=c, oc=oc, backward=backward))
     for B, t, NH, HS in s.attention:
         for causal in (True, False):
             f = 4.0 * B * NH * t * t * HS / (2 if causal else 1)
@@ -333,6 +344,33 @@ def setup_matmul(bench, F, s, case):
         return dx
 
     return {"fwd": fwd, "bwd": bwd}
+
+
+def setup_matmul_gelu(bench, F, s, case):
+    torch = bench.torch
+    n, c, oc, backward = (case.shape[key] for key in ("n", "c", "oc", "backward"))
+    if backward:
+        # dout, W, the layer's input h = GELU(pre) and pre, dinp; dW, db accumulated.
+        k = bench.copies((n * oc + 2 * oc * c + 3 * n * c + oc) * BYTES_BF16)
+        xs = [(bench.randn(n, oc), bench.randn(oc, c, scale=c ** -0.5), bench.randn(n, c), bench.randn(n, c),
+               bench.randn(oc, c, scale=0.02), bench.randn(oc, scale=0.02)) for _ in range(k)]
+
+        def bwd(i):
+            dout, w, h, pre, dw, db = xs[i % k]
+            dx = torch.ops.aten.gelu_backward(torch.matmul(dout, w), pre, approximate="tanh")
+            dw.addmm_(dout.t(), h)
+            db.add_(dout.sum(0))
+            return dx
+
+        return {"bwd": bwd}
+    k = bench.copies((n * c + oc * c + oc + 2 * n * oc) * BYTES_BF16)
+    xs = [(bench.randn(n, c), bench.randn(oc, c, scale=c ** -0.5), bench.randn(oc, scale=0.02)) for _ in range(k)]
+
+    def fwd(i):
+        x, w, b = xs[i % k]
+        return F.gelu(F.linear(x, w, b), approximate="tanh")
+
+    return {"fwd": fwd}
 
 
 def setup_attention(bench, F, s, case):

@@ -28,7 +28,7 @@
 //! steps split into phases by events.
 
 use crate::backend::cuda::plan::storage_bytes;
-use crate::backend::cuda::{ArenaSizes, CudaBackend, ScratchSizes};
+use crate::backend::cuda::{ArenaSizes, CudaBackend, GeluEpilogueCalls, ScratchSizes};
 use crate::backend::{AdamWStep, Backend, BackendError, Precision};
 use crate::model::config::{GPT2_VOCAB_SIZE, ModelConfig};
 use crate::model::layout::{ActLayout, Arena, ParamLayout, Recompute, TENSOR_ALIGN, Tensor};
@@ -282,6 +282,8 @@ pub struct Comparison {
 pub struct StepComparison {
     /// The step's name, `d12 B=8 T=1024`.
     pub name: String,
+    /// gptk's variant, `gptk` or what differs from the default (`gptk, GELU apart`).
+    pub variant: String,
     /// gptk's tokens/s.
     pub tokens_per_s: f64,
     /// (PyTorch variant, its tokens/s, gptk's tokens/s over it) per variant PyTorch ran.
@@ -322,7 +324,7 @@ pub fn compare(gptk: &Report, torch: &Report) -> Comparison {
                 .filter(|t| t.tokens_per_s > 0.0)
                 .map(|t| (t.variant.clone(), t.tokens_per_s, s.tokens_per_s / t.tokens_per_s))
                 .collect();
-            StepComparison { name: s.name(), tokens_per_s: s.tokens_per_s, torch: theirs }
+            StepComparison { name: s.name(), variant: s.variant.clone(), tokens_per_s: s.tokens_per_s, torch: theirs }
         })
         .collect();
     Comparison { families, overall, only_gptk, only_torch, steps }
@@ -343,6 +345,8 @@ pub struct BenchOptions {
     pub step_iters: usize,
     /// Activation recomputation of the training-step case.
     pub step_recompute: Recompute,
+    /// The MLP's GELU in the epilogue of its GEMMs (the default) or apart from them.
+    pub step_gelu_epilogue: bool,
 }
 
 /// One benchmark: an op at one shape, with its inputs in `copies` replicas.
@@ -758,6 +762,129 @@ impl Case for MatmulCase {
             0 => gpu.matmul_forward(x.out, x.inp, x.w, x.bias, n, c, oc),
             _ => gpu.matmul_backward(x.dinp, x.dw, x.dbias, x.dout, x.inp, x.w, n, c, oc),
         }
+    }
+}
+
+// ---- matmul with its GELU ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy)]
+struct MatmulGeluTensors {
+    inp: Tensor,
+    w: Tensor,
+    bias: Tensor,
+    /// The GELU's input: (N, OC) forward, (N, C) backward.
+    pre: Tensor,
+    out: Tensor,
+    dout: Tensor,
+    dinp: Tensor,
+    dw: Tensor,
+    dbias: Tensor,
+}
+
+/// The MLP's linear layers with their GELU, with the GELU in cuBLASLt's epilogue or apart (the
+/// GEMM, then the GELU kernel), measured side by side: `fc` forward, out = GELU(inp·Wᵀ + b)
+/// with the GELU's input kept (`matmul_gelu_forward`), and `fcproj` backward carried through
+/// the GELU before it, dinp = (dout·W) ⊙ GELU′(pre), dW +=, db += (`matmul_backward_gelu`).
+pub struct MatmulGeluCase {
+    pub backward: bool,
+    pub n: usize,
+    pub c: usize,
+    pub oc: usize,
+    pub epilogue: bool,
+    /// The epilogue was asked for but cuBLASLt had no algorithm for it: the case ran apart.
+    refused: bool,
+    copies: Vec<MatmulGeluTensors>,
+}
+
+impl MatmulGeluCase {
+    pub fn new(backward: bool, n: usize, c: usize, oc: usize, epilogue: bool) -> Self {
+        MatmulGeluCase { backward, n, c, oc, epilogue, refused: false, copies: Vec::new() }
+    }
+
+    fn gelu_width(&self) -> usize {
+        if self.backward { self.c } else { self.oc }
+    }
+
+    fn call(&self, gpu: &mut CudaBackend, x: &MatmulGeluTensors) -> Result<(), BackendError> {
+        let (n, c, oc) = (self.n, self.c, self.oc);
+        if self.backward {
+            gpu.matmul_backward_gelu(x.dinp, x.dw, Some(x.dbias), x.dout, (x.out, x.pre), x.w, n, c, oc)
+        } else {
+            gpu.matmul_gelu_forward(x.pre, x.out, x.inp, x.w, Some(x.bias), n, c, oc)
+        }
+    }
+}
+
+impl Case for MatmulGeluCase {
+    fn op(&self) -> &'static str {
+        "matmul_gelu"
+    }
+
+    fn name(&self) -> String {
+        let (label, how) =
+            (if self.backward { "fcproj" } else { "fc" }, if self.epilogue { "epilogue" } else { "apart" });
+        let refused = if self.refused { " (no cuBLASLt algorithm: ran apart)" } else { "" };
+        format!("{label} N={} C={} OC={} bias, {how}{refused}", self.n, self.c, self.oc)
+    }
+
+    fn passes(&self) -> Vec<(&'static str, Work)> {
+        // As the matmul cases: 2·N·C·OC forward, twice that backward; the GELU and the bias
+        // are not counted.
+        let f = 2.0 * self.n as f64 * self.c as f64 * self.oc as f64;
+        if self.backward { vec![("bwd", Work::Flops(2.0 * f))] } else { vec![("fwd", Work::Flops(f))] }
+    }
+
+    fn bytes_per_copy(&self) -> usize {
+        let (n, c, oc) = (self.n, self.c, self.oc);
+        let elems = if self.backward {
+            // dout, W, the GELU's output (the layer's input) and input, dinp, dW, db.
+            n * oc + oc * c + 3 * n * c + oc * c + oc
+        } else {
+            // inp, W, b, the GELU's input and output.
+            n * c + oc * c + oc + 2 * n * oc
+        };
+        elems * BYTES_PER_BF16
+    }
+
+    fn layout(&mut self, copies: usize) -> (ArenaSizes, ScratchSizes) {
+        let (n, c, oc, g) = (self.n, self.c, self.oc, self.gelu_width());
+        let mut spans = Spans::default();
+        // The backward reads the layer's input (the GELU's output) from `out`, of N·C then.
+        let out_len = if self.backward { n * c } else { n * oc };
+        self.copies = (0..copies)
+            .map(|_| MatmulGeluTensors {
+                inp: spans.take(Arena::Acts, if self.backward { 0 } else { n * c }),
+                w: spans.take(Arena::Acts, oc * c),
+                bias: spans.take(Arena::Acts, oc),
+                pre: spans.take(Arena::Acts, n * g),
+                out: spans.take(Arena::Acts, out_len),
+                dout: spans.take(Arena::ActGrads, if self.backward { n * oc } else { 0 }),
+                dinp: spans.take(Arena::ActGrads, if self.backward { n * c } else { 0 }),
+                dw: spans.take(Arena::ActGrads, if self.backward { oc * c } else { 0 }),
+                dbias: spans.take(Arena::ActGrads, oc),
+            })
+            .collect();
+        (spans.sizes(), ScratchSizes { max_columns: oc, ..Default::default() })
+    }
+
+    fn prepare(&mut self, gpu: &mut CudaBackend, rng: &mut Rng) -> Result<(), BackendError> {
+        let c = &self.copies;
+        let w_scale = 1.0 / (self.c as f64).sqrt();
+        if self.backward {
+            let pick = |k: usize| [c[k].dout, c[k].w, c[k].out, c[k].pre, c[k].dw, c[k].dbias];
+            fill_replicas(gpu, rng, c.len(), pick, [1.0, w_scale, 1.0, 1.0, 0.02, 0.02])?;
+        } else {
+            fill_replicas(gpu, rng, c.len(), |k| [c[k].inp, c[k].w, c[k].bias], [1.0, w_scale, 0.02])?;
+        }
+        gpu.set_gelu_epilogue(self.epilogue);
+        let before = gpu.gelu_epilogue_calls().fused;
+        self.call(gpu, &self.copies[0])?;
+        self.refused = self.epilogue && gpu.gelu_epilogue_calls().fused == before;
+        Ok(())
+    }
+
+    fn run(&self, gpu: &mut CudaBackend, _pass: usize, copy: usize) -> Result<(), BackendError> {
+        self.call(gpu, &self.copies[copy])
     }
 }
 
@@ -1395,6 +1522,14 @@ pub fn cases() -> Vec<Box<dyn Case>> {
     for (label, n, c, oc, bias) in matmul_shapes() {
         v.push(Box::new(MatmulCase::new(label, n, c, oc, bias)));
     }
+    // The MLP's GEMMs with their GELU: fc forward, fcproj backward, each with the GELU in the
+    // epilogue and apart.
+    for backward in [false, true] {
+        let (c, oc) = if backward { (4 * C, C) } else { (C, 4 * C) };
+        for epilogue in [true, false] {
+            v.push(Box::new(MatmulGeluCase::new(backward, N, c, oc, epilogue)));
+        }
+    }
     for &(b, t, nh, hs) in ATTENTION_SHAPES {
         for causal in [true, false] {
             v.push(Box::new(AttentionCase::new(b, t, nh, hs, causal)));
@@ -1638,6 +1773,21 @@ fn free_memory(ctx: &cudarc::driver::CudaContext) -> Result<usize, BackendError>
     ctx.mem_get_info().map(|(free, _)| free).map_err(|e| BackendError::Device(format!("reading free memory: {e:?}")))
 }
 
+/// The name of a gptk step variant: `gptk`, then what differs from the default (recomputation,
+/// the GELU apart from its GEMMs, or an epilogue cuBLASLt refused for some of them).
+fn step_variant(opts: &BenchOptions, gelu: GeluEpilogueCalls) -> String {
+    let mut v = String::from("gptk");
+    if opts.step_recompute != Recompute::Off {
+        v += &format!(", recompute {}", opts.step_recompute);
+    }
+    if !opts.step_gelu_epilogue {
+        v += ", GELU apart";
+    } else if gelu.apart > 0 {
+        v += &format!(", GELU apart in {} of {} calls (no cuBLASLt algorithm)", gelu.apart, gelu.apart + gelu.fused);
+    }
+    v
+}
+
 /// Times whole training steps of [`STEP_MODEL`] (GPT-2's vocabulary, bf16) at B = `step_batch`,
 /// T = 1024 through [`Gpt`], random tokens and targets, GPT-2's initialisation: [`STEP_WARMUP`]
 /// untimed steps, `step_iters` timed ones (events around each; every step ends waiting for the
@@ -1650,6 +1800,7 @@ pub fn run_step(opts: &BenchOptions) -> Result<StepResult, BenchError> {
     let acts = ActLayout::with_recompute(&cfg, b, t, None, opts.step_recompute);
     let device = opts.device;
     let mut model = Gpt::new(cfg.clone(), acts, |p, a| CudaBackend::new(p, a, Precision::Bf16, device))?;
+    model.backend.set_gelu_epilogue(opts.step_gelu_epilogue);
     let host = init_params(&cfg, &model.params, opts.seed);
     model.load_params(&host)?;
     drop(host);
@@ -1697,10 +1848,7 @@ pub fn run_step(opts: &BenchOptions) -> Result<StepResult, BenchError> {
         model: STEP_MODEL.into(),
         b,
         t,
-        variant: match opts.step_recompute {
-            Recompute::Off => "gptk".into(),
-            level => format!("gptk, recompute {level}"),
-        },
+        variant: step_variant(opts, model.backend.gelu_epilogue_calls()),
         median_ms,
         min_ms,
         iters,
@@ -1768,6 +1916,45 @@ mod tests {
         assert!(s.cases.is_empty() && s.step);
         let e = select(Some("nope")).err().expect("an error");
         assert!(e.to_string().contains("attention") && e.to_string().contains("step"), "{e}");
+    }
+
+    #[test]
+    fn step_variants_say_what_differs_from_the_default() {
+        let opts = BenchOptions {
+            op: None,
+            device: 0,
+            warmup: 1,
+            iters: 1,
+            seed: 1,
+            step_batch: 8,
+            step_iters: 1,
+            step_recompute: Recompute::Off,
+            step_gelu_epilogue: true,
+        };
+        let all_fused = GeluEpilogueCalls { fused: 24, apart: 0 };
+        assert_eq!(step_variant(&opts, all_fused), "gptk");
+        let refused = GeluEpilogueCalls { fused: 20, apart: 4 };
+        assert_eq!(step_variant(&opts, refused), "gptk, GELU apart in 4 of 24 calls (no cuBLASLt algorithm)");
+        let apart = BenchOptions { step_gelu_epilogue: false, step_recompute: Recompute::Gelu, ..opts };
+        assert_eq!(step_variant(&apart, GeluEpilogueCalls { fused: 0, apart: 24 }), "gptk, recompute 1, GELU apart");
+    }
+
+    #[test]
+    fn the_mlp_gelu_cases_pair_the_epilogue_with_the_ops_apart() {
+        let names: Vec<String> = cases().iter().filter(|c| c.op() == "matmul_gelu").map(|c| c.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "fc N=8192 C=768 OC=3072 bias, epilogue",
+                "fc N=8192 C=768 OC=3072 bias, apart",
+                "fcproj N=8192 C=3072 OC=768 bias, epilogue",
+                "fcproj N=8192 C=3072 OC=768 bias, apart",
+            ]
+        );
+        // The backward reads the layer's input (N·C) and the GELU's input (N·C) and writes dinp.
+        let bwd = MatmulGeluCase::new(true, 10, 24, 8, true);
+        assert_eq!(bwd.bytes_per_copy(), (10 * 8 + 2 * 8 * 24 + 3 * 10 * 24 + 8) * BYTES_PER_BF16);
+        assert_eq!(bwd.passes(), vec![("bwd", Work::Flops(4.0 * 10.0 * 24.0 * 8.0))]);
     }
 
     #[test]

@@ -51,6 +51,10 @@ pub struct BenchArgs {
     /// Activation recomputation in the d12 training step, as `gptk train --recompute`.
     #[arg(long, default_value_t = Recompute::Off)]
     step_recompute: Recompute,
+    /// Time the d12 step a second time with the MLP's GELU apart from its GEMMs (a GEMM, then the
+    /// GELU kernel) instead of in cuBLASLt's epilogue: the fusion's before and after.
+    #[arg(long)]
+    step_gelu_apart: bool,
 }
 
 fn read_report(path: &Path) -> Result<Report> {
@@ -99,8 +103,9 @@ fn gib(bytes: f64) -> f64 {
 
 fn print_step(s: &StepResult, ceilings: &Ceilings, torch: Option<&Report>) {
     println!(
-        "step: {} (bf16, median of {} steps after {} untimed, each as the trainer takes it)",
+        "step: {} {} (bf16, median of {} steps after {} untimed, each as the trainer takes it)",
         s.name(),
+        s.variant,
         s.iters,
         bench::STEP_WARMUP
     );
@@ -155,8 +160,8 @@ fn print_comparison(gptk: &Report, torch: &Report) {
     for s in &c.steps {
         for (variant, tps, ratio) in &s.torch {
             println!(
-                "  step {}: gptk {:.0} tokens/s, PyTorch {variant} {tps:.0} tokens/s: {ratio:.2}×",
-                s.name, s.tokens_per_s
+                "  step {}: {} {:.0} tokens/s, PyTorch {variant} {tps:.0} tokens/s: {ratio:.2}×",
+                s.name, s.variant, s.tokens_per_s
             );
         }
         if s.torch.is_empty() {
@@ -232,6 +237,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         step_batch: args.step_batch.max(1),
         step_iters: args.step_iters.max(1),
         step_recompute: args.step_recompute,
+        step_gelu_epilogue: true,
     };
     let table = !args.json;
     let ceilings = bench::measure_ceilings(&opts)?;
@@ -274,8 +280,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(e) = write_error {
         return Err(e);
     }
-    if selection.step {
-        let step = bench::run_step(&opts)?;
+    let step_variants: &[bool] = if args.step_gelu_apart { &[true, false] } else { &[true] };
+    for &gelu_epilogue in step_variants.iter().filter(|_| selection.step) {
+        let step = bench::run_step(&BenchOptions { step_gelu_epilogue: gelu_epilogue, ..opts.clone() })?;
         if table {
             print_step(&step, &ceilings, torch.as_ref());
         }
