@@ -39,31 +39,55 @@ fn every_kernel_matches_the_cpu_in_bf16() {
 /// `steps` AdamW steps of a model of `n_head` heads on one fixed batch: the losses and the final
 /// parameters.
 fn fixed_batch_run(precision: Precision, n_head: usize, steps: u64) -> (Vec<f32>, Vec<f32>) {
-    fixed_batch_run_with(precision, n_head, steps, Recompute::Off, true).0
+    let out = run(precision, n_head, steps, Setup::DEFAULT);
+    (out.losses, out.params)
 }
 
-/// `fixed_batch_run` on a plan that recomputes activations at `recompute`, with the MLP's GELU
-/// in its GEMMs' epilogue or apart; also how the matmul+GELU ops ran.
-fn fixed_batch_run_with(
-    precision: Precision,
-    n_head: usize,
-    steps: u64,
+/// How a run of [`run`] differs from the default.
+#[derive(Clone, Copy)]
+struct Setup {
     recompute: Recompute,
     gelu_epilogue: bool,
-) -> ((Vec<f32>, Vec<f32>), GeluEpilogueCalls) {
+    cuda_graphs: bool,
+    /// Distinct batches, taken in turn (1: the same batch every step).
+    batches: usize,
+}
+
+impl Setup {
+    const DEFAULT: Setup = Setup { recompute: Recompute::Off, gelu_epilogue: true, cuda_graphs: false, batches: 1 };
+}
+
+/// What a run left: the losses, the final parameters, how the matmul+GELU ops ran and how often a
+/// CUDA graph was launched.
+struct Outcome {
+    losses: Vec<f32>,
+    params: Vec<f32>,
+    gelu: GeluEpilogueCalls,
+    graph_launches: usize,
+}
+
+/// `steps` AdamW steps of a model of `n_head` heads set up as `setup` says.
+fn run(precision: Precision, n_head: usize, steps: u64, setup: Setup) -> Outcome {
     let cfg = ModelConfig { n_layer: 2, n_head, n_embd: 128, n_ctx: 64, vocab_size: 512 };
     let (b, t) = (4, 64);
-    let acts = ActLayout::with_recompute(&cfg, b, t, None, recompute);
+    let acts = ActLayout::with_recompute(&cfg, b, t, None, setup.recompute);
     let mut model = Gpt::new(cfg.clone(), acts, |p, a| CudaBackend::new(p, a, precision, 0)).expect("a GPU backend");
-    model.backend.set_gelu_epilogue(gelu_epilogue);
+    model.backend.set_gelu_epilogue(setup.gelu_epilogue);
+    model.backend.set_cuda_graphs(setup.cuda_graphs);
     let host = init_params(&cfg, &model.params, 3);
     model.load_params(&host).unwrap();
     let mut rng = Rng::new(11);
-    let tokens: Vec<i32> = (0..b * t).map(|_| rng.below(cfg.vocab_size as u64) as i32).collect();
-    let targets: Vec<i32> = tokens[1..].iter().copied().chain([0]).collect();
-    model.set_batch(&tokens, &targets).unwrap();
+    let batches: Vec<(Vec<i32>, Vec<i32>)> = (0..setup.batches)
+        .map(|_| {
+            let tokens: Vec<i32> = (0..b * t).map(|_| rng.below(cfg.vocab_size as u64) as i32).collect();
+            let targets: Vec<i32> = tokens[1..].iter().copied().chain([0]).collect();
+            (tokens, targets)
+        })
+        .collect();
     let mut losses = Vec::new();
     for step in 1..=steps {
+        let (tokens, targets) = &batches[(step as usize - 1) % batches.len()];
+        model.set_batch(tokens, targets).unwrap();
         model.zero_grads().unwrap();
         let loss = model.forward_backward(true, 1.0).unwrap();
         let norm = model.grad_norm().unwrap();
@@ -84,7 +108,16 @@ fn fixed_batch_run_with(
     }
     let all = Tensor { arena: Arena::Params, offset: 0, len: model.params.total };
     let params = model.backend.download(all).unwrap();
-    ((losses, params), model.backend.gelu_epilogue_calls())
+    Outcome {
+        losses,
+        params,
+        gelu: model.backend.gelu_epilogue_calls(),
+        graph_launches: model.backend.graph_launches(),
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
 }
 
 /// Overfits one fixed batch for a few dozen AdamW steps: the loss must fall well below its start.
@@ -107,7 +140,6 @@ fn training_repeats_bitwise() {
         for n_head in [2, 4] {
             let (losses, params) = fixed_batch_run(precision, n_head, 10);
             let (again, params_again) = fixed_batch_run(precision, n_head, 10);
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&losses), bits(&again), "{precision}, {n_head} heads: losses differ");
             assert!(bits(&params) == bits(&params_again), "{precision}, {n_head} heads: parameters differ");
         }
@@ -121,13 +153,33 @@ fn training_repeats_bitwise() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn recompute_repeats_the_same_bits() {
-    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     for precision in [Precision::Bf16, Precision::F32] {
-        let ((losses, params), _) = fixed_batch_run_with(precision, 2, 5, Recompute::Off, false);
+        let apart = run(precision, 2, 5, Setup { gelu_epilogue: false, ..Setup::DEFAULT });
+        let (losses, params) = (apart.losses, apart.params);
         for level in [Recompute::Gelu, Recompute::GeluLayernorm] {
-            let ((again, params_again), _) = fixed_batch_run_with(precision, 2, 5, level, true);
+            let out = run(precision, 2, 5, Setup { recompute: level, ..Setup::DEFAULT });
+            let (again, params_again) = (out.losses, out.params);
             assert_eq!(bits(&losses), bits(&again), "{precision}, recompute {level}: losses differ");
             assert!(bits(&params) == bits(&params_again), "{precision}, recompute {level}: parameters differ");
+        }
+    }
+}
+
+/// A step's forward and backward replayed from a CUDA graph give the bits of the same ops
+/// launched one by one, with a new batch every step (the graph reads the tokens and targets
+/// uploaded before it): recorded at the second step, replayed from the third.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_graphs_replay_the_same_bits() {
+    for precision in [Precision::Bf16, Precision::F32] {
+        for n_head in [2, 4] {
+            let setup = Setup { batches: 3, ..Setup::DEFAULT };
+            let plain = run(precision, n_head, 8, setup);
+            let graphed = run(precision, n_head, 8, Setup { cuda_graphs: true, ..setup });
+            assert_eq!(graphed.graph_launches, 7, "{precision}, {n_head} heads: the graph was not used");
+            assert_eq!(plain.graph_launches, 0);
+            assert_eq!(bits(&graphed.losses), bits(&plain.losses), "{precision}, {n_head} heads: losses differ");
+            assert!(bits(&graphed.params) == bits(&plain.params), "{precision}, {n_head} heads: parameters differ");
         }
     }
 }
@@ -139,8 +191,9 @@ fn recompute_repeats_the_same_bits() {
 #[ignore = "needs a CUDA GPU"]
 fn the_gelu_epilogue_trains_like_the_gelu_apart() {
     for precision in [Precision::Bf16, Precision::F32] {
-        let ((fused, _), calls) = fixed_batch_run_with(precision, 2, 10, Recompute::Off, true);
-        let ((apart, _), calls_apart) = fixed_batch_run_with(precision, 2, 10, Recompute::Off, false);
+        let with = run(precision, 2, 10, Setup::DEFAULT);
+        let without = run(precision, 2, 10, Setup { gelu_epilogue: false, ..Setup::DEFAULT });
+        let (fused, calls, apart, calls_apart) = (with.losses, with.gelu, without.losses, without.gelu);
         println!("{precision}: GELU epilogue {calls:?}; losses {fused:?} against {apart:?} apart");
         // Two layers, ten steps: a forward and a backward op per layer and step.
         assert_eq!(calls.fused + calls.apart, 40, "{calls:?}");

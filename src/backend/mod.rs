@@ -288,6 +288,20 @@ pub trait Backend {
     /// indices below `decay_end` only.
     fn adamw(&mut self, step: &AdamWStep, decay_end: usize, range: Range<usize>) -> Result<()>;
 
+    // ---- recording (CUDA graphs) -----------------------------------------------------------------
+    /// Called before a run of ops that is the same every time `key` comes back: the same ops on
+    /// the same tensors with the same arguments, with no reads of host data and no host waits
+    /// among them (what may change between runs is the data in the tensors). A backend that
+    /// records may replay a recording of them instead. The default runs them.
+    fn replay(&mut self, _key: u64) -> Result<Replay> {
+        Ok(Replay::Run)
+    }
+    /// After the ops of a [`Replay::Recording`]: keeps the recording and runs it (recorded ops
+    /// have not run yet). With `ok` false (an op failed while recording) it drops the recording.
+    fn end_recording(&mut self, _ok: bool) -> Result<()> {
+        Ok(())
+    }
+
     // ---- data parallelism (ZeRO-1) --------------------------------------------------------------
     // The parameter arena is split into `world` equal shards of `shard_len` elements; rank r owns
     // [r·shard_len, (r+1)·shard_len). A backend built without a group is a world of one, and
@@ -315,6 +329,17 @@ pub trait Backend {
     fn all_reduce_host(&mut self, _values: &mut [f64]) -> Result<()> {
         Ok(())
     }
+}
+
+/// What [`Backend::replay`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replay {
+    /// Run the ops as usual.
+    Run,
+    /// A recording of the ops was launched: skip them.
+    Replayed,
+    /// Run the ops (they are recorded, not executed), then call [`Backend::end_recording`].
+    Recording,
 }
 
 /// Where a model runs, as chosen on the command line.

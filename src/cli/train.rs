@@ -129,6 +129,9 @@ pub fn run(cfg: &TrainConfig) -> Result<()> {
             if file_init.is_some() {
                 bail!("--nccl-init file: is for GPUs; CPU processes meet over TCP (MASTER_ADDR, MASTER_PORT)");
             }
+            if cfg.cuda_graphs && lead {
+                eprintln!("warning: --cuda-graphs has no effect on the CPU");
+            }
             let build = move |p: &ParamLayout, a: &ActLayout| {
                 let k = CpuBackend::<f32>::new(p.padded_total(world), a);
                 Ok(match group {
@@ -156,9 +159,10 @@ pub fn run(cfg: &TrainConfig) -> Result<()> {
                 g.broadcast(&mut id, cuda::NCCL_ID_BYTES)?;
                 Some(id)
             };
-            let (precision, ordinal) = (cfg.precision, info.ordinal);
+            let (precision, ordinal, graphs) = (cfg.precision, info.ordinal, cfg.cuda_graphs);
             let build = move |p: &ParamLayout, a: &ActLayout| {
-                let k = CudaBackend::for_world(p, a, precision, ordinal, world)?;
+                let mut k = CudaBackend::for_world(p, a, precision, ordinal, world)?;
+                k.set_cuda_graphs(graphs);
                 match &nccl_id {
                     Some(id) => k.with_nccl(id, rank, world),
                     None => Ok(k),

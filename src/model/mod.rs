@@ -7,7 +7,7 @@ pub mod plan;
 pub mod schedule;
 
 use crate::backend::cpu::CpuBackend;
-use crate::backend::{AdamWStep, Backend, BackendError};
+use crate::backend::{AdamWStep, Backend, BackendError, Replay};
 use crate::rng::Rng;
 use config::{ModelConfig, NUM_SPECIAL_TOKENS};
 use layout::{ActLayout, Arena, ParamLayout};
@@ -61,6 +61,21 @@ pub fn init_params(cfg: &ModelConfig, p: &ParamLayout, seed: u64) -> Vec<f32> {
         }
     }
     host
+}
+
+/// The forward, the classifier with its loss and backward, and the backward through the blocks:
+/// all of a training step's forward and backward but the embedding's backward.
+fn forward_backward_blocks<K: Backend>(
+    k: &mut K,
+    cfg: &ModelConfig,
+    p: &ParamLayout,
+    a: &ActLayout,
+    causal: bool,
+    dloss: f32,
+) -> Result<(), BackendError> {
+    schedule::forward(k, cfg, p, a, schedule::Attention::Full { causal })?;
+    schedule::classifier(k, cfg, p, a, Some(dloss))?;
+    schedule::backward_blocks(k, cfg, p, a, causal, a.dbtc)
 }
 
 impl<K: Backend> Gpt<K> {
@@ -129,17 +144,22 @@ impl<K: Backend> Gpt<K> {
 
     /// Forward and backward: returns the mean loss and adds `loss_weight` × its gradient to the
     /// parameter gradients (`loss_weight` = 1/accumulation steps for gradient accumulation).
+    ///
+    /// Everything but the embedding's backward is the same ops on the same tensors for the same
+    /// (`causal`, loss scale), whatever the batch: a backend may replay a recording of it
+    /// ([`Backend::replay`]; CUDA graphs).
     pub fn forward_backward(&mut self, causal: bool, loss_weight: f32) -> Result<f32, ModelError> {
-        schedule::forward(
-            &mut self.backend,
-            &self.cfg,
-            &self.params,
-            &self.acts,
-            schedule::Attention::Full { causal },
-        )?;
         let dloss = loss_weight / self.counted_targets.max(1) as f32;
-        schedule::classifier(&mut self.backend, &self.cfg, &self.params, &self.acts, Some(dloss))?;
-        schedule::backward(&mut self.backend, &self.cfg, &self.params, &self.acts, causal)?;
+        let (k, cfg, p, a) = (&mut self.backend, &self.cfg, &self.params, &self.acts);
+        let key = (u64::from(dloss.to_bits()) << 1) | u64::from(causal);
+        let mode = k.replay(key)?;
+        if mode != Replay::Replayed {
+            let ran = forward_backward_blocks(k, cfg, p, a, causal, dloss);
+            let ended = if mode == Replay::Recording { k.end_recording(ran.is_ok()) } else { Ok(()) };
+            ran?;
+            ended?;
+        }
+        schedule::backward_embedding(k, cfg, p, a)?;
         self.mean_loss()
     }
 

@@ -168,6 +168,27 @@ pub fn backward_from<K: Backend>(
     causal: bool,
     dlnf: Tensor,
 ) -> Result<()> {
+    backward_blocks(k, cfg, p, a, causal, dlnf)?;
+    backward_embedding(k, cfg, p, a)
+}
+
+/// The embedding's backward from the residual stream's gradient in `a.dres`: the last op of the
+/// backward, and the only one whose launch depends on the batch's token ids (the CUDA backend
+/// buckets them on the host).
+pub fn backward_embedding<K: Backend>(k: &mut K, cfg: &ModelConfig, p: &ParamLayout, a: &ActLayout) -> Result<()> {
+    k.encoder_backward(p.wte.grad(), p.wpe.grad(), a.dres, a.tokens, a.b, a.t, cfg.n_embd)
+}
+
+/// The backward through the final layernorm and the blocks, from `dlnf` to the residual
+/// stream's gradient in `a.dres` (`backward_from` without the embedding).
+pub fn backward_blocks<K: Backend>(
+    k: &mut K,
+    cfg: &ModelConfig,
+    p: &ParamLayout,
+    a: &ActLayout,
+    causal: bool,
+    dlnf: Tensor,
+) -> Result<()> {
     let (b, t, c, nh) = (a.b, a.t, cfg.n_embd, cfg.n_head);
     let (n, hs) = (b * t, cfg.head_size());
     k.zero(a.dres)?;
@@ -236,5 +257,5 @@ pub fn backward_from<K: Backend>(
             c,
         )?;
     }
-    k.encoder_backward(p.wte.grad(), p.wpe.grad(), a.dres, a.tokens, b, t, c)
+    Ok(())
 }

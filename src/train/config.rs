@@ -176,6 +176,12 @@ pub struct TrainConfig {
     /// GPU storage precision (the CPU always computes in f32).
     #[arg(long, value_enum, default_value_t = Precision::Bf16)]
     pub precision: Precision,
+    /// On a GPU, record each training step's forward and backward as a CUDA graph at its second
+    /// step and replay the recording after that: one launch instead of hundreds, the same
+    /// kernels and the same bits.
+    #[arg(long)]
+    #[serde(default)]
+    pub cuda_graphs: bool,
     /// Print one JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,

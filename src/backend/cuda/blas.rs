@@ -158,8 +158,9 @@ struct Key {
     trans_b: bool,
     bias: bool,
     gelu: GeluMode,
-    /// Alignments of A, B, D and the GELU's input matrix.
-    align: [u32; 4],
+    /// Alignments of A, B, D, the GELU's input matrix and the bias (the heuristic reads the
+    /// last two from the pointers it is shown).
+    align: [u32; 5],
 }
 
 impl Key {
@@ -185,6 +186,7 @@ impl Key {
                 alignment(call.b),
                 alignment(call.d),
                 call.gelu.map_or(MAX_ALIGNMENT, |g| alignment(g.pre())),
+                call.bias.map_or(MAX_ALIGNMENT, alignment),
             ],
         }
     }
@@ -350,7 +352,7 @@ impl Blas {
             unsafe { lt::set_matmul_pref_attribute(pref, attr, value, size) }
         };
         let workspace = self.workspace_bytes as u64;
-        let [align_a, align_b, align_d, _] = key.align;
+        let [align_a, align_b, align_d, ..] = key.align;
         let result = (|| {
             set_pref(P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace as *const u64 as _, 8)?;
             set_pref(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a as *const u32 as _, 4)?;

@@ -33,19 +33,19 @@ pub use device::{DeviceInfo, NVCC_INSTALL_HINT, device_count, is_compiled, peak_
 pub use nccl::{NCCL_ID_BYTES, NcclComm, check_nccl, new_id as new_nccl_id};
 pub use plan::{ArenaSizes, MemoryPlan, ScratchSizes};
 
-use super::{AdamWStep, Backend, BackendError, Precision, Result, cpu};
+use super::{AdamWStep, Backend, BackendError, Precision, Replay, Result, cpu};
 use crate::model::config::LAYERNORM_EPS;
 use crate::model::layout::{ActLayout, Arena, ParamLayout, Tensor};
 use blas::{Blas, Gelu, GemmCall};
 use cast::{blocks_for, to_i32, to_i64, to_u32};
-use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute, CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaGraph, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
 };
 use half::bf16;
 use kernels::*;
 use plan::{BLAS_WORKSPACE_BYTES, BYTES_PER_F32, BYTES_PER_F64, MAX_PARTIALS, NORM_MAX_BLOCKS, storage_bytes};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -192,6 +192,36 @@ pub struct CudaBackend {
     /// Whether the MLP's GELU runs in the epilogue of its GEMMs (where cuBLASLt allows).
     gelu_epilogue: bool,
     gelu_calls: GeluEpilogueCalls,
+    /// Recordings of op runs as CUDA graphs ([`Backend::replay`]), when turned on.
+    graphs: Option<Graphs>,
+}
+
+/// Recordings kept at most: one per distinct key (a training run has one, or two with a last
+/// short batch); keys beyond these run unrecorded.
+const MAX_GRAPHS: usize = 4;
+/// Keys remembered as seen at most (a run whose key changes every step, e.g. a masked-LM loss
+/// scale, never repeats one and is never recorded).
+const MAX_SEEN_KEYS: usize = 64;
+
+/// A recorded CUDA graph.
+struct Graph(CudaGraph);
+
+// SAFETY: CUDA graph objects are not internally synchronised and must not be used from two
+// threads at once; they may move between threads. A `Graph` is only used through the backend's
+// `&mut self`, one call at a time, like the cuBLASLt handle.
+unsafe impl Send for Graph {}
+
+/// CUDA graphs of recorded op runs, by key.
+#[derive(Default)]
+struct Graphs {
+    /// Keys run once without recording. A key is recorded on its second run, so that the host
+    /// work of a first run (cuBLASLt's algorithm choices, loading kernels) is done by then.
+    seen: HashSet<u64>,
+    recorded: HashMap<u64, Graph>,
+    /// The key being recorded.
+    recording: Option<u64>,
+    /// Launches of recordings so far.
+    launches: usize,
 }
 
 /// The device addresses of a linear layer's backward.
@@ -370,6 +400,7 @@ impl CudaBackend {
             nccl: None,
             gelu_epilogue: true,
             gelu_calls: GeluEpilogueCalls::default(),
+            graphs: None,
         };
         backend.stream.synchronize().map_err(|e| driver_error("initialising the arenas", e))?;
         Ok(backend)
@@ -397,6 +428,17 @@ impl CudaBackend {
     /// default) or off (a GEMM, then the GELU kernel), e.g. to measure one against the other.
     pub fn set_gelu_epilogue(&mut self, on: bool) {
         self.gelu_epilogue = on;
+    }
+
+    /// Turns the recording of op runs as CUDA graphs ([`Backend::replay`]) on or off (the
+    /// default); off drops the recordings.
+    pub fn set_cuda_graphs(&mut self, on: bool) {
+        self.graphs = on.then(Graphs::default);
+    }
+
+    /// How many times a recorded CUDA graph was launched.
+    pub fn graph_launches(&self) -> usize {
+        self.graphs.as_ref().map_or(0, |g| g.launches)
     }
 
     /// How the fused matmul+GELU ops have run since the backend was made.
@@ -1255,6 +1297,48 @@ impl Backend for CudaBackend {
         // for the float4 accesses; in f32 storage master is params and the kernel does not write
         // params separately.
         unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("adamw", e))?;
+        Ok(())
+    }
+
+    fn replay(&mut self, key: u64) -> Result<Replay> {
+        // A recording holds the GELU path the ops took when it was made.
+        let key = key.wrapping_mul(2).wrapping_add(u64::from(self.gelu_epilogue));
+        let Some(g) = self.graphs.as_mut() else { return Ok(Replay::Run) };
+        if let Some(Graph(graph)) = g.recorded.get(&key) {
+            graph.launch().map_err(|e| driver_error("launching a CUDA graph", e))?;
+            g.launches += 1;
+            return Ok(Replay::Replayed);
+        }
+        if g.recorded.len() < MAX_GRAPHS && g.seen.contains(&key) {
+            // Thread-local: a call of this thread that could wait on the device (an allocation,
+            // a copy to or from pageable memory) fails the recording instead of being recorded.
+            self.stream
+                .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+                .map_err(|e| driver_error("starting to record a CUDA graph", e))?;
+            g.recording = Some(key);
+            return Ok(Replay::Recording);
+        }
+        if g.seen.len() >= MAX_SEEN_KEYS {
+            g.seen.clear();
+        }
+        g.seen.insert(key);
+        Ok(Replay::Run)
+    }
+
+    fn end_recording(&mut self, ok: bool) -> Result<()> {
+        let Some(g) = self.graphs.as_mut() else { return Ok(()) };
+        let Some(key) = g.recording.take() else { return Ok(()) };
+        let graph = self.stream.end_capture(CUgraphInstantiate_flags(0));
+        if !ok {
+            // The failed op's error is the one to report; the partial recording is dropped.
+            return Ok(());
+        }
+        let graph = graph
+            .map_err(|e| driver_error("recording a CUDA graph", e))?
+            .ok_or_else(|| BackendError::Device("recording a CUDA graph captured no work".into()))?;
+        graph.launch().map_err(|e| driver_error("launching a CUDA graph", e))?;
+        g.launches += 1;
+        g.recorded.insert(key, Graph(graph));
         Ok(())
     }
 
