@@ -147,8 +147,9 @@ stage launch-1gpu 35 "$gptk" launch --gpus 1 -- train "${quick[@]}" --model tiny
 # In a full run the two stages share what the stages above leave of the 8 minutes: fewer
 # iterations, PyTorch eager only. Alone (every ONLY prefix a bench stage) they take the whole call:
 # default iterations, and the torch.compile'd step with a budget for its compilation. gptk's d12
-# step runs twice: with the MLP's GELU in cuBLASLt's epilogue (the default) and apart from its
-# GEMMs, the fusion's before and after in one run.
+# step runs three times: as the trainer runs it, with the MLP's GELU apart from its GEMMs instead
+# of in cuBLASLt's epilogue, and replayed from a CUDA graph: each optimisation's before and after
+# in one run.
 bench_alone=false
 if [ -n "${ONLY:-}" ]; then
     bench_alone=true
@@ -159,11 +160,11 @@ fi
 if $bench_alone; then
     torch_limit=270 gptk_limit=150
     torch_args=(--compile --compile-budget 150)
-    gptk_args=(--step-gelu-apart)
+    gptk_args=(--step-gelu-apart --step-cuda-graphs)
 else
-    torch_limit=40 gptk_limit=50
+    torch_limit=40 gptk_limit=55
     torch_args=(--warmup 3 --iters 20 --step-iters 10)
-    gptk_args=(--warmup 3 --iters 20 --step-iters 10 --step-gelu-apart)
+    gptk_args=(--warmup 3 --iters 20 --step-iters 10 --step-gelu-apart --step-cuda-graphs)
 fi
 if "$gptk" bench --help >/dev/null 2>&1; then
     torch_json="$OUT/bench_torch.json"

@@ -347,6 +347,8 @@ pub struct BenchOptions {
     pub step_recompute: Recompute,
     /// The MLP's GELU in the epilogue of its GEMMs (the default) or apart from them.
     pub step_gelu_epilogue: bool,
+    /// Each step's forward and backward replayed from a CUDA graph (`gptk train --cuda-graphs`).
+    pub step_cuda_graphs: bool,
 }
 
 /// One benchmark: an op at one shape, with its inputs in `copies` replicas.
@@ -1774,8 +1776,9 @@ fn free_memory(ctx: &cudarc::driver::CudaContext) -> Result<usize, BackendError>
 }
 
 /// The name of a gptk step variant: `gptk`, then what differs from the default (recomputation,
-/// the GELU apart from its GEMMs, or an epilogue cuBLASLt refused for some of them).
-fn step_variant(opts: &BenchOptions, gelu: GeluEpilogueCalls) -> String {
+/// the GELU apart from its GEMMs, or an epilogue cuBLASLt refused for some of them, CUDA graphs
+/// and how often one was launched).
+fn step_variant(opts: &BenchOptions, gelu: GeluEpilogueCalls, graph_launches: usize) -> String {
     let mut v = String::from("gptk");
     if opts.step_recompute != Recompute::Off {
         v += &format!(", recompute {}", opts.step_recompute);
@@ -1784,6 +1787,9 @@ fn step_variant(opts: &BenchOptions, gelu: GeluEpilogueCalls) -> String {
         v += ", GELU apart";
     } else if gelu.apart > 0 {
         v += &format!(", GELU apart in {} of {} calls (no cuBLASLt algorithm)", gelu.apart, gelu.apart + gelu.fused);
+    }
+    if opts.step_cuda_graphs {
+        v += &format!(", CUDA graph ({graph_launches} launches)");
     }
     v
 }
@@ -1801,6 +1807,7 @@ pub fn run_step(opts: &BenchOptions) -> Result<StepResult, BenchError> {
     let device = opts.device;
     let mut model = Gpt::new(cfg.clone(), acts, |p, a| CudaBackend::new(p, a, Precision::Bf16, device))?;
     model.backend.set_gelu_epilogue(opts.step_gelu_epilogue);
+    model.backend.set_cuda_graphs(opts.step_cuda_graphs);
     let host = init_params(&cfg, &model.params, opts.seed);
     model.load_params(&host)?;
     drop(host);
@@ -1848,7 +1855,7 @@ pub fn run_step(opts: &BenchOptions) -> Result<StepResult, BenchError> {
         model: STEP_MODEL.into(),
         b,
         t,
-        variant: step_variant(opts, model.backend.gelu_epilogue_calls()),
+        variant: step_variant(opts, model.backend.gelu_epilogue_calls(), model.backend.graph_launches()),
         median_ms,
         min_ms,
         iters,
@@ -1930,13 +1937,16 @@ mod tests {
             step_iters: 1,
             step_recompute: Recompute::Off,
             step_gelu_epilogue: true,
+            step_cuda_graphs: false,
         };
         let all_fused = GeluEpilogueCalls { fused: 24, apart: 0 };
-        assert_eq!(step_variant(&opts, all_fused), "gptk");
+        assert_eq!(step_variant(&opts, all_fused, 0), "gptk");
         let refused = GeluEpilogueCalls { fused: 20, apart: 4 };
-        assert_eq!(step_variant(&opts, refused), "gptk, GELU apart in 4 of 24 calls (no cuBLASLt algorithm)");
-        let apart = BenchOptions { step_gelu_epilogue: false, step_recompute: Recompute::Gelu, ..opts };
-        assert_eq!(step_variant(&apart, GeluEpilogueCalls { fused: 0, apart: 24 }), "gptk, recompute 1, GELU apart");
+        assert_eq!(step_variant(&opts, refused, 0), "gptk, GELU apart in 4 of 24 calls (no cuBLASLt algorithm)");
+        let apart = BenchOptions { step_gelu_epilogue: false, step_recompute: Recompute::Gelu, ..opts.clone() };
+        assert_eq!(step_variant(&apart, GeluEpilogueCalls { fused: 0, apart: 24 }, 0), "gptk, recompute 1, GELU apart");
+        let graphs = BenchOptions { step_cuda_graphs: true, ..opts };
+        assert_eq!(step_variant(&graphs, all_fused, 41), "gptk, CUDA graph (41 launches)");
     }
 
     #[test]

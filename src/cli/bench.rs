@@ -55,6 +55,10 @@ pub struct BenchArgs {
     /// GELU kernel) instead of in cuBLASLt's epilogue: the fusion's before and after.
     #[arg(long)]
     step_gelu_apart: bool,
+    /// Time the d12 step once more with its forward and backward replayed from a CUDA graph
+    /// (`gptk train --cuda-graphs`).
+    #[arg(long)]
+    step_cuda_graphs: bool,
 }
 
 fn read_report(path: &Path) -> Result<Report> {
@@ -238,6 +242,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         step_iters: args.step_iters.max(1),
         step_recompute: args.step_recompute,
         step_gelu_epilogue: true,
+        step_cuda_graphs: false,
     };
     let table = !args.json;
     let ceilings = bench::measure_ceilings(&opts)?;
@@ -280,9 +285,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(e) = write_error {
         return Err(e);
     }
-    let step_variants: &[bool] = if args.step_gelu_apart { &[true, false] } else { &[true] };
-    for &gelu_epilogue in step_variants.iter().filter(|_| selection.step) {
-        let step = bench::run_step(&BenchOptions { step_gelu_epilogue: gelu_epilogue, ..opts.clone() })?;
+    // (GELU in the epilogue, CUDA graphs): the default, then the variants asked for.
+    let mut step_variants = vec![(true, false)];
+    if args.step_gelu_apart {
+        step_variants.push((false, false));
+    }
+    if args.step_cuda_graphs {
+        step_variants.push((true, true));
+    }
+    for &(gelu, graphs) in step_variants.iter().filter(|_| selection.step) {
+        let variant = BenchOptions { step_gelu_epilogue: gelu, step_cuda_graphs: graphs, ..opts.clone() };
+        let step = bench::run_step(&variant)?;
         if table {
             print_step(&step, &ceilings, torch.as_ref());
         }
