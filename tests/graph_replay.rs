@@ -1,0 +1,387 @@
+//! The part of a training step the CUDA backend records as a graph (`gptk train --cuda-graphs`)
+//! must be replayable: the same ops on the same tensors with the same arguments whatever the
+//! batch, and no host read or wait among them. This checks it without a GPU, with a backend that
+//! records the CPU ops the way stream capture records kernels: while recording, an op is written
+//! to a tape instead of running, a host read or wait is an error, and a replay runs the tape
+//! again. Training through it must give the CPU's bits exactly, a new batch every step.
+
+use gptk::backend::cpu::CpuBackend;
+use gptk::backend::{AdamWStep, Backend, BackendError, Precision, Replay, Result};
+use gptk::model::config::ModelConfig;
+use gptk::model::layout::{ActLayout, Arena, Tensor};
+use gptk::model::{Gpt, init_params};
+use gptk::rng::Rng;
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+
+type Op = Box<dyn Fn(&mut CpuBackend<f32>) -> Result<()>>;
+
+/// The CPU backend behind a recorder with the CUDA backend's replay protocol: a key is run as
+/// usual the first time, recorded the second, replayed after that.
+struct Recorder {
+    inner: CpuBackend<f32>,
+    seen: HashSet<u64>,
+    tapes: HashMap<u64, Vec<Op>>,
+    recording: Option<(u64, Vec<Op>)>,
+    replays: usize,
+}
+
+impl Recorder {
+    fn new(inner: CpuBackend<f32>) -> Self {
+        Recorder { inner, seen: HashSet::new(), tapes: HashMap::new(), recording: None, replays: 0 }
+    }
+
+    /// Runs `op`, or writes it to the tape while recording.
+    fn op(&mut self, op: impl Fn(&mut CpuBackend<f32>) -> Result<()> + 'static) -> Result<()> {
+        match &mut self.recording {
+            Some((_, tape)) => {
+                tape.push(Box::new(op));
+                Ok(())
+            }
+            None => op(&mut self.inner),
+        }
+    }
+
+    /// An error while recording: what stream capture refuses (a copy to or from the host, a wait).
+    fn host(&self, what: &str) -> Result<()> {
+        match self.recording {
+            Some(_) => Err(BackendError::Device(format!("{what} while recording"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Backend for Recorder {
+    fn describe(&self) -> String {
+        format!("{} (recording)", self.inner.describe())
+    }
+    fn precision(&self) -> Precision {
+        self.inner.precision()
+    }
+    fn zero(&mut self, t: Tensor) -> Result<()> {
+        self.op(move |k| k.zero(t))
+    }
+    fn upload(&mut self, t: Tensor, data: &[f32]) -> Result<()> {
+        self.host("an upload")?;
+        self.inner.upload(t, data)
+    }
+    fn upload_ints(&mut self, t: Tensor, data: &[i32]) -> Result<()> {
+        self.host("an upload")?;
+        self.inner.upload_ints(t, data)
+    }
+    fn download(&mut self, t: Tensor) -> Result<Vec<f32>> {
+        self.host("a download")?;
+        self.inner.download(t)
+    }
+    fn synchronize(&mut self) -> Result<()> {
+        self.host("a wait")
+    }
+    fn encoder_forward(
+        &mut self,
+        out: Tensor,
+        tokens: Tensor,
+        wte: Tensor,
+        wpe: Tensor,
+        b: usize,
+        t: usize,
+        c: usize,
+    ) -> Result<()> {
+        self.op(move |k| k.encoder_forward(out, tokens, wte, wpe, b, t, c))
+    }
+    fn encoder_backward(
+        &mut self,
+        dwte: Tensor,
+        dwpe: Tensor,
+        dout: Tensor,
+        tokens: Tensor,
+        b: usize,
+        t: usize,
+        c: usize,
+    ) -> Result<()> {
+        // The CUDA backend buckets the token ids on the host: not recordable.
+        self.host("the embedding's backward")?;
+        self.inner.encoder_backward(dwte, dwpe, dout, tokens, b, t, c)
+    }
+    fn layernorm_forward(
+        &mut self,
+        out: Tensor,
+        mean: Tensor,
+        rstd: Tensor,
+        inp: Tensor,
+        w: Tensor,
+        bias: Tensor,
+        n: usize,
+        c: usize,
+    ) -> Result<()> {
+        self.op(move |k| k.layernorm_forward(out, mean, rstd, inp, w, bias, n, c))
+    }
+    fn residual_layernorm_forward(
+        &mut self,
+        res: Tensor,
+        out: Tensor,
+        mean: Tensor,
+        rstd: Tensor,
+        xy: (Tensor, Tensor),
+        w: Tensor,
+        bias: Tensor,
+        n: usize,
+        c: usize,
+    ) -> Result<()> {
+        self.op(move |k| k.residual_layernorm_forward(res, out, mean, rstd, xy, w, bias, n, c))
+    }
+    fn layernorm_backward(
+        &mut self,
+        dinp: Tensor,
+        dw: Tensor,
+        db: Tensor,
+        dout: Tensor,
+        inp: Tensor,
+        w: Tensor,
+        mean: Tensor,
+        rstd: Tensor,
+        n: usize,
+        c: usize,
+    ) -> Result<()> {
+        self.op(move |k| k.layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, n, c))
+    }
+    fn matmul_forward(
+        &mut self,
+        out: Tensor,
+        inp: Tensor,
+        w: Tensor,
+        bias: Option<Tensor>,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
+        self.op(move |k| k.matmul_forward(out, inp, w, bias, n, c, oc))
+    }
+    fn matmul_backward(
+        &mut self,
+        dinp: Tensor,
+        dw: Tensor,
+        dbias: Option<Tensor>,
+        dout: Tensor,
+        inp: Tensor,
+        w: Tensor,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
+        self.op(move |k| k.matmul_backward(dinp, dw, dbias, dout, inp, w, n, c, oc))
+    }
+    fn matmul_gelu_forward(
+        &mut self,
+        pre: Tensor,
+        out: Tensor,
+        inp: Tensor,
+        w: Tensor,
+        bias: Option<Tensor>,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
+        self.op(move |k| k.matmul_gelu_forward(pre, out, inp, w, bias, n, c, oc))
+    }
+    fn matmul_backward_gelu(
+        &mut self,
+        dinp: Tensor,
+        dw: Tensor,
+        dbias: Option<Tensor>,
+        dout: Tensor,
+        inp_pre: (Tensor, Tensor),
+        w: Tensor,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
+        self.op(move |k| k.matmul_backward_gelu(dinp, dw, dbias, dout, inp_pre, w, n, c, oc))
+    }
+    fn attention_forward(
+        &mut self,
+        out: Tensor,
+        lse: Tensor,
+        qkv: Tensor,
+        b: usize,
+        t: usize,
+        nh: usize,
+        hs: usize,
+        causal: bool,
+    ) -> Result<()> {
+        self.op(move |k| k.attention_forward(out, lse, qkv, b, t, nh, hs, causal))
+    }
+    fn attention_backward(
+        &mut self,
+        dqkv: Tensor,
+        dout: Tensor,
+        qkv: Tensor,
+        out: Tensor,
+        lse: Tensor,
+        b: usize,
+        t: usize,
+        nh: usize,
+        hs: usize,
+        causal: bool,
+    ) -> Result<()> {
+        self.op(move |k| k.attention_backward(dqkv, dout, qkv, out, lse, b, t, nh, hs, causal))
+    }
+    fn attention_cached(
+        &mut self,
+        out: Tensor,
+        qkv: Tensor,
+        kv: Tensor,
+        b: usize,
+        t_max: usize,
+        pos: usize,
+        nh: usize,
+        hs: usize,
+    ) -> Result<()> {
+        self.op(move |k| k.attention_cached(out, qkv, kv, b, t_max, pos, nh, hs))
+    }
+    fn gelu_forward(&mut self, out: Tensor, inp: Tensor) -> Result<()> {
+        self.op(move |k| k.gelu_forward(out, inp))
+    }
+    fn gelu_backward(&mut self, d: Tensor, inp: Tensor) -> Result<()> {
+        self.op(move |k| k.gelu_backward(d, inp))
+    }
+    fn residual_forward(&mut self, out: Tensor, a: Tensor, b: Tensor) -> Result<()> {
+        self.op(move |k| k.residual_forward(out, a, b))
+    }
+    fn cross_entropy(
+        &mut self,
+        losses: Tensor,
+        logits: Tensor,
+        targets: Tensor,
+        n: usize,
+        v: usize,
+        vp: usize,
+        dloss: Option<f32>,
+    ) -> Result<()> {
+        self.op(move |k| k.cross_entropy(losses, logits, targets, n, v, vp, dloss))
+    }
+    fn grad_norm_squared(&mut self, range: Range<usize>) -> Result<f64> {
+        self.host("reading the gradient norm")?;
+        self.inner.grad_norm_squared(range)
+    }
+    fn adamw(&mut self, step: &AdamWStep, decay_end: usize, range: Range<usize>) -> Result<()> {
+        self.host("AdamW")?;
+        self.inner.adamw(step, decay_end, range)
+    }
+    fn replay(&mut self, key: u64) -> Result<Replay> {
+        assert!(self.recording.is_none(), "replay while recording");
+        if let Some(tape) = self.tapes.get(&key) {
+            for op in tape {
+                op(&mut self.inner)?;
+            }
+            self.replays += 1;
+            return Ok(Replay::Replayed);
+        }
+        if !self.seen.insert(key) {
+            self.recording = Some((key, Vec::new()));
+            return Ok(Replay::Recording);
+        }
+        Ok(Replay::Run)
+    }
+    fn end_recording(&mut self, ok: bool) -> Result<()> {
+        let (key, tape) = self.recording.take().expect("end_recording after Recording");
+        if ok {
+            for op in &tape {
+                op(&mut self.inner)?;
+            }
+            self.tapes.insert(key, tape);
+        }
+        Ok(())
+    }
+}
+
+/// Losses and final parameters of `steps` AdamW steps on `batches` distinct batches taken in
+/// turn, with `targets_of` making batch i's targets from its tokens and i; and the model.
+fn train<K: Backend>(
+    mut model: Gpt<K>,
+    steps: u64,
+    batches: usize,
+    targets_of: impl Fn(&[i32], usize) -> Vec<i32>,
+) -> (Vec<f32>, Vec<f32>, Gpt<K>) {
+    let (b, t, v) = (model.acts.b, model.acts.t, model.cfg.vocab_size);
+    let host = init_params(&model.cfg, &model.params, 3);
+    model.load_params(&host).unwrap();
+    let mut rng = Rng::new(11);
+    let data: Vec<(Vec<i32>, Vec<i32>)> = (0..batches)
+        .map(|i| {
+            let tokens: Vec<i32> = (0..b * t).map(|_| rng.below(v as u64) as i32).collect();
+            let targets = targets_of(&tokens, i);
+            (tokens, targets)
+        })
+        .collect();
+    let mut losses = Vec::new();
+    for step in 1..=steps {
+        let (tokens, targets) = &data[(step as usize - 1) % batches];
+        model.set_batch(tokens, targets).unwrap();
+        model.zero_grads().unwrap();
+        losses.push(model.forward_backward(true, 0.5).unwrap());
+        let norm = model.grad_norm().unwrap();
+        let adamw = AdamWStep {
+            lr: 3e-3,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            t: step,
+            grad_scale: if norm > 1.0 { 1.0 / norm } else { 1.0 },
+            seed: step,
+        };
+        model.adamw(&adamw).unwrap();
+    }
+    let all = Tensor { arena: Arena::Params, offset: 0, len: model.params.total };
+    let params = model.backend.download(all).unwrap();
+    (losses, params, model)
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+fn config() -> ModelConfig {
+    ModelConfig { n_layer: 2, n_head: 2, n_embd: 32, n_ctx: 16, vocab_size: 64 }
+}
+
+fn models() -> (Gpt<CpuBackend<f32>>, Gpt<Recorder>) {
+    let cfg = config();
+    let (b, t) = (2, 16);
+    let plain = Gpt::cpu(cfg.clone(), b, t);
+    let recorded = Gpt::new(cfg, ActLayout::new(&config(), b, t, None), |p, a| {
+        Ok(Recorder::new(CpuBackend::<f32>::new(p.total, a)))
+    })
+    .unwrap();
+    (plain, recorded)
+}
+
+#[test]
+fn a_replayed_step_gives_the_bits_of_the_ops_run_one_by_one() {
+    // Next-token targets: every position counts, so the loss scale, and the key, never change.
+    let next = |tokens: &[i32], _| tokens[1..].iter().copied().chain([0]).collect::<Vec<_>>();
+    let (plain, recorded) = models();
+    let (losses, params, _) = train(plain, 8, 3, next);
+    let (losses_rec, params_rec, model) = train(recorded, 8, 3, next);
+    // Run at step 1, recorded (and run) at step 2, replayed at the six after.
+    assert_eq!(model.backend.replays, 6);
+    assert_eq!(bits(&losses_rec), bits(&losses), "losses differ");
+    assert!(bits(&params_rec) == bits(&params), "parameters differ");
+    assert!(losses[7] < losses[0], "the model did not learn: {losses:?}");
+}
+
+#[test]
+fn a_loss_scale_that_changes_with_the_batch_is_never_replayed() {
+    // Masked-LM-like targets: 8, 12 and 16 positions count in the three batches.
+    let masked = |tokens: &[i32], i: usize| {
+        tokens.iter().enumerate().map(|(p, &x)| if p < 8 + 4 * i { x } else { -1 }).collect::<Vec<_>>()
+    };
+    let (plain, recorded) = models();
+    let (losses, params, _) = train(plain, 6, 3, masked);
+    let (losses_rec, params_rec, model) = train(recorded, 6, 3, masked);
+    // Three batches with three loss scales, in turn: each key is run at its first step and
+    // recorded at its second (steps 4–6), never replayed.
+    assert_eq!((model.backend.replays, model.backend.tapes.len()), (0, 3));
+    assert_eq!(bits(&losses_rec), bits(&losses));
+    assert!(bits(&params_rec) == bits(&params));
+}
