@@ -197,6 +197,40 @@ impl Plan {
     }
 }
 
+/// The tensors of one linear layer's check: w (OC,C) and bias (OC) in the parameters, the input
+/// (N,C) (the bias and input `skew` elements off alignment), dout (N,OC) and dinp (N,C).
+#[derive(Clone, Copy)]
+struct Linear {
+    w: Tensor,
+    bias: Tensor,
+    inp: Tensor,
+    dout: Tensor,
+    dinp: Tensor,
+}
+
+impl Linear {
+    fn take(plan: &mut Plan, n: usize, c: usize, oc: usize, skew: usize) -> Self {
+        let w = plan.take(Arena::Params, oc * c);
+        let bias = plan.take_skewed(Arena::Params, oc, skew);
+        let inp = plan.take_skewed(Arena::Acts, n * c, skew);
+        let (dout, dinp) = (plan.take(Arena::ActGrads, n * oc), plan.take(Arena::ActGrads, n * c));
+        plan.scratch.max_columns = oc;
+        Linear { w, bias, inp, dout, dinp }
+    }
+
+    /// What a backward writes: dinp, dw and, with a bias, dbias.
+    fn gradients(&self, bias: Option<Tensor>) -> Vec<(&'static str, Tensor)> {
+        let mut t = vec![("dinp", self.dinp), ("dw", self.w.grad())];
+        t.extend(bias.map(|b| ("dbias", b.grad())));
+        t
+    }
+}
+
+/// `N=17 C=13 OC=29 bias unaligned`.
+fn linear_case(n: usize, c: usize, oc: usize, bias: bool, skew: usize) -> String {
+    format!("N={n} C={c} OC={oc}{}{}", if bias { " bias" } else { "" }, if skew > 0 { " unaligned" } else { "" })
+}
+
 /// The two backends of one case.
 struct Pair {
     cpu: CpuBackend<f32>,
@@ -260,6 +294,26 @@ impl Pair {
     fn set_ints(&mut self, t: Tensor, ids: &[i32]) -> Result<(), BackendError> {
         self.cpu.upload_ints(t, ids)?;
         self.gpu.upload_ints(t, ids)
+    }
+
+    /// A linear layer's weight (scale 1/√C), bias and input on both sides; for a backward also
+    /// dout, the accumulated dw and dbias, and NaN in the GPU's dinp. Returns the bias the op
+    /// takes (`None` without one).
+    fn linear_inputs(&mut self, l: &Linear, with_bias: bool, backward: bool) -> Result<Option<Tensor>, BackendError> {
+        let c = l.w.len / l.bias.len.max(1);
+        self.fill(l.w, 1.0 / (c.max(1) as f64).sqrt())?;
+        self.fill(l.bias, 0.5)?;
+        self.fill(l.inp, 1.0)?;
+        let bias = with_bias.then_some(l.bias);
+        if backward {
+            self.fill(l.dout, 1.0)?;
+            self.poison(l.dinp)?;
+            self.fill(l.w.grad(), 0.1)?;
+            if let Some(b) = bias {
+                self.fill(b.grad(), 0.1)?;
+            }
+        }
+        Ok(bias)
     }
 
     /// NaN in the GPU copy of an output the op must overwrite.
@@ -545,37 +599,19 @@ impl Ctx {
             (48, 64, 256, false, 0),
         ];
         for (i, &(n, c, oc, with_bias, skew)) in shapes.iter().enumerate() {
-            let case = format!(
-                "N={n} C={c} OC={oc}{}{}",
-                if with_bias { " bias" } else { "" },
-                if skew > 0 { " unaligned" } else { "" }
-            );
+            let case = linear_case(n, c, oc, with_bias, skew);
             let mut plan = Plan::default();
-            let w = plan.take(Arena::Params, oc * c);
-            let bias = plan.take_skewed(Arena::Params, oc, skew);
-            let inp = plan.take_skewed(Arena::Acts, n * c, skew);
+            let l = Linear::take(&mut plan, n, c, oc, skew);
             let out = plan.take(Arena::Acts, n * oc);
-            let (dout, dinp) = (plan.take(Arena::ActGrads, n * oc), plan.take(Arena::ActGrads, n * c));
-            plan.scratch.max_columns = oc;
             let mut p = self.pair(&plan, 200 + i as u64)?;
-            p.fill(w, 1.0 / (c as f64).sqrt())?;
-            p.fill(bias, 0.5)?;
-            p.fill(inp, 1.0)?;
-            let bias = with_bias.then_some(bias);
+            let bias = p.linear_inputs(&l, with_bias, backward)?;
+            let Linear { w, inp, dout, dinp, .. } = l;
             if backward {
-                p.fill(dout, 1.0)?;
-                p.poison(dinp)?;
-                p.fill(w.grad(), 0.1)?;
-                if let Some(b) = bias {
-                    p.fill(b.grad(), 0.1)?;
-                }
                 let dbias = bias.map(|b| b.grad());
                 p.cpu.matmul_backward(dinp, w.grad(), dbias, dout, inp, w, n, c, oc)?;
                 p.gpu.matmul_backward(dinp, w.grad(), dbias, dout, inp, w, n, c, oc)?;
-                rows.push(p.compare(op, &case, "dinp", dinp)?);
-                rows.push(p.compare(op, &case, "dw", w.grad())?);
-                if let Some(db) = dbias {
-                    rows.push(p.compare(op, &case, "dbias", db)?);
+                for (name, t) in l.gradients(bias) {
+                    rows.push(p.compare(op, &case, name, t)?);
                 }
             } else {
                 p.poison(out)?;
@@ -617,47 +653,29 @@ impl Ctx {
         };
         for (i, &(n, c, oc, with_bias, skew)) in shapes.iter().enumerate() {
             let mut plan = Plan::default();
-            let w = plan.take(Arena::Params, oc * c);
-            let bias = plan.take_skewed(Arena::Params, oc, skew);
-            let inp = plan.take_skewed(Arena::Acts, n * c, skew);
+            let l = Linear::take(&mut plan, n, c, oc, skew);
             let gelu_width = if backward { c } else { oc };
             let (pre, out) = (plan.take(Arena::Acts, n * gelu_width), plan.take(Arena::Acts, n * oc));
-            let (dout, dinp) = (plan.take(Arena::ActGrads, n * oc), plan.take(Arena::ActGrads, n * c));
-            plan.scratch.max_columns = oc;
             let mut p = self.pair(&plan, 250 + i as u64)?;
-            p.fill(w, 1.0 / (c as f64).sqrt())?;
-            p.fill(bias, 0.5)?;
-            p.fill(inp, 1.0)?;
-            let bias = with_bias.then_some(bias);
+            let bias = p.linear_inputs(&l, with_bias, backward)?;
+            let Linear { w, inp, dout, dinp, .. } = l;
             let before = p.gpu.gelu_epilogue_calls();
-            let mut compared = Vec::new();
-            if backward {
+            let compared = if backward {
                 p.fill(pre, 1.5)?;
-                p.fill(dout, 1.0)?;
-                p.poison(dinp)?;
-                p.fill(w.grad(), 0.1)?;
-                if let Some(b) = bias {
-                    p.fill(b.grad(), 0.1)?;
-                }
                 let dbias = bias.map(|b| b.grad());
                 p.cpu.matmul_backward_gelu(dinp, w.grad(), dbias, dout, (inp, pre), w, n, c, oc)?;
                 p.gpu.matmul_backward_gelu(dinp, w.grad(), dbias, dout, (inp, pre), w, n, c, oc)?;
-                compared.extend([("dinp", dinp), ("dw", w.grad())]);
-                compared.extend(dbias.map(|db| ("dbias", db)));
+                l.gradients(bias)
             } else {
                 p.poison(pre)?;
                 p.poison(out)?;
                 p.cpu.matmul_gelu_forward(pre, out, inp, w, bias, n, c, oc)?;
                 p.gpu.matmul_gelu_forward(pre, out, inp, w, bias, n, c, oc)?;
-                compared.extend([("pre", pre), ("out", out)]);
-            }
+                vec![("pre", pre), ("out", out)]
+            };
             let fused = p.gpu.gelu_epilogue_calls().fused > before.fused;
-            let case = format!(
-                "N={n} C={c} OC={oc}{}{}, {}",
-                if with_bias { " bias" } else { "" },
-                if skew > 0 { " unaligned" } else { "" },
-                if fused { "epilogue" } else { "apart" }
-            );
+            let case =
+                format!("{}, {}", linear_case(n, c, oc, with_bias, skew), if fused { "epilogue" } else { "apart" });
             for (name, t) in compared {
                 rows.push(p.compare(op, &case, name, t)?);
             }
