@@ -169,6 +169,10 @@ def cases(s):
         f = 2.0 * n * c * oc
         out.append(Case("matmul", f"{label} N={n} C={c} OC={oc}{' bias' if bias else ''}",
                         [("fwd", "flops", f), ("bwd", "flops", 2.0 * f)], setup_matmul, n=n, c=c, oc=oc, bias=bias))
+    # gptk's bias gradient apart from its weight GEMM (the before of its epilogue); PyTorch's backward as above.
+    f = 2.0 * N * C * 4 * C
+    out.append(Case("matmul", f"fc N={N} C={C} OC={4 * C} bias, bias grad apart", [("bwd", "flops", 2.0 * f)],
+                    setup_matmul, n=N, c=C, oc=4 * C, bias=True))
     for backward in (False, True):
         label, (c, oc) = ("fcproj", (4 * C, C)) if backward else ("fc", (C, 4 * C))
         f = 2.0 * N * c * oc

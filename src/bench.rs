@@ -28,7 +28,7 @@
 //! steps split into phases by events.
 
 use crate::backend::cuda::plan::storage_bytes;
-use crate::backend::cuda::{ArenaSizes, CudaBackend, GeluEpilogueCalls, ScratchSizes};
+use crate::backend::cuda::{ArenaSizes, CudaBackend, EpilogueCalls, ScratchSizes};
 use crate::backend::{AdamWStep, Backend, BackendError, Precision};
 use crate::model::config::{GPT2_VOCAB_SIZE, ModelConfig};
 use crate::model::layout::{ActLayout, Arena, ParamLayout, Recompute, TENSOR_ALIGN, Tensor};
@@ -345,10 +345,21 @@ pub struct BenchOptions {
     pub step_iters: usize,
     /// Activation recomputation of the training-step case.
     pub step_recompute: Recompute,
-    /// The MLP's GELU in the epilogue of its GEMMs (the default) or apart from them.
-    pub step_gelu_epilogue: bool,
-    /// Each step's forward and backward replayed from a CUDA graph (`gptk train --cuda-graphs`).
-    pub step_cuda_graphs: bool,
+    /// What the training-step case changes from the way the trainer runs (`None`: nothing).
+    pub step_variant: Option<StepVariant>,
+}
+
+/// A training step run otherwise than the trainer runs it by default: one optimisation undone, or
+/// one that is off by default done; timed beside the default step, it is that change's before
+/// and after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StepVariant {
+    /// The MLP's GELU apart from its GEMMs (a GEMM, then the GELU kernel).
+    GeluApart,
+    /// The linear layers' bias gradients by the bias-gradient kernels after the weight GEMMs.
+    BiasGradApart,
+    /// The forward and backward replayed from a CUDA graph (`gptk train --cuda-graphs`).
+    CudaGraphs,
 }
 
 /// One benchmark: an op at one shape, with its inputs in `copies` replicas.
@@ -690,12 +701,20 @@ pub struct MatmulCase {
     pub c: usize,
     pub oc: usize,
     pub bias: bool,
+    /// The backward alone, with the bias gradient by the kernels after the weight GEMM instead of
+    /// in its epilogue (the default's before).
+    pub bias_grad_apart: bool,
     copies: Vec<MatmulTensors>,
 }
 
 impl MatmulCase {
     pub fn new(label: &'static str, n: usize, c: usize, oc: usize, bias: bool) -> Self {
-        MatmulCase { label, n, c, oc, bias, copies: Vec::new() }
+        MatmulCase { label, n, c, oc, bias, bias_grad_apart: false, copies: Vec::new() }
+    }
+
+    /// The backward of a layer with a bias, its bias gradient apart from the weight GEMM.
+    pub fn bias_grad_apart(label: &'static str, n: usize, c: usize, oc: usize) -> Self {
+        MatmulCase { bias_grad_apart: true, ..Self::new(label, n, c, oc, true) }
     }
 
     /// 2·N·C·OC.
@@ -711,13 +730,17 @@ impl Case for MatmulCase {
 
     fn name(&self) -> String {
         let bias = if self.bias { " bias" } else { "" };
-        format!("{} N={} C={} OC={}{bias}", self.label, self.n, self.c, self.oc)
+        let apart = if self.bias_grad_apart { ", bias grad apart" } else { "" };
+        format!("{} N={} C={} OC={}{bias}{apart}", self.label, self.n, self.c, self.oc)
     }
 
     fn passes(&self) -> Vec<(&'static str, Work)> {
         // Backward: dinp = dout·W and dW += doutᵀ·inp, two products of the forward's size. The
         // bias (fused into the forward's epilogue) and its gradient are not counted.
         let f = self.forward_flops();
+        if self.bias_grad_apart {
+            return vec![("bwd", Work::Flops(2.0 * f))];
+        }
         vec![("fwd", Work::Flops(f)), ("bwd", Work::Flops(2.0 * f))]
     }
 
@@ -754,6 +777,7 @@ impl Case for MatmulCase {
             let pick = |k: usize| [c[k].bias.expect("bias"), c[k].dbias.expect("dbias")];
             fill_replicas(gpu, rng, c.len(), pick, [0.02, 0.02])?;
         }
+        gpu.set_bias_grad_epilogue(!self.bias_grad_apart);
         Ok(())
     }
 
@@ -761,7 +785,7 @@ impl Case for MatmulCase {
         let x = self.copies[copy];
         let (n, c, oc) = (self.n, self.c, self.oc);
         match pass {
-            0 => gpu.matmul_forward(x.out, x.inp, x.w, x.bias, n, c, oc),
+            0 if !self.bias_grad_apart => gpu.matmul_forward(x.out, x.inp, x.w, x.bias, n, c, oc),
             _ => gpu.matmul_backward(x.dinp, x.dw, x.dbias, x.dout, x.inp, x.w, n, c, oc),
         }
     }
@@ -1524,6 +1548,8 @@ pub fn cases() -> Vec<Box<dyn Case>> {
     for (label, n, c, oc, bias) in matmul_shapes() {
         v.push(Box::new(MatmulCase::new(label, n, c, oc, bias)));
     }
+    // The bias gradient's before and after at the widest biased layer.
+    v.push(Box::new(MatmulCase::bias_grad_apart("fc", N, C, 4 * C)));
     // The MLP's GEMMs with their GELU: fc forward, fcproj backward, each with the GELU in the
     // epilogue and apart.
     for backward in [false, true] {
@@ -1775,21 +1801,38 @@ fn free_memory(ctx: &cudarc::driver::CudaContext) -> Result<usize, BackendError>
     ctx.mem_get_info().map(|(free, _)| free).map_err(|e| BackendError::Device(format!("reading free memory: {e:?}")))
 }
 
+/// How a step ran, for the name of its variant: how the work that can run in a GEMM's epilogue
+/// ran, and how often a CUDA graph was launched.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StepPaths {
+    pub gelu: EpilogueCalls,
+    pub bias_grad: EpilogueCalls,
+    pub graph_launches: usize,
+}
+
 /// The name of a gptk step variant: `gptk`, then what differs from the default (recomputation,
-/// the GELU apart from its GEMMs, or an epilogue cuBLASLt refused for some of them, CUDA graphs
-/// and how often one was launched).
-fn step_variant(opts: &BenchOptions, gelu: GeluEpilogueCalls, graph_launches: usize) -> String {
+/// the variant, an epilogue cuBLASLt refused for some calls, how often a CUDA graph was launched).
+fn step_variant(opts: &BenchOptions, paths: StepPaths) -> String {
     let mut v = String::from("gptk");
     if opts.step_recompute != Recompute::Off {
         v += &format!(", recompute {}", opts.step_recompute);
     }
-    if !opts.step_gelu_epilogue {
-        v += ", GELU apart";
-    } else if gelu.apart > 0 {
-        v += &format!(", GELU apart in {} of {} calls (no cuBLASLt algorithm)", gelu.apart, gelu.apart + gelu.fused);
+    let refused = |what: &str, calls: EpilogueCalls| {
+        let total = calls.apart + calls.fused;
+        format!(", {what} apart in {} of {total} calls (no cuBLASLt algorithm)", calls.apart)
+    };
+    match opts.step_variant {
+        Some(StepVariant::GeluApart) => v += ", GELU apart",
+        _ if paths.gelu.apart > 0 => v += &refused("GELU", paths.gelu),
+        _ => {}
     }
-    if opts.step_cuda_graphs {
-        v += &format!(", CUDA graph ({graph_launches} launches)");
+    match opts.step_variant {
+        Some(StepVariant::BiasGradApart) => v += ", bias grad apart",
+        _ if paths.bias_grad.apart > 0 => v += &refused("bias grad", paths.bias_grad),
+        _ => {}
+    }
+    if opts.step_variant == Some(StepVariant::CudaGraphs) {
+        v += &format!(", CUDA graph ({} launches)", paths.graph_launches);
     }
     v
 }
@@ -1806,8 +1849,9 @@ pub fn run_step(opts: &BenchOptions) -> Result<StepResult, BenchError> {
     let acts = ActLayout::with_recompute(&cfg, b, t, None, opts.step_recompute);
     let device = opts.device;
     let mut model = Gpt::new(cfg.clone(), acts, |p, a| CudaBackend::new(p, a, Precision::Bf16, device))?;
-    model.backend.set_gelu_epilogue(opts.step_gelu_epilogue);
-    model.backend.set_cuda_graphs(opts.step_cuda_graphs);
+    model.backend.set_gelu_epilogue(opts.step_variant != Some(StepVariant::GeluApart));
+    model.backend.set_bias_grad_epilogue(opts.step_variant != Some(StepVariant::BiasGradApart));
+    model.backend.set_cuda_graphs(opts.step_variant == Some(StepVariant::CudaGraphs));
     let host = init_params(&cfg, &model.params, opts.seed);
     model.load_params(&host)?;
     drop(host);
@@ -1855,7 +1899,14 @@ pub fn run_step(opts: &BenchOptions) -> Result<StepResult, BenchError> {
         model: STEP_MODEL.into(),
         b,
         t,
-        variant: step_variant(opts, model.backend.gelu_epilogue_calls(), model.backend.graph_launches()),
+        variant: step_variant(
+            opts,
+            StepPaths {
+                gelu: model.backend.gelu_epilogue_calls(),
+                bias_grad: model.backend.bias_grad_epilogue_calls(),
+                graph_launches: model.backend.graph_launches(),
+            },
+        ),
         median_ms,
         min_ms,
         iters,
@@ -1936,17 +1987,28 @@ mod tests {
             step_batch: 8,
             step_iters: 1,
             step_recompute: Recompute::Off,
-            step_gelu_epilogue: true,
-            step_cuda_graphs: false,
+            step_variant: None,
         };
-        let all_fused = GeluEpilogueCalls { fused: 24, apart: 0 };
-        assert_eq!(step_variant(&opts, all_fused, 0), "gptk");
-        let refused = GeluEpilogueCalls { fused: 20, apart: 4 };
-        assert_eq!(step_variant(&opts, refused, 0), "gptk, GELU apart in 4 of 24 calls (no cuBLASLt algorithm)");
-        let apart = BenchOptions { step_gelu_epilogue: false, step_recompute: Recompute::Gelu, ..opts.clone() };
-        assert_eq!(step_variant(&apart, GeluEpilogueCalls { fused: 0, apart: 24 }, 0), "gptk, recompute 1, GELU apart");
-        let graphs = BenchOptions { step_cuda_graphs: true, ..opts };
-        assert_eq!(step_variant(&graphs, all_fused, 41), "gptk, CUDA graph (41 launches)");
+        let fused = EpilogueCalls { fused: 24, apart: 0 };
+        let all_fused = StepPaths { gelu: fused, bias_grad: fused, graph_launches: 0 };
+        assert_eq!(step_variant(&opts, all_fused), "gptk");
+        let refused = StepPaths { gelu: EpilogueCalls { fused: 20, apart: 4 }, ..all_fused };
+        assert_eq!(step_variant(&opts, refused), "gptk, GELU apart in 4 of 24 calls (no cuBLASLt algorithm)");
+        let apart_calls = StepPaths { gelu: EpilogueCalls { fused: 0, apart: 24 }, ..all_fused };
+        let gelu_apart = BenchOptions {
+            step_variant: Some(StepVariant::GeluApart),
+            step_recompute: Recompute::Gelu,
+            ..opts.clone()
+        };
+        assert_eq!(step_variant(&gelu_apart, apart_calls), "gptk, recompute 1, GELU apart");
+        let bias_apart = BenchOptions { step_variant: Some(StepVariant::BiasGradApart), ..opts.clone() };
+        let bias_apart_calls = StepPaths { bias_grad: EpilogueCalls { fused: 0, apart: 48 }, ..all_fused };
+        assert_eq!(step_variant(&bias_apart, bias_apart_calls), "gptk, bias grad apart");
+        let graphs = BenchOptions { step_variant: Some(StepVariant::CudaGraphs), ..opts };
+        assert_eq!(
+            step_variant(&graphs, StepPaths { graph_launches: 41, ..all_fused }),
+            "gptk, CUDA graph (41 launches)"
+        );
     }
 
     #[test]

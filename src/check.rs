@@ -17,7 +17,7 @@
 //! passes when the share is at most 1 and the GPU produced no NaN or infinity.
 
 use crate::backend::cpu::CpuBackend;
-use crate::backend::cuda::{ArenaSizes, CudaBackend, ScratchSizes};
+use crate::backend::cuda::{ArenaSizes, CudaBackend, EpilogueCalls, ScratchSizes};
 use crate::backend::{AdamWStep, Backend, BackendError, Precision};
 use crate::model::config::ModelConfig;
 use crate::model::layout::{ActLayout, Arena, TENSOR_ALIGN, Tensor};
@@ -223,6 +223,16 @@ impl Linear {
         let mut t = vec![("dinp", self.dinp), ("dw", self.w.grad())];
         t.extend(bias.map(|b| ("dbias", b.grad())));
         t
+    }
+}
+
+/// `, bias grad in epilogue` or `, bias grad apart` after a backward case with a bias: whether
+/// the GPU summed the bias gradient in the weight GEMM's epilogue since `before`.
+fn bias_grad_path(p: &Pair, before: EpilogueCalls, with_bias: bool) -> &'static str {
+    match (with_bias, p.gpu.bias_grad_epilogue_calls().fused > before.fused) {
+        (false, _) => "",
+        (true, true) => ", bias grad in epilogue",
+        (true, false) => ", bias grad apart",
     }
 }
 
@@ -608,8 +618,10 @@ impl Ctx {
             let Linear { w, inp, dout, dinp, .. } = l;
             if backward {
                 let dbias = bias.map(|b| b.grad());
+                let before = p.gpu.bias_grad_epilogue_calls();
                 p.cpu.matmul_backward(dinp, w.grad(), dbias, dout, inp, w, n, c, oc)?;
                 p.gpu.matmul_backward(dinp, w.grad(), dbias, dout, inp, w, n, c, oc)?;
+                let case = case.clone() + bias_grad_path(&p, before, with_bias);
                 for (name, t) in l.gradients(bias) {
                     rows.push(p.compare(op, &case, name, t)?);
                 }
@@ -659,7 +671,7 @@ impl Ctx {
             let mut p = self.pair(&plan, 250 + i as u64)?;
             let bias = p.linear_inputs(&l, with_bias, backward)?;
             let Linear { w, inp, dout, dinp, .. } = l;
-            let before = p.gpu.gelu_epilogue_calls();
+            let (before, before_bias_grad) = (p.gpu.gelu_epilogue_calls(), p.gpu.bias_grad_epilogue_calls());
             let compared = if backward {
                 p.fill(pre, 1.5)?;
                 let dbias = bias.map(|b| b.grad());
@@ -674,8 +686,11 @@ impl Ctx {
                 vec![("pre", pre), ("out", out)]
             };
             let fused = p.gpu.gelu_epilogue_calls().fused > before.fused;
-            let case =
+            let mut case =
                 format!("{}, {}", linear_case(n, c, oc, with_bias, skew), if fused { "epilogue" } else { "apart" });
+            if backward {
+                case += bias_grad_path(&p, before_bias_grad, with_bias);
+            }
             for (name, t) in compared {
                 rows.push(p.compare(op, &case, name, t)?);
             }

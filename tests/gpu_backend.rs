@@ -2,7 +2,7 @@
 //! scripts/gpu-check.sh does): the checker passes in both precisions, and a small model trains on
 //! the GPU with falling loss and repeats itself bitwise.
 
-use gptk::backend::cuda::{CudaBackend, GeluEpilogueCalls};
+use gptk::backend::cuda::{CudaBackend, EpilogueCalls};
 use gptk::backend::{AdamWStep, Backend, Precision};
 use gptk::check::{self, CheckOptions};
 use gptk::model::config::ModelConfig;
@@ -48,21 +48,29 @@ fn fixed_batch_run(precision: Precision, n_head: usize, steps: u64) -> (Vec<f32>
 struct Setup {
     recompute: Recompute,
     gelu_epilogue: bool,
+    bias_grad_epilogue: bool,
     cuda_graphs: bool,
     /// Distinct batches, taken in turn (1: the same batch every step).
     batches: usize,
 }
 
 impl Setup {
-    const DEFAULT: Setup = Setup { recompute: Recompute::Off, gelu_epilogue: true, cuda_graphs: false, batches: 1 };
+    const DEFAULT: Setup = Setup {
+        recompute: Recompute::Off,
+        gelu_epilogue: true,
+        bias_grad_epilogue: true,
+        cuda_graphs: false,
+        batches: 1,
+    };
 }
 
-/// What a run left: the losses, the final parameters, how the matmul+GELU ops ran and how often a
-/// CUDA graph was launched.
+/// What a run left: the losses, the final parameters, how the matmul+GELU ops and the bias
+/// gradients ran and how often a CUDA graph was launched.
 struct Outcome {
     losses: Vec<f32>,
     params: Vec<f32>,
-    gelu: GeluEpilogueCalls,
+    gelu: EpilogueCalls,
+    bias_grad: EpilogueCalls,
     graph_launches: usize,
 }
 
@@ -73,6 +81,7 @@ fn run(precision: Precision, n_head: usize, steps: u64, setup: Setup) -> Outcome
     let acts = ActLayout::with_recompute(&cfg, b, t, None, setup.recompute);
     let mut model = Gpt::new(cfg.clone(), acts, |p, a| CudaBackend::new(p, a, precision, 0)).expect("a GPU backend");
     model.backend.set_gelu_epilogue(setup.gelu_epilogue);
+    model.backend.set_bias_grad_epilogue(setup.bias_grad_epilogue);
     model.backend.set_cuda_graphs(setup.cuda_graphs);
     let host = init_params(&cfg, &model.params, 3);
     model.load_params(&host).unwrap();
@@ -112,6 +121,7 @@ fn run(precision: Precision, n_head: usize, steps: u64, setup: Setup) -> Outcome
         losses,
         params,
         gelu: model.backend.gelu_epilogue_calls(),
+        bias_grad: model.backend.bias_grad_epilogue_calls(),
         graph_launches: model.backend.graph_launches(),
     }
 }
@@ -184,25 +194,35 @@ fn cuda_graphs_replay_the_same_bits() {
     }
 }
 
-/// The MLP's GELU runs in cuBLASLt's epilogue at these widths (4C = 512) in bf16, and training
-/// with it follows training with the GELU apart: the two differ only in where the GEMM's sum is
-/// rounded before the GELU.
+/// The MLP's GELU and the bias gradients run in cuBLASLt's epilogues at these widths (4C = 512)
+/// in bf16, and training with them follows training with each apart: they differ only in where
+/// a sum is rounded.
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn the_gelu_epilogue_trains_like_the_gelu_apart() {
+fn the_epilogues_train_like_the_ops_apart() {
     for precision in [Precision::Bf16, Precision::F32] {
         let with = run(precision, 2, 10, Setup::DEFAULT);
-        let without = run(precision, 2, 10, Setup { gelu_epilogue: false, ..Setup::DEFAULT });
-        let (fused, calls, apart, calls_apart) = (with.losses, with.gelu, without.losses, without.gelu);
-        println!("{precision}: GELU epilogue {calls:?}; losses {fused:?} against {apart:?} apart");
-        // Two layers, ten steps: a forward and a backward op per layer and step.
-        assert_eq!(calls.fused + calls.apart, 40, "{calls:?}");
-        assert_eq!(calls_apart, GeluEpilogueCalls { fused: 0, apart: 40 });
+        println!("{precision}: GELU {:?}, bias grad {:?}; losses {:?}", with.gelu, with.bias_grad, with.losses);
+        // Two layers, ten steps: a forward and a backward GELU op per layer and step, and four
+        // biased linear layers per layer and step.
+        assert_eq!(with.gelu.fused + with.gelu.apart, 40, "{:?}", with.gelu);
+        assert_eq!(with.bias_grad.fused + with.bias_grad.apart, 80, "{:?}", with.bias_grad);
         if precision == Precision::Bf16 {
-            assert_eq!(calls.apart, 0, "cuBLASLt refused the bf16 GELU epilogue at GPT-2-like widths");
+            assert_eq!(with.gelu.apart, 0, "cuBLASLt refused the bf16 GELU epilogue at GPT-2-like widths");
+            assert_eq!(with.bias_grad.apart, 0, "cuBLASLt refused the bf16 bias-gradient epilogue");
         }
-        for (step, (a, b)) in fused.iter().zip(&apart).enumerate() {
-            assert!((a - b).abs() <= 0.02 * b.abs(), "step {}: loss {a} with the epilogue, {b} apart", step + 1);
+        let gelu_apart = run(precision, 2, 10, Setup { gelu_epilogue: false, ..Setup::DEFAULT });
+        assert_eq!(gelu_apart.gelu, EpilogueCalls { fused: 0, apart: 40 });
+        let bias_apart = run(precision, 2, 10, Setup { bias_grad_epilogue: false, ..Setup::DEFAULT });
+        assert_eq!(bias_apart.bias_grad, EpilogueCalls { fused: 0, apart: 80 });
+        for (what, other) in [("GELU", gelu_apart.losses), ("bias grad", bias_apart.losses)] {
+            for (step, (a, b)) in with.losses.iter().zip(&other).enumerate() {
+                assert!(
+                    (a - b).abs() <= 0.02 * b.abs(),
+                    "step {}: loss {a} with the epilogue, {b} with {what} apart",
+                    step + 1
+                );
+            }
         }
     }
 }

@@ -5,7 +5,7 @@
 //! (`--results`).
 
 use crate::backend::cuda;
-use crate::bench::{self, BenchOptions, Ceilings, Measurement, Report, StepResult};
+use crate::bench::{self, BenchOptions, Ceilings, Measurement, Report, StepResult, StepVariant};
 use crate::model::layout::Recompute;
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -51,14 +51,10 @@ pub struct BenchArgs {
     /// Activation recomputation in the d12 training step, as `gptk train --recompute`.
     #[arg(long, default_value_t = Recompute::Off)]
     step_recompute: Recompute,
-    /// Time the d12 step a second time with the MLP's GELU apart from its GEMMs (a GEMM, then the
-    /// GELU kernel) instead of in cuBLASLt's epilogue: the fusion's before and after.
-    #[arg(long)]
-    step_gelu_apart: bool,
-    /// Time the d12 step once more with its forward and backward replayed from a CUDA graph
-    /// (`gptk train --cuda-graphs`).
-    #[arg(long)]
-    step_cuda_graphs: bool,
+    /// Time the d12 step again for each of these, after the step as the trainer runs it: each
+    /// one optimisation's before and after, in the same run (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    step_variants: Vec<StepVariant>,
 }
 
 fn read_report(path: &Path) -> Result<Report> {
@@ -241,8 +237,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         step_batch: args.step_batch.max(1),
         step_iters: args.step_iters.max(1),
         step_recompute: args.step_recompute,
-        step_gelu_epilogue: true,
-        step_cuda_graphs: false,
+        step_variant: None,
     };
     let table = !args.json;
     let ceilings = bench::measure_ceilings(&opts)?;
@@ -285,17 +280,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(e) = write_error {
         return Err(e);
     }
-    // (GELU in the epilogue, CUDA graphs): the default, then the variants asked for.
-    let mut step_variants = vec![(true, false)];
-    if args.step_gelu_apart {
-        step_variants.push((false, false));
-    }
-    if args.step_cuda_graphs {
-        step_variants.push((true, true));
-    }
-    for &(gelu, graphs) in step_variants.iter().filter(|_| selection.step) {
-        let variant = BenchOptions { step_gelu_epilogue: gelu, step_cuda_graphs: graphs, ..opts.clone() };
-        let step = bench::run_step(&variant)?;
+    // The default step, then the variants asked for.
+    let variants = std::iter::once(None).chain(args.step_variants.iter().copied().map(Some));
+    for step_variant in variants.filter(|_| selection.step) {
+        let step = bench::run_step(&BenchOptions { step_variant, ..opts.clone() })?;
         if table {
             print_step(&step, &ceilings, torch.as_ref());
         }

@@ -9,8 +9,9 @@
 //! heuristic only promises an algorithm for operands at least as aligned as it was told.
 //!
 //! The epilogue can also apply the tanh-GELU of the MLP (`GELU_AUX`, writing the GELU's input beside
-//! its output, for the backward) or its derivative (`DGELU`, the backward through it): see
-//! [`Blas::gemm_gelu`]. cuBLASLt's GELU is the tanh approximation, GPT-2's.
+//! its output, for the backward) or its derivative (`DGELU`, the backward through it), or sum a
+//! weight gradient's output gradient into its bias gradient (`BGRADB`): see [`Epilogue`] and
+//! [`Blas::gemm_epilogue`]. cuBLASLt's GELU is the tanh approximation, GPT-2's.
 //!
 //! Precision: bf16 operands with f32 accumulation (`CUBLAS_COMPUTE_32F`), or f32 operands with
 //! full f32 arithmetic (not TF32), so the f32 backend can be checked tightly against the CPU.
@@ -26,29 +27,43 @@ use std::sync::Arc;
 /// The largest alignment worth telling the heuristic about.
 const MAX_ALIGNMENT: u32 = 256;
 
-/// A tanh-GELU in the epilogue of a GEMM; its input matrix `pre` has D's shape and leading
-/// dimension.
+/// Work in the epilogue of a GEMM beyond the bias add.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Gelu {
+pub enum Epilogue {
     /// D = GELU(op(A)·op(B) + bias), and the GELU's input (the product plus the bias) is
-    /// written to `pre` (cuBLASLt's `GELU_AUX`, `GELU_AUX_BIAS`).
-    Forward { pre: u64 },
-    /// D = op(A)·op(B) ⊙ GELU′(pre): the gradient through the GELU whose input was `pre`
-    /// (cuBLASLt's `DGELU`; no bias).
-    Backward { pre: u64 },
+    /// written to `pre`, of D's shape and leading dimension (cuBLASLt's `GELU_AUX`,
+    /// `GELU_AUX_BIAS`).
+    Gelu { pre: u64 },
+    /// D = op(A)·op(B) ⊙ GELU′(pre): the gradient through the GELU whose input was `pre`, of D's
+    /// shape and leading dimension (cuBLASLt's `DGELU`; no bias).
+    DGelu { pre: u64 },
+    /// D as usual, and the n column sums of op(B) over k written to `sums` as f32: a linear
+    /// layer's bias gradient from its weight-gradient GEMM (cuBLASLt's `BGRADB`; no bias).
+    BGradB { sums: u64 },
 }
 
-impl Gelu {
-    fn pre(self) -> u64 {
+impl Epilogue {
+    /// The extra pointer: the GELU's input or the column sums.
+    fn pointer(self) -> u64 {
         match self {
-            Gelu::Forward { pre } | Gelu::Backward { pre } => pre,
+            Epilogue::Gelu { pre } | Epilogue::DGelu { pre } => pre,
+            Epilogue::BGradB { sums } => sums,
+        }
+    }
+
+    fn mode(epilogue: Option<Self>) -> EpilogueMode {
+        match epilogue {
+            None => EpilogueMode::None,
+            Some(Epilogue::Gelu { .. }) => EpilogueMode::Gelu,
+            Some(Epilogue::DGelu { .. }) => EpilogueMode::DGelu,
+            Some(Epilogue::BGradB { .. }) => EpilogueMode::BGradB,
         }
     }
 }
 
 /// One GEMM: D (m×n, column-major, leading dimension ldd) = op(A)·op(B) + beta·D, where op
 /// transposes when asked; the optional bias (m) is added to every column, then the optional
-/// GELU epilogue applies.
+/// epilogue applies.
 #[derive(Clone, Copy, Debug)]
 pub struct GemmCall {
     pub m: usize,
@@ -65,13 +80,13 @@ pub struct GemmCall {
     /// 0 overwrites D, 1 accumulates into it.
     pub beta: f32,
     pub bias: Option<u64>,
-    pub gelu: Option<Gelu>,
+    pub epilogue: Option<Epilogue>,
 }
 
 impl GemmCall {
-    /// The same GEMM with a GELU epilogue.
-    pub fn with_gelu(self, gelu: Gelu) -> Self {
-        GemmCall { gelu: Some(gelu), ..self }
+    /// The same GEMM with an epilogue.
+    pub fn with_epilogue(self, epilogue: Epilogue) -> Self {
+        GemmCall { epilogue: Some(epilogue), ..self }
     }
 
     /// Row-major out (N,OC) = inp (N,C)·Wᵀ (+ bias), W (OC,C): column-major outᵀ (OC,N) =
@@ -91,7 +106,7 @@ impl GemmCall {
             ldd: oc,
             beta: 0.0,
             bias,
-            gelu: None,
+            epilogue: None,
         }
     }
 
@@ -112,7 +127,7 @@ impl GemmCall {
             ldd: c,
             beta: 0.0,
             bias: None,
-            gelu: None,
+            epilogue: None,
         }
     }
 
@@ -133,17 +148,18 @@ impl GemmCall {
             ldd: c,
             beta: 1.0,
             bias: None,
-            gelu: None,
+            epilogue: None,
         }
     }
 }
 
 /// Which epilogue a plan was asked for.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-enum GeluMode {
+enum EpilogueMode {
     None,
-    Forward,
-    Backward,
+    Gelu,
+    DGelu,
+    BGradB,
 }
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -157,19 +173,14 @@ struct Key {
     trans_a: bool,
     trans_b: bool,
     bias: bool,
-    gelu: GeluMode,
-    /// Alignments of A, B, D, the GELU's input matrix and the bias (the heuristic reads the
-    /// last two from the pointers it is shown).
+    epilogue: EpilogueMode,
+    /// Alignments of A, B, D, the epilogue's pointer and the bias (the heuristic reads the last
+    /// two from the pointers it is shown).
     align: [u32; 5],
 }
 
 impl Key {
     fn of(call: &GemmCall) -> Self {
-        let gelu = match call.gelu {
-            None => GeluMode::None,
-            Some(Gelu::Forward { .. }) => GeluMode::Forward,
-            Some(Gelu::Backward { .. }) => GeluMode::Backward,
-        };
         Key {
             m: call.m,
             n: call.n,
@@ -180,12 +191,12 @@ impl Key {
             trans_a: call.trans_a,
             trans_b: call.trans_b,
             bias: call.bias.is_some(),
-            gelu,
+            epilogue: Epilogue::mode(call.epilogue),
             align: [
                 alignment(call.a),
                 alignment(call.b),
                 alignment(call.d),
-                call.gelu.map_or(MAX_ALIGNMENT, |g| alignment(g.pre())),
+                call.epilogue.map_or(MAX_ALIGNMENT, |e| alignment(e.pointer())),
                 call.bias.map_or(MAX_ALIGNMENT, alignment),
             ],
         }
@@ -223,7 +234,7 @@ pub struct Blas {
     workspace_bytes: usize,
     data_type: sys::cudaDataType,
     compute_type: sys::cublasComputeType_t,
-    /// `None`: the library has no algorithm for this GELU epilogue (asked once, remembered).
+    /// `None`: the library has no algorithm for this epilogue (asked once, remembered).
     plans: HashMap<Key, Option<Plan>>,
     stream: Arc<CudaStream>,
 }
@@ -252,7 +263,7 @@ unsafe fn set_desc<T>(
     unsafe { lt::set_matmul_desc_attribute(desc, attr, value as *const T as *const c_void, size_of::<T>()) }
 }
 
-/// Points the descriptor at this call's bias (when fused) and GELU input.
+/// Points the descriptor at this call's bias (when fused) and its epilogue's matrix or sums.
 ///
 /// SAFETY: `desc` is live; the pointers are device addresses (or 0 before a heuristic query).
 unsafe fn set_pointers(
@@ -265,8 +276,13 @@ unsafe fn set_pointers(
         if let (true, Some(bias)) = (fused_bias, call.bias) {
             set_desc(desc, D::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias)?;
         }
-        if let Some(gelu) = call.gelu {
-            set_desc(desc, D::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &gelu.pre())?;
+        match call.epilogue {
+            Some(Epilogue::Gelu { pre } | Epilogue::DGelu { pre }) => {
+                set_desc(desc, D::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &pre)?
+            }
+            // The bias gradient goes where a bias would come from.
+            Some(Epilogue::BGradB { sums }) => set_desc(desc, D::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &sums)?,
+            None => {}
         }
     }
     Ok(())
@@ -306,7 +322,7 @@ impl Blas {
     }
 
     /// Builds the plan for `call` (whose key is `key`), with the bias fused when `fuse` and the
-    /// GELU epilogue the key asks for.
+    /// epilogue the key asks for.
     fn plan(&self, key: &Key, call: &GemmCall, fuse: bool) -> Result<Plan, lt::CublasError> {
         let desc = lt::create_matmul_desc(self.compute_type, sys::cudaDataType::CUDA_R_32F)?;
         let (a_rows, a_cols) = if key.trans_a { (key.k, key.m) } else { (key.m, key.k) };
@@ -324,24 +340,33 @@ impl Blas {
         plan.d = self.layout(key.m, key.n, key.ldd)?;
         let (op_a, op_b) = (key.trans_a as i32, key.trans_b as i32); // CUBLAS_OP_N = 0, CUBLAS_OP_T = 1
         use sys::cublasLtEpilogue_t as E;
-        let epilogue = match (key.gelu, fuse) {
-            (GeluMode::None, false) => E::CUBLASLT_EPILOGUE_DEFAULT,
-            (GeluMode::None, true) => E::CUBLASLT_EPILOGUE_BIAS,
-            (GeluMode::Forward, false) => E::CUBLASLT_EPILOGUE_GELU_AUX,
-            (GeluMode::Forward, true) => E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
-            (GeluMode::Backward, _) => E::CUBLASLT_EPILOGUE_DGELU,
+        let epilogue = match (key.epilogue, fuse) {
+            (EpilogueMode::None, false) => E::CUBLASLT_EPILOGUE_DEFAULT,
+            (EpilogueMode::None, true) => E::CUBLASLT_EPILOGUE_BIAS,
+            (EpilogueMode::Gelu, false) => E::CUBLASLT_EPILOGUE_GELU_AUX,
+            (EpilogueMode::Gelu, true) => E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
+            (EpilogueMode::DGelu, _) => E::CUBLASLT_EPILOGUE_DGELU,
+            (EpilogueMode::BGradB, _) => E::CUBLASLT_EPILOGUE_BGRADB,
         };
         use sys::cublasLtMatmulDescAttributes_t as D;
         // SAFETY: the descriptor is live; TRANSA/TRANSB take an int32 cublasOperation_t,
         // EPILOGUE a uint32 cublasLtEpilogue_t, EPILOGUE_AUX_LD an int64 (the GELU input has D's
-        // leading dimension; its type, left unset, is D's). The pointers are set before the
-        // heuristic because it reads their alignment from them.
+        // leading dimension; its type, left unset, is D's), BIAS_DATA_TYPE an int32
+        // cudaDataType (the bias gradient's sums are kept in f32). The pointers are set before
+        // the heuristic because it reads their alignment from them.
         unsafe {
             set_desc(desc, D::CUBLASLT_MATMUL_DESC_TRANSA, &op_a)?;
             set_desc(desc, D::CUBLASLT_MATMUL_DESC_TRANSB, &op_b)?;
             set_desc(desc, D::CUBLASLT_MATMUL_DESC_EPILOGUE, &(epilogue as u32))?;
-            if key.gelu != GeluMode::None {
-                set_desc(desc, D::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &(key.ldd as i64))?;
+            match key.epilogue {
+                EpilogueMode::Gelu | EpilogueMode::DGelu => {
+                    set_desc(desc, D::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &(key.ldd as i64))?
+                }
+                EpilogueMode::BGradB => {
+                    let f32_type = sys::cudaDataType::CUDA_R_32F as i32;
+                    set_desc(desc, D::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &f32_type)?
+                }
+                EpilogueMode::None => {}
             }
             set_pointers(desc, call, fuse)?;
         }
@@ -380,11 +405,11 @@ impl Blas {
         )
     }
 
-    /// Runs one GEMM without a GELU. Returns whether `call.bias` was added in the epilogue (false
-    /// without a bias); when a bias was given but not added, the caller adds it.
+    /// Runs one GEMM without an [`Epilogue`]. Returns whether `call.bias` was added in the
+    /// epilogue (false without a bias); when a bias was given but not added, the caller adds it.
     pub fn gemm(&mut self, call: &GemmCall) -> Result<bool, BackendError> {
-        if call.gelu.is_some() {
-            return Err(BackendError::Device("a GEMM with a GELU epilogue goes through gemm_gelu".into()));
+        if call.epilogue.is_some() {
+            return Err(BackendError::Device("a GEMM with an epilogue goes through gemm_epilogue".into()));
         }
         let key = Key::of(call);
         if !self.plans.contains_key(&key) {
@@ -400,18 +425,19 @@ impl Blas {
         Ok(fused_bias && call.bias.is_some())
     }
 
-    /// Runs one GEMM with its GELU epilogue (and its bias, if any, fused too), or nothing and
+    /// Runs one GEMM with its [`Epilogue`] (and its bias, if any, fused too), or nothing and
     /// returns false when cuBLASLt has no algorithm for that epilogue at this shape, alignment
-    /// and type; the caller then runs the GEMM and the GELU apart. The GELU's input matrix needs
-    /// a leading dimension divisible by 8.
-    pub fn gemm_gelu(&mut self, call: &GemmCall) -> Result<bool, BackendError> {
-        let Some(gelu) = call.gelu else {
-            return Err(BackendError::Device("gemm_gelu without a GELU epilogue".into()));
+    /// and type; the caller then does the work apart. The GELU's input matrix needs a leading
+    /// dimension divisible by 8.
+    pub fn gemm_epilogue(&mut self, call: &GemmCall) -> Result<bool, BackendError> {
+        let Some(epilogue) = call.epilogue else {
+            return Err(BackendError::Device("gemm_epilogue without an epilogue".into()));
         };
-        if matches!(gelu, Gelu::Backward { .. }) && call.bias.is_some() {
-            return Err(BackendError::Device("the DGELU epilogue takes no bias".into()));
+        let gelu = matches!(epilogue, Epilogue::Gelu { .. } | Epilogue::DGelu { .. });
+        if !matches!(epilogue, Epilogue::Gelu { .. }) && call.bias.is_some() {
+            return Err(BackendError::Device("the DGELU and BGRADB epilogues take no bias".into()));
         }
-        if !call.ldd.is_multiple_of(8) {
+        if gelu && !call.ldd.is_multiple_of(8) {
             return Ok(false);
         }
         let key = Key::of(call);
@@ -495,28 +521,34 @@ mod tests {
     }
 
     /// What cuBLASLt computes for `call`, on host buffers (the addresses are element offsets):
-    /// column-major D = op(A)·op(B) + beta·D, plus the bias on every column, then the GELU
-    /// epilogue, whose input matrix `aux` has D's layout (written forward, read backward).
+    /// column-major D = op(A)·op(B) + beta·D, plus the bias on every column, then the epilogue:
+    /// a GELU whose input matrix `aux` has D's layout (written forward, read backward), or the
+    /// column sums of op(B) into `aux`.
     fn reference(call: &GemmCall, a: &[f64], b: &[f64], d: &mut [f64], bias: &[f64], aux: &mut [f64]) {
         let (a0, b0, d0) = (call.a as usize, call.b as usize, call.d as usize);
+        let op_b = |p: usize, j: usize| if call.trans_b { b[b0 + j + p * call.ldb] } else { b[b0 + p + j * call.ldb] };
+        if let Some(Epilogue::BGradB { sums }) = call.epilogue {
+            for j in 0..call.n {
+                aux[sums as usize + j] = (0..call.k).map(|p| op_b(p, j)).sum();
+            }
+        }
         for j in 0..call.n {
             for i in 0..call.m {
                 let mut acc = 0.0;
                 for p in 0..call.k {
                     let x = if call.trans_a { a[a0 + p + i * call.lda] } else { a[a0 + i + p * call.lda] };
-                    let y = if call.trans_b { b[b0 + j + p * call.ldb] } else { b[b0 + p + j * call.ldb] };
-                    acc += x * y;
+                    acc += x * op_b(p, j);
                 }
                 let at = d0 + i + j * call.ldd;
                 let bias = call.bias.map_or(0.0, |o| bias[o as usize + i]);
                 let x = acc + call.beta as f64 * d[at] + bias;
-                d[at] = match call.gelu {
-                    None => x,
-                    Some(Gelu::Forward { pre }) => {
+                d[at] = match call.epilogue {
+                    None | Some(Epilogue::BGradB { .. }) => x,
+                    Some(Epilogue::Gelu { pre }) => {
                         aux[pre as usize + i + j * call.ldd] = x;
                         gelu(x)
                     }
-                    Some(Gelu::Backward { pre }) => x * gelu_grad(aux[pre as usize + i + j * call.ldd]),
+                    Some(Epilogue::DGelu { pre }) => x * gelu_grad(aux[pre as usize + i + j * call.ldd]),
                 };
             }
         }
@@ -558,7 +590,7 @@ mod tests {
     }
 
     #[test]
-    fn gelu_epilogues_are_the_mlp_ops_in_the_gemm() {
+    fn epilogues_are_the_mlp_and_bias_gradient_ops_in_the_gemm() {
         use crate::backend::cpu::{gelu_backward, gelu_forward};
         let mut rng = Rng::new(10);
         for (n, c, oc) in [(1, 1, 1), (5, 7, 3), (4, 16, 48)] {
@@ -569,7 +601,7 @@ mod tests {
             let mut want_out = vec![0.0; n * oc];
             gelu_forward(&mut want_out, &want_pre);
             let (mut got_out, mut got_pre) = (vec![0.0; n * oc], vec![0.0; n * oc]);
-            let call = GemmCall::linear_forward(n, c, oc, 0, 0, 0, Some(0)).with_gelu(Gelu::Forward { pre: 0 });
+            let call = GemmCall::linear_forward(n, c, oc, 0, 0, 0, Some(0)).with_epilogue(Epilogue::Gelu { pre: 0 });
             reference(&call, &w, &inp, &mut got_out, &bias, &mut got_pre);
             close(&got_pre, &want_pre);
             close(&got_out, &want_out);
@@ -580,9 +612,18 @@ mod tests {
             matmul_backward(&mut want_dinp, &mut dw, None, &dout, &inp, &w, n, c, oc);
             gelu_backward(&mut want_dinp, &pre);
             let mut got_dinp = vec![0.0; n * c];
-            let call = GemmCall::linear_backward_input(n, c, oc, 0, 0, 0).with_gelu(Gelu::Backward { pre: 0 });
+            let call = GemmCall::linear_backward_input(n, c, oc, 0, 0, 0).with_epilogue(Epilogue::DGelu { pre: 0 });
             reference(&call, &w, &dout, &mut got_dinp, &[], &mut pre);
             close(&got_dinp, &want_dinp);
+
+            // The weight gradient's GEMM also sums dout's rows: the bias gradient.
+            let (mut want_dw, mut want_db) = (vec![0.0; oc * c], vec![0.0; oc]);
+            matmul_backward(&mut vec![0.0; n * c], &mut want_dw, Some(&mut want_db), &dout, &inp, &w, n, c, oc);
+            let (mut got_dw, mut got_db) = (vec![0.0; oc * c], vec![0.0; oc]);
+            let call = GemmCall::linear_backward_weight(n, c, oc, 0, 0, 0).with_epilogue(Epilogue::BGradB { sums: 0 });
+            reference(&call, &inp, &dout, &mut got_dw, &[], &mut got_db);
+            close(&got_dw, &want_dw);
+            close(&got_db, &want_db);
         }
     }
 }

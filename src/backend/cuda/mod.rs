@@ -36,7 +36,7 @@ pub use plan::{ArenaSizes, MemoryPlan, ScratchSizes};
 use super::{AdamWStep, Backend, BackendError, Precision, Replay, Result, cpu};
 use crate::model::config::LAYERNORM_EPS;
 use crate::model::layout::{ActLayout, Arena, ParamLayout, Tensor};
-use blas::{Blas, Gelu, GemmCall};
+use blas::{Blas, Epilogue, GemmCall};
 use cast::{blocks_for, to_i32, to_i64, to_u32};
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute, CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{
@@ -191,7 +191,10 @@ pub struct CudaBackend {
     nccl: Option<NcclComm>,
     /// Whether the MLP's GELU runs in the epilogue of its GEMMs (where cuBLASLt allows).
     gelu_epilogue: bool,
-    gelu_calls: GeluEpilogueCalls,
+    gelu_calls: EpilogueCalls,
+    /// Whether a linear layer's bias gradient is summed in its weight-gradient GEMM's epilogue.
+    bias_grad_epilogue: bool,
+    bias_grad_calls: EpilogueCalls,
     /// Recordings of op runs as CUDA graphs ([`Backend::replay`]), when turned on.
     graphs: Option<Graphs>,
 }
@@ -234,10 +237,10 @@ struct LinearBackward {
     w: u64,
 }
 
-/// How the fused matmul+GELU ops ran so far: with the GELU in cuBLASLt's epilogue, or apart
-/// (the epilogue turned off, or no algorithm for it at that shape, alignment and type).
+/// How work that can run in a GEMM's epilogue ran so far: in cuBLASLt's epilogue, or apart (the
+/// epilogue turned off, or no algorithm for it at that shape, alignment and type).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct GeluEpilogueCalls {
+pub struct EpilogueCalls {
     pub fused: usize,
     pub apart: usize,
 }
@@ -399,7 +402,9 @@ impl CudaBackend {
             ctx,
             nccl: None,
             gelu_epilogue: true,
-            gelu_calls: GeluEpilogueCalls::default(),
+            gelu_calls: EpilogueCalls::default(),
+            bias_grad_epilogue: true,
+            bias_grad_calls: EpilogueCalls::default(),
             graphs: None,
         };
         backend.stream.synchronize().map_err(|e| driver_error("initialising the arenas", e))?;
@@ -442,8 +447,19 @@ impl CudaBackend {
     }
 
     /// How the fused matmul+GELU ops have run since the backend was made.
-    pub fn gelu_epilogue_calls(&self) -> GeluEpilogueCalls {
+    pub fn gelu_epilogue_calls(&self) -> EpilogueCalls {
         self.gelu_calls
+    }
+
+    /// Turns the bias gradient in the epilogue of the weight-gradient GEMM on (the default) or
+    /// off (the bias-gradient kernels after the GEMM).
+    pub fn set_bias_grad_epilogue(&mut self, on: bool) {
+        self.bias_grad_epilogue = on;
+    }
+
+    /// How the bias gradients of linear layers have run since the backend was made.
+    pub fn bias_grad_epilogue_calls(&self) -> EpilogueCalls {
+        self.bias_grad_calls
     }
 
     /// The device addresses of a linear layer's backward, each checked against its arena.
@@ -471,10 +487,23 @@ impl CudaBackend {
     }
 
     /// dW (OC,C) += doutᵀ · inp and dbias (OC) += Σ rows of dout: the part of a linear layer's
-    /// backward that does not depend on how dinp was made.
+    /// backward that does not depend on how dinp was made. The row sums come from the GEMM's
+    /// epilogue (`BGRADB`, f32 sums into the scratch, then added to dbias: cuBLASLt's bias
+    /// gradient overwrites, dbias accumulates) where cuBLASLt allows, else from the kernels.
     fn linear_backward_weight(&mut self, p: &LinearBackward, n: usize, c: usize, oc: usize) -> Result<()> {
         let dout_p = p.dout;
-        self.blas.gemm(&GemmCall::linear_backward_weight(n, c, oc, dout_p, p.inp, p.dw))?;
+        let call = GemmCall::linear_backward_weight(n, c, oc, dout_p, p.inp, p.dw);
+        if let Some(dbias_p) = p.dbias {
+            if self.bias_grad_epilogue && oc <= self.scratch.partials.elems {
+                let sums = self.scratch.partials.ptr;
+                if self.blas.gemm_epilogue(&call.with_epilogue(Epilogue::BGradB { sums }))? {
+                    self.bias_grad_calls.fused += 1;
+                    return self.add_partials(dbias_p, 1, oc, oc, 0);
+                }
+            }
+            self.bias_grad_calls.apart += 1;
+        }
+        self.blas.gemm(&call)?;
         if let Some(dbias_p) = p.dbias {
             let (rows, count) = self.chunks(n, oc, 1)?;
             let (n_i, oc_i, rows_i) = (to_i32(n, "N")?, to_i32(oc, "OC")?, to_i32(rows, "rows per chunk")?);
@@ -981,8 +1010,8 @@ impl Backend for CudaBackend {
             // `matmul_forward`); otherwise both run apart.
             if bias_p.is_none_or(|p| p % BYTES_PER_VECTOR as u64 == 0) {
                 let call = GemmCall::linear_forward(n, c, oc, inp_p, w_p, out_p, bias_p)
-                    .with_gelu(Gelu::Forward { pre: pre_p });
-                if self.blas.gemm_gelu(&call)? {
+                    .with_epilogue(Epilogue::Gelu { pre: pre_p });
+                if self.blas.gemm_epilogue(&call)? {
                     self.gelu_calls.fused += 1;
                     return Ok(());
                 }
@@ -1008,9 +1037,9 @@ impl Backend for CudaBackend {
         if self.gelu_epilogue && n > 0 && c > 0 && oc > 0 {
             let p = self.linear_backward_pointers(dinp, dw, dbias, dout, inp, w, n, c, oc)?;
             let pre_p = self.ptr_n(pre, n * c, "matmul GELU input")?;
-            let call =
-                GemmCall::linear_backward_input(n, c, oc, p.dout, p.w, p.dinp).with_gelu(Gelu::Backward { pre: pre_p });
-            if self.blas.gemm_gelu(&call)? {
+            let call = GemmCall::linear_backward_input(n, c, oc, p.dout, p.w, p.dinp)
+                .with_epilogue(Epilogue::DGelu { pre: pre_p });
+            if self.blas.gemm_epilogue(&call)? {
                 self.gelu_calls.fused += 1;
                 return self.linear_backward_weight(&p, n, c, oc);
             }
@@ -1301,8 +1330,9 @@ impl Backend for CudaBackend {
     }
 
     fn replay(&mut self, key: u64) -> Result<Replay> {
-        // A recording holds the GELU path the ops took when it was made.
-        let key = key.wrapping_mul(2).wrapping_add(u64::from(self.gelu_epilogue));
+        // A recording holds the epilogue paths the ops took when it was made.
+        let switches = u64::from(self.gelu_epilogue) | u64::from(self.bias_grad_epilogue) << 1;
+        let key = key.wrapping_mul(4).wrapping_add(switches);
         let Some(g) = self.graphs.as_mut() else { return Ok(Replay::Run) };
         if let Some(Graph(graph)) = g.recorded.get(&key) {
             graph.launch().map_err(|e| driver_error("launching a CUDA graph", e))?;
