@@ -193,3 +193,19 @@ fn bad_runs_fail_with_one_clear_line() {
         "the data's tokenizer (gpt2) has 50257",
     );
 }
+
+#[test]
+fn cuda_graphs_on_the_cpu_warn_and_change_nothing() {
+    let dir = temp_dir("train-graphs-cpu");
+    let data = dataset(&dir);
+    let d = data.to_str().unwrap();
+    let plain = step_losses(&gptk(&[&["train", "--data", d, "--out", "a", "--device", "cpu"], SMALL].concat(), &dir));
+    let args = [&["train", "--data", d, "--out", "b", "--device", "cpu", "--cuda-graphs"], SMALL].concat();
+    let out = gptk(&args, &dir);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cuda-graphs has no effect on the CPU"));
+    assert_eq!(step_losses(&out), plain);
+    // The setting is kept with the run, like every flag.
+    let toml = std::fs::read_to_string(dir.join("b/step_000006/run.toml")).unwrap();
+    assert!(toml.contains("cuda_graphs = true"), "{toml}");
+}
