@@ -445,10 +445,11 @@ impl Blas {
             let plan = self.plan(&key, call, key.bias).ok();
             self.plans.insert(key, plan);
         }
-        match self.plans[&key] {
-            Some(_) => self.run(&key, call),
-            None => Ok(false),
+        if self.plans[&key].is_none() {
+            return Ok(false);
         }
+        self.run(&key, call)?;
+        Ok(true)
     }
 
     /// Launches `call` with the cached plan of `key`; returns whether the plan fuses the bias.
