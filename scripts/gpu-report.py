@@ -67,6 +67,10 @@ def check_section(log, name):
     if log is None:
         return lines + ["Not run.", ""]
     worst, failing, total = {}, [], None
+    # Which path the work that can run in a cuBLASLt epilogue took, per case (each case has one
+    # row per tensor): [in the epilogue, cases].
+    paths = {"GELU": [0, 0], "bias gradient": [0, 0]}
+    cases = set()
     for line in log.splitlines():
         if re.match(r"\d+ passed, \d+ failed$", line.strip()):
             total = line.strip()
@@ -79,6 +83,15 @@ def check_section(log, name):
                 continue
             op = fields[0]
             worst[op] = max(worst.get(op, 0.0), used)
+            case = " ".join(fields[:-6])  # the op and its case, without the tensor and the numbers
+            if case not in cases:
+                cases.add(case)
+                for what, pattern, fused in (("GELU", r", (epilogue|apart)(,|$)", "epilogue"),
+                                             ("bias gradient", r"bias grad (in epilogue|apart)", "in epilogue")):
+                    m = re.search(pattern, case)
+                    if m:
+                        paths[what][0] += m.group(1) == fused
+                        paths[what][1] += 1
             if fields[-1] == "FAIL":
                 failing.append(line.rstrip())
     lines.append(f"Result: **{total or 'no total line (the run stopped before the end; see the log)'}**.")
@@ -87,6 +100,9 @@ def check_section(log, name):
         last = [line.strip() for line in log.splitlines() if line.strip()]
         if last:
             lines += [f"Its last line: `{last[-1]}`", ""]
+    counted = [f"{what} in the epilogue in {fused} of {n} cases" for what, (fused, n) in paths.items() if n]
+    if counted:
+        lines += ["cuBLASLt epilogues: " + "; ".join(counted) + ".", ""]
     if worst:
         lines += ["| op | most tolerance used |", "|---|---|"]
         lines += [f"| {op} | {used:.1f}% |" for op, used in worst.items()]

@@ -32,17 +32,23 @@ fn the_report_collects_stages_checks_training_and_benchmarks() {
         "=== nvidia-smi: nvidia-smi\n| NVIDIA-SMI 580.65.06   Driver Version: 580.65.06   CUDA Version: 13.0 |\n\
          |   0  NVIDIA H200                    On  |   00000000:19:00.0 Off |                    0 |\n",
     );
-    let row = |op: &str, tensor: &str, used: f64, result: &str| {
-        format!(
-            "{op:<19} {:<40} {tensor:<34} {:>9} {:>10.3e} {:>10.3e} {used:>9.1}%  {result}\n",
-            "N=5 C=8", 40, 1e-3, 1e-3
-        )
+    let case_row = |op: &str, case: &str, tensor: &str, used: f64, result: &str| {
+        format!("{op:<19} {case:<40} {tensor:<34} {:>9} {:>10.3e} {:>10.3e} {used:>9.1}%  {result}\n", 40, 1e-3, 1e-3)
     };
+    let row = |op: &str, tensor: &str, used: f64, result: &str| case_row(op, "N=5 C=8", tensor, used, result);
     let mut check = String::from("=== check-bf16: gptk check --precision bf16\nchecking H200 with bf16 storage\n");
     check += &row("layernorm_forward", "out", 12.5, "ok");
     check += &row("layernorm_forward", "mean", 40.0, "ok");
     check += &row("attention_forward", "out", 180.0, "FAIL");
-    check += "2 passed, 1 failed\nError: 1 of 3 comparisons failed\n";
+    // Cases that name the path their epilogue work took, one row per tensor.
+    let gelu_bwd = "N=17 C=32 OC=13 bias, epilogue, bias grad in epilogue";
+    for tensor in ["dinp", "dw", "dbias"] {
+        check += &case_row("matmul_backward_gelu", gelu_bwd, tensor, 20.0, "ok");
+    }
+    check += &case_row("matmul_backward_gelu", "N=5 C=7 OC=3 bias, apart, bias grad apart", "dinp", 20.0, "ok");
+    check += &case_row("matmul_gelu_forward", "N=5 C=7 OC=3 bias, apart", "out", 20.0, "ok");
+    check += &case_row("matmul_backward", "N=1 C=1 OC=1 bias, bias grad apart", "dbias", 20.0, "ok");
+    check += "8 passed, 1 failed\nError: 1 of 9 comparisons failed\n";
     write("check-bf16.log", &check);
     write("check-f32.log", &format!("=== check-f32\n{}1 passed, 0 failed\n", row("adamw", "params", 3.0, "ok")));
     let step = |s: usize, loss: f64, tps: f64| {
@@ -70,7 +76,8 @@ fn the_report_collects_stages_checks_training_and_benchmarks() {
         "| check-bf16 | FAIL | exit 1 (12s) |",
         "| memcheck | SKIP | compute-sanitizer is not installed |",
         "| nvidia-smi | PASS | 0s |",
-        "Result: **2 passed, 1 failed**",
+        "Result: **8 passed, 1 failed**",
+        "cuBLASLt epilogues: GELU in the epilogue in 1 of 3 cases; bias gradient in the epilogue in 1 of 3 cases.",
         "| attention_forward | 180.0% |",
         "| layernorm_forward | 40.0% |",
         "Result: **1 passed, 0 failed**",
