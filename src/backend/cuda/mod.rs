@@ -237,6 +237,13 @@ struct LinearBackward {
     w: u64,
 }
 
+/// Whether new backends run the GELU and the bias gradients in cuBLASLt's epilogues:
+/// `GPTK_EPILOGUES=0` turns both off (to tell, on a new GPU or library, whether a difference
+/// comes from them).
+fn epilogues_enabled() -> bool {
+    std::env::var("GPTK_EPILOGUES").map_or(true, |v| v != "0")
+}
+
 /// How work that can run in a GEMM's epilogue ran so far: in cuBLASLt's epilogue, or apart (the
 /// epilogue turned off, or no algorithm for it at that shape, alignment and type).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -401,9 +408,9 @@ impl CudaBackend {
             stream,
             ctx,
             nccl: None,
-            gelu_epilogue: true,
+            gelu_epilogue: epilogues_enabled(),
             gelu_calls: EpilogueCalls::default(),
-            bias_grad_epilogue: true,
+            bias_grad_epilogue: epilogues_enabled(),
             bias_grad_calls: EpilogueCalls::default(),
             graphs: None,
         };
