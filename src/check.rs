@@ -955,6 +955,27 @@ impl Ctx {
             let r = spec.tensor.offset..spec.tensor.end();
             rows.push(row(op, &case, &format!("d {}", spec.name), &gpu_grads[r.clone()], &cpu_grads[r], eps, k));
         }
+
+        // The same step replayed from a CUDA graph (`gptk train --cuda-graphs`) on a second
+        // batch gives the bits of the ops launched one by one: run on batch 1, recorded on batch
+        // 1, replayed on batch 2 (as many counted targets, so the same loss scale).
+        let tokens2: Vec<i32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as i32).collect();
+        let targets2: Vec<i32> =
+            targets.iter().map(|&x| if x < 0 { -1 } else { (x + 1) % cfg.vocab_size as i32 }).collect();
+        let want_loss = step(&mut gpu, &tokens2, &targets2)?;
+        let want = gpu.backend.download(Tensor { arena: Arena::Grads, offset: 0, len: gpu.params.total })?;
+        let mut graphed = Gpt::new(cfg.clone(), gpu.acts.clone(), |p, a| CudaBackend::new(p, a, precision, device))?;
+        graphed.backend.set_cuda_graphs(true);
+        graphed.load_params(&params)?;
+        step(&mut graphed, &tokens, &targets)?;
+        step(&mut graphed, &tokens, &targets)?;
+        let got_loss = step(&mut graphed, &tokens2, &targets2)?;
+        let got = graphed.backend.download(Tensor { arena: Arena::Grads, offset: 0, len: graphed.params.total })?;
+        let launches = graphed.backend.graph_launches() as f32;
+        let case = format!("{case}, CUDA graph");
+        rows.push(bitwise_row(op, &case, "graph launches = 2", &[launches], &[2.0]));
+        rows.push(bitwise_row(op, &case, "loss = ops one by one (bitwise)", &[got_loss], &[want_loss]));
+        rows.push(bitwise_row(op, &case, "grads = ops one by one (bitwise)", &got, &want));
         Ok(rows)
     }
 }
