@@ -26,7 +26,8 @@
 //   summed by one thread in a fixed order, so results are bitwise reproducible. The price is
 //   recomputing S and dP in the dQ pass: 7 tile products against the 5 of FlashAttention-2's
 //   backward, whose dQ is summed across key blocks with f32 atomics (about 30% less arithmetic,
-//   plus an f32 dQ buffer and a conversion pass, and results that vary run to run).
+//   plus an f32 dQ buffer and a conversion pass, and results that vary run to run). That variant
+//   is here too, opt-in: the dK/dV pass with DQ (flash_backward_dkvq), then flash_dq_store.
 // - causal: blocks and warps skip tiles that lie wholly above the diagonal (forward and dQ stop
 //   at the block's last query; dK/dV start at the first query tile that sees the block's keys;
 //   inside a block each warp skips tiles that are all in its future); only tiles that cross the
@@ -50,6 +51,8 @@
 //   dK/dV      HS=128   64 k × 32 q                250     70,144        2 (regs)     8
 //   dQ         HS=64    64 q × 64 k                168     55,296        3 (regs)    12
 //   dQ         HS=128   64 q × 64 k                242    104,448        2 (both)     8
+//   dK/dV+dQ   HS=64    64 k × 64 q                251     65,536        2 (regs)     8   (atomic dQ)
+//   dK/dV+dQ   HS=128   64 k × 32 q                255     74,752        2 (regs)     8   (atomic dQ)
 // Eight warps per SM is FlashAttention-2's regime on this hardware too: each warp keeps its
 // output (and score) tiles in registers, and latency is hidden by the double-buffered copies and
 // the independent mmas of a tile rather than by many resident warps. At HS = 128 the streamed
@@ -365,12 +368,24 @@ __device__ __forceinline__ void flash_forward(bf16* out, float* lse, const bf16*
 // query tiles of DKV_ROWS (64 at HS=64, 32 at HS=128) with their dout, LSE and delta,
 // double-buffered. Grid: ⌈T/64⌉·B·NH. Shared: (128 + 4·DKV_ROWS)·(HS+8)·2 + 16·DKV_ROWS bytes =
 // 56,320 (HS=64) / 70,144 (HS=128). sm_90: 254 / 250 registers, 2 blocks (8 warps) per SM.
-template <int HS>
-__device__ __forceinline__ void flash_backward_dkv(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
-                                                   const float* delta, int B, int seq, int NH, int causal,
-                                                   float scale) {
+//
+// With DQ (the opt-in, non-deterministic variant) the block also adds its keys' share of dQ,
+// scale·dS·K, into dq_acc (B,T,C) f32 with atomics, as FlashAttention-2 does, and the dQ pass is
+// not run (flash_dq_store converts dq_acc into dqkv's q third): five tile products instead of
+// seven, the order of the f32 additions left to the hardware. Each warp writes its dS (the
+// queries × its 16 keys) into a shared tile; after a barrier each warp multiplies 16 queries ×
+// 64 head columns of it by the block's keys, one atomic add per element and key block. Shared:
+// DKV_ROWS·(64+8)·2 bytes more, 9,216 (HS=64) / 4,608 (HS=128).
+template <int HS, bool DQ>
+__device__ __forceinline__ void flash_backward_dkv(bf16* dqkv, float* dq_acc, const bf16* dout, const bf16* qkv,
+                                                   const float* lse, const float* delta, int B, int seq, int NH,
+                                                   int causal, float scale) {
     using G = FlashTile<HS>;
     constexpr int BC = FLASH_DKV_KEYS, BR = G::DKV_ROWS, ROW = G::ROW;
+    constexpr int DS_ROW = BC + FLASH_SMEM_PAD;       // the shared dS tile: [BR][DS_ROW]
+    constexpr int DQ_MTILES = BR / 16;                // 16-query m-tiles of a query tile
+    constexpr int DQ_HALVES = HS / 64;                // 64-column parts of a dQ row
+    static_assert(DQ_MTILES * DQ_HALVES == FLASH_WARPS, "one 16×64 block of dQ per warp");
     constexpr int NQ = BR / 8;                 // n-tiles of a transposed score tile
     constexpr bool KV_IN_REGISTERS = HS <= 64;  // the warp's K and V operands fit registers
     static_assert(BC == 16 * FLASH_WARPS, "one 16-key m-tile per warp");
@@ -380,8 +395,10 @@ __device__ __forceinline__ void flash_backward_dkv(bf16* dqkv, const bf16* dout,
     bf16* sdo = sq + 2 * BR * ROW;       // [2][BR][ROW] output gradients
     float* slse = reinterpret_cast<float*>(sdo + 2 * BR * ROW);  // [2][BR]
     float* sdelta = slse + 2 * BR;                                // [2][BR]
+    bf16* sds = reinterpret_cast<bf16*>(sdelta + 2 * BR);          // [BR][DS_ROW] dS (DQ only)
     const shared_addr ak = shared_address(sk), av = shared_address(sv), aq = shared_address(sq),
-                      ado = shared_address(sdo), alse = shared_address(slse), adelta = shared_address(sdelta);
+                      ado = shared_address(sdo), alse = shared_address(slse), adelta = shared_address(sdelta),
+                      ads_tile = shared_address(sds);
     constexpr int Q_STAGE = BR * ROW * BYTES_PER_BF16, F_STAGE = BR * BYTES_PER_F32;
 
     const int tiles = (seq + BC - 1) / BC;
@@ -446,7 +463,8 @@ __device__ __forceinline__ void flash_backward_dkv(bf16* dqkv, const bf16* dout,
         }
         const int q0 = q_start + i * BR;
         // Causal: a warp whose keys all follow this tile's queries has nothing to add.
-        if (!causal || q0 + BR - 1 >= key0) {
+        const bool active = !causal || q0 + BR - 1 >= key0;
+        if (active) {
             const shared_addr tq = aq + stage * Q_STAGE, tdo = ado + stage * Q_STAGE;
             const float* tlse = slse + stage * BR;
             const float* tdelta = sdelta + stage * BR;
@@ -523,6 +541,48 @@ __device__ __forceinline__ void flash_backward_dkv(bf16* dqkv, const bf16* dout,
                     flash_b_cols<ROW>(bb, tq, kq * 16, d * 8);
                     mma_bf16_16x8x16(dk[d], ads, bb);
                     mma_bf16_16x8x16(dk[d + 1], ads, bb + 2);
+                }
+            }
+            if constexpr (DQ) {
+                // dS[query][this warp's keys], rounded to bf16 as the products use it.
+#pragma unroll
+                for (int n = 0; n < NQ; n++) {
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int ql = n * 8 + 2 * t + (e & 1), kl = warp * 16 + g + 8 * (e >> 1);
+                        sds[ql * DS_ROW + kl] = from_float<bf16>(dpt[n][e]);
+                    }
+                }
+            }
+        } else if constexpr (DQ) {
+            for (int x = lane; x < BR * 16; x += WARP_SIZE) sds[(x / 16) * DS_ROW + warp * 16 + x % 16] = from_float<bf16>(0.0f);
+        }
+        if constexpr (DQ) {
+            __syncthreads();  // every warp's dS is in
+            // dQ[q0 + 16·mt ..][64·half ..] += scale · dS · K over the block's BC keys.
+            const int mt = warp % DQ_MTILES, half = warp / DQ_MTILES;
+            float acc[8][4];
+#pragma unroll
+            for (int d = 0; d < 8; d++) acc[d][0] = acc[d][1] = acc[d][2] = acc[d][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < BC / 16; kk++) {
+                uint32_t a[4];
+                flash_a<DS_ROW>(a, ads_tile, mt * 16, kk * 16);
+#pragma unroll
+                for (int d = 0; d < 8; d += 2) {
+                    uint32_t bb[4];
+                    flash_b_cols<ROW>(bb, ak, kk * 16, half * 64 + d * 8);
+                    mma_bf16_16x8x16(acc[d], a, bb);
+                    mma_bf16_16x8x16(acc[d + 1], a, bb + 2);
+                }
+            }
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int query = q0 + mt * 16 + g + 8 * (e >> 1);
+                if (query < seq) {
+                    float* row = dq_acc + (static_cast<long long>(b) * seq + query) * C + h * HS + half * 64;
+#pragma unroll
+                    for (int d = 0; d < 8; d++) atomicAdd(row + d * 8 + 2 * t + (e & 1), acc[d][e] * scale);
                 }
             }
         }
@@ -702,10 +762,36 @@ GPTK_BF16_ENTRY_POINT(flash_forward_hs64, FLASH_BLOCK, 2, FLASH_FWD_PARAMS,
 GPTK_BF16_ENTRY_POINT(flash_forward_hs128, FLASH_BLOCK, 2, FLASH_FWD_PARAMS,
                       flash_forward<128>(out, lse, qkv, B, seq, NH, causal, scale))
 GPTK_BF16_ENTRY_POINT(flash_backward_dkv_hs64, FLASH_BLOCK, 2, FLASH_BWD_PARAMS,
-                      flash_backward_dkv<64>(dqkv, dout, qkv, lse, delta, B, seq, NH, causal, scale))
+                      (flash_backward_dkv<64, false>(dqkv, nullptr, dout, qkv, lse, delta, B, seq, NH, causal, scale)))
 GPTK_BF16_ENTRY_POINT(flash_backward_dkv_hs128, FLASH_BLOCK, 2, FLASH_BWD_PARAMS,
-                      flash_backward_dkv<128>(dqkv, dout, qkv, lse, delta, B, seq, NH, causal, scale))
+                      (flash_backward_dkv<128, false>(dqkv, nullptr, dout, qkv, lse, delta, B, seq, NH, causal, scale)))
+#define FLASH_DKVQ_PARAMS                                                                                  \
+    (bf16 * dqkv, float* dq_acc, const bf16* dout, const bf16* qkv, const float* lse, const float* delta, int B, \
+     int seq, int NH, int causal, float scale)
+GPTK_BF16_ENTRY_POINT(flash_backward_dkvq_hs64, FLASH_BLOCK, 2, FLASH_DKVQ_PARAMS,
+                      (flash_backward_dkv<64, true>(dqkv, dq_acc, dout, qkv, lse, delta, B, seq, NH, causal, scale)))
+GPTK_BF16_ENTRY_POINT(flash_backward_dkvq_hs128, FLASH_BLOCK, 2, FLASH_DKVQ_PARAMS,
+                      (flash_backward_dkv<128, true>(dqkv, dq_acc, dout, qkv, lse, delta, B, seq, NH, causal, scale)))
 GPTK_BF16_ENTRY_POINT(flash_backward_dq_hs64, FLASH_BLOCK, 3, FLASH_BWD_PARAMS,
                       flash_backward_dq<64>(dqkv, dout, qkv, lse, delta, B, seq, NH, causal, scale))
 GPTK_BF16_ENTRY_POINT(flash_backward_dq_hs128, FLASH_BLOCK, 2, FLASH_BWD_PARAMS,
                       flash_backward_dq<128>(dqkv, dout, qkv, lse, delta, B, seq, NH, causal, scale))
+
+// ---- backward: dQ from the atomic accumulator ----------------------------------------------------
+// dqkv's q third (B,T,3C) = bf16(dq_acc (B,T,C) f32), 8 elements per thread (C is a multiple of
+// 8, both tensors 16-byte aligned). Grid: ⌈B·T·C/8 / FLASH_BLOCK⌉.
+__device__ __forceinline__ void flash_dq_store(bf16* dqkv, const float* dq_acc, int C, long long total) {
+    const long long i = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) * 8;
+    if (i >= total) return;
+    const long long row = i / C, col = i % C;
+    const float4 lo = *reinterpret_cast<const float4*>(dq_acc + i);
+    const float4 hi = *reinterpret_cast<const float4*>(dq_acc + i + 4);
+    uint4 packed;
+    packed.x = pack_bf16x2(lo.x, lo.y);
+    packed.y = pack_bf16x2(lo.z, lo.w);
+    packed.z = pack_bf16x2(hi.x, hi.y);
+    packed.w = pack_bf16x2(hi.z, hi.w);
+    *reinterpret_cast<uint4*>(dqkv + row * 3 * C + col) = packed;
+}
+GPTK_BF16_ENTRY_POINT(flash_dq_store, FLASH_BLOCK, 1, (bf16 * dqkv, const float* dq_acc, int C, long long total),
+                      flash_dq_store(dqkv, dq_acc, C, total))

@@ -16,7 +16,8 @@ C=768, NH=12, V=50257, Vp=50304, N = B·T:
   through that GELU (dh = dout·W, aten.gelu_backward(dh, pre), dW += doutᵀ·h, db += Σ dout); the same
   PyTorch ops are timed for both of gptk's variants, since eager PyTorch runs them apart;
 - attention: F.scaled_dot_product_attention with the flash backend forced; backward alone is
-  its fwd+bwd (torch.autograd.grad of q, k, v) minus its fwd;
+  its fwd+bwd (torch.autograd.grad of q, k, v) minus its fwd; timed again beside gptk's opt-in
+  atomic-dQ backward at T=1024;
 - attention_cached: one generation step at the last position of a full context: the new k, v copied into a
   (B, Tmax, 2C) cache laid out like gptk's, then SDPA of the one query over it (PyTorch picks the backend);
 - gelu: F.gelu(approximate="tanh"); backward aten.gelu_backward;
@@ -185,6 +186,15 @@ def cases(s):
             f = 4.0 * B * NH * t * t * HS / (2 if causal else 1)
             out.append(Case("attention", attention_case_name(B, t, NH, HS, causal),
                             [("fwd", "flops", f), ("bwd", "flops", ATTENTION_BACKWARD_FACTOR * f),
+                             ("fwd+bwd", "flops", (1 + ATTENTION_BACKWARD_FACTOR) * f)],
+                            setup_attention, B=B, T=t, NH=NH, HS=HS, causal=causal))
+    # gptk's opt-in atomic-dQ backward at T = s.T; PyTorch's side is its SDPA backward again (whose flash
+    # backend sums dQ with atomics itself).
+    for B, t, NH, HS in (a for a in s.attention if a[1] == s.T):
+        for causal in (True, False):
+            f = 4.0 * B * NH * t * t * HS / (2 if causal else 1)
+            out.append(Case("attention", attention_case_name(B, t, NH, HS, causal) + ", atomic dQ",
+                            [("bwd", "flops", ATTENTION_BACKWARD_FACTOR * f),
                              ("fwd+bwd", "flops", (1 + ATTENTION_BACKWARD_FACTOR) * f)],
                             setup_attention, B=B, T=t, NH=NH, HS=HS, causal=causal))
     # One generation step at the last position of a full context: qkv read, the cached k and v of the earlier

@@ -934,12 +934,19 @@ pub struct AttentionCase {
     pub nh: usize,
     pub hs: usize,
     pub causal: bool,
+    /// The opt-in backward whose dQ is summed with atomics (its passes: bwd and fwd+bwd).
+    pub atomic_dq: bool,
     copies: Vec<AttentionTensors>,
 }
 
 impl AttentionCase {
     pub fn new(b: usize, t: usize, nh: usize, hs: usize, causal: bool) -> Self {
-        AttentionCase { b, t, nh, hs, causal, copies: Vec::new() }
+        AttentionCase { b, t, nh, hs, causal, atomic_dq: false, copies: Vec::new() }
+    }
+
+    /// The same shape with the atomic-dQ backward.
+    pub fn atomic_dq(b: usize, t: usize, nh: usize, hs: usize, causal: bool) -> Self {
+        AttentionCase { atomic_dq: true, ..Self::new(b, t, nh, hs, causal) }
     }
 
     /// FLOPs of the forward: 4·B·NH·T²·HS, halved when causal.
@@ -963,16 +970,19 @@ impl Case for AttentionCase {
     }
 
     fn name(&self) -> String {
-        attention_case_name(self.b, self.t, self.nh, self.hs, self.causal)
+        let name = attention_case_name(self.b, self.t, self.nh, self.hs, self.causal);
+        if self.atomic_dq { name + ", atomic dQ" } else { name }
     }
 
     fn passes(&self) -> Vec<(&'static str, Work)> {
         let f = self.forward_flops();
-        vec![
+        let passes = vec![
             ("fwd", Work::Flops(f)),
             ("bwd", Work::Flops(ATTENTION_BACKWARD_FACTOR * f)),
             ("fwd+bwd", Work::Flops((1.0 + ATTENTION_BACKWARD_FACTOR) * f)),
-        ]
+        ];
+        // The forward does not change with the backward's dQ.
+        passes.into_iter().filter(|(pass, _)| !self.atomic_dq || *pass != "fwd").collect()
     }
 
     fn bytes_per_copy(&self) -> usize {
@@ -1000,6 +1010,9 @@ impl Case for AttentionCase {
     fn prepare(&mut self, gpu: &mut CudaBackend, rng: &mut Rng) -> Result<(), BackendError> {
         let c = &self.copies;
         fill_replicas(gpu, rng, c.len(), |k| [c[k].qkv, c[k].dout], [1.0, 1.0])?;
+        if self.atomic_dq {
+            gpu.set_atomic_attention_dq(Some(self.b * self.t * self.nh * self.hs))?;
+        }
         // The backward reads the forward's output and LSE.
         for copy in 0..self.copies.len() {
             self.run(gpu, 0, copy)?;
@@ -1010,6 +1023,8 @@ impl Case for AttentionCase {
     fn run(&self, gpu: &mut CudaBackend, pass: usize, copy: usize) -> Result<(), BackendError> {
         let x = self.copies[copy];
         let (b, t, nh, hs, causal) = (self.b, self.t, self.nh, self.hs, self.causal);
+        // Pass numbers as in the full list (fwd, bwd, fwd+bwd), the atomic case lacking fwd.
+        let pass = if self.atomic_dq { pass + 1 } else { pass };
         if pass != 1 {
             gpu.attention_forward(x.out, x.lse, x.qkv, b, t, nh, hs, causal)?;
         }
@@ -1563,6 +1578,12 @@ pub fn cases() -> Vec<Box<dyn Case>> {
             v.push(Box::new(AttentionCase::new(b, t, nh, hs, causal)));
         }
     }
+    // The opt-in atomic-dQ backward at T = 1024, both head sizes, causal and not.
+    for &(b, t, nh, hs) in ATTENTION_SHAPES.iter().filter(|s| s.1 == T) {
+        for causal in [true, false] {
+            v.push(Box::new(AttentionCase::atomic_dq(b, t, nh, hs, causal)));
+        }
+    }
     // The last position of a full context: the longest step of a generation.
     v.push(Box::new(AttentionCachedCase::new(B, T, T - 1, gpt2::NH, C / gpt2::NH)));
     for p in [Precision::Bf16, Precision::F32] {
@@ -1968,7 +1989,8 @@ mod tests {
     fn the_op_filter_names_the_known_families() {
         // A filter is a substring of the family: `attention` takes the cached step too.
         let s = select(Some("attention")).unwrap();
-        assert_eq!((s.cases.len(), s.step), (2 * ATTENTION_SHAPES.len() + 1, false));
+        // Every shape causal and not, the atomic-dQ backward at T = 1024 (two shapes), the cached step.
+        assert_eq!((s.cases.len(), s.step), (2 * ATTENTION_SHAPES.len() + 4 + 1, false));
         assert_eq!(select(Some("attention_cached")).unwrap().cases.len(), 1);
         let s = select(Some("step")).unwrap();
         assert!(s.cases.is_empty() && s.step);

@@ -755,6 +755,13 @@ impl Ctx {
                 p.cpu.attention_backward(dqkv, dout, qkv, out, lse, b, t, nh, hs, causal)?;
                 p.gpu.attention_backward(dqkv, dout, qkv, out, lse, b, t, nh, hs, causal)?;
                 rows.push(p.compare_with(op, &case, "dqkv", dqkv, eps, k_bwd)?);
+                if flash {
+                    // The opt-in variant: dQ summed across key blocks with atomics.
+                    p.gpu.set_atomic_attention_dq(Some(b * t * c))?;
+                    p.poison(dqkv)?;
+                    p.gpu.attention_backward(dqkv, dout, qkv, out, lse, b, t, nh, hs, causal)?;
+                    rows.push(p.compare_with(op, &format!("{case}, atomic dQ"), "dqkv", dqkv, eps, k_bwd)?);
+                }
             } else {
                 p.poison(out)?;
                 p.poison(lse)?;

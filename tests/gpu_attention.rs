@@ -1,7 +1,7 @@
 //! The tensor-core (flash) attention on a GPU (ignored without one; scripts/gpu-check.sh runs it):
 //! at GPT-2 sizes, beyond the small shapes of `gptk check`, it matches the CPU reference under
 //! the checker's tolerances, and two runs on the same inputs give the same bits (the backward
-//! sums in a fixed order, without atomics).
+//! sums in a fixed order, without atomics); the opt-in atomic-dQ backward matches the CPU too.
 
 use gptk::backend::cpu::attention::{attention_backward, attention_forward};
 use gptk::backend::cuda::{ArenaSizes, CudaBackend, ScratchSizes};
@@ -80,5 +80,18 @@ fn flash_attention_matches_the_cpu_at_gpt2_sizes_and_repeats_bit_for_bit() {
         let mut d_cpu = vec![0f32; dqkv.len];
         attention_backward(&mut d_cpu, &dy, &x, &o_stored, &l_cpu, b, t, nh, hs, causal);
         assert_within(&format!("dqkv {what}"), &runs[0], &d_cpu, BF16_EPS, K_ATTENTION_BF16_BACKWARD);
+
+        // The opt-in backward with dQ summed by atomics: the same tolerance against the CPU; dK
+        // and dV (summed without atomics) keep the deterministic backward's bits.
+        gpu.set_atomic_attention_dq(Some(b * t * c)).unwrap();
+        gpu.upload(dqkv, &vec![f32::NAN; dqkv.len]).unwrap();
+        gpu.attention_backward(dqkv, dout, qkv, out, lse, b, t, nh, hs, causal).unwrap();
+        let atomic = gpu.download(dqkv).unwrap();
+        assert_within(&format!("dqkv (atomic dQ) {what}"), &atomic, &d_cpu, BF16_EPS, K_ATTENTION_BF16_BACKWARD);
+        let kv = |d: &[f32]| -> Vec<u32> {
+            d.chunks(3 * c).flat_map(|row| row[c..].iter().map(|x| x.to_bits()).collect::<Vec<_>>()).collect()
+        };
+        assert!(kv(&atomic) == kv(&runs[0]), "{what}: dK/dV differ between the two backwards");
+        gpu.set_atomic_attention_dq(None).unwrap();
     }
 }

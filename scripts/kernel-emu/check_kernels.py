@@ -412,6 +412,17 @@ def check_flash_attention(dt):
         want = torch.cat([merge(ds @ k64), merge(ds.transpose(-1, -2) @ q64), merge(p_.transpose(-1, -2) @ do)], -1)
         R.compare(f"flash_backward dqkv {tag}", dqkv, want, dt, K_FLASH_BACKWARD)
         guards_intact(f"flash_backward dqkv {tag}", dqkv_buf)
+        # The opt-in variant: dK/dV and dQ in one pass, dQ summed into an f32 buffer with atomics
+        # (zeroed first, as the host does), then stored into dqkv's q third.
+        dqkv_buf, dqkv = guarded(torch.full((B, T, 3 * C), float("nan"), dtype=DTYPE[dt]))
+        acc_buf, acc = guarded(torch.zeros((B, T, C), dtype=torch.float32))
+        launch(f"flash_backward_dkvq_hs{HS}", dt, tiles(FLASH_DKV_KEYS), FLASH_BLOCK, P(dqkv), P(acc), P(dout), P(qkv),
+               P(lse), P(delta), I(B), I(T), I(NH), I(int(causal)), F(scale))
+        launch("flash_dq_store", dt, blocks(B * T * C // 8, FLASH_BLOCK), FLASH_BLOCK, P(dqkv), P(acc), I(C),
+               L(B * T * C))
+        R.compare(f"flash_backward (atomic dQ) dqkv {tag}", dqkv, want, dt, K_FLASH_BACKWARD)
+        guards_intact(f"flash_backward (atomic dQ) dqkv {tag}", dqkv_buf)
+        guards_intact(f"flash_backward (atomic dQ) accumulator {tag}", acc_buf)
 
 
 def check_attention_cached(dt):

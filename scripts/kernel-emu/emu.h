@@ -21,6 +21,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -152,6 +153,16 @@ template <int N>
 inline void cp_async_wait() {}
 
 inline float fast_exp2(float x) { return std::exp2(x); }
+
+// Atomic adds to global memory: one lock for all (the blocks of a launch run one after another;
+// the threads of a block are OS threads).
+inline float atomicAdd(float* address, float v) {
+    static std::mutex lock;
+    std::lock_guard<std::mutex> hold(lock);
+    const float old = *address;
+    *address = old + v;
+    return old;
+}
 
 namespace emu {
 inline uint16_t half_at(const unsigned char* row, int col) {

@@ -342,6 +342,17 @@ pub enum Replay {
     Recording,
 }
 
+/// How the GPU's tensor-core attention backward sums dQ over key blocks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttentionBackward {
+    /// In a pass of its own that recomputes the scores: the same bits on every run.
+    #[default]
+    Deterministic,
+    /// With f32 atomic adds in the dK/dV pass: fewer FLOPs, the last bits vary from run to run.
+    Atomic,
+}
+
 /// Where a model runs, as chosen on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

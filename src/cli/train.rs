@@ -5,7 +5,7 @@ use super::Device;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda;
 use crate::backend::cuda::CudaBackend;
-use crate::backend::{Backend, BackendError};
+use crate::backend::{AttentionBackward, Backend, BackendError};
 use crate::checkpoint;
 use crate::data::loader::{Loader, Split};
 use crate::data::prepare::{self, Manifest};
@@ -132,6 +132,11 @@ pub fn run(cfg: &TrainConfig) -> Result<()> {
             if cfg.cuda_graphs && lead {
                 eprintln!("warning: --cuda-graphs has no effect on the CPU");
             }
+            if cfg.attention_backward == AttentionBackward::Atomic && lead {
+                eprintln!(
+                    "warning: --attention-backward atomic has no effect on the CPU (its backward is deterministic)"
+                );
+            }
             let build = move |p: &ParamLayout, a: &ActLayout| {
                 let k = CpuBackend::<f32>::new(p.padded_total(world), a);
                 Ok(match group {
@@ -160,9 +165,12 @@ pub fn run(cfg: &TrainConfig) -> Result<()> {
                 Some(id)
             };
             let (precision, ordinal, graphs) = (cfg.precision, info.ordinal, cfg.cuda_graphs);
+            let atomic_dq = cfg.attention_backward == AttentionBackward::Atomic;
             let build = move |p: &ParamLayout, a: &ActLayout| {
                 let mut k = CudaBackend::for_world(p, a, precision, ordinal, world)?;
                 k.set_cuda_graphs(graphs);
+                // dQ of (B, T, C), the shape of the blocks' gradient buffer.
+                k.set_atomic_attention_dq(atomic_dq.then_some(a.dbtc.len))?;
                 match &nccl_id {
                     Some(id) => k.with_nccl(id, rank, world),
                     None => Ok(k),

@@ -2,7 +2,7 @@
 //! saved with each checkpoint.
 
 use super::lr::Decay;
-use crate::backend::{DeviceKind, Precision};
+use crate::backend::{AttentionBackward, DeviceKind, Precision};
 use crate::model::layout::Recompute;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -182,6 +182,12 @@ pub struct TrainConfig {
     #[arg(long)]
     #[serde(default)]
     pub cuda_graphs: bool,
+    /// How the GPU attention backward sums dQ: `deterministic` (a pass of its own, the same bits
+    /// on every run) or `atomic` (f32 atomics in the dK/dV pass, as FlashAttention-2: less
+    /// arithmetic, the last bits vary from run to run).
+    #[arg(long, value_enum, default_value_t = AttentionBackward::Deterministic)]
+    #[serde(default)]
+    pub attention_backward: AttentionBackward,
     /// Print one JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,

@@ -88,6 +88,9 @@ pub const BF16_KERNELS: &[(&str, &str)] = &[
     ("flash_backward_dkv_hs128", "flash_attention.cu"),
     ("flash_backward_dq_hs64", "flash_attention.cu"),
     ("flash_backward_dq_hs128", "flash_attention.cu"),
+    ("flash_backward_dkvq_hs64", "flash_attention.cu"),
+    ("flash_backward_dkvq_hs128", "flash_attention.cu"),
+    ("flash_dq_store", "flash_attention.cu"),
 ];
 
 /// The tiling of flash_attention.cu for head size `hs`, `None` for head sizes it is not built
@@ -124,6 +127,13 @@ pub fn flash_shared_bytes(hs: usize) -> Option<(usize, usize, usize)> {
     // dQ: the block's queries and douts, two stages of key and value tiles.
     let dq = (2 * t.dq_rows + 4 * t.dq_keys) * row;
     Some((forward, dkv, dq))
+}
+
+/// Bytes of dynamic shared memory the atomic-dQ dK/dV kernel takes beyond the dK/dV kernel's:
+/// the block's dS tile, DKV_ROWS rows of FLASH_DKV_KEYS + pad bf16.
+pub fn atomic_dq_shared_bytes(hs: usize) -> Option<usize> {
+    let t = flash_tiles(hs)?;
+    Some(t.dkv_rows * (t.dkv_keys + FLASH_SMEM_PAD) * BYTES_PER_BF16)
 }
 
 /// The dtype suffixes of the entry points.
@@ -293,6 +303,9 @@ ptxas info    : Used 255 registers, used 1 barriers, 256 bytes smem, 364 bytes c
         // What the kernel headers state, and what fits a Hopper block (227 KiB).
         assert_eq!(flash_shared_bytes(64), Some((55_296, 56_320, 55_296)));
         assert_eq!(flash_shared_bytes(128), Some((69_632, 70_144, 104_448)));
+        // The atomic-dQ variant's dS tile, as its kernel comment states.
+        assert_eq!(atomic_dq_shared_bytes(64), Some(9_216));
+        assert_eq!(atomic_dq_shared_bytes(128), Some(4_608));
     }
 
     #[test]

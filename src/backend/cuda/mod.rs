@@ -123,10 +123,12 @@ impl Functions {
         for hs in FLASH_HEAD_SIZES.into_iter().filter(|_| precision == Precision::Bf16) {
             let (fwd, dkv, dq) = flash_shared_bytes(hs).expect("tiles exist for every built head size");
             // A device that cannot give a block this much shared memory keeps the simple kernels.
-            if fwd.max(dkv).max(dq) > max_shared_bytes {
+            if fwd.max(dkv).max(dq).max(dkv + atomic_dq_shared_bytes(hs).unwrap_or(0)) > max_shared_bytes {
                 continue;
             }
-            for (kernel, bytes) in [("flash_forward", fwd), ("flash_backward_dkv", dkv), ("flash_backward_dq", dq)] {
+            let dkvq = dkv + atomic_dq_shared_bytes(hs).expect("tiles exist for every built head size");
+            let kernels = [("flash_forward", fwd), ("flash_backward_dkv", dkv), ("flash_backward_dq", dq)];
+            for (kernel, bytes) in kernels.into_iter().chain([("flash_backward_dkvq", dkvq)]) {
                 let name = format!("{kernel}_hs{hs}");
                 by_name[name.as_str()]
                     .set_attribute(
@@ -197,6 +199,8 @@ pub struct CudaBackend {
     bias_grad_calls: EpilogueCalls,
     /// Recordings of op runs as CUDA graphs ([`Backend::replay`]), when turned on.
     graphs: Option<Graphs>,
+    /// The f32 dQ accumulator of the opt-in atomic attention backward, when turned on.
+    dq_acc: Option<DeviceBuffer>,
 }
 
 /// Recordings kept at most: one per distinct key (a training run has one, or two with a last
@@ -413,6 +417,7 @@ impl CudaBackend {
             bias_grad_epilogue: epilogues_enabled(),
             bias_grad_calls: EpilogueCalls::default(),
             graphs: None,
+            dq_acc: None,
         };
         backend.stream.synchronize().map_err(|e| driver_error("initialising the arenas", e))?;
         Ok(backend)
@@ -446,6 +451,18 @@ impl CudaBackend {
     /// default); off drops the recordings.
     pub fn set_cuda_graphs(&mut self, on: bool) {
         self.graphs = on.then(Graphs::default);
+    }
+
+    /// Turns on the faster, non-deterministic attention backward of the tensor-core kernels: dQ
+    /// summed across key blocks with f32 atomics in the dK/dV pass (five tile products instead of
+    /// seven; results vary run to run in the last bits), for batches of up to `elems` = B·T·C
+    /// elements, whose f32 accumulator it allocates now; `None` turns it off and frees it.
+    pub fn set_atomic_attention_dq(&mut self, elems: Option<usize>) -> Result<()> {
+        self.dq_acc = match elems {
+            Some(n) => Some(DeviceBuffer::new(&self.stream, n, BYTES_PER_F32, "the attention dQ accumulator")?),
+            None => None,
+        };
+        Ok(())
     }
 
     /// How many times a recorded CUDA graph was launched.
@@ -1151,6 +1168,43 @@ impl Backend for CudaBackend {
         // int seq, int NH, int HS): delta scratch holds B·NH·T floats (checked by `at`), dout
         // and out B·T·C elements (checked).
         unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("attention_backward_delta", e))?;
+        let n_dq = b * t * c;
+        if let (Some(tiles), Some(acc)) = (flash, self.dq_acc.as_ref().filter(|a| a.elems >= n_dq)) {
+            let acc_p = acc.ptr;
+            let range = acc.byte_range(0, n_dq)?;
+            let stream = self.stream.clone();
+            let buf = self.dq_acc.as_mut().expect("checked above");
+            stream
+                .memset_zeros(&mut buf.mem.slice_mut(range))
+                .map_err(|e| driver_error("zeroing the attention dQ accumulator", e))?;
+            let (_, dkv_smem, _) = flash_shared_bytes(hs).expect("tiles exist");
+            let smem = dkv_smem + atomic_dq_shared_bytes(hs).expect("tiles exist");
+            let name = if hs == 64 { "flash_backward_dkvq_hs64" } else { "flash_backward_dkvq_hs128" };
+            let f = self.functions.get(name);
+            let mut l = self.stream.launch_builder(f);
+            l.arg(&dqkv_p).arg(&acc_p).arg(&dout_p).arg(&qkv_p).arg(&lse_p).arg(&delta_p);
+            l.arg(&b_i).arg(&t_i).arg(&nh_i).arg(&causal_i).arg(&scale);
+            let cfg = flash_launch(t.div_ceil(tiles.dkv_keys) * b * nh, smem)?;
+            // SAFETY: flash_backward_dkvq_hsN_bf16(bf16* dqkv, float* dq_acc, const bf16* dout,
+            // const bf16* qkv, const float* lse, const float* delta, int B, int seq, int NH, int
+            // causal, float scale): as the dK/dV launch below, and dq_acc holds B·T·C floats
+            // (checked), zeroed just before on this stream.
+            unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error(name, e))?;
+            let (c_i, total) = (to_i32(c, "C")?, to_i64(n_dq, "B·T·C")?);
+            let f = self.functions.get("flash_dq_store");
+            let mut l = self.stream.launch_builder(f);
+            l.arg(&dqkv_p).arg(&acc_p).arg(&c_i).arg(&total);
+            let cfg = LaunchConfig {
+                grid_dim: (blocks_for(n_dq / 8, FLASH_BLOCK, "dQ store grid")?, 1, 1),
+                block_dim: (FLASH_BLOCK, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: flash_dq_store_bf16(bf16* dqkv, const float* dq_acc, int C, long long total):
+            // total = B·T·C with C a multiple of 8 (a flash head size times NH); dq_acc holds
+            // total floats and dqkv B·T·3C elements, both 16-byte aligned (checked).
+            unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("flash_dq_store", e))?;
+            return Ok(());
+        }
         if let Some(tiles) = flash {
             let (_, dkv_smem, dq_smem) = flash_shared_bytes(hs).expect("tiles exist");
             let (dkv, dq) = if hs == 64 {
@@ -1337,9 +1391,11 @@ impl Backend for CudaBackend {
     }
 
     fn replay(&mut self, key: u64) -> Result<Replay> {
-        // A recording holds the epilogue paths the ops took when it was made.
-        let switches = u64::from(self.gelu_epilogue) | u64::from(self.bias_grad_epilogue) << 1;
-        let key = key.wrapping_mul(4).wrapping_add(switches);
+        // A recording holds the paths the ops took when it was made (epilogues, attention's dQ).
+        let switches = u64::from(self.gelu_epilogue)
+            | u64::from(self.bias_grad_epilogue) << 1
+            | u64::from(self.dq_acc.is_some()) << 2;
+        let key = key.wrapping_mul(8).wrapping_add(switches);
         let Some(g) = self.graphs.as_mut() else { return Ok(Replay::Run) };
         if let Some(Graph(graph)) = g.recorded.get(&key) {
             graph.launch().map_err(|e| driver_error("launching a CUDA graph", e))?;
