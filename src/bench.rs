@@ -360,6 +360,8 @@ pub enum StepVariant {
     BiasGradApart,
     /// The forward and backward replayed from a CUDA graph (`gptk train --cuda-graphs`).
     CudaGraphs,
+    /// The attention backward with dQ summed by atomics (`gptk train --attention-backward atomic`).
+    AtomicAttention,
 }
 
 /// One benchmark: an op at one shape, with its inputs in `copies` replicas.
@@ -1855,7 +1857,15 @@ fn step_variant(opts: &BenchOptions, paths: StepPaths) -> String {
     if opts.step_variant == Some(StepVariant::CudaGraphs) {
         v += &format!(", CUDA graph ({} launches)", paths.graph_launches);
     }
+    if opts.step_variant == Some(StepVariant::AtomicAttention) {
+        v += ", attention dQ by atomics";
+    }
     v
+}
+
+/// Elements of a (B, T, C) tensor of the plan: the size of attention's dQ.
+fn n_embd_rows(acts: &ActLayout) -> usize {
+    acts.dbtc.len
 }
 
 /// Times whole training steps of [`STEP_MODEL`] (GPT-2's vocabulary, bf16) at B = `step_batch`,
@@ -1873,6 +1883,8 @@ pub fn run_step(opts: &BenchOptions) -> Result<StepResult, BenchError> {
     model.backend.set_gelu_epilogue(opts.step_variant != Some(StepVariant::GeluApart));
     model.backend.set_bias_grad_epilogue(opts.step_variant != Some(StepVariant::BiasGradApart));
     model.backend.set_cuda_graphs(opts.step_variant == Some(StepVariant::CudaGraphs));
+    let atomic = opts.step_variant == Some(StepVariant::AtomicAttention);
+    model.backend.set_atomic_attention_dq(atomic.then_some(n_embd_rows(&model.acts)))?;
     let host = init_params(&cfg, &model.params, opts.seed);
     model.load_params(&host)?;
     drop(host);
@@ -2026,11 +2038,13 @@ mod tests {
         let bias_apart = BenchOptions { step_variant: Some(StepVariant::BiasGradApart), ..opts.clone() };
         let bias_apart_calls = StepPaths { bias_grad: EpilogueCalls { fused: 0, apart: 48 }, ..all_fused };
         assert_eq!(step_variant(&bias_apart, bias_apart_calls), "gptk, bias grad apart");
-        let graphs = BenchOptions { step_variant: Some(StepVariant::CudaGraphs), ..opts };
+        let graphs = BenchOptions { step_variant: Some(StepVariant::CudaGraphs), ..opts.clone() };
         assert_eq!(
             step_variant(&graphs, StepPaths { graph_launches: 41, ..all_fused }),
             "gptk, CUDA graph (41 launches)"
         );
+        let atomic = BenchOptions { step_variant: Some(StepVariant::AtomicAttention), ..opts };
+        assert_eq!(step_variant(&atomic, all_fused), "gptk, attention dQ by atomics");
     }
 
     #[test]
