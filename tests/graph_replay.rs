@@ -8,7 +8,7 @@
 use gptk::backend::cpu::CpuBackend;
 use gptk::backend::{AdamWStep, Backend, BackendError, Precision, Replay, Result};
 use gptk::model::config::ModelConfig;
-use gptk::model::layout::{ActLayout, Arena, Tensor};
+use gptk::model::layout::{ActLayout, Arena, Recompute, Tensor};
 use gptk::model::{Gpt, init_params};
 use gptk::rng::Rng;
 use std::collections::{HashMap, HashSet};
@@ -346,13 +346,16 @@ fn config() -> ModelConfig {
 }
 
 fn models() -> (Gpt<CpuBackend<f32>>, Gpt<Recorder>) {
+    models_recomputing(Recompute::Off)
+}
+
+/// The plain CPU model, and the same behind the recorder, on a plan that recomputes at `level`.
+fn models_recomputing(level: Recompute) -> (Gpt<CpuBackend<f32>>, Gpt<Recorder>) {
     let cfg = config();
     let (b, t) = (2, 16);
-    let plain = Gpt::cpu(cfg.clone(), b, t);
-    let recorded = Gpt::new(cfg, ActLayout::new(&config(), b, t, None), |p, a| {
-        Ok(Recorder::new(CpuBackend::<f32>::new(p.total, a)))
-    })
-    .unwrap();
+    let acts = ActLayout::with_recompute(&cfg, b, t, None, level);
+    let plain = Gpt::new(cfg.clone(), acts.clone(), |p, a| Ok(CpuBackend::<f32>::new(p.total, a))).unwrap();
+    let recorded = Gpt::new(cfg, acts, |p, a| Ok(Recorder::new(CpuBackend::<f32>::new(p.total, a)))).unwrap();
     (plain, recorded)
 }
 
@@ -368,6 +371,19 @@ fn a_replayed_step_gives_the_bits_of_the_ops_run_one_by_one() {
     assert_eq!(bits(&losses_rec), bits(&losses), "losses differ");
     assert!(bits(&params_rec) == bits(&params), "parameters differ");
     assert!(losses[7] < losses[0], "the model did not learn: {losses:?}");
+}
+
+#[test]
+fn plans_that_recompute_activations_replay_too() {
+    let next = |tokens: &[i32], _| tokens[1..].iter().copied().chain([0]).collect::<Vec<_>>();
+    for level in [Recompute::Gelu, Recompute::GeluLayernorm] {
+        let (plain, recorded) = models_recomputing(level);
+        let (losses, params, _) = train(plain, 5, 2, next);
+        let (losses_rec, params_rec, model) = train(recorded, 5, 2, next);
+        assert_eq!(model.backend.replays, 3, "recompute {level}");
+        assert_eq!(bits(&losses_rec), bits(&losses), "recompute {level}: losses differ");
+        assert!(bits(&params_rec) == bits(&params), "recompute {level}: parameters differ");
+    }
 }
 
 #[test]
