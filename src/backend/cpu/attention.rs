@@ -38,7 +38,7 @@ fn scratch<F: Float>(t: usize) -> (Vec<F>, Vec<F>) {
 
 /// Rows handled together under a causal mask: a block of query rows needs only the keys up to
 /// its last row, so the score and value GEMMs skip the masked upper triangle block by block.
-const CAUSAL_ROW_BLOCK: usize = 32;
+const CAUSAL_ROW_BLOCK: usize = 64;
 
 /// (first row, end row, keys needed) of each block of query rows: one block of every key when
 /// bidirectional.
