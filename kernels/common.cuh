@@ -280,3 +280,14 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
     const uint32_t h = __bfloat16_as_ushort(__float2bfloat16_rn(hi));
     return l | (h << 16);
 }
+
+// dst[0] += a, dst[1] += b in global memory (dst 8-byte aligned): one vector atomic on sm_90 and
+// later, two scalar ones before (and in the host emulation).
+__device__ __forceinline__ void atomic_add_f32x2(float* dst, float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    atomicAdd(reinterpret_cast<float2*>(dst), make_float2(a, b));
+#else
+    atomicAdd(dst, a);
+    atomicAdd(dst + 1, b);
+#endif
+}

@@ -51,8 +51,8 @@
 //   dK/dV      HS=128   64 k × 32 q                250     70,144        2 (regs)     8
 //   dQ         HS=64    64 q × 64 k                168     55,296        3 (regs)    12
 //   dQ         HS=128   64 q × 64 k                242    104,448        2 (both)     8
-//   dK/dV+dQ   HS=64    64 k × 64 q                251     65,536        2 (regs)     8   (atomic dQ)
-//   dK/dV+dQ   HS=128   64 k × 32 q                255     74,752        2 (regs)     8   (atomic dQ)
+//   dK/dV+dQ   HS=64    64 k × 64 q                249     65,536        2 (regs)     8   (atomic dQ)
+//   dK/dV+dQ   HS=128   64 k × 32 q                247     74,752        2 (regs)     8   (atomic dQ)
 // Eight warps per SM is FlashAttention-2's regime on this hardware too: each warp keeps its
 // output (and score) tiles in registers, and latency is hidden by the double-buffered copies and
 // the independent mmas of a tile rather than by many resident warps. At HS = 128 the streamed
@@ -374,7 +374,8 @@ __device__ __forceinline__ void flash_forward(bf16* out, float* lse, const bf16*
 // not run (flash_dq_store converts dq_acc into dqkv's q third): five tile products instead of
 // seven, the order of the f32 additions left to the hardware. Each warp writes its dS (the
 // queries × its 16 keys) into a shared tile; after a barrier each warp multiplies 16 queries ×
-// 64 head columns of it by the block's keys, one atomic add per element and key block. Shared:
+// 64 head columns of it by the block's keys, one atomic add per element and key block (two
+// adjacent columns per vector atomic on sm_90). Shared:
 // DKV_ROWS·(64+8)·2 bytes more, 9,216 (HS=64) / 4,608 (HS=128).
 template <int HS, bool DQ>
 __device__ __forceinline__ void flash_backward_dkv(bf16* dqkv, float* dq_acc, const bf16* dout, const bf16* qkv,
@@ -577,12 +578,14 @@ __device__ __forceinline__ void flash_backward_dkv(bf16* dqkv, float* dq_acc, co
                 }
             }
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int query = q0 + mt * 16 + g + 8 * (e >> 1);
+            for (int r = 0; r < 2; r++) {
+                const int query = q0 + mt * 16 + g + 8 * r;
                 if (query < seq) {
                     float* row = dq_acc + (static_cast<long long>(b) * seq + query) * C + h * HS + half * 64;
 #pragma unroll
-                    for (int d = 0; d < 8; d++) atomicAdd(row + d * 8 + 2 * t + (e & 1), acc[d][e] * scale);
+                    for (int d = 0; d < 8; d++) {
+                        atomic_add_f32x2(row + d * 8 + 2 * t, acc[d][2 * r] * scale, acc[d][2 * r + 1] * scale);
+                    }
                 }
             }
         }
