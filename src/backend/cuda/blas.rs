@@ -427,7 +427,7 @@ impl Blas {
 
     /// Runs one GEMM with its [`Epilogue`] (and its bias, if any, fused too), or nothing and
     /// returns false when cuBLASLt has no algorithm for that epilogue at this shape, alignment
-    /// and type; the caller then does the work apart. The GELU's input matrix needs a leading
+    /// and type, or refuses the call; the caller then does the work apart. The GELU's input matrix needs a leading
     /// dimension divisible by 8.
     pub fn gemm_epilogue(&mut self, call: &GemmCall) -> Result<bool, BackendError> {
         let Some(epilogue) = call.epilogue else {
@@ -448,8 +448,15 @@ impl Blas {
         if self.plans[&key].is_none() {
             return Ok(false);
         }
-        self.run(&key, call)?;
-        Ok(true)
+        // A library that offered an algorithm but refuses the call itself is answered the same
+        // way: the work runs apart, now and for this key from now on.
+        match self.run(&key, call) {
+            Ok(_) => Ok(true),
+            Err(_) => {
+                self.plans.insert(key, None);
+                Ok(false)
+            }
+        }
     }
 
     /// Launches `call` with the cached plan of `key`; returns whether the plan fuses the bias.
