@@ -107,7 +107,7 @@ fi
 # Stage limits add up to under 8 minutes; most stages take a fraction of theirs.
 stage nvidia-smi 10 nvidia-smi
 stage check-bf16 50 "$gptk" check --precision bf16
-stage check-f32 35 "$gptk" check --precision f32
+stage check-f32 30 "$gptk" check --precision f32
 
 # The GPU tests, minus the checker ones (the two stages above ran it already).
 for t in "$bundle"/gpu_*; do
@@ -162,7 +162,7 @@ if $bench_alone; then
     torch_args=(--compile --compile-budget 150)
     gptk_args=(--step-variants gelu-apart,bias-grad-apart,cuda-graphs,atomic-attention)
 else
-    torch_limit=40 gptk_limit=60
+    torch_limit=40 gptk_limit=55
     torch_args=(--warmup 3 --iters 20 --step-iters 10)
     gptk_args=(--warmup 3 --iters 20 --step-iters 10 --step-variants gelu-apart,bias-grad-apart,cuda-graphs,atomic-attention)
 fi
