@@ -201,6 +201,8 @@ impl Plan {
 /// (N,C) (the bias and input `skew` elements off alignment), dout (N,OC) and dinp (N,C).
 #[derive(Clone, Copy)]
 struct Linear {
+    /// Input width, the fan-in the weight's scale follows.
+    c: usize,
     w: Tensor,
     bias: Tensor,
     inp: Tensor,
@@ -215,7 +217,7 @@ impl Linear {
         let inp = plan.take_skewed(Arena::Acts, n * c, skew);
         let (dout, dinp) = (plan.take(Arena::ActGrads, n * oc), plan.take(Arena::ActGrads, n * c));
         plan.scratch.max_columns = oc;
-        Linear { w, bias, inp, dout, dinp }
+        Linear { c, w, bias, inp, dout, dinp }
     }
 
     /// What a backward writes: dinp, dw and, with a bias, dbias.
@@ -310,8 +312,7 @@ impl Pair {
     /// dout, the accumulated dw and dbias, and NaN in the GPU's dinp. Returns the bias the op
     /// takes (`None` without one).
     fn linear_inputs(&mut self, l: &Linear, with_bias: bool, backward: bool) -> Result<Option<Tensor>, BackendError> {
-        let c = l.w.len / l.bias.len.max(1);
-        self.fill(l.w, 1.0 / (c.max(1) as f64).sqrt())?;
+        self.fill(l.w, 1.0 / (l.c.max(1) as f64).sqrt())?;
         self.fill(l.bias, 0.5)?;
         self.fill(l.inp, 1.0)?;
         let bias = with_bias.then_some(l.bias);

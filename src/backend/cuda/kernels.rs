@@ -136,6 +136,12 @@ pub fn atomic_dq_shared_bytes(hs: usize) -> Option<usize> {
     Some(t.dkv_rows * (t.dkv_keys + FLASH_SMEM_PAD) * BYTES_PER_BF16)
 }
 
+/// Bytes of dynamic shared memory of the atomic-dQ dK/dV kernel: the dK/dV kernel's and the dS
+/// tile.
+pub fn flash_dkvq_shared_bytes(hs: usize) -> Option<usize> {
+    Some(flash_shared_bytes(hs)?.1 + atomic_dq_shared_bytes(hs)?)
+}
+
 /// The dtype suffixes of the entry points.
 pub const DTYPE_SUFFIXES: [&str; 2] = ["f32", "bf16"];
 

@@ -123,10 +123,10 @@ impl Functions {
         for hs in FLASH_HEAD_SIZES.into_iter().filter(|_| precision == Precision::Bf16) {
             let (fwd, dkv, dq) = flash_shared_bytes(hs).expect("tiles exist for every built head size");
             // A device that cannot give a block this much shared memory keeps the simple kernels.
-            if fwd.max(dkv).max(dq).max(dkv + atomic_dq_shared_bytes(hs).unwrap_or(0)) > max_shared_bytes {
+            let dkvq = flash_dkvq_shared_bytes(hs).expect("tiles exist for every built head size");
+            if fwd.max(dkv).max(dq).max(dkvq) > max_shared_bytes {
                 continue;
             }
-            let dkvq = dkv + atomic_dq_shared_bytes(hs).expect("tiles exist for every built head size");
             let kernels = [("flash_forward", fwd), ("flash_backward_dkv", dkv), ("flash_backward_dq", dq)];
             for (kernel, bytes) in kernels.into_iter().chain([("flash_backward_dkvq", dkvq)]) {
                 let name = format!("{kernel}_hs{hs}");
@@ -381,6 +381,7 @@ impl CudaBackend {
         let s = storage_bytes(precision);
         let f = BYTES_PER_F32;
         let alloc = |elems, bytes, what| DeviceBuffer::new(&stream, elems, bytes, what);
+        let epilogues = epilogues_enabled();
         let backend = CudaBackend {
             precision,
             params: alloc(sizes.params, s, "the parameter arena")?,
@@ -412,9 +413,9 @@ impl CudaBackend {
             stream,
             ctx,
             nccl: None,
-            gelu_epilogue: epilogues_enabled(),
+            gelu_epilogue: epilogues,
             gelu_calls: EpilogueCalls::default(),
-            bias_grad_epilogue: epilogues_enabled(),
+            bias_grad_epilogue: epilogues,
             bias_grad_calls: EpilogueCalls::default(),
             graphs: None,
             dq_acc: None,
@@ -1177,8 +1178,7 @@ impl Backend for CudaBackend {
             stream
                 .memset_zeros(&mut buf.mem.slice_mut(range))
                 .map_err(|e| driver_error("zeroing the attention dQ accumulator", e))?;
-            let (_, dkv_smem, _) = flash_shared_bytes(hs).expect("tiles exist");
-            let smem = dkv_smem + atomic_dq_shared_bytes(hs).expect("tiles exist");
+            let smem = flash_dkvq_shared_bytes(hs).expect("tiles exist");
             let name = if hs == 64 { "flash_backward_dkvq_hs64" } else { "flash_backward_dkvq_hs128" };
             let f = self.functions.get(name);
             let mut l = self.stream.launch_builder(f);
