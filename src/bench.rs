@@ -1863,10 +1863,6 @@ fn step_variant(opts: &BenchOptions, paths: StepPaths) -> String {
     v
 }
 
-/// Elements of a (B, T, C) tensor of the plan: the size of attention's dQ.
-fn n_embd_rows(acts: &ActLayout) -> usize {
-    acts.dbtc.len
-}
 
 /// Times whole training steps of [`STEP_MODEL`] (GPT-2's vocabulary, bf16) at B = `step_batch`,
 /// T = 1024 through [`Gpt`], random tokens and targets, GPT-2's initialisation: [`STEP_WARMUP`]
@@ -1884,7 +1880,8 @@ pub fn run_step(opts: &BenchOptions) -> Result<StepResult, BenchError> {
     model.backend.set_bias_grad_epilogue(opts.step_variant != Some(StepVariant::BiasGradApart));
     model.backend.set_cuda_graphs(opts.step_variant == Some(StepVariant::CudaGraphs));
     let atomic = opts.step_variant == Some(StepVariant::AtomicAttention);
-    model.backend.set_atomic_attention_dq(atomic.then_some(n_embd_rows(&model.acts)))?;
+    // dQ is (B, T, C), the shape of the blocks' gradient buffer.
+    model.backend.set_atomic_attention_dq(atomic.then_some(model.acts.dbtc.len))?;
     let host = init_params(&cfg, &model.params, opts.seed);
     model.load_params(&host)?;
     drop(host);
