@@ -1863,7 +1863,6 @@ fn step_variant(opts: &BenchOptions, paths: StepPaths) -> String {
     v
 }
 
-
 /// Times whole training steps of [`STEP_MODEL`] (GPT-2's vocabulary, bf16) at B = `step_batch`,
 /// T = 1024 through [`Gpt`], random tokens and targets, GPT-2's initialisation: [`STEP_WARMUP`]
 /// untimed steps, `step_iters` timed ones (events around each; every step ends waiting for the

@@ -52,12 +52,11 @@ pub fn forward<K: Backend>(
             }
         }
         k.matmul_forward(la.attproj, la.atty, lp.attproj_w, Some(lp.attproj_b), n, c, c)?;
-        let (ln2, mean2, rstd2) = (la.ln2, la.ln2_mean, la.ln2_rstd);
         k.residual_layernorm_forward(
             la.residual2,
-            ln2,
-            mean2,
-            rstd2,
+            la.ln2,
+            la.ln2_mean,
+            la.ln2_rstd,
             (residual, la.attproj),
             lp.ln2_w,
             lp.ln2_b,
