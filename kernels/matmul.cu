@@ -9,8 +9,9 @@
 // bias_grad_partials: the first stage of dbias (OC) += Σ_n dout (N,OC): the rows are split into
 // P fixed chunks; one thread per (column, chunk) sums its rows in order into partials (P, OC),
 // coalesced over OC; add_column_partials (reduce.cu) adds the chunks in order. Deterministic,
-// unlike an atomic column sum. cuBLASLt's BGRAD epilogues would overwrite rather than
-// accumulate, which breaks gradient accumulation over micro-batches.
+// unlike an atomic column sum. The backend normally sums the bias gradient in the weight GEMM's
+// cuBLASLt epilogue (BGRADB, into f32 that add_column_partials then adds, since the epilogue
+// overwrites and gradients accumulate); this kernel is the path where cuBLASLt has none.
 // Launch: grid (ceil(OC / MATMUL_BLOCK), P). Resources: registers only.
 #include "common.cuh"
 

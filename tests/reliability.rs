@@ -46,6 +46,16 @@ const SMALL: &[&str] = &[
 ];
 
 /// `gptk train --out OUT` with [`SMALL`]'s settings, those `extra` gives replaced.
+/// The six-step both-objectives run of [`train_args`] into `out`, with one environment variable set.
+fn train_with_env(dir: &Path, out: &str, var: &str, value: &str) -> Output {
+    gptk_command(&train_args(out, &["--objective", "clm+mlm", "--json"]), dir).env(var, value).output().unwrap()
+}
+
+/// The parameters of the last checkpoint of such a run.
+fn final_params(dir: &Path, out: &str) -> Vec<f32> {
+    gptk::checkpoint::load(&dir.join(out).join("step_000006")).unwrap().params
+}
+
 fn train_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["train", "--out", out];
     for pair in SMALL.chunks(2) {
@@ -326,13 +336,9 @@ fn the_avx2_loops_give_bitwise_the_same_training_as_the_baseline_code() {
     let dir = temp_dir("reliability-simd");
     byte_dataset(&dir);
     let run = |out: &str, simd: &str| {
-        let output = gptk_command(&train_args(out, &["--objective", "clm+mlm", "--json"]), &dir)
-            .env("GPTK_CPU_SIMD", simd)
-            .output()
-            .unwrap();
+        let output = train_with_env(&dir, out, "GPTK_CPU_SIMD", simd);
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        let params = gptk::checkpoint::load(&dir.join(out).join("step_000006")).unwrap().params;
-        (step_losses(&output), params)
+        (step_losses(&output), final_params(&dir, out))
     };
     let (avx2, baseline) = (run("avx2", "1"), run("baseline", "0"));
     assert_eq!(avx2.0.len(), 6);
@@ -346,14 +352,10 @@ fn same_seed_and_command_give_bitwise_the_same_losses_on_any_thread_count() {
     byte_dataset(&dir);
     // The micro model at B·T = 64 runs its larger matmuls on several threads.
     let run = |out: &str, threads: &str| {
-        let output = gptk_command(&train_args(out, &["--objective", "clm+mlm", "--json"]), &dir)
-            .env("RAYON_NUM_THREADS", threads)
-            .output()
-            .unwrap();
+        let output = train_with_env(&dir, out, "RAYON_NUM_THREADS", threads);
         let losses = step_losses(&output);
         let val: Vec<String> = events(&output.stdout, "val").iter().map(|v| v["val_loss"].to_string()).collect();
-        let params = gptk::checkpoint::load(&dir.join(out).join("step_000006")).unwrap().params;
-        (losses, val, params)
+        (losses, val, final_params(&dir, out))
     };
     let first = run("one-thread", "1");
     assert_eq!(first.0.len(), 6);
