@@ -35,14 +35,18 @@ fn skip_without_nvcc(test: &str) -> bool {
     !kernels::COMPILED
 }
 
-/// (name, file) of every use of the entry-point macro `macro_name` in kernels/*.cu, sorted.
-fn entry_points_in_sources(macro_name: &str) -> Vec<(String, String)> {
+/// (name, file) of every use of the entry-point macro `macro_name` in kernels/*.cu, sorted; the
+/// files built for sm_90a alone (`*_sm90a.cu`) when `sm90a`, the others when not.
+fn entry_points_in_sources(macro_name: &str, sm90a: bool) -> Vec<(String, String)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
     let mut found = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "cu") {
             let file = path.file_name().unwrap().to_str().unwrap().to_string();
+            if file.ends_with("_sm90a.cu") != sm90a {
+                continue;
+            }
             let text = std::fs::read_to_string(&path).unwrap();
             for chunk in text.split(&format!("{macro_name}(")).skip(1) {
                 found.push((chunk.split(',').next().unwrap().trim().to_string(), file.clone()));
@@ -62,15 +66,21 @@ fn sorted(list: &[(&str, &str)]) -> Vec<(String, String)> {
 #[test]
 fn kernel_list_matches_the_entry_points_in_the_sources() {
     assert_eq!(
-        entry_points_in_sources("GPTK_ENTRY_POINTS"),
+        entry_points_in_sources("GPTK_ENTRY_POINTS", false),
         sorted(kernels::KERNELS),
         "kernels::KERNELS must list every GPTK_ENTRY_POINTS of kernels/*.cu"
     );
     assert_eq!(
-        entry_points_in_sources("GPTK_BF16_ENTRY_POINT"),
+        entry_points_in_sources("GPTK_BF16_ENTRY_POINT", false),
         sorted(kernels::BF16_KERNELS),
         "kernels::BF16_KERNELS must list every GPTK_BF16_ENTRY_POINT of kernels/*.cu"
     );
+    assert_eq!(
+        entry_points_in_sources("GPTK_BF16_ENTRY_POINT", true),
+        sorted(kernels::SM90A_KERNELS),
+        "kernels::SM90A_KERNELS must list every GPTK_BF16_ENTRY_POINT of kernels/*_sm90a.cu"
+    );
+    assert!(entry_points_in_sources("GPTK_ENTRY_POINTS", true).is_empty(), "the sm_90a kernels are bf16 only");
 }
 
 #[test]
@@ -97,6 +107,14 @@ fn block_sizes_match_the_kernel_sources() {
         ("flash_attention.cu", "FLASH_DQ_ROWS", kernels::FLASH_DQ_ROWS),
         ("flash_attention.cu", "FLASH_DQ_KEYS", kernels::FLASH_DQ_KEYS),
         ("flash_attention.cu", "FLASH_SMEM_PAD", kernels::FLASH_SMEM_PAD),
+        ("flash_attention_sm90a.cu", "FLASH90_BLOCK", kernels::FLASH90_BLOCK as usize),
+        ("flash_attention_sm90a.cu", "FLASH90_ROWS", kernels::FLASH90_ROWS),
+        ("flash_attention_sm90a.cu", "FLASH90_KEYS_HS64", kernels::FLASH90_KEYS_HS64),
+        ("flash_attention_sm90a.cu", "FLASH90_KEYS_HS128", kernels::FLASH90_KEYS_HS128),
+        ("flash_attention_sm90a.cu", "FLASH90_DQ_KEYS", kernels::FLASH90_DQ_KEYS),
+        ("flash_attention_sm90a.cu", "FLASH90_DKV_KEYS", kernels::FLASH90_DKV_KEYS),
+        ("flash_attention_sm90a.cu", "FLASH90_DKV_ROWS_HS64", kernels::FLASH90_DKV_ROWS_HS64),
+        ("flash_attention_sm90a.cu", "FLASH90_DKV_ROWS_HS128", kernels::FLASH90_DKV_ROWS_HS128),
     ];
     for (file, name, value) in expect {
         let d = defines(&kernel_source(file));
@@ -115,18 +133,20 @@ fn every_kernel_compiles_for_sm90_without_spills() {
     }
     let report = kernels::resources();
     assert!(!report.is_empty(), "the ptxas report at {} is empty", kernels::PTXAS_REPORT_PATH);
-    println!("{:<36} {:>5} {:>6} {:>6} {:>6}", "kernel (sm_90)", "regs", "stack", "spill", "smem");
-    let both = kernels::KERNELS.iter().flat_map(|k| kernels::DTYPE_SUFFIXES.map(|s| (k, s)));
-    let bf16_only = kernels::BF16_KERNELS.iter().map(|k| (k, "bf16"));
-    for ((name, file), suffix) in both.chain(bf16_only) {
+    println!("{:<36} {:>6} {:>5} {:>6} {:>6} {:>6}", "kernel", "arch", "regs", "stack", "spill", "smem");
+    let both = kernels::KERNELS.iter().flat_map(|k| kernels::DTYPE_SUFFIXES.map(|s| (k, s, "sm_90")));
+    let bf16_only = kernels::BF16_KERNELS.iter().map(|k| (k, "bf16", "sm_90"));
+    let sm90a = kernels::SM90A_KERNELS.iter().map(|k| (k, "bf16", "sm_90a"));
+    for ((name, file), suffix, arch) in both.chain(bf16_only).chain(sm90a) {
         let full = format!("{name}_{suffix}");
         let k = report
             .iter()
-            .find(|k| k.name == full && k.arch == "sm_90")
-            .unwrap_or_else(|| panic!("{full} (kernels/{file}) is not in the sm_90 ptxas report"));
+            .find(|k| k.name == full && k.arch == arch)
+            .unwrap_or_else(|| panic!("{full} (kernels/{file}) is not in the {arch} ptxas report"));
         println!(
-            "{:<36} {:>5} {:>6} {:>6} {:>6}",
+            "{:<36} {:>6} {:>5} {:>6} {:>6} {:>6}",
             full,
+            arch,
             k.registers,
             k.stack_bytes,
             k.spill_store_bytes + k.spill_load_bytes,
@@ -135,7 +155,7 @@ fn every_kernel_compiles_for_sm90_without_spills() {
         assert_eq!(
             (k.spill_store_bytes, k.spill_load_bytes),
             (0, 0),
-            "{full} (kernels/{file}) spills registers on sm_90: {k:?}"
+            "{full} (kernels/{file}) spills registers on {arch}: {k:?}"
         );
         assert!(k.registers > 0, "{full}: no register count parsed: {k:?}");
     }
@@ -155,6 +175,12 @@ fn fatbin_holds_code_for_every_requested_architecture() {
         let sm90 = entries.iter().find(|e| e.target == "sm_90").unwrap();
         assert!(sm90.bytes > 1000, "the sm_90 code object is implausibly small: {sm90:?}");
     }
+    // The wgmma kernels: one machine-code object for compute capability 9.0 (the fatbin header
+    // numbers sm_90a as 90), no PTX (sm_90a code is for that one architecture).
+    let entries = kernels::fatbin_entries(kernels::FATBIN_SM90A).expect("the sm_90a kernels are a fatbin image");
+    let targets: Vec<&str> = entries.iter().map(|e| e.target.as_str()).collect();
+    assert_eq!(targets, ["sm_90"], "the sm_90a fatbin holds {targets:?}");
+    assert!(entries[0].bytes > 1000, "the sm_90a code object is implausibly small: {:?}", entries[0]);
 }
 
 #[test]

@@ -289,6 +289,21 @@ def attention_reference(q, k, v, causal):
     return torch.softmax(s, -1) @ v, lse
 
 
+def attention_backward_reference(q, k, v, do, out_stored, lse, causal):
+    """dqkv (B, T, 3C) in float64 from heads (B, NH, T, HS) of q, k, v and dout, the stored output
+    (B, T, C) and the forward's LSE (B, NH, T), as the flash kernels compute it."""
+    B, NH, T, HS = q.shape
+    scale = 1.0 / math.sqrt(HS)
+    s = q @ k.transpose(-1, -2) * scale
+    if causal:
+        s = s.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf"))
+    p = torch.exp(s - lse[..., None])
+    out = out_stored.double().view(B, T, NH, HS).transpose(1, 2)
+    ds = p * (do @ v.transpose(-1, -2) - (do * out).sum(-1, keepdim=True)) * scale
+    merge = lambda x: x.transpose(1, 2).reshape(B, T, NH * HS)
+    return torch.cat([merge(ds @ k), merge(ds.transpose(-1, -2) @ q), merge(p.transpose(-1, -2) @ do)], -1)
+
+
 def check_attention(dt):
     for B, T, NH, HS, causal in [(1, 1, 1, 4, True), (2, 7, 3, 15, True), (2, 7, 3, 15, False),
                                  (1, 9, 2, 64, True), (1, 5, 1, 100, False), (1, 4, 1, 256, True)]:
@@ -319,15 +334,7 @@ def check_attention(dt):
                    I(B), I(T), I(NH), I(HS), I(int(causal)), F(scale))
         # The reference follows the contract the kernels and the CPU share: delta from the stored
         # (in bf16, rounded) output, probabilities recomputed from q, k and the LSE.
-        s_ = q64 @ k64.transpose(-1, -2) * scale
-        if causal:
-            s_ = s_.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf"))
-        p_ = torch.exp(s_ - ref_lse[..., None])
-        do = heads(dout64)
-        delta_ref = (do * heads(out_stored.double())).sum(-1, keepdim=True)
-        ds = p_ * (do @ v64.transpose(-1, -2) - delta_ref) * scale
-        merge = lambda x: x.transpose(1, 2).reshape(B, T, C)
-        want = torch.cat([merge(ds @ k64), merge(ds.transpose(-1, -2) @ q64), merge(p_.transpose(-1, -2) @ do)], -1)
+        want = attention_backward_reference(q64, k64, v64, heads(dout64), out_stored, ref_lse, causal)
         R.compare(f"attention_backward dqkv {tag}", dqkv, want, dt)
 
 
@@ -401,15 +408,7 @@ def check_flash_attention(dt):
                                      (f"flash_backward_dq_hs{HS}", FLASH_DQ_ROWS)):
             launch(name, dt, tiles(rows_per_block), FLASH_BLOCK, P(dqkv), P(dout), P(qkv), P(lse), P(delta),
                    I(B), I(T), I(NH), I(int(causal)), F(scale))
-        s_ = q64 @ k64.transpose(-1, -2) * scale
-        if causal:
-            s_ = s_.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf"))
-        p_ = torch.exp(s_ - ref_lse[..., None])
-        do = heads(dout64)
-        delta_ref = (do * heads(out_stored.double())).sum(-1, keepdim=True)
-        ds = p_ * (do @ v64.transpose(-1, -2) - delta_ref) * scale
-        merge = lambda x: x.transpose(1, 2).reshape(B, T, C)
-        want = torch.cat([merge(ds @ k64), merge(ds.transpose(-1, -2) @ q64), merge(p_.transpose(-1, -2) @ do)], -1)
+        want = attention_backward_reference(q64, k64, v64, heads(dout64), out_stored, ref_lse, causal)
         R.compare(f"flash_backward dqkv {tag}", dqkv, want, dt, K_FLASH_BACKWARD)
         guards_intact(f"flash_backward dqkv {tag}", dqkv_buf)
         # The opt-in variant: dK/dV and dQ in one pass, dQ summed into an f32 buffer with atomics
@@ -423,6 +422,55 @@ def check_flash_attention(dt):
         R.compare(f"flash_backward (atomic dQ) dqkv {tag}", dqkv, want, dt, K_FLASH_BACKWARD)
         guards_intact(f"flash_backward (atomic dQ) dqkv {tag}", dqkv_buf)
         guards_intact(f"flash_backward (atomic dQ) accumulator {tag}", acc_buf)
+
+
+FLASH90_BLOCK = 256
+FLASH90_ROWS = 128
+
+
+def check_flash_attention_sm90a(dt):
+    """The wgmma forward of flash_attention_sm90a.cu (bf16 only) against float64, on the shapes of
+    the mma.sync forward plus ones spanning several key tiles (128 keys at HS = 64, 64 at
+    HS = 128), with NaN guards around every tensor. Its shared memory starts on a 1024-byte
+    boundary here; on the GPU the kernel aligns it itself."""
+    if dt != "bf16":
+        return
+    for B, T, NH, HS, causal in [(1, 1, 1, 64, True), (1, 17, 2, 64, True), (2, 65, 1, 64, False),
+                                 (1, 63, 1, 128, True), (1, 300, 1, 64, True), (1, 130, 1, 128, False),
+                                 (1, 200, 1, 128, True), (1, 257, 2, 64, False)]:
+        tag = f"[{dt} B={B} T={T} NH={NH} HS={HS} causal={int(causal)}]"
+        C = NH * HS
+        qkv, qkv64 = rnd((B, T, 3 * C), dt)
+        _, qkv = guarded(qkv)
+        heads = lambda x: x.view(B, T, NH, HS).transpose(1, 2)
+        q64, k64, v64 = (heads(qkv64[..., i * C:(i + 1) * C]) for i in range(3))
+        out_buf, out = guarded(torch.full((B, T, C), float("nan"), dtype=DTYPE[dt]))
+        lse_buf, lse = guarded(torch.full((B * NH * T,), float("nan"), dtype=torch.float32))
+        launch(f"flash_forward_sm90a_hs{HS}", dt, -(-T // FLASH90_ROWS) * B * NH, FLASH90_BLOCK,
+               P(out), P(lse), P(qkv), I(B), I(T), I(NH), I(int(causal)), F(1.0 / math.sqrt(HS)))
+        ref, ref_lse = attention_reference(q64, k64, v64, causal)
+        R.compare(f"flash_forward_sm90a out {tag}", out, ref.transpose(1, 2).reshape(B, T, C), dt, K_FLASH_FORWARD)
+        R.compare(f"flash_forward_sm90a lse {tag}", lse, ref_lse.reshape(-1), "f32")
+        guards_intact(f"flash_forward_sm90a out {tag}", out_buf)
+        guards_intact(f"flash_forward_sm90a lse {tag}", lse_buf)
+        # The backward from the reference output (rounded, as stored) and LSE: delta from the
+        # simple kernel, then the wgmma dK/dV and dQ kernels.
+        out_stored = ref.transpose(1, 2).reshape(B, T, C).to(DTYPE[dt]).contiguous()
+        _, lse = guarded(ref_lse.reshape(-1).float())
+        dout, dout64 = rnd((B, T, C), dt)
+        _, dout = guarded(dout)
+        rows = B * NH * T
+        _, delta = guarded(torch.full((rows,), float("nan"), dtype=torch.float32))
+        dqkv_buf, dqkv = guarded(torch.full((B, T, 3 * C), float("nan"), dtype=DTYPE[dt]))
+        launch("attention_backward_delta", dt, blocks(rows, ROWS_PER_BLOCK), 256,
+               P(delta), P(dout), P(out_stored), I(B), I(T), I(NH), I(HS))
+        for name in (f"flash_backward_dkv_sm90a_hs{HS}", f"flash_backward_dq_sm90a_hs{HS}"):
+            launch(name, dt, -(-T // FLASH90_ROWS) * B * NH, FLASH90_BLOCK, P(dqkv), P(dout), P(qkv), P(lse),
+                   P(delta), I(B), I(T), I(NH), I(int(causal)), F(1.0 / math.sqrt(HS)))
+        R.compare(f"flash_backward_sm90a dqkv {tag}", dqkv,
+                  attention_backward_reference(q64, k64, v64, heads(dout64), out_stored, ref_lse, causal), dt,
+                  K_FLASH_BACKWARD)
+        guards_intact(f"flash_backward_sm90a dqkv {tag}", dqkv_buf)
 
 
 def check_attention_cached(dt):
@@ -589,6 +637,7 @@ CHECKS = {
     "attention": check_attention,
     "attention_cached": check_attention_cached,
     "flash_attention": check_flash_attention,
+    "flash_attention_sm90a": check_flash_attention_sm90a,
     "cross_entropy": check_cross_entropy,
     "adamw": check_adamw,
     "sum_squares": check_sum_squares,

@@ -18,6 +18,8 @@
 #include <barrier>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -71,13 +73,29 @@ struct Block {
     std::barrier<> barrier;
 };
 
+// Four consecutive warps, as Hopper's warpgroup instructions (wgmma) see them.
+constexpr int kWarpGroup = 128;
+struct WarpGroup {
+    explicit WarpGroup(int threads) : barrier(threads) {}
+    std::barrier<> barrier;
+    // What each thread hands a wgmma whose A comes from registers.
+    uint32_t a[kWarpGroup][4];
+};
+
 inline thread_local Warp* current_warp = nullptr;
 inline thread_local Block* current_block = nullptr;
+inline thread_local WarpGroup* current_warpgroup = nullptr;
+// The start of the running kernel's dynamic shared memory, aligned to 2^18 bytes, so that the
+// low 18 bits of an address in it are its offset, as in the GPU's shared window (wgmma's
+// descriptors hold those 18 bits).
+inline thread_local uintptr_t smem_window = 0;
+constexpr uintptr_t kSmemWindowAlign = uintptr_t{1} << 18;
 
 // Leaves the barriers when a CUDA thread ends, however it ends.
 struct Exit {
     ~Exit() {
         current_warp->barrier.arrive_and_drop();
+        current_warpgroup->barrier.arrive_and_drop();
         current_block->barrier.arrive_and_drop();
     }
 };
@@ -108,12 +126,16 @@ inline void run(const std::function<void()>& kernel) {
                 std::vector<std::unique_ptr<Warp>> warps;
                 for (int w = 0; w < (threads + kWarp - 1) / kWarp; w++)
                     warps.push_back(std::make_unique<Warp>(std::min(kWarp, threads - w * kWarp)));
+                std::vector<std::unique_ptr<WarpGroup>> groups;
+                for (int w = 0; w < (threads + kWarpGroup - 1) / kWarpGroup; w++)
+                    groups.push_back(std::make_unique<WarpGroup>(std::min(kWarpGroup, threads - w * kWarpGroup)));
                 std::vector<std::thread> pool;
                 for (int t = 0; t < threads; t++) {
                     pool.emplace_back([&, t] {
                         blockIdx = dim3(bx, by, bz);
                         threadIdx = dim3(t, 0, 0);
                         current_warp = warps[t / kWarp].get();
+                        current_warpgroup = groups[t / kWarpGroup].get();
                         current_block = &block;
                         Exit exit;
                         kernel();
@@ -229,14 +251,103 @@ inline void mma_bf16_16x8x16(float* d, const uint32_t* a, const uint32_t* b) {
     for (int e = 0; e < 4; e++) d[e] = out[e];
 }
 
+// ---- Hopper's warpgroup matrix instructions (wgmma.cuh declares them for the GPU) -------------
+// Emulated synchronously: an issued wgmma completes at once, so fences, commits and waits have
+// nothing to do. Operands in shared memory are read through the descriptor as the PTX ISA lays
+// out 128-byte-swizzled tiles (the only mode the kernels use; any other stops the run): the
+// descriptor's 18-bit start address and byte offsets locate the element, then the 16-byte chunk
+// index (address bits 4–6) is XORed with the 128-byte row index (bits 7–9).
+inline void wgmma_fence() {}
+inline void wgmma_commit() {}
+template <int N>
+inline void wgmma_wait() {}
+inline void fence_proxy_async() {}
+inline void wgmma_pin(float&) {}
+
+namespace emu {
+struct Descriptor {
+    uintptr_t start, leading, stride;
+};
+inline Descriptor decode(uint64_t d) {
+    if ((d >> 62) != 1 || ((d >> 49) & 7) != 0) {
+        std::fprintf(stderr, "emulated wgmma: descriptor %016llx is not a 128-byte swizzle at base offset 0\n",
+                     static_cast<unsigned long long>(d));
+        std::abort();
+    }
+    return {(d & 0x3FFF) << 4, ((d >> 16) & 0x3FFF) << 4, ((d >> 32) & 0x3FFF) << 4};
+}
+// The bf16 at byte `offset` of the shared window, 128-byte swizzle applied.
+inline float swizzled_bf16(uintptr_t offset) {
+    offset ^= ((offset >> 7) & 7) << 4;
+    uint16_t v;
+    std::memcpy(&v, reinterpret_cast<const unsigned char*>(smem_window + offset), 2);
+    const uint32_t bits = static_cast<uint32_t>(v) << 16;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+// Element (mn, k) of a K-major operand: 128-byte rows along k, 8-row atoms `stride` apart.
+inline float k_major(const Descriptor& d, int mn, int k) {
+    return swizzled_bf16(d.start + (mn / 8) * d.stride + (mn % 8) * 128 + 2 * k);
+}
+// Element (k, n) of an MN-major operand: 128-byte rows along n (64 columns, the next 64
+// `leading` bytes on), 8-row atoms of k `stride` apart.
+inline float mn_major(const Descriptor& d, int k, int n) {
+    return swizzled_bf16(d.start + (n / 64) * d.leading + (k / 8) * d.stride + (k % 8) * 128 + 2 * (n % 64));
+}
+// The accumulator of this thread: element i is (row, col) of the 64×N result.
+inline void accumulator_at(int i, int& row, int& col) {
+    const int tid = static_cast<int>(threadIdx.x) % kWarpGroup, warp = tid / kWarp, lane = tid % kWarp;
+    row = 16 * warp + lane / 4 + 8 * ((i % 4) / 2);
+    col = 8 * (i / 4) + 2 * (lane % 4) + i % 2;
+}
+}  // namespace emu
+
+template <int N>
+inline void wgmma_ss(float* d, uint64_t desc_a, uint64_t desc_b, int accumulate) {
+    const emu::Descriptor a = emu::decode(desc_a), b = emu::decode(desc_b);
+    for (int i = 0; i < N / 2; i++) {
+        int row, col;
+        emu::accumulator_at(i, row, col);
+        float acc = accumulate ? d[i] : 0.0f;
+        for (int k = 0; k < 16; k++) acc += emu::k_major(a, row, k) * emu::k_major(b, col, k);
+        d[i] = acc;
+    }
+}
+
+template <int N>
+inline void wgmma_rs_tb(float* d, const uint32_t* a, uint64_t desc_b, int accumulate) {
+    emu::WarpGroup* wg = emu::current_warpgroup;
+    const int tid = static_cast<int>(threadIdx.x) % emu::kWarpGroup;
+    for (int i = 0; i < 4; i++) wg->a[tid][i] = a[i];
+    wg->barrier.arrive_and_wait();
+    const emu::Descriptor b = emu::decode(desc_b);
+    // A's (row, k) in warp row / 16's mma.m16n8k16 A layout.
+    auto A = [&](int row, int k) {
+        const int r = row % 16, reg = (r >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
+        return emu::bf16_bits(wg->a[(row / 16) * emu::kWarp + (r % 8) * 4 + (k % 8) / 2][reg], k % 2);
+    };
+    float out[N / 2];
+    for (int i = 0; i < N / 2; i++) {
+        int row, col;
+        emu::accumulator_at(i, row, col);
+        float acc = accumulate ? d[i] : 0.0f;
+        for (int k = 0; k < 16; k++) acc += A(row, k) * emu::mn_major(b, k, col);
+        out[i] = acc;
+    }
+    wg->barrier.arrive_and_wait();
+    for (int i = 0; i < N / 2; i++) d[i] = out[i];
+}
+
 extern "C" void emu_config(unsigned gx, unsigned gy, unsigned bx) {
     emu::config_grid = dim3(gx, gy, 1);
     emu::config_block = dim3(bx, 1, 1);
 }
 
 // Dynamic shared memory: one static buffer per kernel body (blocks run one at a time).
-#define GPTK_DYNAMIC_SMEM(T, name)                                                 \
-    alignas(128) static unsigned char emu_dynamic_smem[emu::kMaxDynamicSmem]; \
+#define GPTK_DYNAMIC_SMEM(T, name)                                                                  \
+    alignas(emu::kSmemWindowAlign) static unsigned char emu_dynamic_smem[emu::kMaxDynamicSmem]; \
+    emu::smem_window = reinterpret_cast<uintptr_t>(emu_dynamic_smem);                           \
     T* name = reinterpret_cast<T*>(emu_dynamic_smem)
 
 // Each entry point runs its template over the configured grid.

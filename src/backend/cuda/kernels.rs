@@ -93,6 +93,54 @@ pub const BF16_KERNELS: &[(&str, &str)] = &[
     ("flash_dq_store", "flash_attention.cu"),
 ];
 
+/// Kernels of Hopper's own instruction set (kernels/*_sm90a.cu, in the second fatbin
+/// `FATBIN_SM90A`, bf16 only, loaded on compute capability 9.0): the wgmma attention, forward and
+/// deterministic backward, one entry point per head size.
+pub const SM90A_KERNELS: &[(&str, &str)] = &[
+    ("flash_forward_sm90a_hs64", "flash_attention_sm90a.cu"),
+    ("flash_forward_sm90a_hs128", "flash_attention_sm90a.cu"),
+    ("flash_backward_dkv_sm90a_hs64", "flash_attention_sm90a.cu"),
+    ("flash_backward_dkv_sm90a_hs128", "flash_attention_sm90a.cu"),
+    ("flash_backward_dq_sm90a_hs64", "flash_attention_sm90a.cu"),
+    ("flash_backward_dq_sm90a_hs128", "flash_attention_sm90a.cu"),
+];
+/// Threads per block of the wgmma attention: two warpgroups.
+pub const FLASH90_BLOCK: u32 = 256;
+/// Query rows per block of the wgmma forward and dQ kernels (64 per warpgroup).
+pub const FLASH90_ROWS: usize = 128;
+/// Keys per streamed tile of the wgmma forward, at HS = 64 and HS = 128.
+pub const FLASH90_KEYS_HS64: usize = 128;
+pub const FLASH90_KEYS_HS128: usize = 64;
+/// Keys per streamed tile of the wgmma dQ kernel.
+pub const FLASH90_DQ_KEYS: usize = 64;
+/// Keys per block of the wgmma dK/dV kernel (64 per warpgroup), and queries per streamed tile at
+/// HS = 64 and HS = 128.
+pub const FLASH90_DKV_KEYS: usize = 128;
+pub const FLASH90_DKV_ROWS_HS64: usize = 64;
+pub const FLASH90_DKV_ROWS_HS128: usize = 32;
+/// Alignment the swizzled tiles need (one 8-row atom); the kernels align their shared memory
+/// themselves and are given this much more.
+const WGMMA_ATOM_BYTES: usize = 1024;
+
+/// Bytes of dynamic shared memory of the wgmma kernels at head size `hs`, as they lay it out
+/// (the alignment slack first; no padding, the tiles are swizzled): (forward, dK/dV, dQ).
+pub fn flash90_shared_bytes(hs: usize) -> Option<(usize, usize, usize)> {
+    let (fwd_keys, dkv_rows) = match hs {
+        64 => (FLASH90_KEYS_HS64, FLASH90_DKV_ROWS_HS64),
+        128 => (FLASH90_KEYS_HS128, FLASH90_DKV_ROWS_HS128),
+        _ => return None,
+    };
+    let row = hs * BYTES_PER_BF16;
+    // Forward: the query tile, two stages of key and value tiles.
+    let forward = WGMMA_ATOM_BYTES + (FLASH90_ROWS + 4 * fwd_keys) * row;
+    // dK/dV: the block's keys and values, two stages of query and dout tiles and of their LSE and
+    // delta.
+    let dkv = WGMMA_ATOM_BYTES + (2 * FLASH90_DKV_KEYS + 4 * dkv_rows) * row + 4 * dkv_rows * BYTES_PER_F32;
+    // dQ: the block's queries and douts, two stages of key and value tiles.
+    let dq = WGMMA_ATOM_BYTES + (2 * FLASH90_ROWS + 4 * FLASH90_DQ_KEYS) * row;
+    Some((forward, dkv, dq))
+}
+
 /// The tiling of flash_attention.cu for head size `hs`, `None` for head sizes it is not built
 /// for. The CPU twin (`cpu::attention::attention_forward_tiled`) runs the same blocking.
 pub fn flash_tiles(hs: usize) -> Option<AttentionTiles> {
@@ -312,6 +360,10 @@ ptxas info    : Used 255 registers, used 1 barriers, 256 bytes smem, 364 bytes c
         // The atomic-dQ variant's dS tile, as its kernel comment states.
         assert_eq!(atomic_dq_shared_bytes(64), Some(9_216));
         assert_eq!(atomic_dq_shared_bytes(128), Some(4_608));
+        // The wgmma kernels, as flash_attention_sm90a.cu's header states.
+        assert_eq!(flash90_shared_bytes(64), Some((82_944, 67_584, 66_560)));
+        assert_eq!(flash90_shared_bytes(128), Some((99_328, 99_840, 132_096)));
+        assert_eq!(flash90_shared_bytes(96), None);
     }
 
     #[test]

@@ -1,0 +1,588 @@
+// flash_attention_sm90a.cu: attention on Hopper's warpgroup matrix instructions (wgmma,
+// wgmma.cuh), forward and deterministic backward. sm_90a code runs on compute capability 9.0 only,
+// so build.rs compiles this file on its own into a second fatbin for that target alone, and the
+// host loads it on such a device only, as an alternative to the mma.sync kernels of
+// flash_attention.cu that it takes when asked to (`--attention-kernels wgmma`). The contract is
+// theirs: qkv (B,T,3C) bf16 as [q|k|v], out (B,T,C) bf16, lse (B,NH,T) f32 in natural log, scale
+// 1/√HS, dqkv (B,T,3C) overwritten; head sizes 64 and 128, any T, causal or not.
+//
+// Algorithm: FlashAttention-2's, as in flash_attention.cu, on wgmma instead of mma.sync. A block
+// is two warpgroups; each owns 64 rows (the M of one wgmma) and the block streams the other side
+// through shared memory, double-buffered by cp.async into 128-byte-swizzled tiles (wgmma.cuh).
+// Every product is a run of wgmmas m64nNk16: both operands from shared memory where the rows
+// are loaded tiles (S = Q·Kᵀ, dP = dO·Vᵀ and their transposes), A from registers where it is a
+// score accumulator repacked to bf16 in place (the accumulator layout is the A layout: P, dS),
+// B read transposed (MN-major) where the product runs along the tile's rows (V, K, dO, Q). The
+// ldmatrix traffic of the mma.sync kernels is gone: the tensor cores read their operands
+// themselves.
+// - forward: 128 queries per block, key/value tiles of 128 (HS = 64) or 64 (HS = 128) keys;
+//   per tile S = Q·Kᵀ, the online softmax on the accumulators, O += P·V.
+// - backward, deterministic as flash_attention.cu's (delta first, by the simple kernel): dK/dV with
+//   128 keys per block and query tiles of 64 (HS = 64) or 32 (HS = 128) with their dout, LSE and
+//   delta: Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ, then dV += Pᵀ·dO, dK += dSᵀ·Q; dQ with 128 queries per block
+//   and key/value tiles of 64: S = Q·Kᵀ, dP = dO·Vᵀ, then dQ += dS·K. Seven products per tile
+//   pair, every output element summed by one thread in a fixed order.
+// - causal: blocks stop at (or start from) the diagonal, warpgroups skip tiles wholly on the far
+//   side of it, only tiles crossing it or T are masked. Rows at or past T are zero-filled by
+//   cp.async, masked and never stored.
+//
+// Not here yet, FlashAttention-3's other steps (docs/attention.md): TMA copies with mbarriers,
+// warp specialization with setmaxnreg, ping-pong of the softmax of one warpgroup with the
+// matrix work of the other, and overlap of a tile's softmax with the next tile's products.
+//
+// Resources, sm_90a (ptxas, nvcc 13.0; no spills), FLASH90_BLOCK = 256 threads per block; blocks
+// per SM from 64K registers and 228 KB of shared memory (1 KB reserved per block); every kernel
+// asks for 1 KB more than its tiles to align them to 1024 bytes:
+//   kernel         HS    tiles (rows × streamed)   regs   smem (bytes)   blocks/SM   warps/SM
+//   forward        64    128 q × 128 k              198     82,944       1 (regs)    8
+//   forward        128   128 q × 64 k               160     99,328       1 (regs)    8
+//   dK/dV          64    128 k × 64 q               209     67,584       1 (regs)    8
+//   dK/dV          128   128 k × 32 q               212     99,840       1 (regs)    8
+//   dQ             64    128 q × 64 k               140     66,560       1 (regs)    8
+//   dQ             128   128 q × 64 k               180    132,096       1 (both)    8
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#error "flash_attention_sm90a.cu needs sm_90a: build.rs compiles it for that target only"
+#endif
+
+#include "wgmma.cuh"
+
+#define FLASH90_BLOCK 256
+#define FLASH90_WARPGROUP 128
+#define FLASH90_ROWS 128
+#define FLASH90_KEYS_HS64 128
+#define FLASH90_KEYS_HS128 64
+#define FLASH90_DQ_KEYS 64
+#define FLASH90_DKV_KEYS 128
+#define FLASH90_DKV_ROWS_HS64 64
+#define FLASH90_DKV_ROWS_HS128 32
+#define FLASH90_LOG2E 1.4426950408889634f
+#define FLASH90_LN2 0.6931471805599453f
+
+template <int HS>
+struct Flash90Tile {
+    static_assert(HS % 64 == 0, "whole 128-byte rows of the swizzled tiles");
+    static constexpr int KEYS = HS <= 64 ? FLASH90_KEYS_HS64 : FLASH90_KEYS_HS128;
+    static constexpr int CHUNKS = HS / 8;  // 16-byte pieces of a row
+    static constexpr int Q_BYTES = FLASH90_ROWS * HS * WGMMA_BF16_BYTES;
+    static constexpr int KV_BYTES = KEYS * HS * WGMMA_BF16_BYTES;  // one key or value stage
+};
+
+// Copies ROWS rows of one head (row r at src + r·stride, HS contiguous bf16) into the swizzled
+// tile at dst, asynchronously, all threads of the block taking part. Rows ≥ valid are zero-filled
+// and not read (their source is redirected to row 0, which the caller guarantees is valid).
+template <int HS, int ROWS>
+__device__ __forceinline__ void flash90_load_tile(shared_addr dst, const bf16* src, long long stride, int valid) {
+    constexpr int CHUNKS = Flash90Tile<HS>::CHUNKS;
+    static_assert((ROWS * CHUNKS) % FLASH90_BLOCK == 0, "whole rounds of 16-byte copies");
+#pragma unroll
+    for (int it = 0; it < ROWS * CHUNKS / FLASH90_BLOCK; it++) {
+        const int c = it * FLASH90_BLOCK + static_cast<int>(threadIdx.x);
+        const int r = c / CHUNKS, k = c % CHUNKS;
+        const bool in = r < valid;
+        cp_async_16(dst + swizzled_offset(ROWS, r, k * 8), src + (in ? r : 0) * stride + k * 8, in ? 16 : 0);
+    }
+}
+
+// ROWS consecutive floats (LSE or delta of a query tile) into shared memory; zeros from `valid` on.
+template <int ROWS>
+__device__ __forceinline__ void flash90_load_floats(shared_addr dst, const float* src, int valid) {
+    for (int r = static_cast<int>(threadIdx.x); r < ROWS; r += FLASH90_BLOCK) {
+        const bool in = r < valid;
+        cp_async_4(dst + r * 4, src + (in ? r : 0), in ? 4 : 0);
+    }
+}
+
+// A query tile of the dK/dV pass: BQ rows of queries and of output gradients from q0, with their
+// LSE and delta.
+template <int HS, int BQ>
+__device__ __forceinline__ void flash90_load_queries(shared_addr aq, shared_addr ado, shared_addr alse,
+                                                     shared_addr adelta, const bf16* q_rows, const bf16* do_rows,
+                                                     const float* lse_rows, const float* delta_rows, int q0,
+                                                     long long stride, int C, int seq) {
+    flash90_load_tile<HS, BQ>(aq, q_rows + q0 * stride, stride, seq - q0);
+    flash90_load_tile<HS, BQ>(ado, do_rows + static_cast<long long>(q0) * C, C, seq - q0);
+    flash90_load_floats<BQ>(alse, lse_rows + q0, seq - q0);
+    flash90_load_floats<BQ>(adelta, delta_rows + q0, seq - q0);
+}
+
+// The descriptor of a K-major operand: rows [row0, row0 + 64) (or the N rows of a B operand) of
+// a swizzled tile of `rows` rows, k-step kk (head columns 16kk..16kk+15).
+__device__ __forceinline__ uint64_t flash90_k_major(shared_addr tile, int rows, int row0, int kk) {
+    return wgmma_desc(tile + ((kk >> 2) * rows + row0) * WGMMA_ROW_BYTES + (kk & 3) * 16 * WGMMA_BF16_BYTES,
+                      16, WGMMA_ATOM_BYTES);
+}
+
+// The descriptor of an MN-major B operand: rows 16kk..16kk+15 of a swizzled tile of `rows` rows
+// as k, all its head columns as n.
+__device__ __forceinline__ uint64_t flash90_mn_major(shared_addr tile, int rows, int kk) {
+    return wgmma_desc(tile + kk * 16 * WGMMA_ROW_BYTES, rows * WGMMA_ROW_BYTES, WGMMA_ATOM_BYTES);
+}
+
+// The A fragments (bf16) of k-step kk from a 64×N accumulator: its columns 16kk..16kk+15. The
+// accumulator layout per 8 columns is the A layout's per 8 k, so this is a repacking in place.
+__device__ __forceinline__ void flash90_acc_to_a(uint32_t* a, const float* acc, int kk) {
+    const float* c0 = acc + 8 * kk;  // columns 16kk..16kk+7
+    const float* c1 = c0 + 4;        // columns 16kk+8..16kk+15
+    a[0] = pack_bf16x2(c0[0], c0[1]);
+    a[1] = pack_bf16x2(c0[2], c0[3]);
+    a[2] = pack_bf16x2(c1[0], c1[1]);
+    a[3] = pack_bf16x2(c1[2], c1[3]);
+}
+
+template <int N>
+__device__ __forceinline__ void flash90_pin(float* x) {
+#pragma unroll
+    for (int i = 0; i < N; i++) wgmma_pin(x[i]);
+}
+
+template <int N>
+__device__ __forceinline__ void flash90_zero(float* x) {
+#pragma unroll
+    for (int i = 0; i < N; i++) x[i] = 0.0f;
+}
+
+// The swizzled tiles start on a 1024-byte boundary (the swizzle is on address bits): the
+// dynamic shared memory rounded up, the host asking for one atom more than the tiles take.
+__device__ __forceinline__ shared_addr flash90_base(const unsigned char* raw) {
+    return (shared_address(raw) + WGMMA_ATOM_BYTES - 1) & ~static_cast<shared_addr>(WGMMA_ATOM_BYTES - 1);
+}
+
+// out (B,T,C), lse (B,NH,T) from qkv (B,T,3C). Block: FLASH90_ROWS queries of one (b, h), 64 per
+// warpgroup. Grid: ⌈T/128⌉·B·NH, the longest causal rows first.
+template <int HS>
+__device__ __forceinline__ void flash_forward_sm90(bf16* out, float* lse, const bf16* qkv, int B, int seq, int NH,
+                                                   int causal, float scale) {
+    using G = Flash90Tile<HS>;
+    constexpr int BR = FLASH90_ROWS, BC = G::KEYS;
+    constexpr int NT = BC / 8;  // 8-key column groups of a score tile
+    constexpr int DT = HS / 8;  // 8-column groups of the output
+    GPTK_DYNAMIC_SMEM(unsigned char, raw);
+    const shared_addr aq = flash90_base(raw);                    // [HS/64][BR][64] queries
+    const shared_addr ak = aq + G::Q_BYTES;         // [2][HS/64][BC][64] keys
+    const shared_addr av = ak + 2 * G::KV_BYTES;    // [2][HS/64][BC][64] values
+
+    const int tiles = (seq + BR - 1) / BR;
+    const int tile_index = static_cast<int>(blockIdx.x % tiles);
+    const int bh = static_cast<int>(blockIdx.x / tiles);
+    const int q0 = (causal ? tiles - 1 - tile_index : tile_index) * BR;
+    const int b = bh / NH, h = bh % NH;
+    const int C = NH * HS;
+    const long long stride = 3LL * C;
+    const bf16* q_rows = qkv + static_cast<long long>(b) * seq * stride + static_cast<long long>(h) * HS;
+    const bf16* k_rows = q_rows + C;
+    const bf16* v_rows = q_rows + 2 * C;
+    const int group = static_cast<int>(threadIdx.x) / FLASH90_WARPGROUP;
+    const int warp = (static_cast<int>(threadIdx.x) % FLASH90_WARPGROUP) / WARP_SIZE, lane = lane_id();
+    const int g = lane >> 2, t = lane & 3;
+    const int group_row0 = q0 + group * 64;           // this warpgroup's first query
+    const int row_lo = group_row0 + warp * 16 + g;    // this thread's rows: row_lo, row_lo + 8
+    const int kv_end = causal ? min(seq, q0 + BR) : seq;
+    const int kv_tiles = (kv_end + BC - 1) / BC;
+    const float scale_log2 = scale * FLASH90_LOG2E;
+
+    flash90_load_tile<HS, BR>(aq, q_rows + q0 * stride, stride, seq - q0);
+    flash90_load_tile<HS, BC>(ak, k_rows, stride, seq);
+    flash90_load_tile<HS, BC>(av, v_rows, stride, seq);
+    cp_async_commit();
+
+    float o[HS / 2];
+    flash90_zero<HS / 2>(o);
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // log2 units; this lane's share
+
+    for (int j = 0; j < kv_tiles; j++) {
+        const int stage = j & 1;
+        if (j + 1 < kv_tiles) {
+            const int next = (j + 1) * BC;
+            flash90_load_tile<HS, BC>(ak + (stage ^ 1) * G::KV_BYTES, k_rows + next * stride, stride, seq - next);
+            flash90_load_tile<HS, BC>(av + (stage ^ 1) * G::KV_BYTES, v_rows + next * stride, stride, seq - next);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        fence_proxy_async();  // the copies, written through the generic proxy, are read by wgmma
+        __syncthreads();
+        const int k0 = j * BC;
+        // A warpgroup whose queries all precede this tile's keys has nothing to add.
+        if (!causal || k0 <= group_row0 + 63) {
+            const shared_addr tk = ak + stage * G::KV_BYTES, tv = av + stage * G::KV_BYTES;
+            // S = Q·Kᵀ: A = this warpgroup's 64 queries, B = the tile's keys, both K-major.
+            float s[BC / 2];
+            flash90_zero<BC / 2>(s);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < HS / 16; kk++)
+                wgmma_ss<BC>(s, flash90_k_major(aq, BR, group * 64, kk), flash90_k_major(tk, BC, 0, kk), 1);
+            wgmma_commit();
+            wgmma_wait<0>();
+            flash90_pin<BC / 2>(s);
+            // Keys past the end, and (causal) keys after the query, do not count.
+            if (k0 + BC > seq || (causal && k0 + BC - 1 > group_row0)) {
+#pragma unroll
+                for (int n = 0; n < NT; n++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int row = row_lo + 8 * (e >> 1);
+                        const int key = k0 + n * 8 + 2 * t + (e & 1);
+                        if (key >= seq || (causal && key > row)) s[n * 4 + e] = -INFINITY;
+                    }
+            }
+            // Online softmax: new running max, rescale what was summed so far, P = exp(S − max).
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                float mx = -INFINITY;
+#pragma unroll
+                for (int n = 0; n < NT; n++) mx = fmaxf(mx, fmaxf(s[n * 4 + 2 * r], s[n * 4 + 2 * r + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
+                const float m_new = fmaxf(m[r], mx * scale_log2);
+                // A row with no key yet keeps m = −∞; exponents then use 0 and give 0.
+                const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+                const float alpha = fast_exp2(m[r] - m_use);
+                m[r] = m_new;
+                float sum = 0.0f;
+#pragma unroll
+                for (int n = 0; n < NT; n++) {
+#pragma unroll
+                    for (int e = 2 * r; e < 2 * r + 2; e++) {
+                        const float p = fast_exp2(fmaf(s[n * 4 + e], scale_log2, -m_use));
+                        s[n * 4 + e] = p;
+                        sum += p;
+                    }
+                }
+                l[r] = l[r] * alpha + sum;
+#pragma unroll
+                for (int d = 0; d < DT; d++) {
+                    o[d * 4 + 2 * r] *= alpha;
+                    o[d * 4 + 2 * r + 1] *= alpha;
+                }
+            }
+            // O += P·V: P (bf16) from registers, V read transposed from shared memory.
+            uint32_t pa[BC / 16][4];
+#pragma unroll
+            for (int kk = 0; kk < BC / 16; kk++) flash90_acc_to_a(pa[kk], s, kk);
+            flash90_pin<HS / 2>(o);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < BC / 16; kk++) wgmma_rs_tb<HS>(o, pa[kk], flash90_mn_major(tv, BC, kk), 1);
+            wgmma_commit();
+            wgmma_wait<0>();
+            flash90_pin<HS / 2>(o);
+        }
+        __syncthreads();  // the next round overwrites this stage
+    }
+
+    // out = O / l, LSE = max + log(l) in natural log.
+    bf16* out_rows = out + static_cast<long long>(b) * seq * C + static_cast<long long>(h) * HS;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float sum = l[r];
+        sum += __shfl_xor_sync(FULL_MASK, sum, 1);
+        sum += __shfl_xor_sync(FULL_MASK, sum, 2);
+        const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+        const int row = row_lo + 8 * r;
+        if (row < seq) {
+            if (t == 0) lse[static_cast<long long>(bh) * seq + row] = sum > 0.0f ? m[r] * FLASH90_LN2 + logf(sum) : -INFINITY;
+#pragma unroll
+            for (int d = 0; d < DT; d++) {
+                *reinterpret_cast<uint32_t*>(out_rows + static_cast<long long>(row) * C + d * 8 + 2 * t) =
+                    pack_bf16x2(o[d * 4 + 2 * r] * inv, o[d * 4 + 2 * r + 1] * inv);
+            }
+        }
+    }
+}
+
+// ---- backward, deterministic, as flash_attention.cu's: delta = rowsum(dout ∘ out) first (the
+// simple attention_backward_delta), then dK/dV and dQ in two kernels, every output element summed
+// by one thread in a fixed order. P and dS are rounded to bf16 for their second product. -------
+
+// The dQ third of dqkv (B,T,3C). Block: FLASH90_ROWS queries of one (b, h), 64 per warpgroup;
+// key/value tiles of FLASH90_DQ_KEYS, double-buffered. Per tile and warpgroup: S = Q·Kᵀ and
+// dP = dO·Vᵀ (HS/16 wgmmas each, all operands in shared memory), dS = P ∘ (dP − delta) with
+// P = exp(S·scale − LSE), then dQ += dS·K (dS from registers, K read transposed). Grid:
+// ⌈T/128⌉·B·NH, the longest causal rows first.
+template <int HS>
+__device__ __forceinline__ void flash_backward_dq_sm90(bf16* dqkv, const bf16* dout, const bf16* qkv,
+                                                       const float* lse, const float* delta, int B, int seq, int NH,
+                                                       int causal, float scale) {
+    constexpr int BR = FLASH90_ROWS, BC = FLASH90_DQ_KEYS;
+    constexpr int NT = BC / 8, DT = HS / 8;
+    constexpr int T_BYTES = BR * HS * WGMMA_BF16_BYTES, KV_BYTES = BC * HS * WGMMA_BF16_BYTES;
+    GPTK_DYNAMIC_SMEM(unsigned char, raw);
+    const shared_addr aq = flash90_base(raw);    // [HS/64][BR][64] queries
+    const shared_addr ado = aq + T_BYTES;        // [HS/64][BR][64] output gradients
+    const shared_addr ak = ado + T_BYTES;        // [2][HS/64][BC][64] keys
+    const shared_addr av = ak + 2 * KV_BYTES;    // [2][HS/64][BC][64] values
+
+    const int tiles = (seq + BR - 1) / BR;
+    const int tile_index = static_cast<int>(blockIdx.x % tiles);
+    const int bh = static_cast<int>(blockIdx.x / tiles);
+    const int q0 = (causal ? tiles - 1 - tile_index : tile_index) * BR;
+    const int b = bh / NH, h = bh % NH;
+    const int C = NH * HS;
+    const long long stride = 3LL * C;
+    const long long head = static_cast<long long>(b) * seq * stride + static_cast<long long>(h) * HS;
+    const bf16* q_rows = qkv + head;
+    const bf16* k_rows = q_rows + C;
+    const bf16* v_rows = q_rows + 2 * C;
+    const bf16* do_rows = dout + static_cast<long long>(b) * seq * C + static_cast<long long>(h) * HS;
+    const int group = static_cast<int>(threadIdx.x) / FLASH90_WARPGROUP;
+    const int warp = (static_cast<int>(threadIdx.x) % FLASH90_WARPGROUP) / WARP_SIZE, lane = lane_id();
+    const int g = lane >> 2, t = lane & 3;
+    const int group_row0 = q0 + group * 64;
+    const int row_lo = group_row0 + warp * 16 + g;  // this thread's rows: row_lo, row_lo + 8
+    const int kv_end = causal ? min(seq, q0 + BR) : seq;
+    const int kv_tiles = (kv_end + BC - 1) / BC;
+    const float scale_log2 = scale * FLASH90_LOG2E;
+
+    flash90_load_tile<HS, BR>(aq, q_rows + q0 * stride, stride, seq - q0);
+    flash90_load_tile<HS, BR>(ado, do_rows + static_cast<long long>(q0) * C, C, seq - q0);
+    flash90_load_tile<HS, BC>(ak, k_rows, stride, seq);
+    flash90_load_tile<HS, BC>(av, v_rows, stride, seq);
+    cp_async_commit();
+
+    // LSE (log2 units) and delta of this thread's two rows.
+    float lse2[2], dlt[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int row = row_lo + 8 * r;
+        const long long at = static_cast<long long>(bh) * seq + row;
+        lse2[r] = row < seq ? lse[at] * FLASH90_LOG2E : 0.0f;
+        dlt[r] = row < seq ? delta[at] : 0.0f;
+    }
+    float dq[HS / 2];
+    flash90_zero<HS / 2>(dq);
+
+    for (int j = 0; j < kv_tiles; j++) {
+        const int stage = j & 1;
+        if (j + 1 < kv_tiles) {
+            const int next = (j + 1) * BC;
+            flash90_load_tile<HS, BC>(ak + (stage ^ 1) * KV_BYTES, k_rows + next * stride, stride, seq - next);
+            flash90_load_tile<HS, BC>(av + (stage ^ 1) * KV_BYTES, v_rows + next * stride, stride, seq - next);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        fence_proxy_async();
+        __syncthreads();
+        const int k0 = j * BC;
+        if (!causal || k0 <= group_row0 + 63) {
+            const shared_addr tk = ak + stage * KV_BYTES, tv = av + stage * KV_BYTES;
+            float s[BC / 2], dp[BC / 2];
+            flash90_zero<BC / 2>(s);
+            flash90_zero<BC / 2>(dp);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < HS / 16; kk++) {
+                wgmma_ss<BC>(s, flash90_k_major(aq, BR, group * 64, kk), flash90_k_major(tk, BC, 0, kk), 1);
+                wgmma_ss<BC>(dp, flash90_k_major(ado, BR, group * 64, kk), flash90_k_major(tv, BC, 0, kk), 1);
+            }
+            wgmma_commit();
+            wgmma_wait<0>();
+            flash90_pin<BC / 2>(s);
+            flash90_pin<BC / 2>(dp);
+            // dS = P ∘ (dP − delta), P = exp(S·scale − LSE); the scale is applied to dQ at the end.
+            const bool mask = k0 + BC > seq || (causal && k0 + BC - 1 > group_row0);
+#pragma unroll
+            for (int n = 0; n < NT; n++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    float p = fast_exp2(fmaf(s[n * 4 + e], scale_log2, -lse2[e >> 1]));
+                    if (mask) {
+                        const int row = row_lo + 8 * (e >> 1), key = k0 + n * 8 + 2 * t + (e & 1);
+                        if (key >= seq || (causal && key > row)) p = 0.0f;
+                    }
+                    s[n * 4 + e] = p * (dp[n * 4 + e] - dlt[e >> 1]);
+                }
+            }
+            // dQ += dS·K
+            uint32_t da[BC / 16][4];
+#pragma unroll
+            for (int kk = 0; kk < BC / 16; kk++) flash90_acc_to_a(da[kk], s, kk);
+            flash90_pin<HS / 2>(dq);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < BC / 16; kk++) wgmma_rs_tb<HS>(dq, da[kk], flash90_mn_major(tk, BC, kk), 1);
+            wgmma_commit();
+            wgmma_wait<0>();
+            flash90_pin<HS / 2>(dq);
+        }
+        __syncthreads();  // the next round overwrites this stage
+    }
+
+    bf16* dq_rows = dqkv + head;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int row = row_lo + 8 * r;
+        if (row < seq) {
+#pragma unroll
+            for (int d = 0; d < DT; d++) {
+                *reinterpret_cast<uint32_t*>(dq_rows + static_cast<long long>(row) * stride + d * 8 + 2 * t) =
+                    pack_bf16x2(dq[d * 4 + 2 * r] * scale, dq[d * 4 + 2 * r + 1] * scale);
+            }
+        }
+    }
+}
+
+// The dK and dV thirds of dqkv (B,T,3C). Block: FLASH90_DKV_KEYS keys of one (b, h), 64 per
+// warpgroup; query tiles of DKV_ROWS (64 at HS = 64, 32 at HS = 128, for registers) with their
+// dout, LSE and delta, double-buffered. Per tile and warpgroup: Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ (all
+// operands in shared memory), Pᵀ and dSᵀ as in the dQ kernel (the LSE and delta of a column read
+// from shared memory), then dV += Pᵀ·dO and dK += dSᵀ·Q (Pᵀ and dSᵀ from registers, dO and Q
+// read transposed). Grid: ⌈T/128⌉·B·NH; causal blocks start at the first query tile that sees
+// their keys.
+template <int HS>
+__device__ __forceinline__ void flash_backward_dkv_sm90(bf16* dqkv, const bf16* dout, const bf16* qkv,
+                                                        const float* lse, const float* delta, int B, int seq, int NH,
+                                                        int causal, float scale) {
+    constexpr int BK = FLASH90_DKV_KEYS, BQ = HS <= 64 ? FLASH90_DKV_ROWS_HS64 : FLASH90_DKV_ROWS_HS128;
+    constexpr int NT = BQ / 8, DT = HS / 8;
+    constexpr int K_BYTES = BK * HS * WGMMA_BF16_BYTES, Q_BYTES = BQ * HS * WGMMA_BF16_BYTES, F_BYTES = BQ * 4;
+    GPTK_DYNAMIC_SMEM(unsigned char, raw);
+    const shared_addr ak = flash90_base(raw);       // [HS/64][BK][64] keys
+    const shared_addr av = ak + K_BYTES;            // [HS/64][BK][64] values
+    const shared_addr aq = av + K_BYTES;            // [2][HS/64][BQ][64] queries
+    const shared_addr ado = aq + 2 * Q_BYTES;       // [2][HS/64][BQ][64] output gradients
+    const shared_addr alse = ado + 2 * Q_BYTES;     // [2][BQ] LSE
+    const shared_addr adelta = alse + 2 * F_BYTES;  // [2][BQ] delta
+    // The same LSE and delta through generic pointers, for ordinary loads.
+    const float* slse = reinterpret_cast<const float*>(raw + (alse - shared_address(raw)));
+    const float* sdelta = slse + 2 * BQ;
+
+    const int tiles = (seq + BK - 1) / BK;
+    const int k0 = static_cast<int>(blockIdx.x % tiles) * BK;  // causal: low keys, most work, first
+    const int bh = static_cast<int>(blockIdx.x / tiles);
+    const int b = bh / NH, h = bh % NH;
+    const int C = NH * HS;
+    const long long stride = 3LL * C;
+    const long long head = static_cast<long long>(b) * seq * stride + static_cast<long long>(h) * HS;
+    const bf16* q_rows = qkv + head;
+    const bf16* k_rows = q_rows + C;
+    const bf16* v_rows = q_rows + 2 * C;
+    const bf16* do_rows = dout + static_cast<long long>(b) * seq * C + static_cast<long long>(h) * HS;
+    const float* lse_rows = lse + static_cast<long long>(bh) * seq;
+    const float* delta_rows = delta + static_cast<long long>(bh) * seq;
+    const int group = static_cast<int>(threadIdx.x) / FLASH90_WARPGROUP;
+    const int warp = (static_cast<int>(threadIdx.x) % FLASH90_WARPGROUP) / WARP_SIZE, lane = lane_id();
+    const int g = lane >> 2, t = lane & 3;
+    const int group_key0 = k0 + group * 64;
+    const int key_lo = group_key0 + warp * 16 + g;  // this thread's keys: key_lo, key_lo + 8
+    // Causal: queries before k0 see none of the block's keys.
+    const int q_start = causal ? k0 / BQ * BQ : 0;
+    const int q_tiles = (seq - q_start + BQ - 1) / BQ;
+    const float scale_log2 = scale * FLASH90_LOG2E;
+
+    flash90_load_tile<HS, BK>(ak, k_rows + k0 * stride, stride, seq - k0);
+    flash90_load_tile<HS, BK>(av, v_rows + k0 * stride, stride, seq - k0);
+    flash90_load_queries<HS, BQ>(aq, ado, alse, adelta, q_rows, do_rows, lse_rows, delta_rows, q_start, stride, C, seq);
+    cp_async_commit();
+
+    float dk[HS / 2], dv[HS / 2];
+    flash90_zero<HS / 2>(dk);
+    flash90_zero<HS / 2>(dv);
+
+    for (int j = 0; j < q_tiles; j++) {
+        const int stage = j & 1, q0 = q_start + j * BQ;
+        if (j + 1 < q_tiles) {
+            const int n = stage ^ 1;
+            flash90_load_queries<HS, BQ>(aq + n * Q_BYTES, ado + n * Q_BYTES, alse + n * F_BYTES, adelta + n * F_BYTES,
+                                         q_rows, do_rows, lse_rows, delta_rows, q0 + BQ, stride, C, seq);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        fence_proxy_async();
+        __syncthreads();
+        // A warpgroup whose keys all follow this tile's queries has nothing to add.
+        if (!causal || q0 + BQ - 1 >= group_key0) {
+            const shared_addr tq = aq + stage * Q_BYTES, tdo = ado + stage * Q_BYTES;
+            const float* tlse = slse + stage * BQ;
+            const float* tdelta = sdelta + stage * BQ;
+            float st[BQ / 2], dpt[BQ / 2];
+            flash90_zero<BQ / 2>(st);
+            flash90_zero<BQ / 2>(dpt);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < HS / 16; kk++) {
+                wgmma_ss<BQ>(st, flash90_k_major(ak, BK, group * 64, kk), flash90_k_major(tq, BQ, 0, kk), 1);
+                wgmma_ss<BQ>(dpt, flash90_k_major(av, BK, group * 64, kk), flash90_k_major(tdo, BQ, 0, kk), 1);
+            }
+            wgmma_commit();
+            wgmma_wait<0>();
+            flash90_pin<BQ / 2>(st);
+            flash90_pin<BQ / 2>(dpt);
+            // Pᵀ = exp(Sᵀ·scale − LSE) and dSᵀ = Pᵀ ∘ (dPᵀ − delta), per query column.
+            const bool mask = q0 + BQ > seq || (causal && q0 < group_key0 + 63);
+#pragma unroll
+            for (int n = 0; n < NT; n++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int col = n * 8 + 2 * t + (e & 1);
+                    float p = fast_exp2(fmaf(st[n * 4 + e], scale_log2, -tlse[col] * FLASH90_LOG2E));
+                    if (mask) {
+                        const int query = q0 + col, key = key_lo + 8 * (e >> 1);
+                        if (query >= seq || (causal && key > query)) p = 0.0f;
+                    }
+                    dpt[n * 4 + e] = p * (dpt[n * 4 + e] - tdelta[col]);
+                    st[n * 4 + e] = p;
+                }
+            }
+            // dV += Pᵀ·dO, dK += dSᵀ·Q
+            uint32_t pa[BQ / 16][4], da[BQ / 16][4];
+#pragma unroll
+            for (int kk = 0; kk < BQ / 16; kk++) {
+                flash90_acc_to_a(pa[kk], st, kk);
+                flash90_acc_to_a(da[kk], dpt, kk);
+            }
+            flash90_pin<HS / 2>(dv);
+            flash90_pin<HS / 2>(dk);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < BQ / 16; kk++) {
+                wgmma_rs_tb<HS>(dv, pa[kk], flash90_mn_major(tdo, BQ, kk), 1);
+                wgmma_rs_tb<HS>(dk, da[kk], flash90_mn_major(tq, BQ, kk), 1);
+            }
+            wgmma_commit();
+            wgmma_wait<0>();
+            flash90_pin<HS / 2>(dv);
+            flash90_pin<HS / 2>(dk);
+        }
+        __syncthreads();  // the next round overwrites this stage
+    }
+
+    bf16* dk_rows = dqkv + head + C;
+    bf16* dv_rows = dqkv + head + 2 * C;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int key = key_lo + 8 * r;
+        if (key < seq) {
+            const long long at = static_cast<long long>(key) * stride;
+#pragma unroll
+            for (int d = 0; d < DT; d++) {
+                const int i = d * 4 + 2 * r;
+                *reinterpret_cast<uint32_t*>(dk_rows + at + d * 8 + 2 * t) = pack_bf16x2(dk[i] * scale, dk[i + 1] * scale);
+                *reinterpret_cast<uint32_t*>(dv_rows + at + d * 8 + 2 * t) = pack_bf16x2(dv[i], dv[i + 1]);
+            }
+        }
+    }
+}
+
+#define FLASH90_FWD_PARAMS \
+    (bf16 * out, float* lse, const bf16* qkv, int B, int seq, int NH, int causal, float scale)
+GPTK_BF16_ENTRY_POINT(flash_forward_sm90a_hs64, FLASH90_BLOCK, 1, FLASH90_FWD_PARAMS,
+                      flash_forward_sm90<64>(out, lse, qkv, B, seq, NH, causal, scale))
+GPTK_BF16_ENTRY_POINT(flash_forward_sm90a_hs128, FLASH90_BLOCK, 1, FLASH90_FWD_PARAMS,
+                      flash_forward_sm90<128>(out, lse, qkv, B, seq, NH, causal, scale))
+#define FLASH90_BWD_PARAMS                                                                                      \
+    (bf16 * dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* delta, int B, int seq, int NH, \
+     int causal, float scale)
+GPTK_BF16_ENTRY_POINT(flash_backward_dq_sm90a_hs64, FLASH90_BLOCK, 1, FLASH90_BWD_PARAMS,
+                      flash_backward_dq_sm90<64>(dqkv, dout, qkv, lse, delta, B, seq, NH, causal, scale))
+GPTK_BF16_ENTRY_POINT(flash_backward_dq_sm90a_hs128, FLASH90_BLOCK, 1, FLASH90_BWD_PARAMS,
+                      flash_backward_dq_sm90<128>(dqkv, dout, qkv, lse, delta, B, seq, NH, causal, scale))
+GPTK_BF16_ENTRY_POINT(flash_backward_dkv_sm90a_hs64, FLASH90_BLOCK, 1, FLASH90_BWD_PARAMS,
+                      flash_backward_dkv_sm90<64>(dqkv, dout, qkv, lse, delta, B, seq, NH, causal, scale))
+GPTK_BF16_ENTRY_POINT(flash_backward_dkv_sm90a_hs128, FLASH90_BLOCK, 1, FLASH90_BWD_PARAMS,
+                      flash_backward_dkv_sm90<128>(dqkv, dout, qkv, lse, delta, B, seq, NH, causal, scale))
