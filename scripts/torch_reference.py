@@ -17,7 +17,7 @@ C=768, NH=12, V=50257, Vp=50304, N = B·T:
   PyTorch ops are timed for both of gptk's variants, since eager PyTorch runs them apart;
 - attention: F.scaled_dot_product_attention with the flash backend forced; backward alone is
   its fwd+bwd (torch.autograd.grad of q, k, v) minus its fwd; timed again beside gptk's opt-in
-  atomic-dQ backward at T=1024;
+  atomic-dQ backward and its wgmma kernels (Hopper) at T=1024;
 - attention_cached: one generation step at the last position of a full context: the new k, v copied into a
   (B, Tmax, 2C) cache laid out like gptk's, then SDPA of the one query over it (PyTorch picks the backend);
 - gelu: F.gelu(approximate="tanh"); backward aten.gelu_backward;
@@ -195,6 +195,14 @@ def cases(s):
             f = 4.0 * B * NH * t * t * HS / (2 if causal else 1)
             out.append(Case("attention", attention_case_name(B, t, NH, HS, causal) + ", atomic dQ",
                             [("bwd", "flops", ATTENTION_BACKWARD_FACTOR * f),
+                             ("fwd+bwd", "flops", (1 + ATTENTION_BACKWARD_FACTOR) * f)],
+                            setup_attention, B=B, T=t, NH=NH, HS=HS, causal=causal))
+    # gptk's wgmma kernels (Hopper) at T = s.T; PyTorch's side is its SDPA again.
+    for B, t, NH, HS in (a for a in s.attention if a[1] == s.T):
+        for causal in (True, False):
+            f = 4.0 * B * NH * t * t * HS / (2 if causal else 1)
+            out.append(Case("attention", attention_case_name(B, t, NH, HS, causal) + ", wgmma",
+                            [("fwd", "flops", f), ("bwd", "flops", ATTENTION_BACKWARD_FACTOR * f),
                              ("fwd+bwd", "flops", (1 + ATTENTION_BACKWARD_FACTOR) * f)],
                             setup_attention, B=B, T=t, NH=NH, HS=HS, causal=causal))
     # One generation step at the last position of a full context: qkv read, the cached k and v of the earlier

@@ -362,6 +362,9 @@ pub enum StepVariant {
     CudaGraphs,
     /// The attention backward with dQ summed by atomics (`gptk train --attention-backward atomic`).
     AtomicAttention,
+    /// The attention on Hopper's wgmma kernels (`gptk train --attention-kernels wgmma`; compute
+    /// capability 9.0 only).
+    WgmmaAttention,
 }
 
 /// One benchmark: an op at one shape, with its inputs in `copies` replicas.
@@ -938,17 +941,24 @@ pub struct AttentionCase {
     pub causal: bool,
     /// The opt-in backward whose dQ is summed with atomics (its passes: bwd and fwd+bwd).
     pub atomic_dq: bool,
+    /// On Hopper's wgmma kernels (compute capability 9.0 only).
+    pub wgmma: bool,
     copies: Vec<AttentionTensors>,
 }
 
 impl AttentionCase {
     pub fn new(b: usize, t: usize, nh: usize, hs: usize, causal: bool) -> Self {
-        AttentionCase { b, t, nh, hs, causal, atomic_dq: false, copies: Vec::new() }
+        AttentionCase { b, t, nh, hs, causal, atomic_dq: false, wgmma: false, copies: Vec::new() }
     }
 
     /// The same shape with the atomic-dQ backward.
     pub fn atomic_dq(b: usize, t: usize, nh: usize, hs: usize, causal: bool) -> Self {
         AttentionCase { atomic_dq: true, ..Self::new(b, t, nh, hs, causal) }
+    }
+
+    /// The same shape on the wgmma kernels.
+    pub fn wgmma(b: usize, t: usize, nh: usize, hs: usize, causal: bool) -> Self {
+        AttentionCase { wgmma: true, ..Self::new(b, t, nh, hs, causal) }
     }
 
     /// FLOPs of the forward: 4·B·NH·T²·HS, halved when causal.
@@ -973,7 +983,11 @@ impl Case for AttentionCase {
 
     fn name(&self) -> String {
         let name = attention_case_name(self.b, self.t, self.nh, self.hs, self.causal);
-        if self.atomic_dq { name + ", atomic dQ" } else { name }
+        match (self.atomic_dq, self.wgmma) {
+            (true, _) => name + ", atomic dQ",
+            (_, true) => name + ", wgmma",
+            _ => name,
+        }
     }
 
     fn passes(&self) -> Vec<(&'static str, Work)> {
@@ -1015,6 +1029,8 @@ impl Case for AttentionCase {
         if self.atomic_dq {
             gpu.set_atomic_attention_dq(Some(self.b * self.t * self.nh * self.hs))?;
         }
+        // Unavailable off compute capability 9.0: `run` skips the case.
+        gpu.set_wgmma_attention(self.wgmma)?;
         // The backward reads the forward's output and LSE.
         for copy in 0..self.copies.len() {
             self.run(gpu, 0, copy)?;
@@ -1580,10 +1596,13 @@ pub fn cases() -> Vec<Box<dyn Case>> {
             v.push(Box::new(AttentionCase::new(b, t, nh, hs, causal)));
         }
     }
-    // The opt-in atomic-dQ backward at T = 1024, both head sizes, causal and not.
-    for &(b, t, nh, hs) in ATTENTION_SHAPES.iter().filter(|s| s.1 == T) {
-        for causal in [true, false] {
-            v.push(Box::new(AttentionCase::atomic_dq(b, t, nh, hs, causal)));
+    // The opt-in atomic-dQ backward and the wgmma kernels at T = 1024, both head sizes, causal
+    // and not.
+    for variant in [AttentionCase::atomic_dq, AttentionCase::wgmma] {
+        for &(b, t, nh, hs) in ATTENTION_SHAPES.iter().filter(|s| s.1 == T) {
+            for causal in [true, false] {
+                v.push(Box::new(variant(b, t, nh, hs, causal)));
+            }
         }
     }
     // The last position of a full context: the longest step of a generation.
@@ -1723,7 +1742,14 @@ pub fn run(
         let (sizes, scratch) = case.layout(copies);
         let mut gpu = CudaBackend::with_sizes(sizes, scratch, case.precision(), opts.device, None)?;
         let mut rng = Rng::derive(opts.seed, i as u64);
-        case.prepare(&mut gpu, &mut rng)?;
+        match case.prepare(&mut gpu, &mut rng) {
+            // A case this device cannot run (the wgmma kernels off Hopper) is left out.
+            Err(BackendError::Unavailable(why)) => {
+                eprintln!("note: {} {} skipped: {why}", case.op(), case.name());
+                continue;
+            }
+            other => other?,
+        }
         for (p, (pass, work)) in case.passes().into_iter().enumerate() {
             let (median_ms, min_ms) = time_ms(&mut gpu, opts.warmup, opts.iters, |g, it| case.run(g, p, it % copies))?;
             let (flops, bytes) = match work {
@@ -1860,6 +1886,9 @@ fn step_variant(opts: &BenchOptions, paths: StepPaths) -> String {
     if opts.step_variant == Some(StepVariant::AtomicAttention) {
         v += ", attention dQ by atomics";
     }
+    if opts.step_variant == Some(StepVariant::WgmmaAttention) {
+        v += ", attention on wgmma";
+    }
     v
 }
 
@@ -1881,6 +1910,7 @@ pub fn run_step(opts: &BenchOptions) -> Result<StepResult, BenchError> {
     let atomic = opts.step_variant == Some(StepVariant::AtomicAttention);
     // dQ is (B, T, C), the shape of the blocks' gradient buffer.
     model.backend.set_atomic_attention_dq(atomic.then_some(model.acts.dbtc.len))?;
+    model.backend.set_wgmma_attention(opts.step_variant == Some(StepVariant::WgmmaAttention))?;
     let host = init_params(&cfg, &model.params, opts.seed);
     model.load_params(&host)?;
     drop(host);
@@ -1997,8 +2027,9 @@ mod tests {
     fn the_op_filter_names_the_known_families() {
         // A filter is a substring of the family: `attention` takes the cached step too.
         let s = select(Some("attention")).unwrap();
-        // Every shape causal and not, the atomic-dQ backward at T = 1024 (two shapes), the cached step.
-        assert_eq!((s.cases.len(), s.step), (2 * ATTENTION_SHAPES.len() + 4 + 1, false));
+        // Every shape causal and not, the atomic-dQ backward and the wgmma kernels at T = 1024 (two
+        // shapes, causal and not), the cached step.
+        assert_eq!((s.cases.len(), s.step), (2 * ATTENTION_SHAPES.len() + 4 + 4 + 1, false));
         assert_eq!(select(Some("attention_cached")).unwrap().cases.len(), 1);
         let s = select(Some("step")).unwrap();
         assert!(s.cases.is_empty() && s.step);

@@ -75,6 +75,10 @@ pub const OPS: &[&str] = &[
     "adamw",
     "grad_norm",
     "model_step",
+    // Last: Hopper's wgmma kernels (rows on compute capability 9.0 only), so that a fault in the
+    // newest kernels, which can spoil the device context, cannot hide the other families' rows.
+    "attention_forward_wgmma",
+    "attention_backward_wgmma",
 ];
 
 /// (N, C, skew) of the layernorm checks: degenerate, odd, unaligned and GPT-2-sized rows.
@@ -453,8 +457,10 @@ impl Ctx {
             "matmul_backward" => self.matmul(true),
             "matmul_gelu_forward" => self.matmul_gelu(false),
             "matmul_backward_gelu" => self.matmul_gelu(true),
-            "attention_forward" => self.attention(false),
-            "attention_backward" => self.attention(true),
+            "attention_forward" => self.attention(false, false),
+            "attention_backward" => self.attention(true, false),
+            "attention_forward_wgmma" => self.attention(false, true),
+            "attention_backward_wgmma" => self.attention(true, true),
             "attention_cached" => self.attention_cached(),
             "gelu_forward" | "gelu_backward" | "residual_forward" => self.elementwise(op),
             "cross_entropy" => self.cross_entropy(),
@@ -699,8 +705,15 @@ impl Ctx {
         Ok(rows)
     }
 
-    fn attention(&self, backward: bool) -> Rows {
-        let op = if backward { "attention_backward" } else { "attention_forward" };
+    /// The attention forward or backward; with `wgmma` on Hopper's wgmma kernels, at the shapes
+    /// the tensor-core kernels take, on a compute capability 9.0 device only (no rows elsewhere).
+    fn attention(&self, backward: bool, wgmma: bool) -> Rows {
+        let op = match (backward, wgmma) {
+            (false, false) => "attention_forward",
+            (true, false) => "attention_backward",
+            (false, true) => "attention_forward_wgmma",
+            (true, true) => "attention_backward_wgmma",
+        };
         let mut rows = Vec::new();
         // Head sizes 64 and 128 take the tensor-core kernels in bf16 (the simple ones in f32):
         // T = 1, odd T and T past one or several tiles, several B·NH; the others the simple kernels.
@@ -737,10 +750,26 @@ impl Ctx {
             plan.scratch.attention_rows = b * nh * t;
             let mut p = self.pair(&plan, 300 + i as u64)?;
             let flash = p.gpu.uses_flash_attention(hs);
+            if wgmma {
+                if !flash {
+                    continue;
+                }
+                if p.gpu.device_info().compute_capability != (9, 0) {
+                    return Ok(rows);
+                }
+                // On Hopper the sm_90a kernels must load: a failure is this family's.
+                p.gpu.set_wgmma_attention(true).map_err(|e| BackendError::Device(e.to_string()))?;
+            }
             let case = format!(
                 "B={b} T={t} NH={nh} HS={hs} {} {}",
                 if causal { "causal" } else { "bidir" },
-                if flash { "flash" } else { "simple" }
+                if wgmma {
+                    "wgmma"
+                } else if flash {
+                    "flash"
+                } else {
+                    "simple"
+                }
             );
             let eps = p.eps(Arena::Acts);
             let k = |flash_k: f64| if flash { flash_k } else { p.k(Arena::Acts) };
@@ -756,8 +785,8 @@ impl Ctx {
                 p.cpu.attention_backward(dqkv, dout, qkv, out, lse, b, t, nh, hs, causal)?;
                 p.gpu.attention_backward(dqkv, dout, qkv, out, lse, b, t, nh, hs, causal)?;
                 rows.push(p.compare_with(op, &case, "dqkv", dqkv, eps, k_bwd)?);
-                if flash {
-                    // The opt-in variant: dQ summed across key blocks with atomics.
+                if flash && !wgmma {
+                    // The opt-in variant (on mma.sync): dQ summed across key blocks with atomics.
                     p.gpu.set_atomic_attention_dq(Some(b * t * c))?;
                     p.poison(dqkv)?;
                     p.gpu.attention_backward(dqkv, dout, qkv, out, lse, b, t, nh, hs, causal)?;

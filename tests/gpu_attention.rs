@@ -1,7 +1,8 @@
 //! The tensor-core (flash) attention on a GPU (ignored without one; scripts/gpu-check.sh runs it):
 //! at GPT-2 sizes, beyond the small shapes of `gptk check`, it matches the CPU reference under
 //! the checker's tolerances, and two runs on the same inputs give the same bits (the backward
-//! sums in a fixed order, without atomics); the opt-in atomic-dQ backward matches the CPU too.
+//! sums in a fixed order, without atomics); the opt-in atomic-dQ backward matches the CPU too, and
+//! so do Hopper's wgmma kernels on a compute capability 9.0 device.
 
 use gptk::backend::cpu::attention::{attention_backward, attention_forward};
 use gptk::backend::cuda::{ArenaSizes, CudaBackend, ScratchSizes};
@@ -93,5 +94,59 @@ fn flash_attention_matches_the_cpu_at_gpt2_sizes_and_repeats_bit_for_bit() {
         };
         assert!(kv(&atomic) == kv(&runs[0]), "{what}: dK/dV differ between the two backwards");
         gpu.set_atomic_attention_dq(None).unwrap();
+
+        // Hopper's wgmma kernels, on a compute capability 9.0 device (where they must load): the
+        // same tolerances against the CPU, the same bits twice, forward and backward.
+        if gpu.device_info().compute_capability == (9, 0) {
+            gpu.set_wgmma_attention(true).expect("the sm_90a kernels load on compute capability 9.0");
+            assert!(gpu.uses_wgmma_attention(hs), "HS={hs} should take the wgmma kernels");
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let mut fwd = Vec::new();
+            for _ in 0..2 {
+                gpu.upload(out, &vec![f32::NAN; out.len]).unwrap();
+                gpu.upload(lse, &vec![f32::NAN; lse.len]).unwrap();
+                gpu.attention_forward(out, lse, qkv, b, t, nh, hs, causal).unwrap();
+                fwd.push((gpu.download(out).unwrap(), gpu.download(lse).unwrap()));
+            }
+            assert!(bits(&fwd[0].0) == bits(&fwd[1].0), "{what}: the wgmma forward differs between runs");
+            assert_within(&format!("out (wgmma) {what}"), &fwd[0].0, &o_cpu, BF16_EPS, K_ATTENTION_BF16_FORWARD);
+            assert_within(&format!("lse (wgmma) {what}"), &fwd[0].1, &l_cpu, F32_EPS, K_F32);
+            gpu.upload(out, &o_stored).unwrap();
+            gpu.upload(lse, &l_cpu).unwrap();
+            let mut bwd = Vec::new();
+            for _ in 0..2 {
+                gpu.upload(dqkv, &vec![f32::NAN; dqkv.len]).unwrap();
+                gpu.attention_backward(dqkv, dout, qkv, out, lse, b, t, nh, hs, causal).unwrap();
+                bwd.push(gpu.download(dqkv).unwrap());
+            }
+            assert!(bits(&bwd[0]) == bits(&bwd[1]), "{what}: the wgmma backward differs between runs");
+            assert_within(&format!("dqkv (wgmma) {what}"), &bwd[0], &d_cpu, BF16_EPS, K_ATTENTION_BF16_BACKWARD);
+            gpu.set_wgmma_attention(false).unwrap();
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn the_wgmma_forward_is_refused_with_its_reason_off_hopper() {
+    let sizes = ArenaSizes {
+        params: TENSOR_ALIGN,
+        acts: TENSOR_ALIGN,
+        act_grads: TENSOR_ALIGN,
+        stats: TENSOR_ALIGN,
+        inputs: TENSOR_ALIGN,
+    };
+    let mut f32_gpu =
+        CudaBackend::with_sizes(sizes, ScratchSizes::default(), Precision::F32, 0, None).expect("a GPU backend");
+    let err = f32_gpu.set_wgmma_attention(true).unwrap_err().to_string();
+    assert!(err.contains("bf16"), "f32 storage: {err}");
+    let mut gpu =
+        CudaBackend::with_sizes(sizes, ScratchSizes::default(), Precision::Bf16, 0, None).expect("a GPU backend");
+    match gpu.device_info().compute_capability {
+        (9, 0) => gpu.set_wgmma_attention(true).expect("compute capability 9.0 has the wgmma kernels"),
+        cc => {
+            let err = gpu.set_wgmma_attention(true).unwrap_err().to_string();
+            assert!(err.contains("compute capability 9.0"), "{cc:?}: {err}");
+        }
     }
 }

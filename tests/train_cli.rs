@@ -200,15 +200,17 @@ fn gpu_only_flags_on_the_cpu_warn_and_change_nothing() {
     let data = dataset(&dir);
     let d = data.to_str().unwrap();
     let plain = step_losses(&gptk(&[&["train", "--data", d, "--out", "a", "--device", "cpu"], SMALL].concat(), &dir));
-    let gpu_only = ["--cuda-graphs", "--attention-backward", "atomic"];
+    let gpu_only = ["--cuda-graphs", "--attention-backward", "atomic", "--attention-kernels", "wgmma"];
     let args = [&["train", "--data", d, "--out", "b", "--device", "cpu"], &gpu_only[..], SMALL].concat();
     let out = gptk(&args, &dir);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("--cuda-graphs has no effect on the CPU"), "{err}");
     assert!(err.contains("--attention-backward atomic has no effect on the CPU"), "{err}");
+    assert!(err.contains("--attention-kernels wgmma has no effect on the CPU"), "{err}");
     assert_eq!(step_losses(&out), plain);
     // The setting is kept with the run, like every flag.
     let toml = std::fs::read_to_string(dir.join("b/step_000006/run.toml")).unwrap();
     assert!(toml.contains("cuda_graphs = true") && toml.contains("attention_backward = \"atomic\""), "{toml}");
+    assert!(toml.contains("attention_kernels = \"wgmma\""), "{toml}");
 }

@@ -353,6 +353,17 @@ pub enum AttentionBackward {
     Atomic,
 }
 
+/// Which kernels run the GPU's tensor-core attention.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttentionKernels {
+    /// `mma.sync` (Ampere's instructions, every GPU from sm_80 on).
+    #[default]
+    Mma,
+    /// Hopper's warpgroup instructions (`wgmma`, sm_90a): compute capability 9.0 only.
+    Wgmma,
+}
+
 /// Where a model runs, as chosen on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -4,7 +4,7 @@
 //! exit code. A saved report (`--out`) can be printed again, and compared, with no GPU
 //! (`--results`).
 
-use crate::backend::cuda;
+use crate::backend::{BackendError, cuda};
 use crate::bench::{self, BenchOptions, Ceilings, Measurement, Report, StepResult, StepVariant};
 use crate::model::layout::Recompute;
 use anyhow::{Context, Result, bail};
@@ -283,7 +283,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     // The default step, then the variants asked for.
     let variants = std::iter::once(None).chain(args.step_variants.iter().copied().map(Some));
     for step_variant in variants.filter(|_| selection.step) {
-        let step = bench::run_step(&BenchOptions { step_variant, ..opts.clone() })?;
+        let step = match bench::run_step(&BenchOptions { step_variant, ..opts.clone() }) {
+            // A variant this device cannot run (the wgmma kernels off Hopper) is left out.
+            Err(bench::BenchError::Backend(BackendError::Unavailable(why))) if step_variant.is_some() => {
+                eprintln!("note: the step variant {step_variant:?} skipped: {why}");
+                continue;
+            }
+            other => other?,
+        };
         if table {
             print_step(&step, &ceilings, torch.as_ref());
         }

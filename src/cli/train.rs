@@ -5,7 +5,7 @@ use super::Device;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda;
 use crate::backend::cuda::CudaBackend;
-use crate::backend::{AttentionBackward, Backend, BackendError};
+use crate::backend::{AttentionBackward, AttentionKernels, Backend, BackendError};
 use crate::checkpoint;
 use crate::data::loader::{Loader, Split};
 use crate::data::prepare::{self, Manifest};
@@ -137,6 +137,9 @@ pub fn run(cfg: &TrainConfig) -> Result<()> {
                     "warning: --attention-backward atomic has no effect on the CPU (its backward is deterministic)"
                 );
             }
+            if cfg.attention_kernels == AttentionKernels::Wgmma && lead {
+                eprintln!("warning: --attention-kernels wgmma has no effect on the CPU");
+            }
             let build = move |p: &ParamLayout, a: &ActLayout| {
                 let k = CpuBackend::<f32>::new(p.padded_total(world), a);
                 Ok(match group {
@@ -166,9 +169,11 @@ pub fn run(cfg: &TrainConfig) -> Result<()> {
             };
             let (precision, ordinal, graphs) = (cfg.precision, info.ordinal, cfg.cuda_graphs);
             let atomic_dq = cfg.attention_backward == AttentionBackward::Atomic;
+            let wgmma = cfg.attention_kernels == AttentionKernels::Wgmma;
             let build = move |p: &ParamLayout, a: &ActLayout| {
                 let mut k = CudaBackend::for_world(p, a, precision, ordinal, world)?;
                 k.set_cuda_graphs(graphs);
+                k.set_wgmma_attention(wgmma)?;
                 // dQ of (B, T, C), the shape of the blocks' gradient buffer.
                 k.set_atomic_attention_dq(atomic_dq.then_some(a.dbtc.len))?;
                 match &nccl_id {

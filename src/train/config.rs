@@ -2,7 +2,7 @@
 //! saved with each checkpoint.
 
 use super::lr::Decay;
-use crate::backend::{AttentionBackward, DeviceKind, Precision};
+use crate::backend::{AttentionBackward, AttentionKernels, DeviceKind, Precision};
 use crate::model::layout::Recompute;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -188,6 +188,12 @@ pub struct TrainConfig {
     #[arg(long, value_enum, default_value_t = AttentionBackward::Deterministic)]
     #[serde(default)]
     pub attention_backward: AttentionBackward,
+    /// Which kernels run the GPU's tensor-core attention: `mma` (mma.sync, every GPU) or `wgmma`
+    /// (Hopper's warpgroup instructions, compute capability 9.0 only: the forward and the
+    /// deterministic backward; the same results to rounding).
+    #[arg(long, value_enum, default_value_t = AttentionKernels::Mma)]
+    #[serde(default)]
+    pub attention_kernels: AttentionKernels,
     /// Print one JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,

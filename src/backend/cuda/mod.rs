@@ -102,6 +102,9 @@ struct Functions {
     /// Head sizes whose tensor-core attention kernels are loaded and got the shared memory they
     /// need (bf16 storage only).
     flash_head_sizes: Vec<usize>,
+    /// Head sizes whose wgmma kernels (the sm_90a module) are loaded and got their shared memory;
+    /// or why there are none.
+    wgmma_head_sizes: std::result::Result<Vec<usize>, String>,
 }
 
 impl Functions {
@@ -141,11 +144,42 @@ impl Functions {
             }
             flash_head_sizes.push(hs);
         }
-        Ok(Functions { by_name, flash_head_sizes })
+        Ok(Functions { by_name, flash_head_sizes, wgmma_head_sizes: Err("not loaded".into()) })
+    }
+
+    /// Loads the wgmma kernels from the sm_90a module, raising each one's shared memory; the head
+    /// sizes they were loaded for.
+    fn load_sm90a(&mut self, module: &Arc<CudaModule>, max_shared_bytes: usize) -> Result<Vec<usize>> {
+        let mut sizes = Vec::new();
+        for hs in FLASH_HEAD_SIZES {
+            let (fwd, dkv, dq) = flash90_shared_bytes(hs).expect("the wgmma kernels exist for every flash head size");
+            if fwd.max(dkv).max(dq) > max_shared_bytes {
+                continue;
+            }
+            let names = wgmma_names(hs);
+            for (name, bytes) in [(names.0, fwd), (names.1, dkv), (names.2, dq)] {
+                let full = format!("{name}_bf16");
+                let f = module.load_function(&full).map_err(|e| {
+                    driver_error(
+                        &format!("kernel {full} (kernels/flash_attention_sm90a.cu) is missing from the sm_90a module"),
+                        e,
+                    )
+                })?;
+                f.set_attribute(
+                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    to_i32(bytes, "shared memory")?,
+                )
+                .map_err(|e| driver_error(&format!("raising the shared memory of {full} to {bytes} bytes"), e))?;
+                self.by_name.insert(name, f);
+            }
+            sizes.push(hs);
+        }
+        Ok(sizes)
     }
 
     fn get(&self, name: &str) -> &CudaFunction {
-        // Every name in KERNELS was loaded in `load`; launchers only use those names.
+        // Every name in KERNELS was loaded in `load` (the wgmma ones in `load_sm90a`, which
+        // launchers use only where it loaded them); launchers only use those names.
         &self.by_name[name]
     }
 }
@@ -187,6 +221,10 @@ pub struct CudaBackend {
     blas: Blas,
     functions: Functions,
     _module: Arc<CudaModule>,
+    /// The sm_90a kernels, on a compute capability 9.0 device.
+    _module_sm90a: Option<Arc<CudaModule>>,
+    /// Whether the attention runs on the wgmma kernels (where they are loaded).
+    wgmma_attention: bool,
     stream: Arc<CudaStream>,
     ctx: Arc<CudaContext>,
     /// The data-parallel communicator (none: a world of one).
@@ -377,7 +415,27 @@ impl CudaBackend {
         let max_shared = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
             .map_err(|e| driver_error("reading the shared memory per block", e))?;
-        let functions = Functions::load(&module, precision, usize::try_from(max_shared).unwrap_or(0))?;
+        let max_shared = usize::try_from(max_shared).unwrap_or(0);
+        let mut functions = Functions::load(&module, precision, max_shared)?;
+        // Hopper's own kernels: sm_90a code loads on compute capability 9.0 only.
+        let mut module_sm90a = None;
+        functions.wgmma_head_sizes = if precision != Precision::Bf16 {
+            Err("it is built for bf16 storage only".into())
+        } else if info.compute_capability != (9, 0) {
+            let (major, minor) = info.compute_capability;
+            Err(format!("it needs compute capability 9.0 (Hopper); {} has {major}.{minor}", info.name))
+        } else if FATBIN_SM90A.is_empty() {
+            Err("this build has no sm_90a kernels".into())
+        } else {
+            match ctx.load_module(cudarc::nvrtc::Ptx::from_binary(FATBIN_SM90A.to_vec())) {
+                Ok(m) => {
+                    let sizes = functions.load_sm90a(&m, max_shared)?;
+                    module_sm90a = Some(m);
+                    Ok(sizes)
+                }
+                Err(e) => Err(format!("loading the sm_90a kernels on {} failed: {e}", info.name)),
+            }
+        };
         let s = storage_bytes(precision);
         let f = BYTES_PER_F32;
         let alloc = |elems, bytes, what| DeviceBuffer::new(&stream, elems, bytes, what);
@@ -408,6 +466,8 @@ impl CudaBackend {
             blas: Blas::new(stream.clone(), precision, BLAS_WORKSPACE_BYTES)?,
             functions,
             _module: module,
+            _module_sm90a: module_sm90a,
+            wgmma_attention: false,
             info,
             plan,
             stream,
@@ -440,6 +500,23 @@ impl CudaBackend {
     /// kernels of attention.cu run.
     pub fn uses_flash_attention(&self, hs: usize) -> bool {
         self.functions.flash_head_sizes.contains(&hs)
+    }
+
+    /// Runs the tensor-core attention on Hopper's wgmma kernels (`on`) or on the mma.sync ones
+    /// (the default): the forward and the deterministic backward (the opt-in atomic-dQ backward
+    /// stays on mma.sync). Fails, saying why, where the wgmma kernels are not loaded (another
+    /// GPU, f32 storage, a build without them).
+    pub fn set_wgmma_attention(&mut self, on: bool) -> Result<()> {
+        if on && let Err(why) = &self.functions.wgmma_head_sizes {
+            return Err(BackendError::Unavailable(format!("the wgmma attention kernels are not available: {why}")));
+        }
+        self.wgmma_attention = on;
+        Ok(())
+    }
+
+    /// Whether the attention at head size `hs` runs on the wgmma kernels.
+    pub fn uses_wgmma_attention(&self, hs: usize) -> bool {
+        self.wgmma_attention && self.functions.wgmma_head_sizes.as_ref().is_ok_and(|s| s.contains(&hs))
     }
 
     /// Turns the GELU epilogue of `matmul_gelu_forward` and `matmul_backward_gelu` on (the
@@ -1097,13 +1174,28 @@ impl Backend for CudaBackend {
         if rows == 0 {
             return Ok(());
         }
-        if let Some(tiles) = self.flash_tiles_for(hs, &[out_p, qkv_p]) {
+        let flash = self.flash_tiles_for(hs, &[out_p, qkv_p]);
+        if flash.is_some() && self.uses_wgmma_attention(hs) {
+            let (smem, _, _) = flash90_shared_bytes(hs).expect("loaded for this head size");
+            let name = wgmma_names(hs).0;
+            let f = self.functions.get(name);
+            let mut l = self.stream.launch_builder(f);
+            l.arg(&out_p).arg(&lse_p).arg(&qkv_p).arg(&b_i).arg(&t_i).arg(&nh_i).arg(&causal_i).arg(&scale);
+            let cfg = flash_launch(t.div_ceil(FLASH90_ROWS) * b * nh, FLASH90_BLOCK, smem)?;
+            // SAFETY: flash_forward_sm90a_hsN_bf16 has flash_forward_hsN_bf16's parameters and
+            // contract (below); it is sm_90a code, loaded only on a compute capability 9.0 device,
+            // with the shared memory it was allowed at load (which includes the slack it aligns
+            // its tiles to 1024 bytes with).
+            unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error(name, e))?;
+            return Ok(());
+        }
+        if let Some(tiles) = flash {
             let (smem, _, _) = flash_shared_bytes(hs).expect("tiles exist");
             let name = if hs == 64 { "flash_forward_hs64" } else { "flash_forward_hs128" };
             let f = self.functions.get(name);
             let mut l = self.stream.launch_builder(f);
             l.arg(&out_p).arg(&lse_p).arg(&qkv_p).arg(&b_i).arg(&t_i).arg(&nh_i).arg(&causal_i).arg(&scale);
-            let cfg = flash_launch(t.div_ceil(tiles.fwd_rows) * b * nh, smem)?;
+            let cfg = flash_launch(t.div_ceil(tiles.fwd_rows) * b * nh, FLASH_BLOCK, smem)?;
             // SAFETY: flash_forward_hsN_bf16(bf16* out, float* lse, const bf16* qkv, int B, int
             // seq, int NH, int causal, float scale), HS = N: out holds B·T·C, lse B·NH·T, qkv
             // B·T·3C (checked); out and qkv are 16-byte aligned and C = NH·HS is a multiple of 8,
@@ -1184,7 +1276,7 @@ impl Backend for CudaBackend {
             let mut l = self.stream.launch_builder(f);
             l.arg(&dqkv_p).arg(&acc_p).arg(&dout_p).arg(&qkv_p).arg(&lse_p).arg(&delta_p);
             l.arg(&b_i).arg(&t_i).arg(&nh_i).arg(&causal_i).arg(&scale);
-            let cfg = flash_launch(t.div_ceil(tiles.dkv_keys) * b * nh, smem)?;
+            let cfg = flash_launch(t.div_ceil(tiles.dkv_keys) * b * nh, FLASH_BLOCK, smem)?;
             // SAFETY: flash_backward_dkvq_hsN_bf16(bf16* dqkv, float* dq_acc, const bf16* dout,
             // const bf16* qkv, const float* lse, const float* delta, int B, int seq, int NH, int
             // causal, float scale): as the dK/dV launch below, and dq_acc holds B·T·C floats
@@ -1205,6 +1297,23 @@ impl Backend for CudaBackend {
             unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("flash_dq_store", e))?;
             return Ok(());
         }
+        if flash.is_some() && self.uses_wgmma_attention(hs) {
+            let (_, dkv_smem, dq_smem) = flash90_shared_bytes(hs).expect("loaded for this head size");
+            let (_, dkv, dq) = wgmma_names(hs);
+            for (name, rows_per_block, smem) in [(dkv, FLASH90_DKV_KEYS, dkv_smem), (dq, FLASH90_ROWS, dq_smem)] {
+                let f = self.functions.get(name);
+                let mut l = self.stream.launch_builder(f);
+                l.arg(&dqkv_p).arg(&dout_p).arg(&qkv_p).arg(&lse_p).arg(&delta_p);
+                l.arg(&b_i).arg(&t_i).arg(&nh_i).arg(&causal_i).arg(&scale);
+                let cfg = flash_launch(t.div_ceil(rows_per_block) * b * nh, FLASH90_BLOCK, smem)?;
+                // SAFETY: flash_backward_{dkv,dq}_sm90a_hsN_bf16 have the parameters and contract
+                // of the mma.sync kernels below; sm_90a code loaded only on a compute capability
+                // 9.0 device, with the shared memory it was allowed at load (its alignment slack
+                // included).
+                unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error(name, e))?;
+            }
+            return Ok(());
+        }
         if let Some(tiles) = flash {
             let (_, dkv_smem, dq_smem) = flash_shared_bytes(hs).expect("tiles exist");
             let (dkv, dq) = if hs == 64 {
@@ -1217,7 +1326,7 @@ impl Backend for CudaBackend {
                 let mut l = self.stream.launch_builder(f);
                 l.arg(&dqkv_p).arg(&dout_p).arg(&qkv_p).arg(&lse_p).arg(&delta_p);
                 l.arg(&b_i).arg(&t_i).arg(&nh_i).arg(&causal_i).arg(&scale);
-                let cfg = flash_launch(t.div_ceil(rows_per_block) * b * nh, smem)?;
+                let cfg = flash_launch(t.div_ceil(rows_per_block) * b * nh, FLASH_BLOCK, smem)?;
                 // SAFETY: flash_backward_{dkv,dq}_hsN_bf16(bf16* dqkv, const bf16* dout, const
                 // bf16* qkv, const float* lse, const float* delta, int B, int seq, int NH, int
                 // causal, float scale), HS = N: dqkv and qkv hold B·T·3C, dout B·T·C, lse and
@@ -1391,11 +1500,13 @@ impl Backend for CudaBackend {
     }
 
     fn replay(&mut self, key: u64) -> Result<Replay> {
-        // A recording holds the paths the ops took when it was made (epilogues, attention's dQ).
+        // A recording holds the paths the ops took when it was made (epilogues, attention's
+        // kernels).
         let switches = u64::from(self.gelu_epilogue)
             | u64::from(self.bias_grad_epilogue) << 1
-            | u64::from(self.dq_acc.is_some()) << 2;
-        let key = key.wrapping_mul(8).wrapping_add(switches);
+            | u64::from(self.dq_acc.is_some()) << 2
+            | u64::from(self.wgmma_attention) << 3;
+        let key = key.wrapping_mul(16).wrapping_add(switches);
         let Some(g) = self.graphs.as_mut() else { return Ok(Replay::Run) };
         if let Some(Graph(graph)) = g.recorded.get(&key) {
             graph.launch().map_err(|e| driver_error("launching a CUDA graph", e))?;
@@ -1518,14 +1629,24 @@ fn bucket_by_token(ids: &[i32], out: &mut Vec<i32>) -> usize {
     buckets
 }
 
-/// The launch of a flash kernel: `blocks` blocks of FLASH_BLOCK threads with `smem` bytes of
-/// dynamic shared memory.
-fn flash_launch(blocks: usize, smem: usize) -> Result<LaunchConfig> {
+/// The launch of a flash kernel: `blocks` blocks of `threads` (FLASH_BLOCK for the mma.sync
+/// kernels, FLASH90_BLOCK for the wgmma ones) with `smem` bytes of dynamic shared memory.
+fn flash_launch(blocks: usize, threads: u32, smem: usize) -> Result<LaunchConfig> {
     Ok(LaunchConfig {
         grid_dim: (to_u32(blocks, "flash attention blocks")?, 1, 1),
-        block_dim: (FLASH_BLOCK, 1, 1),
+        block_dim: (threads, 1, 1),
         shared_mem_bytes: to_u32(smem, "shared memory")?,
     })
+}
+
+/// The wgmma kernels' entry points (without their `_bf16`) for a head size they are built for:
+/// (forward, dK/dV, dQ).
+fn wgmma_names(hs: usize) -> (&'static str, &'static str, &'static str) {
+    if hs == 64 {
+        ("flash_forward_sm90a_hs64", "flash_backward_dkv_sm90a_hs64", "flash_backward_dq_sm90a_hs64")
+    } else {
+        ("flash_forward_sm90a_hs128", "flash_backward_dkv_sm90a_hs128", "flash_backward_dq_sm90a_hs128")
+    }
 }
 
 /// 1/√HS, the score scale.
