@@ -29,6 +29,10 @@ if ! grep -aq "attention_forward_bf16" target/release/gptk; then
     echo "gpu-bundle: target/release/gptk carries no CUDA kernels (was nvcc found at build time?)" >&2
     exit 1
 fi
+if ! grep -aq "flash_forward_sm90a_hs64_bf16" target/release/gptk; then
+    echo "gpu-bundle: target/release/gptk carries no sm_90a kernels (kernels/*_sm90a.cu)" >&2
+    exit 1
+fi
 rm -rf "$out"
 mkdir -p "$out"
 cp target/release/gptk "$out/gptk"
