@@ -32,13 +32,14 @@
 //
 // Resources, sm_90a (ptxas, nvcc 13.0; no spills), FLASH90_BLOCK = 256 threads per block; blocks
 // per SM from 64K registers and 228 KB of shared memory (1 KB reserved per block); every kernel
-// asks for 1 KB more than its tiles to align them to 1024 bytes:
+// asks for 1 KB more than its tiles to align them to 1024 bytes. Where a second block fits without
+// spilling (dQ at HS = 64) it is requested:
 //   kernel         HS    tiles (rows × streamed)   regs   smem (bytes)   blocks/SM   warps/SM
 //   forward        64    128 q × 128 k              198     82,944       1 (regs)    8
 //   forward        128   128 q × 64 k               160     99,328       1 (regs)    8
 //   dK/dV          64    128 k × 64 q               209     67,584       1 (regs)    8
 //   dK/dV          128   128 k × 32 q               212     99,840       1 (regs)    8
-//   dQ             64    128 q × 64 k               140     66,560       1 (regs)    8
+//   dQ             64    128 q × 64 k               124     66,560       2 (regs)   16
 //   dQ             128   128 q × 64 k               180    132,096       1 (both)    8
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #error "flash_attention_sm90a.cu needs sm_90a: build.rs compiles it for that target only"
@@ -578,7 +579,7 @@ GPTK_BF16_ENTRY_POINT(flash_forward_sm90a_hs128, FLASH90_BLOCK, 1, FLASH90_FWD_P
 #define FLASH90_BWD_PARAMS                                                                                      \
     (bf16 * dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* delta, int B, int seq, int NH, \
      int causal, float scale)
-GPTK_BF16_ENTRY_POINT(flash_backward_dq_sm90a_hs64, FLASH90_BLOCK, 1, FLASH90_BWD_PARAMS,
+GPTK_BF16_ENTRY_POINT(flash_backward_dq_sm90a_hs64, FLASH90_BLOCK, 2, FLASH90_BWD_PARAMS,
                       flash_backward_dq_sm90<64>(dqkv, dout, qkv, lse, delta, B, seq, NH, causal, scale))
 GPTK_BF16_ENTRY_POINT(flash_backward_dq_sm90a_hs128, FLASH90_BLOCK, 1, FLASH90_BWD_PARAMS,
                       flash_backward_dq_sm90<128>(dqkv, dout, qkv, lse, delta, B, seq, NH, causal, scale))
@@ -586,3 +587,73 @@ GPTK_BF16_ENTRY_POINT(flash_backward_dkv_sm90a_hs64, FLASH90_BLOCK, 1, FLASH90_B
                       flash_backward_dkv_sm90<64>(dqkv, dout, qkv, lse, delta, B, seq, NH, causal, scale))
 GPTK_BF16_ENTRY_POINT(flash_backward_dkv_sm90a_hs128, FLASH90_BLOCK, 1, FLASH90_BWD_PARAMS,
                       flash_backward_dkv_sm90<128>(dqkv, dout, qkv, lse, delta, B, seq, NH, causal, scale))
+
+// ---- the layout probe ----------------------------------------------------------------------------
+// One warpgroup runs each operand form the attention kernels use once, on inputs the host knows:
+// the smallest test on hardware of wgmma.cuh's descriptors, swizzle and fragment layouts (gptk
+// check's family `wgmma_layouts`), so that a failure of the attention kernels can be told apart
+// from a layout error. The second warpgroup of the block only helps with the copies.
+// - mode 0, both operands K-major from shared memory (as S = Q·Kᵀ): d (64×64) = a (64×128) ·
+//   bᵀ with b (64×128), row-major: two 64-column blocks along k, eight k-steps.
+// - mode 1, A from registers and B MN-major (as O += P·V): d (64×128) = a (64×64) · b (64×128),
+//   row-major: two 64-column blocks along n (the leading byte offset), four k-steps.
+// d is row-major f32. Shared: 1 KB (alignment) + 16 KB + 16 KB.
+#define WGMMA_PROBE_SMEM (WGMMA_ATOM_BYTES + 2 * 64 * 128 * WGMMA_BF16_BYTES)
+
+__device__ __forceinline__ void wgmma_probe(float* d, const bf16* a, const bf16* b, int mode) {
+    GPTK_DYNAMIC_SMEM(unsigned char, raw);
+    const shared_addr sa = flash90_base(raw);                   // [2][64][64]
+    const shared_addr sb = sa + 64 * 128 * WGMMA_BF16_BYTES;    // [2][64][64]
+    const int warp = (static_cast<int>(threadIdx.x) % FLASH90_WARPGROUP) / WARP_SIZE, lane = lane_id();
+    const int g = lane >> 2, t = lane & 3;
+    if (mode == 0) flash90_load_tile<128, 64>(sa, a, 128, 64);
+    flash90_load_tile<128, 64>(sb, b, 128, 64);
+    cp_async_commit();
+    cp_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads();
+    if (threadIdx.x >= FLASH90_WARPGROUP) return;
+    if (mode == 0) {
+        float acc[32];
+        flash90_zero<32>(acc);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 8; kk++) wgmma_ss<64>(acc, flash90_k_major(sa, 64, 0, kk), flash90_k_major(sb, 64, 0, kk), 1);
+        wgmma_commit();
+        wgmma_wait<0>();
+        flash90_pin<32>(acc);
+#pragma unroll
+        for (int i = 0; i < 32; i++) {
+            const int row = warp * 16 + g + 8 * ((i % 4) / 2), col = 8 * (i / 4) + 2 * t + i % 2;
+            d[row * 64 + col] = acc[i];
+        }
+    } else {
+        // A fragments straight from a: rows warp·16 + g (+8), columns 16kk + 2t (+1, +8, +9).
+        uint32_t af[4][4];
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            const bf16* r0 = a + (warp * 16 + g) * 64 + kk * 16 + 2 * t;
+            const bf16* r1 = r0 + 8 * 64;
+            af[kk][0] = *reinterpret_cast<const uint32_t*>(r0);
+            af[kk][1] = *reinterpret_cast<const uint32_t*>(r1);
+            af[kk][2] = *reinterpret_cast<const uint32_t*>(r0 + 8);
+            af[kk][3] = *reinterpret_cast<const uint32_t*>(r1 + 8);
+        }
+        float acc[64];
+        flash90_zero<64>(acc);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) wgmma_rs_tb<128>(acc, af[kk], flash90_mn_major(sb, 64, kk), 1);
+        wgmma_commit();
+        wgmma_wait<0>();
+        flash90_pin<64>(acc);
+#pragma unroll
+        for (int i = 0; i < 64; i++) {
+            const int row = warp * 16 + g + 8 * ((i % 4) / 2), col = 8 * (i / 4) + 2 * t + i % 2;
+            d[row * 128 + col] = acc[i];
+        }
+    }
+}
+
+GPTK_BF16_ENTRY_POINT(wgmma_probe, FLASH90_BLOCK, 1, (float* d, const bf16* a, const bf16* b, int mode),
+                      wgmma_probe(d, a, b, mode))

@@ -76,7 +76,9 @@ pub const OPS: &[&str] = &[
     "grad_norm",
     "model_step",
     // Last: Hopper's wgmma kernels (rows on compute capability 9.0 only), so that a fault in the
-    // newest kernels, which can spoil the device context, cannot hide the other families' rows.
+    // newest kernels, which can spoil the device context, cannot hide the other families' rows;
+    // first the layout probe, which tells a layout error from an error of the attention kernels.
+    "wgmma_layouts",
     "attention_forward_wgmma",
     "attention_backward_wgmma",
 ];
@@ -459,6 +461,7 @@ impl Ctx {
             "matmul_backward_gelu" => self.matmul_gelu(true),
             "attention_forward" => self.attention(false, false),
             "attention_backward" => self.attention(true, false),
+            "wgmma_layouts" => self.wgmma_layouts(),
             "attention_forward_wgmma" => self.attention(false, true),
             "attention_backward_wgmma" => self.attention(true, true),
             "attention_cached" => self.attention_cached(),
@@ -800,6 +803,43 @@ impl Ctx {
                 rows.push(p.compare_with(op, &case, "out", out, eps, k_fwd)?);
                 rows.push(p.compare(op, &case, "lse", lse)?);
             }
+        }
+        Ok(rows)
+    }
+
+    /// The wgmma layout probe (`CudaBackend::wgmma_probe`) against f64 products of the same
+    /// bf16 inputs, in bf16 storage on a compute capability 9.0 device only (no rows elsewhere).
+    fn wgmma_layouts(&self) -> Rows {
+        let op = "wgmma_layouts";
+        let mut rows = Vec::new();
+        if self.precision != Precision::Bf16 {
+            return Ok(rows);
+        }
+        let forms = [
+            (0, (64, 128, 64), "both operands K-major from shared memory, M=64 N=64 K=128"),
+            (1, (64, 64, 128), "A from registers, B MN-major, M=64 N=128 K=64"),
+        ];
+        for (mode, (m, k, n), case) in forms {
+            let mut plan = Plan::default();
+            let (a, b) = (plan.take(Arena::Acts, m * k), plan.take(Arena::Acts, k * n));
+            let d = plan.take(Arena::Stats, m * n);
+            let mut p = self.pair(&plan, 500 + mode as u64)?;
+            if p.gpu.device_info().compute_capability != (9, 0) {
+                return Ok(rows);
+            }
+            p.fill(a, 1.0)?;
+            p.fill(b, 1.0)?;
+            p.poison(d)?;
+            // On Hopper the sm_90a kernels must load: a failure is this family's.
+            p.gpu.wgmma_probe(d, a, b, mode).map_err(|e| BackendError::Device(e.to_string()))?;
+            let (x, y) = (p.cpu.download(a)?, p.cpu.download(b)?);
+            // b is (n × k) in mode 0 (the product takes its transpose), (k × n) in mode 1.
+            let at = |col: usize, j: usize| if mode == 0 { y[col * k + j] } else { y[j * n + col] };
+            let want: Vec<f32> = (0..m * n)
+                .map(|i| (0..k).map(|j| x[(i / n) * k + j] as f64 * at(i % n, j) as f64).sum::<f64>() as f32)
+                .collect();
+            let got = p.gpu.download(d)?;
+            rows.push(row(op, case, "d", &got, &want, F32_EPS, K_F32));
         }
         Ok(rows)
     }

@@ -473,6 +473,21 @@ def check_flash_attention_sm90a(dt):
         guards_intact(f"flash_backward_sm90a dqkv {tag}", dqkv_buf)
 
 
+def check_wgmma_probe(dt):
+    """The wgmma layout probe: one product per operand form (mode 0: both operands K-major from
+    shared memory; mode 1: A from registers, B MN-major), against float64."""
+    if dt != "bf16":
+        return
+    for mode, (a_shape, b_shape, d_shape) in enumerate([((64, 128), (64, 128), (64, 64)),
+                                                        ((64, 64), (64, 128), (64, 128))]):
+        a, a64 = rnd(a_shape, dt)
+        b, b64 = rnd(b_shape, dt)
+        d = torch.full(d_shape, float("nan"), dtype=torch.float32)
+        launch("wgmma_probe", dt, 1, FLASH90_BLOCK, P(d), P(a), P(b), I(mode))
+        want = a64 @ b64.transpose(0, 1) if mode == 0 else a64 @ b64
+        R.compare(f"wgmma_probe mode {mode} [{dt}]", d, want, "f32")
+
+
 def check_attention_cached(dt):
     for B, Tmax, pos, NH, HS in [(1, 1, 0, 1, 4), (2, 9, 0, 3, 15), (2, 9, 8, 3, 15), (3, 12, 5, 2, 64)]:
         tag = f"[{dt} B={B} Tmax={Tmax} pos={pos} NH={NH} HS={HS}]"
@@ -638,6 +653,7 @@ CHECKS = {
     "attention_cached": check_attention_cached,
     "flash_attention": check_flash_attention,
     "flash_attention_sm90a": check_flash_attention_sm90a,
+    "wgmma_probe": check_wgmma_probe,
     "cross_entropy": check_cross_entropy,
     "adamw": check_adamw,
     "sum_squares": check_sum_squares,

@@ -103,6 +103,7 @@ pub const SM90A_KERNELS: &[(&str, &str)] = &[
     ("flash_backward_dkv_sm90a_hs128", "flash_attention_sm90a.cu"),
     ("flash_backward_dq_sm90a_hs64", "flash_attention_sm90a.cu"),
     ("flash_backward_dq_sm90a_hs128", "flash_attention_sm90a.cu"),
+    ("wgmma_probe", "flash_attention_sm90a.cu"),
 ];
 /// Threads per block of the wgmma attention: two warpgroups.
 pub const FLASH90_BLOCK: u32 = 256;
@@ -121,6 +122,9 @@ pub const FLASH90_DKV_ROWS_HS128: usize = 32;
 /// Alignment the swizzled tiles need (one 8-row atom); the kernels align their shared memory
 /// themselves and are given this much more.
 const WGMMA_ATOM_BYTES: usize = 1024;
+/// Dynamic shared memory of the wgmma layout probe: the alignment slack and two 64×128 bf16
+/// tiles.
+pub const WGMMA_PROBE_SHARED_BYTES: usize = WGMMA_ATOM_BYTES + 2 * 64 * 128 * BYTES_PER_BF16;
 
 /// Bytes of dynamic shared memory of the wgmma kernels at head size `hs`, as they lay it out
 /// (the alignment slack first; no padding, the tiles are swizzled): (forward, dK/dV, dQ).
@@ -364,6 +368,7 @@ ptxas info    : Used 255 registers, used 1 barriers, 256 bytes smem, 364 bytes c
         assert_eq!(flash90_shared_bytes(64), Some((82_944, 67_584, 66_560)));
         assert_eq!(flash90_shared_bytes(128), Some((99_328, 99_840, 132_096)));
         assert_eq!(flash90_shared_bytes(96), None);
+        assert_eq!(WGMMA_PROBE_SHARED_BYTES, 33_792);
     }
 
     #[test]

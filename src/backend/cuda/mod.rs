@@ -174,6 +174,10 @@ impl Functions {
             }
             sizes.push(hs);
         }
+        let probe = module
+            .load_function("wgmma_probe_bf16")
+            .map_err(|e| driver_error("kernel wgmma_probe_bf16 is missing from the sm_90a module", e))?;
+        self.by_name.insert("wgmma_probe", probe);
         Ok(sizes)
     }
 
@@ -511,6 +515,41 @@ impl CudaBackend {
             return Err(BackendError::Unavailable(format!("the wgmma attention kernels are not available: {why}")));
         }
         self.wgmma_attention = on;
+        Ok(())
+    }
+
+    /// Runs the wgmma layout probe (compute capability 9.0 only): one product per operand form
+    /// the wgmma attention uses, on tensors of this backend's arenas, all row-major. Mode 0 (both
+    /// operands K-major from shared memory): d (64×64) = a (64×128) · bᵀ with b (64×128). Mode 1
+    /// (A from registers, B MN-major): d (64×128) = a (64×64) · b (64×128). a and b are bf16
+    /// activations, d an f32 statistics tensor.
+    pub fn wgmma_probe(&mut self, d: Tensor, a: Tensor, b: Tensor, mode: u32) -> Result<()> {
+        if let Err(why) = &self.functions.wgmma_head_sizes {
+            return Err(BackendError::Unavailable(format!("the wgmma kernels are not available: {why}")));
+        }
+        Self::expect_arena(a, &[Arena::Acts], "probe a")?;
+        Self::expect_arena(b, &[Arena::Acts], "probe b")?;
+        Self::expect_arena(d, &[Arena::Stats], "probe d")?;
+        let (m, k, n) = match mode {
+            0 => (64, 128, 64),
+            1 => (64, 64, 128),
+            _ => return Err(BackendError::Device(format!("wgmma probe mode {mode}: 0 or 1"))),
+        };
+        let (a_p, b_p, d_p) =
+            (self.ptr_n(a, m * k, "probe a")?, self.ptr_n(b, k * n, "probe b")?, self.ptr_n(d, m * n, "probe d")?);
+        if [a_p, b_p].iter().any(|p| p % BYTES_PER_VECTOR as u64 != 0) {
+            return Err(BackendError::Device("the wgmma probe's inputs must be 16-byte aligned".into()));
+        }
+        let mode_i = mode as i32;
+        let f = self.functions.get("wgmma_probe");
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&d_p).arg(&a_p).arg(&b_p).arg(&mode_i);
+        let cfg = flash_launch(1, FLASH90_BLOCK, WGMMA_PROBE_SHARED_BYTES)?;
+        // SAFETY: wgmma_probe_bf16(float* d, const bf16* a, const bf16* b, int mode): a, b and d
+        // hold the mode's m·k, k·n and m·n elements (checked), a and b 16-byte aligned (checked);
+        // sm_90a code loaded only on a compute capability 9.0 device; its shared memory is under
+        // the 48 KB a block gets without raising the limit.
+        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("wgmma_probe", e))?;
         Ok(())
     }
 
