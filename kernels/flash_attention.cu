@@ -45,19 +45,19 @@
 // Resources, sm_90 (ptxas, nvcc 13.0; no spills; registers allocated per thread in units of 8),
 // and blocks per SM from 64K registers, 228 KB shared memory (1 KB reserved per block):
 //   kernel              tiles (rows × streamed)   regs   smem (bytes)   blocks/SM   warps/SM
-//   forward    HS=64    128 q × 64 k               240     55,296        2 (regs)     8
+//   forward    HS=64    128 q × 64 k               239     55,296        2 (regs)     8
 //   forward    HS=128   128 q × 32 k               255     69,632        2 (regs)     8
 //   dK/dV      HS=64    64 k × 64 q                254     56,320        2 (regs)     8
-//   dK/dV      HS=128   64 k × 32 q                250     70,144        2 (regs)     8
+//   dK/dV      HS=128   64 k × 32 q                251     70,144        2 (regs)     8
 //   dQ         HS=64    64 q × 64 k                168     55,296        3 (regs)    12
 //   dQ         HS=128   64 q × 64 k                242    104,448        2 (both)     8
-//   dK/dV+dQ   HS=64    64 k × 64 q                249     65,536        2 (regs)     8   (atomic dQ)
-//   dK/dV+dQ   HS=128   64 k × 32 q                247     74,752        2 (regs)     8   (atomic dQ)
+//   dK/dV+dQ   HS=64    64 k × 64 q                245     65,536        2 (regs)     8   (atomic dQ)
+//   dK/dV+dQ   HS=128   64 k × 32 q                253     74,752        2 (regs)     8   (atomic dQ)
 // Eight warps per SM is FlashAttention-2's regime on this hardware too: each warp keeps its
 // output (and score) tiles in registers, and latency is hidden by the double-buffered copies and
 // the independent mmas of a tile rather than by many resident warps. At HS = 128 the streamed
 // tiles are halved to stay within 255 registers.
-#include "common.cuh"
+#include "flash_common.cuh"
 
 #define FLASH_BLOCK 128
 #define FLASH_WARPS 4
@@ -185,7 +185,7 @@ __device__ __forceinline__ void flash_store_rows(bf16* dst, long long stride, co
 // out (B,T,C), lse (B,NH,T) from qkv (B,T,3C). Block: FLASH_FWD_ROWS queries of one (b, h), 32
 // per warp; key/value tiles of FWD_KEYS (64 at HS=64, 32 at HS=128) double-buffered. Grid:
 // ⌈T/128⌉·B·NH. Shared: (128 + 4·FWD_KEYS)·(HS+8)·2 bytes = 55,296 (HS=64) / 69,632 (HS=128).
-// sm_90: 240 / 255 registers, 2 blocks (8 warps) per SM, bound by registers.
+// sm_90: 239 / 255 registers, 2 blocks (8 warps) per SM, bound by registers.
 template <int HS>
 __device__ __forceinline__ void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int seq, int NH,
                                               int causal, float scale) {
@@ -199,17 +199,10 @@ __device__ __forceinline__ void flash_forward(bf16* out, float* lse, const bf16*
     const shared_addr aq = shared_address(sq), ak = shared_address(sk), av = shared_address(sv);
     constexpr int K_STAGE = BC * ROW * BYTES_PER_BF16;  // bytes of one key or value stage
 
-    const int tiles = (seq + BR - 1) / BR;
-    const int tile_index = static_cast<int>(blockIdx.x % tiles);
-    const int bh = static_cast<int>(blockIdx.x / tiles);
-    // Causal tiles further down see more keys: start those first.
-    const int q0 = (causal ? tiles - 1 - tile_index : tile_index) * BR;
-    const int b = bh / NH, h = bh % NH;
-    const int C = NH * HS;
-    const long long stride = 3LL * C;
-    const bf16* q_rows = qkv + static_cast<long long>(b) * seq * stride + static_cast<long long>(h) * HS;
-    const bf16* k_rows = q_rows + C;
-    const bf16* v_rows = q_rows + 2 * C;
+    const FlashHead f = flash_head<HS>(qkv, BR, seq, NH);
+    const int q0 = f.first_query(BR, causal), bh = f.bh, C = f.C;
+    const long long stride = f.stride;
+    const bf16 *q_rows = f.q, *k_rows = f.k, *v_rows = f.v;
     const int warp = static_cast<int>(threadIdx.x) / WARP_SIZE, lane = lane_id();
     const int g = lane >> 2, t = lane & 3;
     const int warp_row0 = q0 + warp * 16 * MT;  // this warp's first query
@@ -340,7 +333,7 @@ __device__ __forceinline__ void flash_forward(bf16* out, float* lse, const bf16*
     // out = O / l, LSE = max + log(l) in natural log. The warp's own query rows of the shared tile
     // (read by no other warp) stage the output for 16-byte stores.
     const int C_out = C;
-    bf16* out_rows = out + static_cast<long long>(b) * seq * C_out + static_cast<long long>(h) * HS;
+    bf16* out_rows = out + f.head_c;
 #pragma unroll
     for (int mi = 0; mi < MT; mi++) {
         float inv[2];
@@ -367,7 +360,7 @@ __device__ __forceinline__ void flash_forward(bf16* out, float* lse, const bf16*
 // The k and v thirds of dqkv (B,T,3C). Block: FLASH_DKV_KEYS keys of one (b, h), 16 per warp;
 // query tiles of DKV_ROWS (64 at HS=64, 32 at HS=128) with their dout, LSE and delta,
 // double-buffered. Grid: ⌈T/64⌉·B·NH. Shared: (128 + 4·DKV_ROWS)·(HS+8)·2 + 16·DKV_ROWS bytes =
-// 56,320 (HS=64) / 70,144 (HS=128). sm_90: 254 / 250 registers, 2 blocks (8 warps) per SM.
+// 56,320 (HS=64) / 70,144 (HS=128). sm_90: 254 / 251 registers, 2 blocks (8 warps) per SM.
 //
 // With DQ (the opt-in, non-deterministic variant) the block also adds its keys' share of dQ,
 // scale·dS·K, into dq_acc (B,T,C) f32 with atomics, as FlashAttention-2 does, and the dQ pass is
@@ -402,19 +395,11 @@ __device__ __forceinline__ void flash_backward_dkv(bf16* dqkv, float* dq_acc, co
                       ads_tile = shared_address(sds);
     constexpr int Q_STAGE = BR * ROW * BYTES_PER_BF16, F_STAGE = BR * BYTES_PER_F32;
 
-    const int tiles = (seq + BC - 1) / BC;
-    const int k0 = static_cast<int>(blockIdx.x % tiles) * BC;  // causal: low keys, most work, first
-    const int bh = static_cast<int>(blockIdx.x / tiles);
-    const int b = bh / NH, h = bh % NH;
-    const int C = NH * HS;
-    const long long stride = 3LL * C;
-    const long long head = static_cast<long long>(b) * seq * stride + static_cast<long long>(h) * HS;
-    const bf16* q_rows = qkv + head;
-    const bf16* k_rows = q_rows + C;
-    const bf16* v_rows = q_rows + 2 * C;
-    const bf16* do_rows = dout + static_cast<long long>(b) * seq * C + static_cast<long long>(h) * HS;
-    const float* lse_rows = lse + static_cast<long long>(bh) * seq;
-    const float* delta_rows = delta + static_cast<long long>(bh) * seq;
+    const FlashHead f = flash_head<HS>(qkv, BC, seq, NH);
+    const int k0 = f.tile * BC, C = f.C;  // causal: low keys, most work, first
+    const long long stride = f.stride, head = f.head;
+    const bf16 *q_rows = f.q, *k_rows = f.k, *v_rows = f.v, *do_rows = dout + f.head_c;
+    const float *lse_rows = lse + static_cast<long long>(f.bh) * seq, *delta_rows = delta + static_cast<long long>(f.bh) * seq;
     const int warp = static_cast<int>(threadIdx.x) / WARP_SIZE, lane = lane_id();
     const int g = lane >> 2, t = lane & 3;
     const int key0 = k0 + warp * 16;  // this warp's first key
@@ -581,7 +566,7 @@ __device__ __forceinline__ void flash_backward_dkv(bf16* dqkv, float* dq_acc, co
             for (int r = 0; r < 2; r++) {
                 const int query = q0 + mt * 16 + g + 8 * r;
                 if (query < seq) {
-                    float* row = dq_acc + (static_cast<long long>(b) * seq + query) * C + h * HS + half * 64;
+                    float* row = dq_acc + f.head_c + static_cast<long long>(query) * C + half * 64;
 #pragma unroll
                     for (int d = 0; d < 8; d++) {
                         atomic_add_f32x2(row + d * 8 + 2 * t, acc[d][2 * r] * scale, acc[d][2 * r + 1] * scale);
@@ -623,18 +608,10 @@ __device__ __forceinline__ void flash_backward_dq(bf16* dqkv, const bf16* dout, 
                       av = shared_address(sv);
     constexpr int K_STAGE = BC * ROW * BYTES_PER_BF16;
 
-    const int tiles = (seq + BR - 1) / BR;
-    const int tile_index = static_cast<int>(blockIdx.x % tiles);
-    const int bh = static_cast<int>(blockIdx.x / tiles);
-    const int q0 = (causal ? tiles - 1 - tile_index : tile_index) * BR;
-    const int b = bh / NH, h = bh % NH;
-    const int C = NH * HS;
-    const long long stride = 3LL * C;
-    const long long head = static_cast<long long>(b) * seq * stride + static_cast<long long>(h) * HS;
-    const bf16* q_rows = qkv + head;
-    const bf16* k_rows = q_rows + C;
-    const bf16* v_rows = q_rows + 2 * C;
-    const bf16* do_rows = dout + static_cast<long long>(b) * seq * C + static_cast<long long>(h) * HS;
+    const FlashHead f = flash_head<HS>(qkv, BR, seq, NH);
+    const int q0 = f.first_query(BR, causal), bh = f.bh, C = f.C;
+    const long long stride = f.stride, head = f.head;
+    const bf16 *q_rows = f.q, *k_rows = f.k, *v_rows = f.v, *do_rows = dout + f.head_c;
     const int warp = static_cast<int>(threadIdx.x) / WARP_SIZE, lane = lane_id();
     const int g = lane >> 2, t = lane & 3;
     const int row0 = q0 + warp * 16;  // this warp's first query

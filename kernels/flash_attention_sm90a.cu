@@ -35,16 +35,17 @@
 // asks for 1 KB more than its tiles to align them to 1024 bytes. Where a second block fits without
 // spilling (dQ at HS = 64) it is requested:
 //   kernel         HS    tiles (rows × streamed)   regs   smem (bytes)   blocks/SM   warps/SM
-//   forward        64    128 q × 128 k              198     82,944       1 (regs)    8
+//   forward        64    128 q × 128 k              194     82,944       1 (regs)    8
 //   forward        128   128 q × 64 k               160     99,328       1 (regs)    8
-//   dK/dV          64    128 k × 64 q               209     67,584       1 (regs)    8
-//   dK/dV          128   128 k × 32 q               212     99,840       1 (regs)    8
+//   dK/dV          64    128 k × 64 q               208     67,584       1 (regs)    8
+//   dK/dV          128   128 k × 32 q               211     99,840       1 (regs)    8
 //   dQ             64    128 q × 64 k               124     66,560       2 (regs)   16
 //   dQ             128   128 q × 64 k               180    132,096       1 (both)    8
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #error "flash_attention_sm90a.cu needs sm_90a: build.rs compiles it for that target only"
 #endif
 
+#include "flash_common.cuh"
 #include "wgmma.cuh"
 
 #define FLASH90_BLOCK 256
@@ -142,6 +143,25 @@ __device__ __forceinline__ void flash90_zero(float* x) {
     for (int i = 0; i < N; i++) x[i] = 0.0f;
 }
 
+// Stores this thread's two rows (row_lo and row_lo + 8) of a 64×(8·DT) accumulator as bf16 at
+// dst + row·stride, row r times mul[r]; rows at or past `valid` are not written.
+template <int DT>
+__device__ __forceinline__ void flash90_store_rows(bf16* dst, long long stride, const float* acc, int row_lo, int valid,
+                                                   const float (&mul)[2]) {
+    const int t = lane_id() & 3;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int row = row_lo + 8 * r;
+        if (row < valid) {
+#pragma unroll
+            for (int d = 0; d < DT; d++) {
+                *reinterpret_cast<uint32_t*>(dst + static_cast<long long>(row) * stride + d * 8 + 2 * t) =
+                    pack_bf16x2(acc[d * 4 + 2 * r] * mul[r], acc[d * 4 + 2 * r + 1] * mul[r]);
+            }
+        }
+    }
+}
+
 // The swizzled tiles start on a 1024-byte boundary (the swizzle is on address bits): the
 // dynamic shared memory rounded up, the host asking for one atom more than the tiles take.
 __device__ __forceinline__ shared_addr flash90_base(const unsigned char* raw) {
@@ -162,16 +182,10 @@ __device__ __forceinline__ void flash_forward_sm90(bf16* out, float* lse, const 
     const shared_addr ak = aq + G::Q_BYTES;         // [2][HS/64][BC][64] keys
     const shared_addr av = ak + 2 * G::KV_BYTES;    // [2][HS/64][BC][64] values
 
-    const int tiles = (seq + BR - 1) / BR;
-    const int tile_index = static_cast<int>(blockIdx.x % tiles);
-    const int bh = static_cast<int>(blockIdx.x / tiles);
-    const int q0 = (causal ? tiles - 1 - tile_index : tile_index) * BR;
-    const int b = bh / NH, h = bh % NH;
-    const int C = NH * HS;
-    const long long stride = 3LL * C;
-    const bf16* q_rows = qkv + static_cast<long long>(b) * seq * stride + static_cast<long long>(h) * HS;
-    const bf16* k_rows = q_rows + C;
-    const bf16* v_rows = q_rows + 2 * C;
+    const FlashHead f = flash_head<HS>(qkv, BR, seq, NH);
+    const int q0 = f.first_query(BR, causal), bh = f.bh, C = f.C;
+    const long long stride = f.stride;
+    const bf16 *q_rows = f.q, *k_rows = f.k, *v_rows = f.v;
     const int group = static_cast<int>(threadIdx.x) / FLASH90_WARPGROUP;
     const int warp = (static_cast<int>(threadIdx.x) % FLASH90_WARPGROUP) / WARP_SIZE, lane = lane_id();
     const int g = lane >> 2, t = lane & 3;
@@ -274,23 +288,19 @@ __device__ __forceinline__ void flash_forward_sm90(bf16* out, float* lse, const 
     }
 
     // out = O / l, LSE = max + log(l) in natural log.
-    bf16* out_rows = out + static_cast<long long>(b) * seq * C + static_cast<long long>(h) * HS;
+    float inv[2];
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         float sum = l[r];
         sum += __shfl_xor_sync(FULL_MASK, sum, 1);
         sum += __shfl_xor_sync(FULL_MASK, sum, 2);
-        const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+        inv[r] = sum > 0.0f ? 1.0f / sum : 0.0f;
         const int row = row_lo + 8 * r;
-        if (row < seq) {
-            if (t == 0) lse[static_cast<long long>(bh) * seq + row] = sum > 0.0f ? m[r] * FLASH90_LN2 + logf(sum) : -INFINITY;
-#pragma unroll
-            for (int d = 0; d < DT; d++) {
-                *reinterpret_cast<uint32_t*>(out_rows + static_cast<long long>(row) * C + d * 8 + 2 * t) =
-                    pack_bf16x2(o[d * 4 + 2 * r] * inv, o[d * 4 + 2 * r + 1] * inv);
-            }
+        if (t == 0 && row < seq) {
+            lse[static_cast<long long>(bh) * seq + row] = sum > 0.0f ? m[r] * FLASH90_LN2 + logf(sum) : -INFINITY;
         }
     }
+    flash90_store_rows<DT>(out + f.head_c, C, o, row_lo, seq, inv);
 }
 
 // ---- backward, deterministic, as flash_attention.cu's: delta = rowsum(dout ∘ out) first (the
@@ -315,18 +325,10 @@ __device__ __forceinline__ void flash_backward_dq_sm90(bf16* dqkv, const bf16* d
     const shared_addr ak = ado + T_BYTES;        // [2][HS/64][BC][64] keys
     const shared_addr av = ak + 2 * KV_BYTES;    // [2][HS/64][BC][64] values
 
-    const int tiles = (seq + BR - 1) / BR;
-    const int tile_index = static_cast<int>(blockIdx.x % tiles);
-    const int bh = static_cast<int>(blockIdx.x / tiles);
-    const int q0 = (causal ? tiles - 1 - tile_index : tile_index) * BR;
-    const int b = bh / NH, h = bh % NH;
-    const int C = NH * HS;
-    const long long stride = 3LL * C;
-    const long long head = static_cast<long long>(b) * seq * stride + static_cast<long long>(h) * HS;
-    const bf16* q_rows = qkv + head;
-    const bf16* k_rows = q_rows + C;
-    const bf16* v_rows = q_rows + 2 * C;
-    const bf16* do_rows = dout + static_cast<long long>(b) * seq * C + static_cast<long long>(h) * HS;
+    const FlashHead f = flash_head<HS>(qkv, BR, seq, NH);
+    const int q0 = f.first_query(BR, causal), bh = f.bh, C = f.C;
+    const long long stride = f.stride, head = f.head;
+    const bf16 *q_rows = f.q, *k_rows = f.k, *v_rows = f.v, *do_rows = dout + f.head_c;
     const int group = static_cast<int>(threadIdx.x) / FLASH90_WARPGROUP;
     const int warp = (static_cast<int>(threadIdx.x) % FLASH90_WARPGROUP) / WARP_SIZE, lane = lane_id();
     const int g = lane >> 2, t = lane & 3;
@@ -412,18 +414,7 @@ __device__ __forceinline__ void flash_backward_dq_sm90(bf16* dqkv, const bf16* d
         __syncthreads();  // the next round overwrites this stage
     }
 
-    bf16* dq_rows = dqkv + head;
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        const int row = row_lo + 8 * r;
-        if (row < seq) {
-#pragma unroll
-            for (int d = 0; d < DT; d++) {
-                *reinterpret_cast<uint32_t*>(dq_rows + static_cast<long long>(row) * stride + d * 8 + 2 * t) =
-                    pack_bf16x2(dq[d * 4 + 2 * r] * scale, dq[d * 4 + 2 * r + 1] * scale);
-            }
-        }
-    }
+    flash90_store_rows<DT>(dqkv + head, stride, dq, row_lo, seq, {scale, scale});
 }
 
 // The dK and dV thirds of dqkv (B,T,3C). Block: FLASH90_DKV_KEYS keys of one (b, h), 64 per
@@ -451,19 +442,11 @@ __device__ __forceinline__ void flash_backward_dkv_sm90(bf16* dqkv, const bf16* 
     const float* slse = reinterpret_cast<const float*>(raw + (alse - shared_address(raw)));
     const float* sdelta = slse + 2 * BQ;
 
-    const int tiles = (seq + BK - 1) / BK;
-    const int k0 = static_cast<int>(blockIdx.x % tiles) * BK;  // causal: low keys, most work, first
-    const int bh = static_cast<int>(blockIdx.x / tiles);
-    const int b = bh / NH, h = bh % NH;
-    const int C = NH * HS;
-    const long long stride = 3LL * C;
-    const long long head = static_cast<long long>(b) * seq * stride + static_cast<long long>(h) * HS;
-    const bf16* q_rows = qkv + head;
-    const bf16* k_rows = q_rows + C;
-    const bf16* v_rows = q_rows + 2 * C;
-    const bf16* do_rows = dout + static_cast<long long>(b) * seq * C + static_cast<long long>(h) * HS;
-    const float* lse_rows = lse + static_cast<long long>(bh) * seq;
-    const float* delta_rows = delta + static_cast<long long>(bh) * seq;
+    const FlashHead f = flash_head<HS>(qkv, BK, seq, NH);
+    const int k0 = f.tile * BK, C = f.C;  // causal: low keys, most work, first
+    const long long stride = f.stride, head = f.head;
+    const bf16 *q_rows = f.q, *k_rows = f.k, *v_rows = f.v, *do_rows = dout + f.head_c;
+    const float *lse_rows = lse + static_cast<long long>(f.bh) * seq, *delta_rows = delta + static_cast<long long>(f.bh) * seq;
     const int group = static_cast<int>(threadIdx.x) / FLASH90_WARPGROUP;
     const int warp = (static_cast<int>(threadIdx.x) % FLASH90_WARPGROUP) / WARP_SIZE, lane = lane_id();
     const int g = lane >> 2, t = lane & 3;
@@ -553,21 +536,8 @@ __device__ __forceinline__ void flash_backward_dkv_sm90(bf16* dqkv, const bf16* 
         __syncthreads();  // the next round overwrites this stage
     }
 
-    bf16* dk_rows = dqkv + head + C;
-    bf16* dv_rows = dqkv + head + 2 * C;
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        const int key = key_lo + 8 * r;
-        if (key < seq) {
-            const long long at = static_cast<long long>(key) * stride;
-#pragma unroll
-            for (int d = 0; d < DT; d++) {
-                const int i = d * 4 + 2 * r;
-                *reinterpret_cast<uint32_t*>(dk_rows + at + d * 8 + 2 * t) = pack_bf16x2(dk[i] * scale, dk[i + 1] * scale);
-                *reinterpret_cast<uint32_t*>(dv_rows + at + d * 8 + 2 * t) = pack_bf16x2(dv[i], dv[i + 1]);
-            }
-        }
-    }
+    flash90_store_rows<DT>(dqkv + head + C, stride, dk, key_lo, seq, {scale, scale});
+    flash90_store_rows<DT>(dqkv + head + 2 * C, stride, dv, key_lo, seq, {1.0f, 1.0f});
 }
 
 #define FLASH90_FWD_PARAMS \

@@ -369,54 +369,71 @@ def guards_intact(what, buf):
         R.failed.append(what + " guards")
 
 
+FLASH90_BLOCK = 256
+FLASH90_ROWS = 128
+
+# The two sets of tensor-core kernels: flash_attention.cu (mma.sync) and flash_attention_sm90a.cu
+# (wgmma): the suffix of their names, their block size, and rows per block of each kernel.
+MMA_KERNELS = dict(suffix="", block=FLASH_BLOCK, forward=FLASH_FWD_ROWS, dkv=FLASH_DKV_KEYS, dq=FLASH_DQ_ROWS)
+WGMMA_KERNELS = dict(suffix="_sm90a", block=FLASH90_BLOCK, forward=FLASH90_ROWS, dkv=FLASH90_ROWS, dq=FLASH90_ROWS)
+
+
+def flash_case(dt, B, T, NH, HS, causal, kernels):
+    """Runs one set of tensor-core attention kernels at one shape against float64 references:
+    the forward, then the backward (delta from the simple kernel, dK/dV and dQ from the set) from
+    the reference output (rounded, as stored) and LSE. Every tensor sits between NaN guards (see
+    `guarded`). Returns what a further backward variant reads: (tag, qkv, dout, lse, delta, the
+    reference dqkv)."""
+    tag = f"[{dt} B={B} T={T} NH={NH} HS={HS} causal={int(causal)}]"
+    C, rows, scale = NH * HS, B * NH * T, 1.0 / math.sqrt(HS)
+    sfx, block = kernels["suffix"], kernels["block"]
+    tiles = lambda n: -(-T // n) * B * NH
+    qkv, qkv64 = rnd((B, T, 3 * C), dt)
+    _, qkv = guarded(qkv)
+    heads = lambda x: x.view(B, T, NH, HS).transpose(1, 2)
+    q64, k64, v64 = (heads(qkv64[..., i * C:(i + 1) * C]) for i in range(3))
+    out_buf, out = guarded(torch.full((B, T, C), float("nan"), dtype=DTYPE[dt]))
+    lse_buf, lse = guarded(torch.full((rows,), float("nan"), dtype=torch.float32))
+    launch(f"flash_forward{sfx}_hs{HS}", dt, tiles(kernels["forward"]), block,
+           P(out), P(lse), P(qkv), I(B), I(T), I(NH), I(int(causal)), F(scale))
+    ref, ref_lse = attention_reference(q64, k64, v64, causal)
+    R.compare(f"flash_forward{sfx} out {tag}", out, ref.transpose(1, 2).reshape(B, T, C), dt, K_FLASH_FORWARD)
+    R.compare(f"flash_forward{sfx} lse {tag}", lse, ref_lse.reshape(-1), "f32")
+    guards_intact(f"flash_forward{sfx} out {tag}", out_buf)
+    guards_intact(f"flash_forward{sfx} lse {tag}", lse_buf)
+    out_stored = ref.transpose(1, 2).reshape(B, T, C).to(DTYPE[dt]).contiguous()
+    _, lse = guarded(ref_lse.reshape(-1).float())
+    dout, dout64 = rnd((B, T, C), dt)
+    _, dout = guarded(dout)
+    _, delta = guarded(torch.full((rows,), float("nan"), dtype=torch.float32))
+    dqkv_buf, dqkv = guarded(torch.full((B, T, 3 * C), float("nan"), dtype=DTYPE[dt]))
+    launch("attention_backward_delta", dt, blocks(rows, ROWS_PER_BLOCK), 256,
+           P(delta), P(dout), P(out_stored), I(B), I(T), I(NH), I(HS))
+    for kind in ("dkv", "dq"):
+        launch(f"flash_backward_{kind}{sfx}_hs{HS}", dt, tiles(kernels[kind]), block, P(dqkv), P(dout), P(qkv),
+               P(lse), P(delta), I(B), I(T), I(NH), I(int(causal)), F(scale))
+    want = attention_backward_reference(q64, k64, v64, heads(dout64), out_stored, ref_lse, causal)
+    R.compare(f"flash_backward{sfx} dqkv {tag}", dqkv, want, dt, K_FLASH_BACKWARD)
+    guards_intact(f"flash_backward{sfx} dqkv {tag}", dqkv_buf)
+    return tag, qkv, dout, lse, delta, want
+
+
 def check_flash_attention(dt):
-    """The tensor-core kernels of flash_attention.cu (bf16 only): forward, then the backward
-    (delta from the simple kernel, dK/dV and dQ from the flash ones) against float64 references.
-    Every tensor sits between NaN guards (see `guarded`)."""
+    """The tensor-core kernels of flash_attention.cu (bf16 only), forward and backward, and the
+    opt-in atomic-dQ backward."""
     if dt != "bf16":
         return
     for B, T, NH, HS, causal in [(1, 1, 1, 64, True), (1, 17, 2, 64, True), (2, 65, 1, 64, False),
                                  (1, 63, 1, 128, True), (1, 200, 1, 64, True), (1, 130, 1, 128, False),
                                  (1, 129, 1, 128, True)]:
-        tag = f"[{dt} B={B} T={T} NH={NH} HS={HS} causal={int(causal)}]"
-        C = NH * HS
-        qkv, qkv64 = rnd((B, T, 3 * C), dt)
-        _, qkv = guarded(qkv)
-        heads = lambda x: x.view(B, T, NH, HS).transpose(1, 2)
-        q64, k64, v64 = (heads(qkv64[..., i * C:(i + 1) * C]) for i in range(3))
-        rows = B * NH * T
-        scale = 1.0 / math.sqrt(HS)
-        out_buf, out = guarded(torch.full((B, T, C), float("nan"), dtype=DTYPE[dt]))
-        lse_buf, lse = guarded(torch.full((rows,), float("nan"), dtype=torch.float32))
-        tiles = lambda n: -(-T // n) * B * NH
-        launch(f"flash_forward_hs{HS}", dt, tiles(FLASH_FWD_ROWS), FLASH_BLOCK,
-               P(out), P(lse), P(qkv), I(B), I(T), I(NH), I(int(causal)), F(scale))
-        ref, ref_lse = attention_reference(q64, k64, v64, causal)
-        R.compare(f"flash_forward out {tag}", out, ref.transpose(1, 2).reshape(B, T, C), dt, K_FLASH_FORWARD)
-        R.compare(f"flash_forward lse {tag}", lse, ref_lse.reshape(-1), "f32")
-        guards_intact(f"flash_forward out {tag}", out_buf)
-        guards_intact(f"flash_forward lse {tag}", lse_buf)
-        out_stored = ref.transpose(1, 2).reshape(B, T, C).to(DTYPE[dt]).contiguous()
-        _, lse = guarded(ref_lse.reshape(-1).float())
-        dout, dout64 = rnd((B, T, C), dt)
-        _, dout = guarded(dout)
-        _, delta = guarded(torch.full((rows,), float("nan"), dtype=torch.float32))
-        dqkv_buf, dqkv = guarded(torch.full((B, T, 3 * C), float("nan"), dtype=DTYPE[dt]))
-        launch("attention_backward_delta", dt, blocks(rows, ROWS_PER_BLOCK), 256,
-               P(delta), P(dout), P(out_stored), I(B), I(T), I(NH), I(HS))
-        for name, rows_per_block in ((f"flash_backward_dkv_hs{HS}", FLASH_DKV_KEYS),
-                                     (f"flash_backward_dq_hs{HS}", FLASH_DQ_ROWS)):
-            launch(name, dt, tiles(rows_per_block), FLASH_BLOCK, P(dqkv), P(dout), P(qkv), P(lse), P(delta),
-                   I(B), I(T), I(NH), I(int(causal)), F(scale))
-        want = attention_backward_reference(q64, k64, v64, heads(dout64), out_stored, ref_lse, causal)
-        R.compare(f"flash_backward dqkv {tag}", dqkv, want, dt, K_FLASH_BACKWARD)
-        guards_intact(f"flash_backward dqkv {tag}", dqkv_buf)
+        tag, qkv, dout, lse, delta, want = flash_case(dt, B, T, NH, HS, causal, MMA_KERNELS)
         # The opt-in variant: dK/dV and dQ in one pass, dQ summed into an f32 buffer with atomics
         # (zeroed first, as the host does), then stored into dqkv's q third.
+        C = NH * HS
         dqkv_buf, dqkv = guarded(torch.full((B, T, 3 * C), float("nan"), dtype=DTYPE[dt]))
         acc_buf, acc = guarded(torch.zeros((B, T, C), dtype=torch.float32))
-        launch(f"flash_backward_dkvq_hs{HS}", dt, tiles(FLASH_DKV_KEYS), FLASH_BLOCK, P(dqkv), P(acc), P(dout), P(qkv),
-               P(lse), P(delta), I(B), I(T), I(NH), I(int(causal)), F(scale))
+        launch(f"flash_backward_dkvq_hs{HS}", dt, -(-T // FLASH_DKV_KEYS) * B * NH, FLASH_BLOCK, P(dqkv), P(acc),
+               P(dout), P(qkv), P(lse), P(delta), I(B), I(T), I(NH), I(int(causal)), F(1.0 / math.sqrt(HS)))
         launch("flash_dq_store", dt, blocks(B * T * C // 8, FLASH_BLOCK), FLASH_BLOCK, P(dqkv), P(acc), I(C),
                L(B * T * C))
         R.compare(f"flash_backward (atomic dQ) dqkv {tag}", dqkv, want, dt, K_FLASH_BACKWARD)
@@ -424,53 +441,17 @@ def check_flash_attention(dt):
         guards_intact(f"flash_backward (atomic dQ) accumulator {tag}", acc_buf)
 
 
-FLASH90_BLOCK = 256
-FLASH90_ROWS = 128
-
-
 def check_flash_attention_sm90a(dt):
-    """The wgmma forward of flash_attention_sm90a.cu (bf16 only) against float64, on the shapes of
-    the mma.sync forward plus ones spanning several key tiles (128 keys at HS = 64, 64 at
-    HS = 128), with NaN guards around every tensor. Its shared memory starts on a 1024-byte
-    boundary here; on the GPU the kernel aligns it itself."""
+    """The wgmma kernels of flash_attention_sm90a.cu (bf16 only), forward and backward, on the
+    shapes of the mma.sync ones plus ones spanning several tiles (128 keys per forward tile at
+    HS = 64, 128 keys per dK/dV block). Their shared memory starts on a 1024-byte boundary here; on
+    the GPU the kernels align it themselves."""
     if dt != "bf16":
         return
     for B, T, NH, HS, causal in [(1, 1, 1, 64, True), (1, 17, 2, 64, True), (2, 65, 1, 64, False),
                                  (1, 63, 1, 128, True), (1, 300, 1, 64, True), (1, 130, 1, 128, False),
                                  (1, 200, 1, 128, True), (1, 257, 2, 64, False)]:
-        tag = f"[{dt} B={B} T={T} NH={NH} HS={HS} causal={int(causal)}]"
-        C = NH * HS
-        qkv, qkv64 = rnd((B, T, 3 * C), dt)
-        _, qkv = guarded(qkv)
-        heads = lambda x: x.view(B, T, NH, HS).transpose(1, 2)
-        q64, k64, v64 = (heads(qkv64[..., i * C:(i + 1) * C]) for i in range(3))
-        out_buf, out = guarded(torch.full((B, T, C), float("nan"), dtype=DTYPE[dt]))
-        lse_buf, lse = guarded(torch.full((B * NH * T,), float("nan"), dtype=torch.float32))
-        launch(f"flash_forward_sm90a_hs{HS}", dt, -(-T // FLASH90_ROWS) * B * NH, FLASH90_BLOCK,
-               P(out), P(lse), P(qkv), I(B), I(T), I(NH), I(int(causal)), F(1.0 / math.sqrt(HS)))
-        ref, ref_lse = attention_reference(q64, k64, v64, causal)
-        R.compare(f"flash_forward_sm90a out {tag}", out, ref.transpose(1, 2).reshape(B, T, C), dt, K_FLASH_FORWARD)
-        R.compare(f"flash_forward_sm90a lse {tag}", lse, ref_lse.reshape(-1), "f32")
-        guards_intact(f"flash_forward_sm90a out {tag}", out_buf)
-        guards_intact(f"flash_forward_sm90a lse {tag}", lse_buf)
-        # The backward from the reference output (rounded, as stored) and LSE: delta from the
-        # simple kernel, then the wgmma dK/dV and dQ kernels.
-        out_stored = ref.transpose(1, 2).reshape(B, T, C).to(DTYPE[dt]).contiguous()
-        _, lse = guarded(ref_lse.reshape(-1).float())
-        dout, dout64 = rnd((B, T, C), dt)
-        _, dout = guarded(dout)
-        rows = B * NH * T
-        _, delta = guarded(torch.full((rows,), float("nan"), dtype=torch.float32))
-        dqkv_buf, dqkv = guarded(torch.full((B, T, 3 * C), float("nan"), dtype=DTYPE[dt]))
-        launch("attention_backward_delta", dt, blocks(rows, ROWS_PER_BLOCK), 256,
-               P(delta), P(dout), P(out_stored), I(B), I(T), I(NH), I(HS))
-        for name in (f"flash_backward_dkv_sm90a_hs{HS}", f"flash_backward_dq_sm90a_hs{HS}"):
-            launch(name, dt, -(-T // FLASH90_ROWS) * B * NH, FLASH90_BLOCK, P(dqkv), P(dout), P(qkv), P(lse),
-                   P(delta), I(B), I(T), I(NH), I(int(causal)), F(1.0 / math.sqrt(HS)))
-        R.compare(f"flash_backward_sm90a dqkv {tag}", dqkv,
-                  attention_backward_reference(q64, k64, v64, heads(dout64), out_stored, ref_lse, causal), dt,
-                  K_FLASH_BACKWARD)
-        guards_intact(f"flash_backward_sm90a dqkv {tag}", dqkv_buf)
+        flash_case(dt, B, T, NH, HS, causal, WGMMA_KERNELS)
 
 
 def check_wgmma_probe(dt):
