@@ -5,10 +5,11 @@
 //
 // Backward, deterministic without atomics:
 // - dwpe (T,C) += Σ_b dout[b,t]: one thread per (t, c) sums the B rows in order.
-// - dwte (Vp,C) += dout rows scattered by token. The host buckets positions by token (a
-//   counting sort of the B·T ids, which it already holds) and uploads the buckets; one block row
-//   per distinct token then sums its positions in ascending order, one thread per channel, and
-//   adds the total to the embedding row. No two blocks touch the same row.
+// - dwte (Vp,C) += dout rows scattered by token. The host buckets positions by token (a sort of
+//   the B·T ids, which it holds, when it uploads them) and uploads the buckets at fixed offsets
+//   with their count; one block row per distinct token then sums its positions in ascending
+//   order, one thread per channel, and adds the total to the embedding row. No two blocks touch
+//   the same row, and the launch does not depend on the batch (a CUDA graph replays it).
 // Launch: 1-D grids of ENCODER_BLOCK threads; the dwte kernel uses a 2-D grid (bucket, channel
 // block). Resources: registers only, no shared memory.
 #include "common.cuh"
@@ -54,19 +55,24 @@ __device__ __forceinline__ void encoder_backward_wpe(T* dwpe, const T* dout, int
     dwpe[i] = from_float<T>(to_float(dwpe[i]) + sum);
 }
 
-// dwte[bucket_token[u], c] += Σ dout[positions[k], c] for k in bucket u, in order.
-// Grid: (buckets, ceil(C / ENCODER_BLOCK)).
+// dwte[token of bucket u, c] += Σ dout[positions[k], c] over the positions of bucket u, in order.
+// buckets (the host makes them from the ids it uploads) holds, at offsets fixed by `cap` (the
+// most positions a batch has), [U | the U distinct tokens, ascending, in cap slots | U+1 bucket
+// starts in cap+1 slots | the positions of each bucket, ascending, in cap slots], so that the
+// launch is the same for every batch (a CUDA graph replays it): blocks past U do nothing.
+// Grid: (at least U, ceil(C / ENCODER_BLOCK)).
 template <typename T>
-__device__ __forceinline__ void encoder_backward_wte(T* dwte, const T* dout, const int* bucket_token,
-                                                     const int* bucket_start, const int* positions, int C) {
+__device__ __forceinline__ void encoder_backward_wte(T* dwte, const T* dout, const int* buckets, int cap, int C) {
     const int u = blockIdx.x;
     const int c = blockIdx.y * blockDim.x + threadIdx.x;
-    if (c >= C) return;
+    if (u >= buckets[0] || c >= C) return;
+    const int* start = buckets + 1 + cap;
+    const int* positions = start + cap + 1;
     float sum = 0.0f;
-    for (int k = bucket_start[u]; k < bucket_start[u + 1]; k++) {
+    for (int k = start[u]; k < start[u + 1]; k++) {
         sum += to_float(dout[static_cast<long long>(positions[k]) * C + c]);
     }
-    T* row = dwte + static_cast<long long>(bucket_token[u]) * C;
+    T* row = dwte + static_cast<long long>(buckets[1 + u]) * C;
     row[c] = from_float<T>(to_float(row[c]) + sum);
 }
 
@@ -75,7 +81,5 @@ __device__ __forceinline__ void encoder_backward_wte(T* dwte, const T* dout, con
 GPTK_ENTRY_POINTS(encoder_forward, ENCODER_BLOCK, ENC_FWD_PARAMS, (out, tokens, wte, wpe, seq, C, total, vec))
 #define ENC_WPE_PARAMS(T) (T * dwpe, const T* dout, int B, int seq, int C)
 GPTK_ENTRY_POINTS(encoder_backward_wpe, ENCODER_BLOCK, ENC_WPE_PARAMS, (dwpe, dout, B, seq, C))
-#define ENC_WTE_PARAMS(T) \
-    (T * dwte, const T* dout, const int* bucket_token, const int* bucket_start, const int* positions, int C)
-GPTK_ENTRY_POINTS(encoder_backward_wte, ENCODER_BLOCK, ENC_WTE_PARAMS,
-                  (dwte, dout, bucket_token, bucket_start, positions, C))
+#define ENC_WTE_PARAMS(T) (T * dwte, const T* dout, const int* buckets, int cap, int C)
+GPTK_ENTRY_POINTS(encoder_backward_wte, ENCODER_BLOCK, ENC_WTE_PARAMS, (dwte, dout, buckets, cap, C))

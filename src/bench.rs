@@ -540,9 +540,12 @@ impl Case for EncoderCase {
     fn layout(&mut self, copies: usize) -> (ArenaSizes, ScratchSizes) {
         let (n, c) = (self.b * self.t, self.c);
         let mut spans = Spans::default();
+        // One token tensor for every copy (the ids are the same): uploaded once as the trainer
+        // uploads a batch, bucketed for the backward then, so that the backward times its kernels.
+        let tokens = spans.take(Arena::Inputs, n);
         self.copies = (0..copies)
             .map(|_| EncoderTensors {
-                tokens: spans.take(Arena::Inputs, n),
+                tokens,
                 wte: spans.take(Arena::Acts, self.vp * c),
                 wpe: spans.take(Arena::Acts, self.t * c),
                 out: spans.take(Arena::Acts, n * c),
@@ -555,10 +558,7 @@ impl Case for EncoderCase {
     }
 
     fn prepare(&mut self, gpu: &mut CudaBackend, rng: &mut Rng) -> Result<(), BackendError> {
-        let tokens = self.tokens();
-        for x in &self.copies {
-            gpu.upload_ints(x.tokens, &tokens)?;
-        }
+        gpu.upload_tokens(self.copies[0].tokens, &self.tokens())?;
         let c = &self.copies;
         fill_replicas(gpu, rng, c.len(), |k| [c[k].wte, c[k].wpe, c[k].dout, c[k].dwte, c[k].dwpe], [0.02; 5])
     }

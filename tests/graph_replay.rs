@@ -24,11 +24,14 @@ struct Recorder {
     tapes: HashMap<u64, Vec<Op>>,
     recording: Option<(u64, Vec<Op>)>,
     replays: usize,
+    /// The token tensor whose ids came through `upload_tokens` and were not written since: the
+    /// only one whose embedding backward the CUDA backend can run without the host.
+    prepared: Option<Tensor>,
 }
 
 impl Recorder {
     fn new(inner: CpuBackend<f32>) -> Self {
-        Recorder { inner, seen: HashSet::new(), tapes: HashMap::new(), recording: None, replays: 0 }
+        Recorder { inner, seen: HashSet::new(), tapes: HashMap::new(), recording: None, replays: 0, prepared: None }
     }
 
     /// Runs `op`, or writes it to the tape while recording.
@@ -59,6 +62,7 @@ impl Backend for Recorder {
         self.inner.precision()
     }
     fn zero(&mut self, t: Tensor) -> Result<()> {
+        self.prepared = self.prepared.filter(|p| !p.overlaps(t));
         self.op(move |k| k.zero(t))
     }
     fn upload(&mut self, t: Tensor, data: &[f32]) -> Result<()> {
@@ -67,7 +71,13 @@ impl Backend for Recorder {
     }
     fn upload_ints(&mut self, t: Tensor, data: &[i32]) -> Result<()> {
         self.host("an upload")?;
+        self.prepared = self.prepared.filter(|p| !p.overlaps(t));
         self.inner.upload_ints(t, data)
+    }
+    fn upload_tokens(&mut self, t: Tensor, data: &[i32]) -> Result<()> {
+        self.upload_ints(t, data)?;
+        self.prepared = Some(t);
+        Ok(())
     }
     fn download(&mut self, t: Tensor) -> Result<Vec<f32>> {
         self.host("a download")?;
@@ -98,9 +108,12 @@ impl Backend for Recorder {
         t: usize,
         c: usize,
     ) -> Result<()> {
-        // The CUDA backend buckets the token ids on the host: not recordable.
-        self.host("the embedding's backward")?;
-        self.inner.encoder_backward(dwte, dwpe, dout, tokens, b, t, c)
+        // The CUDA backend reads the ids bucketed when `upload_tokens` uploaded them; other ids it
+        // buckets on the host, which a recording cannot do.
+        if self.prepared != Some(tokens) {
+            self.host("the embedding's backward of ids not uploaded by upload_tokens")?;
+        }
+        self.op(move |k| k.encoder_backward(dwte, dwpe, dout, tokens, b, t, c))
     }
     fn layernorm_forward(
         &mut self,
@@ -400,4 +413,29 @@ fn a_loss_scale_that_changes_with_the_batch_is_never_replayed() {
     assert_eq!((model.backend.replays, model.backend.tapes.len()), (0, 3));
     assert_eq!(bits(&losses_rec), bits(&losses));
     assert!(bits(&params_rec) == bits(&params));
+}
+
+#[test]
+fn the_embedding_backward_records_only_over_ids_uploaded_by_upload_tokens() {
+    // What keeps the whole forward and backward recordable: the batch's ids come through
+    // `upload_tokens` (`Gpt::set_batch`), which prepares what the embedding's backward reads.
+    // Ids uploaded otherwise would have to be read on the host while recording: refused.
+    let (_, mut model) = models();
+    let (b, t, c) = (model.acts.b, model.acts.t, model.cfg.n_embd);
+    let (p, a) = (model.params.clone(), model.acts.clone());
+    let ids = vec![1; b * t];
+    let k = &mut model.backend;
+    for tokens_by_upload_tokens in [true, false] {
+        if tokens_by_upload_tokens {
+            k.upload_tokens(a.tokens, &ids).unwrap();
+        } else {
+            k.upload_ints(a.tokens, &ids).unwrap();
+        }
+        let key = u64::from(tokens_by_upload_tokens);
+        assert_eq!(k.replay(key).unwrap(), Replay::Run);
+        assert_eq!(k.replay(key).unwrap(), Replay::Recording);
+        let ran = k.encoder_backward(p.wte.grad(), p.wpe.grad(), a.dres, a.tokens, b, t, c);
+        assert_eq!(ran.is_ok(), tokens_by_upload_tokens, "{ran:?}");
+        k.end_recording(ran.is_ok()).unwrap();
+    }
 }

@@ -73,6 +73,13 @@ pub trait Backend {
     fn upload(&mut self, t: Tensor, data: &[f32]) -> Result<()>;
     /// Copies token ids into a tensor of the `Inputs` arena.
     fn upload_ints(&mut self, t: Tensor, data: &[i32]) -> Result<()>;
+    /// Copies the batch's token ids into `t`, the embedding's input, as `upload_ints`; a backend
+    /// may also prepare from them here what the embedding's backward reads, so that the backward
+    /// reads nothing from the host (the CUDA one buckets positions by token and uploads the
+    /// buckets). The default is `upload_ints`.
+    fn upload_tokens(&mut self, t: Tensor, data: &[i32]) -> Result<()> {
+        self.upload_ints(t, data)
+    }
     /// Reads a float tensor back as f32. For `Params` this is the full-precision master copy.
     fn download(&mut self, t: Tensor) -> Result<Vec<f32>>;
     /// Waits for queued work (a no-op on the CPU); used for timing.

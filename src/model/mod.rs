@@ -63,9 +63,9 @@ pub fn init_params(cfg: &ModelConfig, p: &ParamLayout, seed: u64) -> Vec<f32> {
     host
 }
 
-/// The forward, the classifier with its loss and backward, and the backward through the blocks:
-/// all of a training step's forward and backward but the embedding's backward.
-fn forward_backward_blocks<K: Backend>(
+/// The forward, the classifier with its loss and backward, and the whole backward: all of a
+/// training step's forward and backward.
+fn forward_backward_ops<K: Backend>(
     k: &mut K,
     cfg: &ModelConfig,
     p: &ParamLayout,
@@ -75,7 +75,7 @@ fn forward_backward_blocks<K: Backend>(
 ) -> Result<(), BackendError> {
     schedule::forward(k, cfg, p, a, schedule::Attention::Full { causal })?;
     schedule::classifier(k, cfg, p, a, Some(dloss))?;
-    schedule::backward_blocks(k, cfg, p, a, causal, a.dbtc)
+    schedule::backward_from(k, cfg, p, a, causal, a.dbtc)
 }
 
 impl<K: Backend> Gpt<K> {
@@ -119,7 +119,7 @@ impl<K: Backend> Gpt<K> {
             return Err(ModelError::TokenRange { id: targets[pos], pos, limit: v });
         }
         self.counted_targets = targets.iter().filter(|&&x| x >= 0).count();
-        self.backend.upload_ints(self.acts.tokens, tokens)?;
+        self.backend.upload_tokens(self.acts.tokens, tokens)?;
         self.backend.upload_ints(self.acts.targets, targets)?;
         Ok(())
     }
@@ -145,21 +145,20 @@ impl<K: Backend> Gpt<K> {
     /// Forward and backward: returns the mean loss and adds `loss_weight` × its gradient to the
     /// parameter gradients (`loss_weight` = 1/accumulation steps for gradient accumulation).
     ///
-    /// Everything but the embedding's backward is the same ops on the same tensors for the same
-    /// (`causal`, loss scale), whatever the batch: a backend may replay a recording of it
-    /// ([`Backend::replay`]; CUDA graphs).
+    /// It is the same ops on the same tensors for the same (`causal`, loss scale), whatever the
+    /// batch (the embedding's backward reads what `set_batch` prepared with the token ids): a
+    /// backend may replay a recording of it ([`Backend::replay`]; CUDA graphs).
     pub fn forward_backward(&mut self, causal: bool, loss_weight: f32) -> Result<f32, ModelError> {
         let dloss = loss_weight / self.counted_targets.max(1) as f32;
         let (k, cfg, p, a) = (&mut self.backend, &self.cfg, &self.params, &self.acts);
         let key = (u64::from(dloss.to_bits()) << 1) | u64::from(causal);
         let mode = k.replay(key)?;
         if mode != Replay::Replayed {
-            let ran = forward_backward_blocks(k, cfg, p, a, causal, dloss);
+            let ran = forward_backward_ops(k, cfg, p, a, causal, dloss);
             let ended = if mode == Replay::Recording { k.end_recording(ran.is_ok()) } else { Ok(()) };
             ran?;
             ended?;
         }
-        schedule::backward_embedding(k, cfg, p, a)?;
         self.mean_loss()
     }
 

@@ -172,15 +172,15 @@ pub fn backward_from<K: Backend>(
 }
 
 /// The embedding's backward from the residual stream's gradient in `a.dres`: the last op of the
-/// backward, and the only one whose launch depends on the batch's token ids (the CUDA backend
-/// buckets them on the host).
-pub fn backward_embedding<K: Backend>(k: &mut K, cfg: &ModelConfig, p: &ParamLayout, a: &ActLayout) -> Result<()> {
+/// backward, and the only one that needs more of the batch's token ids than their tensor (the
+/// CUDA backend reads them bucketed by `upload_tokens`).
+fn backward_embedding<K: Backend>(k: &mut K, cfg: &ModelConfig, p: &ParamLayout, a: &ActLayout) -> Result<()> {
     k.encoder_backward(p.wte.grad(), p.wpe.grad(), a.dres, a.tokens, a.b, a.t, cfg.n_embd)
 }
 
 /// The backward through the final layernorm and the blocks, from `dlnf` to the residual
 /// stream's gradient in `a.dres` (`backward_from` without the embedding).
-pub fn backward_blocks<K: Backend>(
+fn backward_blocks<K: Backend>(
     k: &mut K,
     cfg: &ModelConfig,
     p: &ParamLayout,

@@ -222,6 +222,9 @@ pub struct CudaBackend {
     inputs_host: Vec<i32>,
     /// Reused host buffer for the token buckets.
     buckets_host: Vec<i32>,
+    /// The token tensor the scratch's buckets were made from (by `upload_tokens`, or by the
+    /// embedding's backward for ids uploaded otherwise), and its largest id.
+    bucketed: Option<(Tensor, i32)>,
     blas: Blas,
     functions: Functions,
     _module: Arc<CudaModule>,
@@ -467,6 +470,7 @@ impl CudaBackend {
             },
             inputs_host: vec![0; sizes.inputs],
             buckets_host: Vec::with_capacity(scratch.bucket_ints()),
+            bucketed: None,
             blas: Blas::new(stream.clone(), precision, BLAS_WORKSPACE_BYTES)?,
             functions,
             _module: module,
@@ -504,6 +508,38 @@ impl CudaBackend {
     /// kernels of attention.cu run.
     pub fn uses_flash_attention(&self, hs: usize) -> bool {
         self.functions.flash_head_sizes.contains(&hs)
+    }
+
+    /// Buckets the positions of the ids in `tokens` (from the host copy of the Inputs arena) and
+    /// copies the buckets into the scratch, at the fixed offsets `encoder_backward_wte` reads.
+    fn bucket_tokens(&mut self, tokens: Tensor) -> Result<()> {
+        let cap = self.scratch.sizes.tokens;
+        if tokens.len > cap {
+            return Err(BackendError::Device(format!(
+                "a batch of {} tokens; the encoder scratch was planned for {cap}",
+                tokens.len
+            )));
+        }
+        let ids = &self.inputs_host[tokens.offset..tokens.end()];
+        if let Some(&bad) = ids.iter().find(|&&x| x < 0) {
+            return Err(BackendError::Device(format!("token id {bad} is negative")));
+        }
+        let largest = ids.iter().copied().max().unwrap_or(0);
+        let h = &mut self.buckets_host;
+        bucket_by_token(ids, cap, h);
+        let range = self.scratch.buckets.byte_range(0, h.len())?;
+        self.stream
+            .memcpy_htod(bytemuck::cast_slice::<i32, u8>(h), &mut self.scratch.buckets.mem.slice_mut(range))
+            .map_err(|e| driver_error("copying the token buckets", e))?;
+        self.bucketed = Some((tokens, largest));
+        Ok(())
+    }
+
+    /// Drops the buckets' claim to describe `t`'s ids when `t` is written otherwise.
+    fn forget_buckets(&mut self, t: Tensor) {
+        if self.bucketed.is_some_and(|(b, _)| b.overlaps(t)) {
+            self.bucketed = None;
+        }
     }
 
     /// Runs the tensor-core attention on Hopper's wgmma kernels (`on`) or on the mma.sync ones
@@ -832,6 +868,7 @@ impl Backend for CudaBackend {
         }
         if t.arena == Arena::Inputs {
             self.inputs_host[t.offset..t.end()].fill(0);
+            self.forget_buckets(t);
         }
         Ok(())
     }
@@ -861,7 +898,13 @@ impl Backend for CudaBackend {
         }
         self.write_bytes(Arena::Inputs, false, t, bytemuck::cast_slice(data))?;
         self.inputs_host[t.offset..t.end()].copy_from_slice(data);
+        self.forget_buckets(t);
         Ok(())
+    }
+
+    fn upload_tokens(&mut self, t: Tensor, data: &[i32]) -> Result<()> {
+        self.upload_ints(t, data)?;
+        self.bucket_tokens(t)
     }
 
     fn download(&mut self, t: Tensor) -> Result<Vec<f32>> {
@@ -941,38 +984,34 @@ impl Backend for CudaBackend {
         // holds T·C and dout B·T·C elements (checked).
         unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("encoder_backward_wpe", e))?;
 
-        // dwte: bucket positions by token on the host (the ids were uploaded from here).
-        if n > self.scratch.sizes.tokens {
-            return Err(BackendError::Device(format!(
-                "encoder backward over {n} tokens; the scratch was planned for {}",
-                self.scratch.sizes.tokens
-            )));
+        // dwte: positions bucketed by token in the scratch, made from the ids on the host when
+        // they were uploaded by `upload_tokens` (so that this launch reads nothing from the host
+        // and a CUDA graph can replay it), or now for ids uploaded otherwise.
+        let tokens = tokens.slice(0, n);
+        if self.bucketed.map(|(t, _)| t) != Some(tokens) {
+            self.bucket_tokens(tokens)?;
         }
+        let (_, largest) = self.bucketed.expect("bucketed above");
         let rows = dwte.len / c.max(1);
-        let ids = &self.inputs_host[tokens.offset..tokens.offset + n];
-        if let Some(&bad) = ids.iter().find(|&&x| x < 0 || x as usize >= rows) {
-            return Err(BackendError::Device(format!("token id {bad} is outside the embedding of {rows} rows")));
+        if largest as usize >= rows {
+            return Err(BackendError::Device(format!("token id {largest} is outside the embedding of {rows} rows")));
         }
-        let h = &mut self.buckets_host;
-        let buckets = bucket_by_token(ids, h);
-        let range = self.scratch.buckets.byte_range(0, h.len())?;
-        self.stream
-            .memcpy_htod(bytemuck::cast_slice::<i32, u8>(h), &mut self.scratch.buckets.mem.slice_mut(range))
-            .map_err(|e| driver_error("copying the token buckets", e))?;
-        let base = self.scratch.buckets.ptr;
-        let (token_p, start_p, pos_p) = (base, base + 4 * buckets as u64, base + 4 * (2 * buckets + 1) as u64);
+        let (buckets_p, cap) = (self.scratch.buckets.ptr, self.scratch.sizes.tokens);
+        let cap_i = to_i32(cap, "token capacity")?;
         let f = self.functions.get("encoder_backward_wte");
         let mut l = self.stream.launch_builder(f);
-        l.arg(&dwte_p).arg(&dout_p).arg(&token_p).arg(&start_p).arg(&pos_p).arg(&c_i);
+        l.arg(&dwte_p).arg(&dout_p).arg(&buckets_p).arg(&cap_i).arg(&c_i);
+        // One block row per possible bucket: at most one per position and one per embedding row.
         let cfg = LaunchConfig {
-            grid_dim: (to_u32(buckets, "token buckets")?, blocks_for(c, ENCODER_BLOCK, "channels")?, 1),
+            grid_dim: (to_u32(n.min(rows).max(1), "token buckets")?, blocks_for(c, ENCODER_BLOCK, "channels")?, 1),
             block_dim: (ENCODER_BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: encoder_backward_wte_T(T* dwte, const T* dout, const int* bucket_token, const
-        // int* bucket_start, const int* positions, int C): the buckets were just copied (stream
-        // order puts the copy first); every token is below dwte's row count and every position
-        // below B·T (checked above), dout holds B·T·C elements.
+        // SAFETY: encoder_backward_wte_T(T* dwte, const T* dout, const int* buckets, int cap, int
+        // C): the scratch holds the buckets of these n ≤ cap ids at cap's offsets (3·cap + 2 ints,
+        // copied earlier on this stream), every id is below dwte's row count (checked), every
+        // position below B·T; dout holds B·T·C elements (checked). Blocks past the bucket count
+        // return at once.
         unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("encoder_backward_wte", e))?;
         Ok(())
     }
@@ -1647,24 +1686,29 @@ fn row_chunks(n: usize) -> (usize, usize) {
     (rows, n.div_ceil(rows).max(1))
 }
 
-/// Buckets token positions by id for the embedding backward: writes `out` = [ids of the U
-/// distinct tokens, ascending | U+1 bucket starts | the positions of each bucket, ascending] and
-/// returns U.
-fn bucket_by_token(ids: &[i32], out: &mut Vec<i32>) -> usize {
+/// Buckets token positions by id for the embedding backward, at the offsets `cap` (≥ the number
+/// of ids) fixes: writes `out` = [U | ids of the U distinct tokens, ascending, in cap slots | U+1
+/// bucket starts in cap+1 slots | the positions of each bucket, ascending, in cap slots], the
+/// unused slots 0, and returns U.
+fn bucket_by_token(ids: &[i32], cap: usize, out: &mut Vec<i32>) -> usize {
+    assert!(ids.len() <= cap, "{} ids for {cap} slots", ids.len());
     let mut order: Vec<u32> = (0..ids.len() as u32).collect();
     order.sort_by_key(|&i| (ids[i as usize], i));
     out.clear();
-    let mut starts = Vec::with_capacity(ids.len() + 1);
+    out.resize(3 * cap + 2, 0);
+    let (tokens, rest) = out[1..].split_at_mut(cap);
+    let (starts, positions) = rest.split_at_mut(cap + 1);
+    let mut buckets = 0;
     for (k, &i) in order.iter().enumerate() {
         if k == 0 || ids[i as usize] != ids[order[k - 1] as usize] {
-            out.push(ids[i as usize]);
-            starts.push(k as i32);
+            tokens[buckets] = ids[i as usize];
+            starts[buckets] = k as i32;
+            buckets += 1;
         }
+        positions[k] = i as i32;
     }
-    let buckets = out.len();
-    starts.push(ids.len() as i32);
-    out.extend_from_slice(&starts);
-    out.extend(order.iter().map(|&i| i as i32));
+    starts[buckets] = ids.len() as i32;
+    out[0] = buckets as i32;
     buckets
 }
 
@@ -1715,10 +1759,13 @@ mod tests {
     #[test]
     fn positions_are_bucketed_by_token_in_order() {
         let mut out = Vec::new();
-        assert_eq!(bucket_by_token(&[3, 1, 3, 0, 1], &mut out), 3);
-        assert_eq!(out, [0, 1, 3, /* starts */ 0, 1, 3, 5, /* positions */ 3, 1, 4, 0, 2]);
-        assert_eq!(bucket_by_token(&[7], &mut out), 1);
-        assert_eq!(out, [7, 0, 1, 0]);
+        assert_eq!(bucket_by_token(&[3, 1, 3, 0, 1], 5, &mut out), 3);
+        #[rustfmt::skip]
+        let want = [3, /* tokens */ 0, 1, 3, 0, 0, /* starts */ 0, 1, 3, 5, 0, 0, /* positions */ 3, 1, 4, 0, 2];
+        assert_eq!(out, want);
+        // Fixed offsets: room for more ids than there are.
+        assert_eq!(bucket_by_token(&[7], 2, &mut out), 1);
+        assert_eq!(out, [1, 7, 0, 0, 1, 0, 0, 0]);
     }
 
     #[test]

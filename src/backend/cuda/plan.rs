@@ -56,9 +56,10 @@ impl ScratchSizes {
         MAX_PARTIALS * 2 * self.max_columns
     }
 
-    /// i32 elements of the encoder's token buckets: tokens, bucket starts, positions.
+    /// i32 elements of the encoder's token buckets: their count, tokens, bucket starts, positions
+    /// (`encoder_backward_wte`'s layout, fixed by the most tokens a batch has).
     pub fn bucket_ints(&self) -> usize {
-        3 * self.tokens + 1
+        3 * self.tokens + 2
     }
 }
 
