@@ -55,3 +55,63 @@ __device__ __forceinline__ void adamw(T* params, float* master, const T* grads, 
 GPTK_ENTRY_POINTS(adamw, ADAMW_BLOCK, ADAMW_PARAMS,
                   (params, master, grads, m, v, start, end, decay_end, lr, beta1, beta2, eps, wd, bc1, bc2, grad_scale,
                    seed))
+
+// ---- a step's optimizer with nothing read back (a CUDA graph holds it) ---------------------------
+// The values of one step that change from step to step live in device memory, so that a recorded
+// step stays right: the host writes lr, bc1, bc2, clip and seed before the step (StepScalars in
+// the Rust backend mirrors this layout); step_scalars writes the rest from the gradients' sums of
+// squares and the losses; adamw_step reads them.
+struct StepScalars {
+    float lr, bc1, bc2, clip;  // from the host; clip ≤ 0: no clipping
+    unsigned long long seed;   // from the host
+    double loss_sum;           // Σ of the step's losses
+    float grad_norm;           // global L2 norm of the gradients
+    float grad_scale;          // clip / grad_norm above clip, else 1
+    int apply;                 // AdamW runs: some target counted and the norm and losses are finite
+    int pad;
+};
+
+// One block of 32 threads: thread 0 sums the n losses, thread 1 the `blocks` per-block sums of
+// squares of sum_squares, each in order in double precision (the order the host sums them in
+// when it reads them back, so a recorded step gets the host's bits), then thread 0 derives the
+// norm, the clipping scale and whether to apply. `count`: how many targets the losses count.
+template <typename T>
+__device__ __forceinline__ void step_scalars(StepScalars* s, const double* partials, int blocks, const float* losses,
+                                             long long n, int count) {
+    __shared__ double sums[2];
+    if (threadIdx.x == 0) {
+        double sum = 0.0;
+        for (long long i = 0; i < n; i++) sum += static_cast<double>(losses[i]);
+        sums[0] = sum;
+    } else if (threadIdx.x == 1) {
+        double sum = 0.0;
+        for (int i = 0; i < blocks; i++) sum += partials[i];
+        sums[1] = sum;
+    }
+    __syncthreads();
+    if (threadIdx.x != 0) return;
+    const float norm = static_cast<float>(sqrt(sums[1]));
+    s->loss_sum = sums[0];
+    s->grad_norm = norm;
+    s->grad_scale = s->clip > 0.0f && norm > s->clip ? s->clip / norm : 1.0f;
+    s->apply = count > 0 && isfinite(sums[0]) && isfinite(norm);
+}
+
+// adamw with the step's values from `s`, and nothing done unless s->apply.
+template <typename T>
+__device__ __forceinline__ void adamw_step(T* params, float* master, const T* grads, float* m, float* v,
+                                           long long start, long long end, long long decay_end, float beta1,
+                                           float beta2, float eps, float wd, const StepScalars* s) {
+    if (!s->apply) return;
+    adamw<T>(params, master, grads, m, v, start, end, decay_end, s->lr, beta1, beta2, eps, wd, s->bc1, s->bc2,
+             s->grad_scale, s->seed);
+}
+
+#define STEP_SCALARS_BLOCK 32
+#define STEP_SCALARS_PARAMS(T) (StepScalars * s, const double* partials, int blocks, const float* losses, long long n, int count)
+GPTK_ENTRY_POINTS(step_scalars, STEP_SCALARS_BLOCK, STEP_SCALARS_PARAMS, (s, partials, blocks, losses, n, count))
+#define ADAMW_STEP_PARAMS(T)                                                                                         \
+    (T * params, float* master, const T* grads, float* m, float* v, long long start, long long end,               \
+     long long decay_end, float beta1, float beta2, float eps, float wd, const StepScalars* s)
+GPTK_ENTRY_POINTS(adamw_step, ADAMW_BLOCK, ADAMW_STEP_PARAMS,
+                  (params, master, grads, m, v, start, end, decay_end, beta1, beta2, eps, wd, s))

@@ -94,6 +94,7 @@ fn block_sizes_match_the_kernel_sources() {
         ("loss.cu", "LOSS_BLOCK", kernels::LOSS_BLOCK as usize),
         ("adamw.cu", "ADAMW_BLOCK", kernels::ADAMW_BLOCK as usize),
         ("adamw.cu", "ADAMW_ELEMS", kernels::ADAMW_ELEMS),
+        ("adamw.cu", "STEP_SCALARS_BLOCK", kernels::STEP_SCALARS_BLOCK as usize),
         ("reduce.cu", "REDUCE_BLOCK", kernels::REDUCE_BLOCK as usize),
         ("matmul.cu", "MATMUL_BLOCK", kernels::MATMUL_BLOCK as usize),
         ("flash_attention.cu", "FLASH_BLOCK", kernels::FLASH_BLOCK as usize),

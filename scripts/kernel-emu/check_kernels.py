@@ -19,6 +19,7 @@ import ctypes
 import math
 import os
 import site
+import struct
 import subprocess
 import sys
 import tempfile
@@ -617,6 +618,71 @@ def check_residual_layernorm(dt):
             R.compare(f"residual_layernorm_forward {name} {tag} = two launches", got, want.double(), dt, k=1e-30)
 
 
+STEP_SCALARS = "<ffffQdffii"  # StepScalars of adamw.cu: lr, bc1, bc2, clip, seed | loss_sum, grad_norm, grad_scale, apply, pad
+
+
+def step_buffer(lr, bc1, bc2, clip, seed):
+    """A StepScalars as the host writes it before a step (the device's fields zero)."""
+    packed = struct.pack(STEP_SCALARS, lr, bc1, bc2, clip, seed, 0.0, 0.0, 0.0, 0, 0)
+    return torch.tensor(list(packed), dtype=torch.uint8)
+
+
+def check_step(dt):
+    """step_scalars (the norm, clipping scale, loss sum and NaN guard of a recorded step, each sum
+    in order in double as the host sums them) and adamw_step (adamw with those values, nothing
+    when the guard says so)."""
+    n, blocks_ = 1000, 37
+    for clip, count, poison in [(1.0, n, None), (0.0, n, None), (1e6, n, None), (1.0, 0, None), (1.0, n, "loss")]:
+        tag = f"[{dt} clip={clip} count={count} poison={poison}]"
+        losses = (torch.rand(n) * 5).float()
+        if poison:
+            losses[n // 2] = float("nan")
+        partials = (torch.rand(blocks_, dtype=torch.float64) * 0.3)
+        s = step_buffer(1e-3, 0.5, 0.25, clip, 7)
+        launch("step_scalars", dt, 1, 32, P(s), P(partials), I(blocks_), P(losses), L(n), I(count))
+        got = struct.unpack(STEP_SCALARS, bytes(s.tolist()))
+        loss_sum = 0.0
+        for x in losses.tolist():
+            loss_sum += x
+        sq = 0.0
+        for x in partials.tolist():
+            sq += x
+        norm = float(torch.tensor(math.sqrt(sq), dtype=torch.float32))
+        scale = float(torch.tensor(clip, dtype=torch.float32) / torch.tensor(norm, dtype=torch.float32)) \
+            if clip > 0 and norm > clip else 1.0
+        apply = int(count > 0 and math.isfinite(loss_sum) and math.isfinite(norm))
+        want = (got[0], got[1], got[2], got[3], got[4], loss_sum, norm, scale, apply, 0)
+        same = all((a == b) or (a != a and b != b) for a, b in zip(got, want))
+        R.rows += 1
+        print(f"{'step_scalars ' + tag:<70} {'ok' if same else 'FAIL ' + str(got) + ' != ' + str(want)}")
+        if not same:
+            R.failed.append(f"step_scalars {tag}")
+    # adamw_step: the values of the buffer, bit for bit as adamw with them; nothing when apply is 0.
+    n = 4096 + 64
+    master = torch.randn(n, dtype=torch.float32)
+    grads, _ = rnd(n, dt, 0.01)
+    m, v = (torch.randn(n) * 0.01).float(), (torch.randn(n) * 1e-4).abs().float()
+    for apply in (1, 0):
+        by_value = [x.clone() for x in (master.to(DTYPE[dt]), master, m, v)]
+        launch("adamw", dt, blocks(n // 4, 256), 256, P(by_value[0]), P(by_value[1] if dt == "bf16" else by_value[0]),
+               P(grads), P(by_value[2]), P(by_value[3]), L(0), L(n), L(n // 2), F(1e-2), F(0.9), F(0.95), F(1e-8),
+               F(0.1), F(0.271), F(0.143), F(0.7), U64(99))
+        packed = struct.pack(STEP_SCALARS, 1e-2, 0.271, 0.143, 1.0, 99, 0.0, 0.0, 0.7, apply, 0)
+        s = torch.tensor(list(packed), dtype=torch.uint8)
+        from_device = [x.clone() for x in (master.to(DTYPE[dt]), master, m, v)]
+        launch("adamw_step", dt, blocks(n // 4, 256), 256, P(from_device[0]),
+               P(from_device[1] if dt == "bf16" else from_device[0]), P(grads), P(from_device[2]), P(from_device[3]),
+               L(0), L(n), L(n // 2), F(0.9), F(0.95), F(1e-8), F(0.1), P(s))
+        want = by_value if apply else [master.to(DTYPE[dt]), master, m, v]
+        same = all(torch.equal(a, b) for a, b in zip(from_device, want))
+        R.rows += 1
+        tag = f"[{dt} apply={apply}]"
+        what = "the same bits as adamw" if apply else "nothing written"
+        print(f"{'adamw_step ' + tag:<70} {what}: {'ok' if same else 'FAIL'}")
+        if not same:
+            R.failed.append(f"adamw_step {tag}")
+
+
 def check_sum_squares(dt):
     for n in [64, 1000 * 64, 100_000]:
         x, x64 = rnd(n, dt, 0.1)
@@ -641,6 +707,7 @@ CHECKS = {
     "wgmma_probe": check_wgmma_probe,
     "cross_entropy": check_cross_entropy,
     "adamw": check_adamw,
+    "step": check_step,
     "sum_squares": check_sum_squares,
 }
 

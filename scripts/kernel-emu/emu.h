@@ -45,6 +45,7 @@ inline dim3 gridDim;
 
 using std::max;
 using std::min;
+using std::isfinite;
 
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline unsigned int __float_as_uint(float x) {

@@ -24,6 +24,8 @@ pub const ATTENTION_MAX_HS: usize = 256;
 pub const LOSS_BLOCK: u32 = 512;
 /// Threads per block in adamw.cu, each owning [`ADAMW_ELEMS`] elements.
 pub const ADAMW_BLOCK: u32 = 256;
+/// Threads of step_scalars' one block in adamw.cu.
+pub const STEP_SCALARS_BLOCK: u32 = 32;
 /// Consecutive elements per AdamW thread.
 pub const ADAMW_ELEMS: usize = 4;
 /// Threads per block in reduce.cu.
@@ -72,6 +74,8 @@ pub const KERNELS: &[(&str, &str)] = &[
     ("residual_forward", "gelu.cu"),
     ("cross_entropy", "loss.cu"),
     ("adamw", "adamw.cu"),
+    ("step_scalars", "adamw.cu"),
+    ("adamw_step", "adamw.cu"),
     ("sum_squares", "reduce.cu"),
     ("add_column_partials", "reduce.cu"),
     ("bias_add", "matmul.cu"),
