@@ -1775,6 +1775,9 @@ pub fn run(
 
 // ---- the training step --------------------------------------------------------------------------
 
+/// The clipping norm of the benchmark steps.
+const STEP_CLIP: f32 = 1.0;
+
 /// The phases a training step is split into, in order: the forward through the blocks (the
 /// gradients zeroed and the batch uploaded first), the classifier with the fused loss and its
 /// backward, the backward through the blocks, and the optimizer (the loss read back, the gradient
@@ -1783,7 +1786,6 @@ pub const STEP_PHASES: [&str; 4] = ["forward", "classifier", "backward", "optimi
 
 /// The AdamW settings of the benchmark steps (GPT-2's: lr 6e-4, β 0.9/0.95, decay 0.1, clip 1).
 fn adamw_step(t: usize, grad_norm: f32, seed: u64) -> AdamWStep {
-    const CLIP: f32 = 1.0;
     AdamWStep {
         lr: 6e-4,
         beta1: 0.9,
@@ -1791,14 +1793,15 @@ fn adamw_step(t: usize, grad_norm: f32, seed: u64) -> AdamWStep {
         eps: 1e-8,
         weight_decay: 0.1,
         t: t as u64,
-        grad_scale: if grad_norm > CLIP { CLIP / grad_norm } else { 1.0 },
+        grad_scale: if grad_norm > STEP_CLIP { STEP_CLIP / grad_norm } else { 1.0 },
         seed: Rng::derive(seed, 0xADA0 + t as u64).next_u64(),
     }
 }
 
 /// One optimizer step as the trainer takes it (one micro-batch, one GPU): zero the gradients,
 /// upload the batch, forward and backward, average the gradients over the ranks (nothing alone),
-/// the clipped norm, AdamW, and wait for the device. Returns the loss.
+/// the clipped norm, AdamW, and wait for the device; with CUDA graphs on, as the trainer does
+/// then, all of it as one `Gpt::train_step`. Returns the loss.
 fn trainer_step(
     model: &mut Gpt<CudaBackend>,
     tokens: &[i32],
@@ -1806,6 +1809,11 @@ fn trainer_step(
     t: usize,
     seed: u64,
 ) -> Result<f32, BenchError> {
+    if model.backend.cuda_graphs() {
+        model.set_batch(tokens, targets)?;
+        // The step's clipping scale comes from its norm, on the device.
+        return Ok(model.train_step(true, &adamw_step(t, 0.0, seed), STEP_CLIP)?.loss);
+    }
     model.zero_grads()?;
     model.set_batch(tokens, targets)?;
     let loss = model.forward_backward(true, 1.0)?;

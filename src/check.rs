@@ -74,6 +74,7 @@ pub const OPS: &[&str] = &[
     "cross_entropy",
     "adamw",
     "grad_norm",
+    "optimizer_step",
     "model_step",
     // Last: Hopper's wgmma kernels (rows on compute capability 9.0 only), so that a fault in the
     // newest kernels, which can spoil the device context, cannot hide the other families' rows;
@@ -188,17 +189,7 @@ impl Plan {
             inputs: round(self.inputs),
         };
         let gpu = CudaBackend::with_sizes(sizes, self.scratch, precision, device, None)?;
-        let cpu = CpuBackend {
-            params: vec![0.0; sizes.params],
-            grads: vec![0.0; sizes.params],
-            opt_m: vec![0.0; sizes.params],
-            opt_v: vec![0.0; sizes.params],
-            acts: vec![0.0; sizes.acts],
-            act_grads: vec![0.0; sizes.act_grads],
-            stats: vec![0.0; sizes.stats],
-            inputs: vec![0; sizes.inputs],
-            group: None,
-        };
+        let cpu = CpuBackend::with_sizes(sizes.params, [sizes.acts, sizes.act_grads, sizes.stats, sizes.inputs]);
         Ok(Pair { cpu, gpu, precision, rng: Rng::new(seed) })
     }
 }
@@ -469,6 +460,7 @@ impl Ctx {
             "cross_entropy" => self.cross_entropy(),
             "adamw" => self.adamw(),
             "grad_norm" => self.grad_norm(),
+            "optimizer_step" => self.optimizer_step(),
             "model_step" => self.model_step(),
             other => unreachable!("{other} is listed in OPS"),
         }
@@ -986,6 +978,66 @@ impl Ctx {
             let range = if i == 1 { TENSOR_ALIGN..n - TENSOR_ALIGN } else { 0..n };
             let (g, c) = (p.gpu.grad_norm_squared(range.clone())?, p.cpu.grad_norm_squared(range)?);
             rows.push(row(op, &case, "Σg²", &[g as f32], &[c as f32], F32_EPS, K_F32));
+        }
+        Ok(rows)
+    }
+
+    /// The optimizer of a whole recorded step (`optimizer_step`: the gradient norm, the clipping
+    /// scale, the guard against a non-finite loss or norm, AdamW with the values of `set_step`),
+    /// its outcome and the parameters and moments it leaves compared with the CPU's.
+    fn optimizer_step(&self) -> Rows {
+        let op = "optimizer_step";
+        let mut rows = Vec::new();
+        for (i, &(n, clip, nan_loss)) in
+            [(4096 + 64, 1.0, false), (300_032, 0.0, false), (4096 + 64, 1.0, true)].iter().enumerate()
+        {
+            let case = format!("n={n} clip={clip}{}", if nan_loss { " NaN loss" } else { "" });
+            let mut plan = Plan::default();
+            let all = plan.take(Arena::Params, n);
+            let losses = plan.take(Arena::Stats, 777);
+            let mut p = self.pair(&plan, 900 + i as u64)?;
+            let params = p.randn(n, 1.0);
+            p.set_exact(all, &params)?;
+            p.fill(all.grad(), 0.05)?;
+            let m = p.randn(n, 0.01);
+            p.set_exact(all.in_arena(Arena::OptM), &m)?;
+            let v: Vec<f32> = p.randn(n, 1e-4).iter().map(|x| x.abs()).collect();
+            p.set_exact(all.in_arena(Arena::OptV), &v)?;
+            let mut l: Vec<f32> = p.randn(losses.len, 1.0).iter().map(|x| 3.0 * x.abs()).collect();
+            if nan_loss {
+                l[100] = f32::NAN;
+            }
+            p.set_exact(losses, &l)?;
+            let step = AdamWStep {
+                lr: 1e-2,
+                beta1: 0.9,
+                beta2: 0.95,
+                eps: 1e-8,
+                weight_decay: 0.1,
+                t: 3,
+                grad_scale: 1.0,
+                seed: self.seed ^ 0x5EED,
+            };
+            let decay_end = n / 2 + 5;
+            p.cpu.set_step(&step, clip)?;
+            p.gpu.set_step(&step, clip)?;
+            p.cpu.optimizer_step(losses, losses.len, decay_end, 0..n)?;
+            p.gpu.optimizer_step(losses, losses.len, decay_end, 0..n)?;
+            let (c, g) = (p.cpu.step_outcome()?, p.gpu.step_outcome()?);
+            if !nan_loss {
+                rows.push(row(op, &case, "Σ losses", &[g.loss_sum as f32], &[c.loss_sum as f32], F32_EPS, K_F32));
+            }
+            rows.push(row(op, &case, "grad norm", &[g.grad_norm], &[c.grad_norm], F32_EPS, K_F32));
+            rows.push(bitwise_row(
+                op,
+                &case,
+                "applied",
+                &[f32::from(u8::from(g.applied))],
+                &[f32::from(u8::from(c.applied))],
+            ));
+            rows.push(p.compare_with(op, &case, "params (master)", all, F32_EPS, K_F32)?);
+            rows.push(p.compare(op, &case, "m", all.in_arena(Arena::OptM))?);
+            rows.push(p.compare(op, &case, "v", all.in_arena(Arena::OptV))?);
         }
         Ok(rows)
     }

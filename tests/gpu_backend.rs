@@ -50,6 +50,8 @@ struct Setup {
     gelu_epilogue: bool,
     bias_grad_epilogue: bool,
     cuda_graphs: bool,
+    /// Each step one `Gpt::train_step` instead of the ops one by one.
+    whole_steps: bool,
     /// Distinct batches, taken in turn (1: the same batch every step).
     batches: usize,
 }
@@ -60,6 +62,7 @@ impl Setup {
         gelu_epilogue: true,
         bias_grad_epilogue: true,
         cuda_graphs: false,
+        whole_steps: false,
         batches: 1,
     };
 }
@@ -97,12 +100,7 @@ fn run(precision: Precision, n_head: usize, steps: u64, setup: Setup) -> Outcome
     for step in 1..=steps {
         let (tokens, targets) = &batches[(step as usize - 1) % batches.len()];
         model.set_batch(tokens, targets).unwrap();
-        model.zero_grads().unwrap();
-        let loss = model.forward_backward(true, 1.0).unwrap();
-        let norm = model.grad_norm().unwrap();
-        assert!(loss.is_finite() && norm.is_finite(), "step {step}: loss {loss}, grad norm {norm}");
-        let grad_scale = if norm > 1.0 { 1.0 / norm } else { 1.0 };
-        let adamw = AdamWStep {
+        let adamw = |grad_scale| AdamWStep {
             lr: 3e-3,
             beta1: 0.9,
             beta2: 0.95,
@@ -112,7 +110,17 @@ fn run(precision: Precision, n_head: usize, steps: u64, setup: Setup) -> Outcome
             grad_scale,
             seed: step,
         };
-        model.adamw(&adamw).unwrap();
+        if setup.whole_steps {
+            let s = model.train_step(true, &adamw(1.0), 1.0).unwrap();
+            assert!(s.applied, "step {step}: {s:?}");
+            losses.push(s.loss);
+            continue;
+        }
+        model.zero_grads().unwrap();
+        let loss = model.forward_backward(true, 1.0).unwrap();
+        let norm = model.grad_norm().unwrap();
+        assert!(loss.is_finite() && norm.is_finite(), "step {step}: loss {loss}, grad norm {norm}");
+        model.adamw(&adamw(if norm > 1.0 { 1.0 / norm } else { 1.0 })).unwrap();
         losses.push(loss);
     }
     let all = Tensor { arena: Arena::Params, offset: 0, len: model.params.total };
@@ -190,6 +198,26 @@ fn cuda_graphs_replay_the_same_bits() {
             assert_eq!(plain.graph_launches, 0);
             assert_eq!(bits(&graphed.losses), bits(&plain.losses), "{precision}, {n_head} heads: losses differ");
             assert!(bits(&graphed.params) == bits(&plain.params), "{precision}, {n_head} heads: parameters differ");
+        }
+    }
+}
+
+/// A whole step (`Gpt::train_step`: the gradients zeroed, the forward and backward, the norm,
+/// the clipping and AdamW, the step's learning rate and seed read from device memory) replayed
+/// from a CUDA graph gives the bits of the ops launched one by one, a new batch every step; so
+/// does the same step unrecorded.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn whole_steps_replay_the_same_bits() {
+    for precision in [Precision::Bf16, Precision::F32] {
+        let setup = Setup { batches: 3, ..Setup::DEFAULT };
+        let plain = run(precision, 4, 8, setup);
+        let whole = run(precision, 4, 8, Setup { whole_steps: true, ..setup });
+        let graphed = run(precision, 4, 8, Setup { whole_steps: true, cuda_graphs: true, ..setup });
+        assert_eq!(graphed.graph_launches, 7, "{precision}: the graph was not used");
+        for (what, o) in [("unrecorded", &whole), ("replayed", &graphed)] {
+            assert_eq!(bits(&o.losses), bits(&plain.losses), "{precision}, {what} whole steps: losses differ");
+            assert!(bits(&o.params) == bits(&plain.params), "{precision}, {what} whole steps: parameters differ");
         }
     }
 }

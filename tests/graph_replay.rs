@@ -6,7 +6,7 @@
 //! again. Training through it must give the CPU's bits exactly, a new batch every step.
 
 use gptk::backend::cpu::CpuBackend;
-use gptk::backend::{AdamWStep, Backend, BackendError, Precision, Replay, Result};
+use gptk::backend::{AdamWStep, Backend, BackendError, Precision, Replay, Result, StepOutcome};
 use gptk::model::config::ModelConfig;
 use gptk::model::layout::{ActLayout, Arena, Recompute, Tensor};
 use gptk::model::{Gpt, init_params};
@@ -277,8 +277,21 @@ impl Backend for Recorder {
         self.inner.grad_norm_squared(range)
     }
     fn adamw(&mut self, step: &AdamWStep, decay_end: usize, range: Range<usize>) -> Result<()> {
+        // Its learning rate, step and clipping scale are arguments from the host each step.
         self.host("AdamW")?;
         self.inner.adamw(step, decay_end, range)
+    }
+    fn set_step(&mut self, step: &AdamWStep, clip: f32) -> Result<()> {
+        self.host("a copy of the step's values")?;
+        self.inner.set_step(step, clip)
+    }
+    fn optimizer_step(&mut self, losses: Tensor, count: usize, decay_end: usize, range: Range<usize>) -> Result<()> {
+        // Reads the step's values where set_step left them, when it runs (as a replay does).
+        self.op(move |k| k.optimizer_step(losses, count, decay_end, range.clone()))
+    }
+    fn step_outcome(&mut self) -> Result<StepOutcome> {
+        self.host("reading the step's outcome")?;
+        self.inner.step_outcome()
     }
     fn replay(&mut self, key: u64) -> Result<Replay> {
         assert!(self.recording.is_none(), "replay while recording");
@@ -307,13 +320,34 @@ impl Backend for Recorder {
     }
 }
 
+/// How `train_by` takes a step.
+#[derive(Clone, Copy)]
+enum Step {
+    /// The trainer's ops one by one: zero the gradients, `forward_backward` with this loss
+    /// weight, the gradient norm, AdamW clipped at 1.
+    Ops(f32),
+    /// One `Gpt::train_step`, clipping at 1 (loss weight 1).
+    Whole,
+}
+
 /// Losses and final parameters of `steps` AdamW steps on `batches` distinct batches taken in
 /// turn, with `targets_of` making batch i's targets from its tokens and i; and the model.
 fn train<K: Backend>(
+    model: Gpt<K>,
+    steps: u64,
+    batches: usize,
+    targets_of: impl Fn(&[i32], usize) -> Vec<i32>,
+) -> (Vec<f32>, Vec<f32>, Gpt<K>) {
+    train_by(model, steps, batches, targets_of, Step::Ops(0.5))
+}
+
+/// `train`, each step taken as `how` says.
+fn train_by<K: Backend>(
     mut model: Gpt<K>,
     steps: u64,
     batches: usize,
     targets_of: impl Fn(&[i32], usize) -> Vec<i32>,
+    how: Step,
 ) -> (Vec<f32>, Vec<f32>, Gpt<K>) {
     let (b, t, v) = (model.acts.b, model.acts.t, model.cfg.vocab_size);
     let host = init_params(&model.cfg, &model.params, 3);
@@ -330,20 +364,29 @@ fn train<K: Backend>(
     for step in 1..=steps {
         let (tokens, targets) = &data[(step as usize - 1) % batches];
         model.set_batch(tokens, targets).unwrap();
-        model.zero_grads().unwrap();
-        losses.push(model.forward_backward(true, 0.5).unwrap());
-        let norm = model.grad_norm().unwrap();
-        let adamw = AdamWStep {
+        let adamw = |grad_scale| AdamWStep {
             lr: 3e-3,
             beta1: 0.9,
             beta2: 0.95,
             eps: 1e-8,
             weight_decay: 0.1,
             t: step,
-            grad_scale: if norm > 1.0 { 1.0 / norm } else { 1.0 },
+            grad_scale,
             seed: step,
         };
-        model.adamw(&adamw).unwrap();
+        match how {
+            Step::Ops(weight) => {
+                model.zero_grads().unwrap();
+                losses.push(model.forward_backward(true, weight).unwrap());
+                let norm = model.grad_norm().unwrap();
+                model.adamw(&adamw(if norm > 1.0 { 1.0 / norm } else { 1.0 })).unwrap();
+            }
+            Step::Whole => {
+                let s = model.train_step(true, &adamw(1.0), 1.0).unwrap();
+                assert!(s.applied, "step {step}: {s:?}");
+                losses.push(s.loss);
+            }
+        }
     }
     let all = Tensor { arena: Arena::Params, offset: 0, len: model.params.total };
     let params = model.backend.download(all).unwrap();
@@ -438,4 +481,19 @@ fn the_embedding_backward_records_only_over_ids_uploaded_by_upload_tokens() {
         assert_eq!(ran.is_ok(), tokens_by_upload_tokens, "{ran:?}");
         k.end_recording(ran.is_ok()).unwrap();
     }
+}
+
+#[test]
+fn a_whole_step_replays_optimizer_included_with_the_bits_of_the_ops_run_one_by_one() {
+    // The zeroing, the forward and backward and the optimizer (norm, clipping, AdamW) of
+    // `Gpt::train_step` recorded and replayed, each step's learning rate, step count and seed
+    // reaching the replay through `set_step`: the bits of the trainer's ops run one by one.
+    let next = |tokens: &[i32], _| tokens[1..].iter().copied().chain([0]).collect::<Vec<_>>();
+    let (plain, recorded) = models();
+    let (losses, params, _) = train_by(plain, 8, 3, next, Step::Ops(1.0));
+    let (losses_rec, params_rec, model) = train_by(recorded, 8, 3, next, Step::Whole);
+    assert_eq!(model.backend.replays, 6);
+    assert_eq!(bits(&losses_rec), bits(&losses), "losses differ");
+    assert!(bits(&params_rec) == bits(&params), "parameters differ");
+    assert!(losses[7] < losses[0], "the model did not learn: {losses:?}");
 }

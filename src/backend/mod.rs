@@ -294,6 +294,19 @@ pub trait Backend {
     /// One AdamW update of the parameters in `range` (indices into the arena); weight decay for
     /// indices below `decay_end` only.
     fn adamw(&mut self, step: &AdamWStep, decay_end: usize, range: Range<usize>) -> Result<()>;
+    /// The host's values for the next `optimizer_step`: the learning rate, step count and seed of
+    /// `step` (its `grad_scale` is not used) and the clipping norm (≤ 0: none). Set before each
+    /// step, outside any recording: a backend that records keeps them where a recording of
+    /// `optimizer_step` reads them, so that replaying it uses this step's values.
+    fn set_step(&mut self, step: &AdamWStep, clip: f32) -> Result<()>;
+    /// The optimizer's half of a step with nothing read back, in a world of one: the global norm
+    /// of the gradients in `range` (`grad_norm_squared`), the clipping scale (clip / norm above
+    /// clip, else 1), and, when `count` targets counted and the norm and the sum of `losses` are
+    /// finite, `adamw` over `range` with that scale and the values of `set_step`: the trainer's
+    /// step, the same bits. `step_outcome` reads what it found.
+    fn optimizer_step(&mut self, losses: Tensor, count: usize, decay_end: usize, range: Range<usize>) -> Result<()>;
+    /// What the last `optimizer_step` found (waits for the device).
+    fn step_outcome(&mut self) -> Result<StepOutcome>;
 
     // ---- recording (CUDA graphs) -----------------------------------------------------------------
     /// Called before a run of ops that is the same every time `key` comes back: the same ops on
@@ -336,6 +349,17 @@ pub trait Backend {
     fn all_reduce_host(&mut self, _values: &mut [f64]) -> Result<()> {
         Ok(())
     }
+}
+
+/// What [`Backend::optimizer_step`] found.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepOutcome {
+    /// Σ of the step's losses, in order, in f64 (as `Gpt`'s mean loss sums them).
+    pub loss_sum: f64,
+    /// The global L2 norm of the gradients.
+    pub grad_norm: f32,
+    /// Whether AdamW ran (some target counted and the norm and the losses were finite).
+    pub applied: bool,
 }
 
 /// What [`Backend::replay`] did.

@@ -12,6 +12,17 @@ use crate::rng::Rng;
 use config::{ModelConfig, NUM_SPECIAL_TOKENS};
 use layout::{ActLayout, Arena, ParamLayout};
 
+/// What a whole training step ([`Gpt::train_step`]) found.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepSummary {
+    /// The mean loss over counted targets (NaN if none counted).
+    pub loss: f32,
+    /// The global norm of the gradients before clipping.
+    pub grad_norm: f32,
+    /// Whether AdamW updated the parameters (the loss and the norm were finite).
+    pub applied: bool,
+}
+
 /// Standard deviation of GPT-2's weight initialisation.
 pub const INIT_STD: f64 = 0.02;
 
@@ -160,6 +171,42 @@ impl<K: Backend> Gpt<K> {
             ended?;
         }
         self.mean_loss()
+    }
+
+    /// A whole training step on the batch of `set_batch`, without gradient accumulation, in a
+    /// world of one: the gradients zeroed, the forward and backward (`forward_backward` with loss
+    /// weight 1), then the optimizer ([`Backend::optimizer_step`]: the gradient norm, clipping at
+    /// `clip`, and AdamW with `step`'s learning rate, step count and seed when the loss and the
+    /// norm are finite); the same bits as those ops one by one. All of it is the same ops on the
+    /// same tensors for the same (`causal`, loss scale), whatever the batch and the step (`step`'s
+    /// values reach the optimizer through [`Backend::set_step`]): a backend may replay a
+    /// recording of the whole step (CUDA graphs).
+    pub fn train_step(&mut self, causal: bool, step: &AdamWStep, clip: f32) -> Result<StepSummary, ModelError> {
+        if self.rank_world().1 != 1 {
+            return Err(ModelError::Backend(BackendError::Device(
+                "a whole recorded step is for a world of one".into(),
+            )));
+        }
+        let count = self.counted_targets;
+        let dloss = 1.0 / count.max(1) as f32;
+        let (shard, decay_end) = (self.shard(), self.params.decay_end);
+        let grads = layout::Tensor { arena: Arena::Grads, offset: 0, len: self.params.total };
+        let (k, cfg, p, a) = (&mut self.backend, &self.cfg, &self.params, &self.acts);
+        k.set_step(step, clip)?;
+        // Apart from `forward_backward`'s keys (which use the low 33 bits).
+        let key = 1 << 40 | (u64::from(dloss.to_bits()) << 1) | u64::from(causal);
+        let mode = k.replay(key)?;
+        if mode != Replay::Replayed {
+            let ran = k
+                .zero(grads)
+                .and_then(|()| forward_backward_ops(k, cfg, p, a, causal, dloss))
+                .and_then(|()| k.optimizer_step(a.losses, count, decay_end, shard));
+            let ended = if mode == Replay::Recording { k.end_recording(ran.is_ok()) } else { Ok(()) };
+            ran?;
+            ended?;
+        }
+        let o = k.step_outcome()?;
+        Ok(StepSummary { loss: (o.loss_sum / count as f64) as f32, grad_norm: o.grad_norm, applied: o.applied })
     }
 
     /// One generation step on a plan from `ActLayout::for_generation`: `tokens` (one id per

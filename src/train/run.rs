@@ -224,48 +224,64 @@ pub fn train<K: Backend>(
     let first_step = state.step;
     let mut bad_steps = 0usize;
     let mut loss_average: Option<f32> = None;
+    // With CUDA graphs, a step of one causal batch in a world of one is recorded whole, the
+    // optimizer included (`Gpt::train_step`); otherwise the step's ops run one by one, the
+    // forward and backward of each micro-batch replayed from a recording where they can be.
+    let whole_steps = cfg.cuda_graphs && world == 1 && accum == 1 && objective == Objective::Clm;
     while state.step < cfg.steps {
         let step = state.step;
         let timer = Instant::now();
-        model.zero_grads()?;
-        let (mut clm_loss, mut mlm_loss) = (0.0f32, 0.0f32);
-        let share = 1.0 / accum as f32;
-        for _ in 0..accum {
-            run.train.next_batch(&mut inputs, &mut targets);
-            let at = || format!("training batch of step {} ({})", step + 1, run.train.position());
-            if objective.has_clm() {
-                model.set_batch(&inputs, &targets).with_context(at)?;
-                clm_loss += model.forward_backward(true, share)? * share;
-            }
-            if objective.has_mlm() {
-                masked.copy_from_slice(&inputs);
-                mask_batch(&mut masked, &mut mask_targets, vocab, mask_id, &mut mask_rng);
-                model.set_batch(&masked, &mask_targets).with_context(at)?;
-                mlm_loss += model.forward_backward(false, mlm_weight * share)? * share;
-            }
-        }
-        // Data parallelism: average the gradients (into each rank's shard) and the losses.
-        model.sync_grads()?;
-        let mut losses_now = [clm_loss as f64, mlm_loss as f64];
-        model.sum_over_ranks(&mut losses_now)?;
-        let (clm_loss, mlm_loss) = ((losses_now[0] / world as f64) as f32, (losses_now[1] / world as f64) as f32);
-        let loss = objective_loss(objective, clm_loss, mlm_loss, mlm_weight);
-        let grad_norm = model.grad_norm()?;
-        let grad_scale = if cfg.grad_clip > 0.0 && grad_norm > cfg.grad_clip { cfg.grad_clip / grad_norm } else { 1.0 };
         let lr = schedule.at(step);
-        let finite = loss.is_finite() && grad_norm.is_finite();
-        let adamw = AdamWStep {
+        // The clipping scale is 1 here: the step's norm sets it below.
+        let hyper = AdamWStep {
             lr,
             beta1: cfg.beta1,
             beta2: cfg.beta2,
             eps: cfg.eps,
             weight_decay: cfg.weight_decay,
             t: step as u64 + 1,
-            grad_scale,
+            grad_scale: 1.0,
             seed: Rng::derive(cfg.seed, 0xADA0 + step as u64).next_u64(),
         };
+        let at = |run: &Run<K>| format!("training batch of step {} ({})", step + 1, run.train.position());
+        let (loss, clm_loss, mlm_loss, grad_norm, finite);
+        if whole_steps {
+            run.train.next_batch(&mut inputs, &mut targets);
+            model.set_batch(&inputs, &targets).with_context(|| at(&run))?;
+            let s = model.train_step(true, &hyper, cfg.grad_clip)?;
+            (loss, clm_loss, mlm_loss, grad_norm, finite) = (s.loss, s.loss, 0.0, s.grad_norm, s.applied);
+        } else {
+            model.zero_grads()?;
+            let (mut clm, mut mlm) = (0.0f32, 0.0f32);
+            let share = 1.0 / accum as f32;
+            for _ in 0..accum {
+                run.train.next_batch(&mut inputs, &mut targets);
+                if objective.has_clm() {
+                    model.set_batch(&inputs, &targets).with_context(|| at(&run))?;
+                    clm += model.forward_backward(true, share)? * share;
+                }
+                if objective.has_mlm() {
+                    masked.copy_from_slice(&inputs);
+                    mask_batch(&mut masked, &mut mask_targets, vocab, mask_id, &mut mask_rng);
+                    model.set_batch(&masked, &mask_targets).with_context(|| at(&run))?;
+                    mlm += model.forward_backward(false, mlm_weight * share)? * share;
+                }
+            }
+            // Data parallelism: average the gradients (into each rank's shard) and the losses.
+            model.sync_grads()?;
+            let mut losses_now = [clm as f64, mlm as f64];
+            model.sum_over_ranks(&mut losses_now)?;
+            (clm_loss, mlm_loss) = ((losses_now[0] / world as f64) as f32, (losses_now[1] / world as f64) as f32);
+            loss = objective_loss(objective, clm_loss, mlm_loss, mlm_weight);
+            grad_norm = model.grad_norm()?;
+            let grad_scale =
+                if cfg.grad_clip > 0.0 && grad_norm > cfg.grad_clip { cfg.grad_clip / grad_norm } else { 1.0 };
+            finite = loss.is_finite() && grad_norm.is_finite();
+            if finite {
+                model.adamw(&AdamWStep { grad_scale, ..hyper })?;
+            }
+        }
         if finite {
-            model.adamw(&adamw)?;
             bad_steps = 0;
         } else {
             bad_steps += 1;

@@ -26,7 +26,7 @@ pub use layernorm::{layernorm_backward, layernorm_forward};
 pub use loss::cross_entropy;
 pub use matmul::{matmul_backward, matmul_forward};
 
-use super::{AdamWStep, Backend, BackendError, Precision, Result};
+use super::{AdamWStep, Backend, BackendError, Precision, Result, StepOutcome};
 use crate::dist::group::Group;
 use crate::model::layout::{ActLayout, Arena, Tensor};
 use rayon::prelude::*;
@@ -108,6 +108,9 @@ pub struct CpuBackend<F: Float = f32> {
     pub inputs: Vec<i32>,
     /// The data-parallel group this backend reduces gradients with (none: a world of one).
     pub group: Option<Group>,
+    /// The values of the next `optimizer_step` (`set_step`) and what the last one found.
+    next_step: Option<(AdamWStep, f32)>,
+    outcome: Option<StepOutcome>,
 }
 
 /// Raw views of every arena for one op: lets an op take several disjoint spans of the same
@@ -163,16 +166,25 @@ fn disjoint(writes: &[Tensor], reads: &[Tensor]) {
 impl<F: Float> CpuBackend<F> {
     /// Zeroed arenas for `param_total` parameters and the activation plan `acts`.
     pub fn new(param_total: usize, acts: &ActLayout) -> Self {
+        let sizes = [acts.acts_total, acts.act_grads_total, acts.stats_total, acts.inputs_total];
+        Self::with_sizes(param_total, sizes)
+    }
+
+    /// Zeroed arenas of these sizes: the parameter-like ones of `param_total` elements, then
+    /// [activations, activation gradients, statistics, inputs].
+    pub fn with_sizes(param_total: usize, [acts, act_grads, stats, inputs]: [usize; 4]) -> Self {
         CpuBackend {
             params: vec![F::zero(); param_total],
             grads: vec![F::zero(); param_total],
             opt_m: vec![F::zero(); param_total],
             opt_v: vec![F::zero(); param_total],
-            acts: vec![F::zero(); acts.acts_total],
-            act_grads: vec![F::zero(); acts.act_grads_total],
-            stats: vec![F::zero(); acts.stats_total],
-            inputs: vec![0; acts.inputs_total],
+            acts: vec![F::zero(); acts],
+            act_grads: vec![F::zero(); act_grads],
+            stats: vec![F::zero(); stats],
+            inputs: vec![0; inputs],
             group: None,
+            next_step: None,
+            outcome: None,
         }
     }
 
@@ -571,6 +583,29 @@ impl<F: Float> Backend for CpuBackend<F> {
 
     fn grad_norm_squared(&mut self, range: Range<usize>) -> Result<f64> {
         Ok(norm_squared(&self.grads[range]))
+    }
+
+    fn set_step(&mut self, step: &AdamWStep, clip: f32) -> Result<()> {
+        self.next_step = Some((*step, clip));
+        Ok(())
+    }
+
+    fn optimizer_step(&mut self, losses: Tensor, count: usize, decay_end: usize, range: Range<usize>) -> Result<()> {
+        let (step, clip) =
+            self.next_step.ok_or_else(|| BackendError::Device("optimizer_step before set_step".into()))?;
+        let loss_sum = self.download(losses)?.iter().map(|&x| x as f64).sum::<f64>();
+        let grad_norm = self.grad_norm_squared(range.clone())?.sqrt() as f32;
+        let grad_scale = if clip > 0.0 && grad_norm > clip { clip / grad_norm } else { 1.0 };
+        let applied = count > 0 && loss_sum.is_finite() && grad_norm.is_finite();
+        if applied {
+            self.adamw(&AdamWStep { grad_scale, ..step }, decay_end, range)?;
+        }
+        self.outcome = Some(StepOutcome { loss_sum, grad_norm, applied });
+        Ok(())
+    }
+
+    fn step_outcome(&mut self) -> Result<StepOutcome> {
+        self.outcome.ok_or_else(|| BackendError::Device("step_outcome before optimizer_step".into()))
     }
 
     fn adamw(&mut self, step: &AdamWStep, decay_end: usize, range: Range<usize>) -> Result<()> {

@@ -33,7 +33,7 @@ pub use device::{DeviceInfo, NVCC_INSTALL_HINT, device_count, is_compiled, peak_
 pub use nccl::{NCCL_ID_BYTES, NcclComm, check_nccl, new_id as new_nccl_id};
 pub use plan::{ArenaSizes, MemoryPlan, ScratchSizes};
 
-use super::{AdamWStep, Backend, BackendError, Precision, Replay, Result, cpu};
+use super::{AdamWStep, Backend, BackendError, Precision, Replay, Result, StepOutcome, cpu};
 use crate::model::config::LAYERNORM_EPS;
 use crate::model::layout::{ActLayout, Arena, ParamLayout, Tensor};
 use blas::{Blas, Epilogue, GemmCall};
@@ -94,6 +94,23 @@ impl DeviceBuffer {
         self.at(offset, len)?;
         Ok(offset * self.elem_bytes..(offset + len) * self.elem_bytes)
     }
+}
+
+/// The values of one step that a recorded step reads from device memory: `StepScalars` of
+/// kernels/adamw.cu, field for field (the host writes the first five, `step_scalars` the rest).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct StepScalars {
+    lr: f32,
+    bc1: f32,
+    bc2: f32,
+    clip: f32,
+    seed: u64,
+    loss_sum: f64,
+    grad_norm: f32,
+    grad_scale: f32,
+    apply: i32,
+    pad: i32,
 }
 
 /// The kernel entry points of one storage precision, by family name.
@@ -222,6 +239,11 @@ pub struct CudaBackend {
     inputs_host: Vec<i32>,
     /// Reused host buffer for the token buckets.
     buckets_host: Vec<i32>,
+    /// The step's values in device memory (`StepScalars`).
+    step: DeviceBuffer,
+    /// The AdamW constants of the last `set_step` (β1, β2, ε, weight decay): kernel arguments of
+    /// `optimizer_step`, the same every step of a run.
+    step_betas: Option<(f32, f32, f32, f32)>,
     /// The token tensor the scratch's buckets were made from (by `upload_tokens`, or by the
     /// embedding's backward for ids uploaded otherwise), and its largest id.
     bucketed: Option<(Tensor, i32)>,
@@ -471,6 +493,8 @@ impl CudaBackend {
             inputs_host: vec![0; sizes.inputs],
             buckets_host: Vec::with_capacity(scratch.bucket_ints()),
             bucketed: None,
+            step: alloc(1, std::mem::size_of::<StepScalars>(), "the step scalars")?,
+            step_betas: None,
             blas: Blas::new(stream.clone(), precision, BLAS_WORKSPACE_BYTES)?,
             functions,
             _module: module,
@@ -533,6 +557,59 @@ impl CudaBackend {
             .map_err(|e| driver_error("copying the token buckets", e))?;
         self.bucketed = Some((tokens, largest));
         Ok(())
+    }
+
+    /// Launches sum_squares over `range` of the gradient arena: per-block f64 sums of squares
+    /// into the norm scratch, in block order. Returns how many blocks wrote one.
+    fn launch_sum_squares(&mut self, range: Range<usize>) -> Result<usize> {
+        let n = range.len();
+        let grads_p = self.grads.at(range.start, n)?;
+        let vec = self.vec_flag(&[grads_p], &[n]);
+        let per_block = REDUCE_BLOCK as usize * if vec == 1 { self.vector_elems() } else { 1 };
+        let blocks = n.div_ceil(per_block).clamp(1, NORM_MAX_BLOCKS);
+        let (partials_p, n_i) = (self.scratch.norm.ptr, to_i64(n, "gradient count")?);
+        let f = self.functions.get("sum_squares");
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&partials_p).arg(&grads_p).arg(&n_i).arg(&vec);
+        let cfg = LaunchConfig {
+            grid_dim: (to_u32(blocks, "norm blocks")?, 1, 1),
+            block_dim: (REDUCE_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: sum_squares_T(double* partials, const T* x, long long n, int vec): x is `range`
+        // of the gradient arena (n elements, bounds checked), partials holds NORM_MAX_BLOCKS ≥
+        // blocks doubles.
+        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("sum_squares", e))?;
+        Ok(blocks)
+    }
+
+    /// The arguments and grid every AdamW launch over `range` shares, after checking the range:
+    /// inside the arena (which every optimizer arena matches), on multiples of 4 so that the f32
+    /// arenas stay 16-byte aligned for the kernel's float4 accesses. In f32 storage the master is
+    /// the parameters (the kernel does not write them separately).
+    fn adamw_launch(&self, decay_end: usize, range: Range<usize>) -> Result<AdamWLaunch> {
+        let (lo, hi) = (range.start, range.end);
+        if !lo.is_multiple_of(ADAMW_ELEMS) || !hi.is_multiple_of(ADAMW_ELEMS) || hi > self.params.elems || lo > hi {
+            return Err(BackendError::Device(format!(
+                "the AdamW range {range:?} is not inside the arena ({}) on multiples of {ADAMW_ELEMS}",
+                self.params.elems
+            )));
+        }
+        Ok(AdamWLaunch {
+            params: self.params.ptr,
+            master: self.master.as_ref().map_or(self.params.ptr, |m| m.ptr),
+            grads: self.grads.ptr,
+            m: self.opt_m.ptr,
+            v: self.opt_v.ptr,
+            start: to_i64(lo, "AdamW start")?,
+            end: to_i64(hi, "AdamW end")?,
+            decay_end: to_i64(decay_end.min(hi), "decay end")?,
+            cfg: LaunchConfig {
+                grid_dim: (blocks_for(((hi - lo) / ADAMW_ELEMS).max(1), ADAMW_BLOCK, "adamw grid")?, 1, 1),
+                block_dim: (ADAMW_BLOCK, 1, 1),
+                shared_mem_bytes: 0,
+            },
+        })
     }
 
     /// Drops the buckets' claim to describe `t`'s ids when `t` is written otherwise.
@@ -604,6 +681,11 @@ impl CudaBackend {
     /// default); off drops the recordings.
     pub fn set_cuda_graphs(&mut self, on: bool) {
         self.graphs = on.then(Graphs::default);
+    }
+
+    /// Whether op runs are recorded as CUDA graphs.
+    pub fn cuda_graphs(&self) -> bool {
+        self.graphs.is_some()
     }
 
     /// Turns on the faster, non-deterministic attention backward of the tensor-core kernels: dQ
@@ -1515,24 +1597,7 @@ impl Backend for CudaBackend {
     }
 
     fn grad_norm_squared(&mut self, range: Range<usize>) -> Result<f64> {
-        let n = range.len();
-        let grads_p = self.grads.at(range.start, n)?;
-        let vec = self.vec_flag(&[grads_p], &[n]);
-        let per_block = REDUCE_BLOCK as usize * if vec == 1 { self.vector_elems() } else { 1 };
-        let blocks = n.div_ceil(per_block).clamp(1, NORM_MAX_BLOCKS);
-        let (partials_p, n_i) = (self.scratch.norm.ptr, to_i64(n, "gradient count")?);
-        let f = self.functions.get("sum_squares");
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&partials_p).arg(&grads_p).arg(&n_i).arg(&vec);
-        let cfg = LaunchConfig {
-            grid_dim: (to_u32(blocks, "norm blocks")?, 1, 1),
-            block_dim: (REDUCE_BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: sum_squares_T(double* partials, const T* x, long long n, int vec): x is `range`
-        // of the gradient arena (n elements, bounds checked), partials holds NORM_MAX_BLOCKS ≥
-        // blocks doubles.
-        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("sum_squares", e))?;
+        let blocks = self.launch_sum_squares(range)?;
         let mut bytes = vec![0u8; blocks * BYTES_PER_F64];
         self.stream
             .memcpy_dtoh(&self.scratch.norm.mem.slice(0..bytes.len()), &mut bytes)
@@ -1542,39 +1607,73 @@ impl Backend for CudaBackend {
     }
 
     fn adamw(&mut self, step: &AdamWStep, decay_end: usize, range: Range<usize>) -> Result<()> {
-        let (lo, hi) = (range.start, range.end);
-        if !lo.is_multiple_of(ADAMW_ELEMS) || !hi.is_multiple_of(ADAMW_ELEMS) || hi > self.params.elems || lo > hi {
-            return Err(BackendError::Device(format!(
-                "the AdamW range {range:?} is not inside the arena ({}) on multiples of {ADAMW_ELEMS}",
-                self.params.elems
-            )));
-        }
-        let master_p = self.master.as_ref().map_or(self.params.ptr, |m| m.ptr);
-        let (params_p, grads_p, m_p, v_p) = (self.params.ptr, self.grads.ptr, self.opt_m.ptr, self.opt_v.ptr);
-        let (lo_i, hi_i) = (to_i64(lo, "AdamW start")?, to_i64(hi, "AdamW end")?);
-        let decay_i = to_i64(decay_end.min(hi), "decay end")?;
-        let t = i32::try_from(step.t).unwrap_or(i32::MAX);
-        let bc1 = (1.0 - (step.beta1 as f64).powi(t)) as f32;
-        let bc2 = (1.0 - (step.beta2 as f64).powi(t)) as f32;
+        let a = self.adamw_launch(decay_end, range)?;
+        let (bc1, bc2) = bias_corrections(step);
         let f = self.functions.get("adamw");
         let mut l = self.stream.launch_builder(f);
-        l.arg(&params_p).arg(&master_p).arg(&grads_p).arg(&m_p).arg(&v_p).arg(&lo_i).arg(&hi_i).arg(&decay_i);
+        l.arg(&a.params).arg(&a.master).arg(&a.grads).arg(&a.m).arg(&a.v).arg(&a.start).arg(&a.end).arg(&a.decay_end);
         l.arg(&step.lr).arg(&step.beta1).arg(&step.beta2).arg(&step.eps).arg(&step.weight_decay);
         l.arg(&bc1).arg(&bc2).arg(&step.grad_scale).arg(&step.seed);
-        let cfg = LaunchConfig {
-            grid_dim: (blocks_for(((hi - lo) / ADAMW_ELEMS).max(1), ADAMW_BLOCK, "adamw grid")?, 1, 1),
-            block_dim: (ADAMW_BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
         // SAFETY: adamw_T(T* params, float* master, const T* grads, float* m, float* v, long long
         // start, long long end, long long decay_end, float lr, float beta1, float beta2, float
-        // eps, float wd, float bc1, float bc2, float grad_scale, unsigned long long seed): every
-        // arena holds at least `end` elements (checked against the parameter arena, which all of
-        // them match), start and end are multiples of 4 so the f32 arenas stay 16-byte aligned
-        // for the float4 accesses; in f32 storage master is params and the kernel does not write
-        // params separately.
-        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("adamw", e))?;
+        // eps, float wd, float bc1, float bc2, float grad_scale, unsigned long long seed): as
+        // `adamw_launch` checked.
+        unsafe { l.launch(a.cfg) }.map_err(|e| Self::launch_error("adamw", e))?;
         Ok(())
+    }
+
+    fn set_step(&mut self, step: &AdamWStep, clip: f32) -> Result<()> {
+        let (bc1, bc2) = bias_corrections(step);
+        let values = StepScalars { lr: step.lr, bc1, bc2, clip, seed: step.seed, ..StepScalars::default() };
+        // The whole struct: what the device writes is overwritten by `step_scalars` before use.
+        let range = self.step.byte_range(0, 1)?;
+        self.stream
+            .memcpy_htod(bytemuck::bytes_of(&values), &mut self.step.mem.slice_mut(range))
+            .map_err(|e| driver_error("copying the step's values", e))?;
+        self.step_betas = Some((step.beta1, step.beta2, step.eps, step.weight_decay));
+        Ok(())
+    }
+
+    fn optimizer_step(&mut self, losses: Tensor, count: usize, decay_end: usize, range: Range<usize>) -> Result<()> {
+        let Some((beta1, beta2, eps, wd)) = self.step_betas else {
+            return Err(BackendError::Device("optimizer_step before set_step".into()));
+        };
+        Self::expect_arena(losses, &[Arena::Stats], "losses")?;
+        let losses_p = self.ptr(losses)?;
+        let a = self.adamw_launch(decay_end, range.clone())?;
+        let blocks = self.launch_sum_squares(range)?;
+        let (step_p, partials_p) = (self.step.ptr, self.scratch.norm.ptr);
+        let (blocks_i, n_i, count_i) =
+            (to_i32(blocks, "norm blocks")?, to_i64(losses.len, "losses")?, to_i32(count, "counted targets")?);
+        let f = self.functions.get("step_scalars");
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&step_p).arg(&partials_p).arg(&blocks_i).arg(&losses_p).arg(&n_i).arg(&count_i);
+        let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (STEP_SCALARS_BLOCK, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: step_scalars_T(StepScalars* s, const double* partials, int blocks, const float*
+        // losses, long long n, int count): the step buffer holds one StepScalars (the host part
+        // copied by set_step earlier on this stream), partials the `blocks` sums sum_squares just
+        // wrote, losses n f32 statistics (checked).
+        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("step_scalars", e))?;
+        let f = self.functions.get("adamw_step");
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&a.params).arg(&a.master).arg(&a.grads).arg(&a.m).arg(&a.v).arg(&a.start).arg(&a.end).arg(&a.decay_end);
+        l.arg(&beta1).arg(&beta2).arg(&eps).arg(&wd).arg(&step_p);
+        // SAFETY: adamw_step_T(T* params, float* master, const T* grads, float* m, float* v, long
+        // long start, long long end, long long decay_end, float beta1, float beta2, float eps,
+        // float wd, const StepScalars* s): as `adamw_launch` checked; s was completed by
+        // step_scalars just before on this stream.
+        unsafe { l.launch(a.cfg) }.map_err(|e| Self::launch_error("adamw_step", e))?;
+        Ok(())
+    }
+
+    fn step_outcome(&mut self) -> Result<StepOutcome> {
+        let mut values = StepScalars::default();
+        let range = self.step.byte_range(0, 1)?;
+        self.stream
+            .memcpy_dtoh(&self.step.mem.slice(range), bytemuck::bytes_of_mut(&mut values))
+            .map_err(|e| driver_error("reading the step's outcome", e))?;
+        self.stream.synchronize().map_err(|e| driver_error("finishing the step", e))?;
+        Ok(StepOutcome { loss_sum: values.loss_sum, grad_norm: values.grad_norm, applied: values.apply != 0 })
     }
 
     fn replay(&mut self, key: u64) -> Result<Replay> {
@@ -1720,6 +1819,25 @@ fn flash_launch(blocks: usize, threads: u32, smem: usize) -> Result<LaunchConfig
         block_dim: (threads, 1, 1),
         shared_mem_bytes: to_u32(smem, "shared memory")?,
     })
+}
+
+/// What every AdamW launch over a range passes: the arenas, the range, the grid.
+struct AdamWLaunch {
+    params: u64,
+    master: u64,
+    grads: u64,
+    m: u64,
+    v: u64,
+    start: i64,
+    end: i64,
+    decay_end: i64,
+    cfg: LaunchConfig,
+}
+
+/// AdamW's bias corrections 1 − β^t of a step, computed in f64.
+fn bias_corrections(step: &AdamWStep) -> (f32, f32) {
+    let t = i32::try_from(step.t).unwrap_or(i32::MAX);
+    ((1.0 - (step.beta1 as f64).powi(t)) as f32, (1.0 - (step.beta2 as f64).powi(t)) as f32)
 }
 
 /// The wgmma kernels' entry points (without their `_bf16`) for a head size they are built for:
