@@ -349,6 +349,22 @@ impl Pair {
     }
 }
 
+/// The AdamW settings of the optimizer checks (step 3, so the bias corrections matter).
+const CHECK_ADAMW: AdamWStep =
+    AdamWStep { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, t: 3, grad_scale: 1.0, seed: 0 };
+
+/// Random parameters (unrounded: the GPU keeps an f32 master), gradients of `grad_std` and
+/// moments in the `all` span of the parameter-like arenas, the same on both sides.
+fn optimizer_state(p: &mut Pair, all: Tensor, grad_std: f64) -> Result<(), BackendError> {
+    let params = p.randn(all.len, 1.0);
+    p.set_exact(all, &params)?;
+    p.fill(all.grad(), grad_std)?;
+    let m = p.randn(all.len, 0.01);
+    p.set_exact(all.in_arena(Arena::OptM), &m)?;
+    let v: Vec<f32> = p.randn(all.len, 1e-4).iter().map(|x| x.abs()).collect();
+    p.set_exact(all.in_arena(Arena::OptV), &v)
+}
+
 fn row(op: &str, case: &str, name: &str, gpu: &[f32], cpu: &[f32], eps: f64, k: f64) -> Comparison {
     let (max_abs, rel_l2, tol_share, non_finite) = compare(gpu, cpu, eps, k);
     Comparison {
@@ -933,23 +949,8 @@ impl Ctx {
             let mut plan = Plan::default();
             let all = plan.take(Arena::Params, n);
             let mut p = self.pair(&plan, 700 + i as u64)?;
-            let params = p.randn(n, 1.0);
-            p.set_exact(all, &params)?;
-            p.fill(all.grad(), 0.01)?;
-            let m = p.randn(n, 0.01);
-            p.set_exact(all.in_arena(Arena::OptM), &m)?;
-            let v: Vec<f32> = p.randn(n, 1e-4).iter().map(|x| x.abs()).collect();
-            p.set_exact(all.in_arena(Arena::OptV), &v)?;
-            let step = AdamWStep {
-                lr: 1e-2,
-                beta1: 0.9,
-                beta2: 0.95,
-                eps: 1e-8,
-                weight_decay: 0.1,
-                t: 3,
-                grad_scale: 0.7,
-                seed: self.seed ^ 0xADA,
-            };
+            optimizer_state(&mut p, all, 0.01)?;
+            let step = AdamWStep { grad_scale: 0.7, seed: self.seed ^ 0xADA, ..CHECK_ADAMW };
             let decay_end = n / 2 + 5;
             // The last case updates one shard only, as a data-parallel rank does: the elements
             // outside it must not move.
@@ -996,28 +997,13 @@ impl Ctx {
             let all = plan.take(Arena::Params, n);
             let losses = plan.take(Arena::Stats, 777);
             let mut p = self.pair(&plan, 900 + i as u64)?;
-            let params = p.randn(n, 1.0);
-            p.set_exact(all, &params)?;
-            p.fill(all.grad(), 0.05)?;
-            let m = p.randn(n, 0.01);
-            p.set_exact(all.in_arena(Arena::OptM), &m)?;
-            let v: Vec<f32> = p.randn(n, 1e-4).iter().map(|x| x.abs()).collect();
-            p.set_exact(all.in_arena(Arena::OptV), &v)?;
+            optimizer_state(&mut p, all, 0.05)?;
             let mut l: Vec<f32> = p.randn(losses.len, 1.0).iter().map(|x| 3.0 * x.abs()).collect();
             if nan_loss {
                 l[100] = f32::NAN;
             }
             p.set_exact(losses, &l)?;
-            let step = AdamWStep {
-                lr: 1e-2,
-                beta1: 0.9,
-                beta2: 0.95,
-                eps: 1e-8,
-                weight_decay: 0.1,
-                t: 3,
-                grad_scale: 1.0,
-                seed: self.seed ^ 0x5EED,
-            };
+            let step = AdamWStep { seed: self.seed ^ 0x5EED, ..CHECK_ADAMW };
             let decay_end = n / 2 + 5;
             p.cpu.set_step(&step, clip)?;
             p.gpu.set_step(&step, clip)?;
