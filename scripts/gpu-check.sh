@@ -119,10 +119,12 @@ sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanit
 if [ -n "$sanitizer" ]; then
     # Every attention family: the tensor-core kernels (odd T, both head sizes), the simple ones,
     # the cached step; `gelu` takes the matmul+GELU ops too, whose cuBLASLt epilogue writes the
-    # GELU's input through a pointer and leading dimension of gptk's.
-    stage memcheck 50 bash -c "for op in attention layernorm encoder cross_entropy gelu residual adamw; do
+    # GELU's input through a pointer and leading dimension of gptk's; `optimizer` the recorded
+    # step's optimizer; last, on Hopper, the wgmma kernels (no rows elsewhere).
+    stage memcheck 50 bash -c "for op in attention layernorm encoder cross_entropy gelu residual adamw optimizer wgmma; do
         '$sanitizer' --tool memcheck --error-exitcode 1 '$gptk' check --precision bf16 --op \$op || exit 1; done"
-    # Shared-memory hazards of the double-buffered tensor-core attention.
+    # Shared-memory hazards of the double-buffered tensor-core attention (the mma.sync kernels;
+    # the wgmma ones are families of their own, `--op wgmma`, left to memcheck within this time).
     stage racecheck 25 "$sanitizer" --tool racecheck --error-exitcode 1 \
         "$gptk" check --precision bf16 --op attention_
 else

@@ -80,8 +80,8 @@ pub const OPS: &[&str] = &[
     // newest kernels, which can spoil the device context, cannot hide the other families' rows;
     // first the layout probe, which tells a layout error from an error of the attention kernels.
     "wgmma_layouts",
-    "attention_forward_wgmma",
-    "attention_backward_wgmma",
+    "wgmma_forward",
+    "wgmma_backward",
 ];
 
 /// (N, C, skew) of the layernorm checks: degenerate, odd, unaligned and GPT-2-sized rows.
@@ -469,8 +469,8 @@ impl Ctx {
             "attention_forward" => self.attention(false, false),
             "attention_backward" => self.attention(true, false),
             "wgmma_layouts" => self.wgmma_layouts(),
-            "attention_forward_wgmma" => self.attention(false, true),
-            "attention_backward_wgmma" => self.attention(true, true),
+            "wgmma_forward" => self.attention(false, true),
+            "wgmma_backward" => self.attention(true, true),
             "attention_cached" => self.attention_cached(),
             "gelu_forward" | "gelu_backward" | "residual_forward" => self.elementwise(op),
             "cross_entropy" => self.cross_entropy(),
@@ -722,8 +722,8 @@ impl Ctx {
         let op = match (backward, wgmma) {
             (false, false) => "attention_forward",
             (true, false) => "attention_backward",
-            (false, true) => "attention_forward_wgmma",
-            (true, true) => "attention_backward_wgmma",
+            (false, true) => "wgmma_forward",
+            (true, true) => "wgmma_backward",
         };
         let mut rows = Vec::new();
         // Head sizes 64 and 128 take the tensor-core kernels in bf16 (the simple ones in f32):
