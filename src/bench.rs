@@ -358,7 +358,7 @@ pub enum StepVariant {
     GeluApart,
     /// The linear layers' bias gradients by the bias-gradient kernels after the weight GEMMs.
     BiasGradApart,
-    /// The forward and backward replayed from a CUDA graph (`gptk train --cuda-graphs`).
+    /// The whole step replayed from a CUDA graph (`gptk train --cuda-graphs`).
     CudaGraphs,
     /// The attention backward with dQ summed by atomics (`gptk train --attention-backward atomic`).
     AtomicAttention,

@@ -176,9 +176,10 @@ pub struct TrainConfig {
     /// GPU storage precision (the CPU always computes in f32).
     #[arg(long, value_enum, default_value_t = Precision::Bf16)]
     pub precision: Precision,
-    /// On a GPU, record each training step's forward and backward as a CUDA graph at its second
-    /// step and replay the recording after that: one launch instead of hundreds, the same
-    /// kernels and the same bits.
+    /// On a GPU, record each training step as a CUDA graph at its second step and replay the
+    /// recording after that: one launch instead of hundreds, the same kernels and the same bits.
+    /// The whole step (optimizer included) for one causal batch on one GPU; each micro-batch's
+    /// forward and backward otherwise.
     #[arg(long)]
     #[serde(default)]
     pub cuda_graphs: bool,
