@@ -35,12 +35,12 @@
 // asks for 1 KB more than its tiles to align them to 1024 bytes. Where a second block fits without
 // spilling (dQ at HS = 64) it is requested:
 //   kernel         HS    tiles (rows × streamed)   regs   smem (bytes)   blocks/SM   warps/SM
-//   forward        64    128 q × 128 k              194     82,944       1 (regs)    8
-//   forward        128   128 q × 64 k               160     99,328       1 (regs)    8
-//   dK/dV          64    128 k × 64 q               208     67,584       1 (regs)    8
-//   dK/dV          128   128 k × 32 q               211     99,840       1 (regs)    8
-//   dQ             64    128 q × 64 k               124     66,560       2 (regs)   16
-//   dQ             128   128 q × 64 k               180    132,096       1 (both)    8
+//   forward        64    128 q × 128 k              186     82,944       1 (regs)    8
+//   forward        128   128 q × 64 k               154     99,328       1 (regs)    8
+//   dK/dV          64    128 k × 64 q               232     67,584       1 (regs)    8
+//   dK/dV          128   128 k × 32 q               231     99,840       1 (regs)    8
+//   dQ             64    128 q × 64 k               122     66,560       2 (regs)   16
+//   dQ             128   128 q × 64 k               179    132,096       1 (both)    8
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #error "flash_attention_sm90a.cu needs sm_90a: build.rs compiles it for that target only"
 #endif
@@ -186,7 +186,7 @@ __device__ __forceinline__ void flash_forward_sm90(bf16* out, float* lse, const 
     const int q0 = f.first_query(BR, causal), bh = f.bh, C = f.C;
     const long long stride = f.stride;
     const bf16 *q_rows = f.q, *k_rows = f.k, *v_rows = f.v;
-    const int group = static_cast<int>(threadIdx.x) / FLASH90_WARPGROUP;
+    const int group = warpgroup_index();
     const int warp = (static_cast<int>(threadIdx.x) % FLASH90_WARPGROUP) / WARP_SIZE, lane = lane_id();
     const int g = lane >> 2, t = lane & 3;
     const int group_row0 = q0 + group * 64;           // this warpgroup's first query
@@ -329,7 +329,7 @@ __device__ __forceinline__ void flash_backward_dq_sm90(bf16* dqkv, const bf16* d
     const int q0 = f.first_query(BR, causal), bh = f.bh, C = f.C;
     const long long stride = f.stride, head = f.head;
     const bf16 *q_rows = f.q, *k_rows = f.k, *v_rows = f.v, *do_rows = dout + f.head_c;
-    const int group = static_cast<int>(threadIdx.x) / FLASH90_WARPGROUP;
+    const int group = warpgroup_index();
     const int warp = (static_cast<int>(threadIdx.x) % FLASH90_WARPGROUP) / WARP_SIZE, lane = lane_id();
     const int g = lane >> 2, t = lane & 3;
     const int group_row0 = q0 + group * 64;
@@ -447,7 +447,7 @@ __device__ __forceinline__ void flash_backward_dkv_sm90(bf16* dqkv, const bf16* 
     const long long stride = f.stride, head = f.head;
     const bf16 *q_rows = f.q, *k_rows = f.k, *v_rows = f.v, *do_rows = dout + f.head_c;
     const float *lse_rows = lse + static_cast<long long>(f.bh) * seq, *delta_rows = delta + static_cast<long long>(f.bh) * seq;
-    const int group = static_cast<int>(threadIdx.x) / FLASH90_WARPGROUP;
+    const int group = warpgroup_index();
     const int warp = (static_cast<int>(threadIdx.x) % FLASH90_WARPGROUP) / WARP_SIZE, lane = lane_id();
     const int g = lane >> 2, t = lane & 3;
     const int group_key0 = k0 + group * 64;

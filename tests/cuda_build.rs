@@ -162,6 +162,20 @@ fn every_kernel_compiles_for_sm90_without_spills() {
     }
 }
 
+/// ptxas serializes a kernel's wgmma instructions (each waiting for the one before) when it
+/// cannot prove them warpgroup-uniform, and says so in the report ("Potential Performance Loss:
+/// wgmma.mma_async instructions are serialized …"): a kernel that compiles and is right but
+/// gives up most of what wgmma is for.
+#[test]
+fn no_wgmma_kernel_is_serialized() {
+    if skip_without_nvcc("no_wgmma_kernel_is_serialized") {
+        return;
+    }
+    let serialized: Vec<&str> =
+        kernels::PTXAS_REPORT.lines().filter(|l| l.contains("wgmma.mma_async instructions are serialized")).collect();
+    assert!(serialized.is_empty(), "ptxas serializes wgmma:\n{}", serialized.join("\n"));
+}
+
 #[test]
 fn fatbin_holds_code_for_every_requested_architecture() {
     if skip_without_nvcc("fatbin_holds_code_for_every_requested_architecture") {

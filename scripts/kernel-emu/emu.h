@@ -154,6 +154,7 @@ inline float __shfl_xor_sync(unsigned, float v, int offset) {
 inline double __shfl_xor_sync(unsigned, double v, int offset) {
     return emu::exchange(v, (threadIdx.x % emu::kWarp) ^ offset);
 }
+inline int __shfl_sync(unsigned, int v, int lane) { return emu::exchange(v, lane); }
 inline void __syncthreads() { emu::current_block->barrier.arrive_and_wait(); }
 inline void __syncwarp(unsigned = 0xffffffffu) { emu::current_warp->barrier.arrive_and_wait(); }
 
