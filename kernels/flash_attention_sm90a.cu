@@ -35,12 +35,12 @@
 // asks for 1 KB more than its tiles to align them to 1024 bytes. Where a second block fits without
 // spilling (dQ at HS = 64) it is requested:
 //   kernel         HS    tiles (rows × streamed)   regs   smem (bytes)   blocks/SM   warps/SM
-//   forward        64    128 q × 128 k              186     82,944       1 (regs)    8
+//   forward        64    128 q × 128 k              185     82,944       1 (regs)    8
 //   forward        128   128 q × 64 k               154     99,328       1 (regs)    8
-//   dK/dV          64    128 k × 64 q               232     67,584       1 (regs)    8
+//   dK/dV          64    128 k × 64 q               199     67,584       1 (regs)    8
 //   dK/dV          128   128 k × 32 q               231     99,840       1 (regs)    8
 //   dQ             64    128 q × 64 k               122     66,560       2 (regs)   16
-//   dQ             128   128 q × 64 k               179    132,096       1 (both)    8
+//   dQ             128   128 q × 64 k               174    132,096       1 (both)    8
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #error "flash_attention_sm90a.cu needs sm_90a: build.rs compiles it for that target only"
 #endif
@@ -223,11 +223,10 @@ __device__ __forceinline__ void flash_forward_sm90(bf16* out, float* lse, const 
             const shared_addr tk = ak + stage * G::KV_BYTES, tv = av + stage * G::KV_BYTES;
             // S = Q·Kᵀ: A = this warpgroup's 64 queries, B = the tile's keys, both K-major.
             float s[BC / 2];
-            flash90_zero<BC / 2>(s);
             wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < HS / 16; kk++)
-                wgmma_ss<BC>(s, flash90_k_major(aq, BR, group * 64, kk), flash90_k_major(tk, BC, 0, kk), 1);
+                wgmma_ss<BC>(s, flash90_k_major(aq, BR, group * 64, kk), flash90_k_major(tk, BC, 0, kk), kk > 0);
             wgmma_commit();
             wgmma_wait<0>();
             flash90_pin<BC / 2>(s);
@@ -373,13 +372,11 @@ __device__ __forceinline__ void flash_backward_dq_sm90(bf16* dqkv, const bf16* d
         if (!causal || k0 <= group_row0 + 63) {
             const shared_addr tk = ak + stage * KV_BYTES, tv = av + stage * KV_BYTES;
             float s[BC / 2], dp[BC / 2];
-            flash90_zero<BC / 2>(s);
-            flash90_zero<BC / 2>(dp);
             wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < HS / 16; kk++) {
-                wgmma_ss<BC>(s, flash90_k_major(aq, BR, group * 64, kk), flash90_k_major(tk, BC, 0, kk), 1);
-                wgmma_ss<BC>(dp, flash90_k_major(ado, BR, group * 64, kk), flash90_k_major(tv, BC, 0, kk), 1);
+                wgmma_ss<BC>(s, flash90_k_major(aq, BR, group * 64, kk), flash90_k_major(tk, BC, 0, kk), kk > 0);
+                wgmma_ss<BC>(dp, flash90_k_major(ado, BR, group * 64, kk), flash90_k_major(tv, BC, 0, kk), kk > 0);
             }
             wgmma_commit();
             wgmma_wait<0>();
@@ -485,13 +482,11 @@ __device__ __forceinline__ void flash_backward_dkv_sm90(bf16* dqkv, const bf16* 
             const float* tlse = slse + stage * BQ;
             const float* tdelta = sdelta + stage * BQ;
             float st[BQ / 2], dpt[BQ / 2];
-            flash90_zero<BQ / 2>(st);
-            flash90_zero<BQ / 2>(dpt);
             wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < HS / 16; kk++) {
-                wgmma_ss<BQ>(st, flash90_k_major(ak, BK, group * 64, kk), flash90_k_major(tq, BQ, 0, kk), 1);
-                wgmma_ss<BQ>(dpt, flash90_k_major(av, BK, group * 64, kk), flash90_k_major(tdo, BQ, 0, kk), 1);
+                wgmma_ss<BQ>(st, flash90_k_major(ak, BK, group * 64, kk), flash90_k_major(tq, BQ, 0, kk), kk > 0);
+                wgmma_ss<BQ>(dpt, flash90_k_major(av, BK, group * 64, kk), flash90_k_major(tdo, BQ, 0, kk), kk > 0);
             }
             wgmma_commit();
             wgmma_wait<0>();
