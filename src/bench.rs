@@ -540,8 +540,8 @@ impl Case for EncoderCase {
     fn layout(&mut self, copies: usize) -> (ArenaSizes, ScratchSizes) {
         let (n, c) = (self.b * self.t, self.c);
         let mut spans = Spans::default();
-        // One token tensor for every copy (the ids are the same): uploaded once as the trainer
-        // uploads a batch, bucketed for the backward then, so that the backward times its kernels.
+        // One token tensor for every copy (the ids are the same), uploaded once as the trainer
+        // uploads a batch: the first (warm-up) backward buckets it, the timed ones time kernels.
         let tokens = spans.take(Arena::Inputs, n);
         self.copies = (0..copies)
             .map(|_| EncoderTensors {

@@ -73,10 +73,11 @@ pub trait Backend {
     fn upload(&mut self, t: Tensor, data: &[f32]) -> Result<()>;
     /// Copies token ids into a tensor of the `Inputs` arena.
     fn upload_ints(&mut self, t: Tensor, data: &[i32]) -> Result<()>;
-    /// Copies the batch's token ids into `t`, the embedding's input, as `upload_ints`; a backend
-    /// may also prepare from them here what the embedding's backward reads, so that the backward
-    /// reads nothing from the host (the CUDA one buckets positions by token and uploads the
-    /// buckets). The default is `upload_ints`.
+    /// Copies the batch's token ids into `t`, the embedding's input, as `upload_ints`, telling the
+    /// backend they are the batch's: it may prepare from them what the embedding's backward reads,
+    /// so that a recorded backward reads nothing from the host (the CUDA backend buckets positions
+    /// by token, before a recording, or in the backward when ops run one by one). The default is
+    /// `upload_ints`.
     fn upload_tokens(&mut self, t: Tensor, data: &[i32]) -> Result<()> {
         self.upload_ints(t, data)
     }

@@ -244,9 +244,12 @@ pub struct CudaBackend {
     /// The AdamW constants of the last `set_step` (β1, β2, ε, weight decay): kernel arguments of
     /// `optimizer_step`, the same every step of a run.
     step_betas: Option<(f32, f32, f32, f32)>,
-    /// The token tensor the scratch's buckets were made from (by `upload_tokens`, or by the
-    /// embedding's backward for ids uploaded otherwise), and its largest id.
+    /// The token tensor the scratch's buckets were made from, and its largest id.
     bucketed: Option<(Tensor, i32)>,
+    /// The batch's token tensor, as `upload_tokens` last filled it: bucketed when first needed,
+    /// by the embedding's backward (while the device runs the forward) or, with CUDA graphs,
+    /// before a recording is made or launched (which cannot read the host).
+    batch_tokens: Option<Tensor>,
     blas: Blas,
     functions: Functions,
     _module: Arc<CudaModule>,
@@ -493,6 +496,7 @@ impl CudaBackend {
             inputs_host: vec![0; sizes.inputs],
             buckets_host: Vec::with_capacity(scratch.bucket_ints()),
             bucketed: None,
+            batch_tokens: None,
             step: alloc(1, std::mem::size_of::<StepScalars>(), "the step scalars")?,
             step_betas: None,
             blas: Blas::new(stream.clone(), precision, BLAS_WORKSPACE_BYTES)?,
@@ -617,6 +621,7 @@ impl CudaBackend {
         if self.bucketed.is_some_and(|(b, _)| b.overlaps(t)) {
             self.bucketed = None;
         }
+        self.batch_tokens = self.batch_tokens.filter(|b| !b.overlaps(t));
     }
 
     /// Runs the tensor-core attention on Hopper's wgmma kernels (`on`) or on the mma.sync ones
@@ -910,6 +915,35 @@ impl CudaBackend {
         (aligned && self.uses_flash_attention(hs)).then(|| flash_tiles(hs)).flatten()
     }
 
+    /// The tensor-core attention kernels a launch at head size `hs` takes: the wgmma ones where
+    /// they run, else the mma.sync ones of `tiles`.
+    fn flash_kernels(&self, hs: usize, tiles: &cpu::attention::AttentionTiles) -> FlashKernels {
+        let pass = |name, rows, smem| FlashPass { name, rows, smem };
+        if self.uses_wgmma_attention(hs) {
+            let (fwd, dkv, dq) = flash90_shared_bytes(hs).expect("loaded for this head size");
+            let names = wgmma_names(hs);
+            FlashKernels {
+                threads: FLASH90_BLOCK,
+                forward: pass(names.0, FLASH90_ROWS, fwd),
+                dkv: pass(names.1, FLASH90_DKV_KEYS, dkv),
+                dq: pass(names.2, FLASH90_ROWS, dq),
+            }
+        } else {
+            let (fwd, dkv, dq) = flash_shared_bytes(hs).expect("tiles exist");
+            let names = if hs == 64 {
+                ("flash_forward_hs64", "flash_backward_dkv_hs64", "flash_backward_dq_hs64")
+            } else {
+                ("flash_forward_hs128", "flash_backward_dkv_hs128", "flash_backward_dq_hs128")
+            };
+            FlashKernels {
+                threads: FLASH_BLOCK,
+                forward: pass(names.0, tiles.fwd_rows, fwd),
+                dkv: pass(names.1, tiles.dkv_keys, dkv),
+                dq: pass(names.2, tiles.dq_rows, dq),
+            }
+        }
+    }
+
     /// Splits `n` rows into at most MAX_PARTIALS chunks for a column reduction of `columns`
     /// (× `per_column` values): (rows per chunk, chunks), after checking the scratch holds them.
     fn chunks(&self, n: usize, columns: usize, per_column: usize) -> Result<(usize, usize)> {
@@ -986,7 +1020,8 @@ impl Backend for CudaBackend {
 
     fn upload_tokens(&mut self, t: Tensor, data: &[i32]) -> Result<()> {
         self.upload_ints(t, data)?;
-        self.bucket_tokens(t)
+        self.batch_tokens = Some(t);
+        Ok(())
     }
 
     fn download(&mut self, t: Tensor) -> Result<Vec<f32>> {
@@ -1066,9 +1101,9 @@ impl Backend for CudaBackend {
         // holds T·C and dout B·T·C elements (checked).
         unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("encoder_backward_wpe", e))?;
 
-        // dwte: positions bucketed by token in the scratch, made from the ids on the host when
-        // they were uploaded by `upload_tokens` (so that this launch reads nothing from the host
-        // and a CUDA graph can replay it), or now for ids uploaded otherwise.
+        // dwte: positions bucketed by token in the scratch, made from the host's copy of the ids
+        // now, unless `replay` made them before a recording (so that this launch reads nothing
+        // from the host and a CUDA graph can replay it).
         let tokens = tokens.slice(0, n);
         if self.bucketed.map(|(t, _)| t) != Some(tokens) {
             self.bucket_tokens(tokens)?;
@@ -1334,35 +1369,22 @@ impl Backend for CudaBackend {
         if rows == 0 {
             return Ok(());
         }
-        let flash = self.flash_tiles_for(hs, &[out_p, qkv_p]);
-        if flash.is_some() && self.uses_wgmma_attention(hs) {
-            let (smem, _, _) = flash90_shared_bytes(hs).expect("loaded for this head size");
-            let name = wgmma_names(hs).0;
-            let f = self.functions.get(name);
+        if let Some(tiles) = self.flash_tiles_for(hs, &[out_p, qkv_p]) {
+            let kernels = self.flash_kernels(hs, &tiles);
+            let pass = kernels.forward;
+            let f = self.functions.get(pass.name);
             let mut l = self.stream.launch_builder(f);
             l.arg(&out_p).arg(&lse_p).arg(&qkv_p).arg(&b_i).arg(&t_i).arg(&nh_i).arg(&causal_i).arg(&scale);
-            let cfg = flash_launch(t.div_ceil(FLASH90_ROWS) * b * nh, FLASH90_BLOCK, smem)?;
-            // SAFETY: flash_forward_sm90a_hsN_bf16 has flash_forward_hsN_bf16's parameters and
-            // contract (below); it is sm_90a code, loaded only on a compute capability 9.0 device,
-            // with the shared memory it was allowed at load (which includes the slack it aligns
-            // its tiles to 1024 bytes with).
-            unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error(name, e))?;
-            return Ok(());
-        }
-        if let Some(tiles) = flash {
-            let (smem, _, _) = flash_shared_bytes(hs).expect("tiles exist");
-            let name = if hs == 64 { "flash_forward_hs64" } else { "flash_forward_hs128" };
-            let f = self.functions.get(name);
-            let mut l = self.stream.launch_builder(f);
-            l.arg(&out_p).arg(&lse_p).arg(&qkv_p).arg(&b_i).arg(&t_i).arg(&nh_i).arg(&causal_i).arg(&scale);
-            let cfg = flash_launch(t.div_ceil(tiles.fwd_rows) * b * nh, FLASH_BLOCK, smem)?;
-            // SAFETY: flash_forward_hsN_bf16(bf16* out, float* lse, const bf16* qkv, int B, int
-            // seq, int NH, int causal, float scale), HS = N: out holds B·T·C, lse B·NH·T, qkv
-            // B·T·3C (checked); out and qkv are 16-byte aligned and C = NH·HS is a multiple of 8,
-            // so every row the kernel moves 16 bytes at a time is aligned; rows past T are
+            let cfg = flash_launch(t.div_ceil(pass.rows) * b * nh, kernels.threads, pass.smem)?;
+            // SAFETY: flash_forward[_sm90a]_hsN_bf16(bf16* out, float* lse, const bf16* qkv, int
+            // B, int seq, int NH, int causal, float scale), HS = N: out holds B·T·C, lse B·NH·T,
+            // qkv B·T·3C (checked); out and qkv are 16-byte aligned and C = NH·HS is a multiple
+            // of 8, so every row the kernel moves 16 bytes at a time is aligned; rows past T are
             // neither read nor written; the grid is ⌈T/rows⌉·B·NH blocks with the shared memory
-            // the function was allowed at load.
-            unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error(name, e))?;
+            // the function was allowed at load (for the wgmma kernels, sm_90a code loaded only
+            // on a compute capability 9.0 device, that includes the slack they align their tiles
+            // to 1024 bytes with).
+            unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error(pass.name, e))?;
             return Ok(());
         }
         let f = self.functions.get("attention_forward");
@@ -1457,43 +1479,23 @@ impl Backend for CudaBackend {
             unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("flash_dq_store", e))?;
             return Ok(());
         }
-        if flash.is_some() && self.uses_wgmma_attention(hs) {
-            let (_, dkv_smem, dq_smem) = flash90_shared_bytes(hs).expect("loaded for this head size");
-            let (_, dkv, dq) = wgmma_names(hs);
-            for (name, rows_per_block, smem) in [(dkv, FLASH90_DKV_KEYS, dkv_smem), (dq, FLASH90_ROWS, dq_smem)] {
-                let f = self.functions.get(name);
-                let mut l = self.stream.launch_builder(f);
-                l.arg(&dqkv_p).arg(&dout_p).arg(&qkv_p).arg(&lse_p).arg(&delta_p);
-                l.arg(&b_i).arg(&t_i).arg(&nh_i).arg(&causal_i).arg(&scale);
-                let cfg = flash_launch(t.div_ceil(rows_per_block) * b * nh, FLASH90_BLOCK, smem)?;
-                // SAFETY: flash_backward_{dkv,dq}_sm90a_hsN_bf16 have the parameters and contract
-                // of the mma.sync kernels below; sm_90a code loaded only on a compute capability
-                // 9.0 device, with the shared memory it was allowed at load (its alignment slack
-                // included).
-                unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error(name, e))?;
-            }
-            return Ok(());
-        }
         if let Some(tiles) = flash {
-            let (_, dkv_smem, dq_smem) = flash_shared_bytes(hs).expect("tiles exist");
-            let (dkv, dq) = if hs == 64 {
-                ("flash_backward_dkv_hs64", "flash_backward_dq_hs64")
-            } else {
-                ("flash_backward_dkv_hs128", "flash_backward_dq_hs128")
-            };
-            for (name, rows_per_block, smem) in [(dkv, tiles.dkv_keys, dkv_smem), (dq, tiles.dq_rows, dq_smem)] {
-                let f = self.functions.get(name);
+            let kernels = self.flash_kernels(hs, &tiles);
+            for pass in [kernels.dkv, kernels.dq] {
+                let f = self.functions.get(pass.name);
                 let mut l = self.stream.launch_builder(f);
                 l.arg(&dqkv_p).arg(&dout_p).arg(&qkv_p).arg(&lse_p).arg(&delta_p);
                 l.arg(&b_i).arg(&t_i).arg(&nh_i).arg(&causal_i).arg(&scale);
-                let cfg = flash_launch(t.div_ceil(rows_per_block) * b * nh, FLASH_BLOCK, smem)?;
-                // SAFETY: flash_backward_{dkv,dq}_hsN_bf16(bf16* dqkv, const bf16* dout, const
-                // bf16* qkv, const float* lse, const float* delta, int B, int seq, int NH, int
-                // causal, float scale), HS = N: dqkv and qkv hold B·T·3C, dout B·T·C, lse and
-                // delta B·NH·T (checked; delta was just written on this stream); the bf16 spans
-                // are 16-byte aligned with C a multiple of 8; rows past T are neither read nor
-                // written; dK/dV and dQ write disjoint thirds of dqkv.
-                unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error(name, e))?;
+                let cfg = flash_launch(t.div_ceil(pass.rows) * b * nh, kernels.threads, pass.smem)?;
+                // SAFETY: flash_backward_{dkv,dq}[_sm90a]_hsN_bf16(bf16* dqkv, const bf16* dout,
+                // const bf16* qkv, const float* lse, const float* delta, int B, int seq, int NH,
+                // int causal, float scale), HS = N: dqkv and qkv hold B·T·3C, dout B·T·C, lse
+                // and delta B·NH·T (checked; delta was just written on this stream); the bf16
+                // spans are 16-byte aligned with C a multiple of 8; rows past T are neither read
+                // nor written; dK/dV and dQ write disjoint thirds of dqkv; the shared memory is
+                // what the function was allowed at load (sm_90a code only on a compute
+                // capability 9.0 device).
+                unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error(pass.name, e))?;
             }
             return Ok(());
         }
@@ -1684,7 +1686,16 @@ impl Backend for CudaBackend {
             | u64::from(self.dq_acc.is_some()) << 2
             | u64::from(self.wgmma_attention) << 3;
         let key = key.wrapping_mul(16).wrapping_add(switches);
-        let Some(g) = self.graphs.as_mut() else { return Ok(Replay::Run) };
+        if self.graphs.is_none() {
+            return Ok(Replay::Run);
+        }
+        // What a recording's embedding backward reads, it cannot make: the batch's buckets now.
+        if let Some(t) = self.batch_tokens
+            && self.bucketed.map(|(b, _)| b) != Some(t)
+        {
+            self.bucket_tokens(t)?;
+        }
+        let g = self.graphs.as_mut().expect("checked above");
         if let Some(Graph(graph)) = g.recorded.get(&key) {
             graph.launch().map_err(|e| driver_error("launching a CUDA graph", e))?;
             g.launches += 1;
@@ -1838,6 +1849,23 @@ struct AdamWLaunch {
 fn bias_corrections(step: &AdamWStep) -> (f32, f32) {
     let t = i32::try_from(step.t).unwrap_or(i32::MAX);
     ((1.0 - (step.beta1 as f64).powi(t)) as f32, (1.0 - (step.beta2 as f64).powi(t)) as f32)
+}
+
+/// One pass of the tensor-core attention: its entry point (without `_bf16`), the rows (queries
+/// or keys) a block owns, and its dynamic shared memory.
+#[derive(Clone, Copy)]
+struct FlashPass {
+    name: &'static str,
+    rows: usize,
+    smem: usize,
+}
+
+/// The passes of one set of tensor-core attention kernels and their block size.
+struct FlashKernels {
+    threads: u32,
+    forward: FlashPass,
+    dkv: FlashPass,
+    dq: FlashPass,
 }
 
 /// The wgmma kernels' entry points (without their `_bf16`) for a head size they are built for:
