@@ -181,30 +181,19 @@ def cases(s):
             out.append(Case("matmul_gelu", f"{label} N={N} C={c} OC={oc} bias, {how}",
                             [("bwd", "flops", 2.0 * f)] if backward else [("fwd", "flops", f)],
                             setup_matmul_gelu, n=N, c=c, oc=oc, backward=backward))
-    for B, t, NH, HS in s.attention:
-        for causal in (True, False):
-            f = 4.0 * B * NH * t * t * HS / (2 if causal else 1)
-            out.append(Case("attention", attention_case_name(B, t, NH, HS, causal),
-                            [("fwd", "flops", f), ("bwd", "flops", ATTENTION_BACKWARD_FACTOR * f),
-                             ("fwd+bwd", "flops", (1 + ATTENTION_BACKWARD_FACTOR) * f)],
-                            setup_attention, B=B, T=t, NH=NH, HS=HS, causal=causal))
-    # gptk's opt-in atomic-dQ backward at T = s.T; PyTorch's side is its SDPA backward again (whose flash
-    # backend sums dQ with atomics itself).
-    for B, t, NH, HS in (a for a in s.attention if a[1] == s.T):
-        for causal in (True, False):
-            f = 4.0 * B * NH * t * t * HS / (2 if causal else 1)
-            out.append(Case("attention", attention_case_name(B, t, NH, HS, causal) + ", atomic dQ",
-                            [("bwd", "flops", ATTENTION_BACKWARD_FACTOR * f),
-                             ("fwd+bwd", "flops", (1 + ATTENTION_BACKWARD_FACTOR) * f)],
-                            setup_attention, B=B, T=t, NH=NH, HS=HS, causal=causal))
-    # gptk's wgmma kernels (Hopper) at T = s.T; PyTorch's side is its SDPA again.
-    for B, t, NH, HS in (a for a in s.attention if a[1] == s.T):
-        for causal in (True, False):
-            f = 4.0 * B * NH * t * t * HS / (2 if causal else 1)
-            out.append(Case("attention", attention_case_name(B, t, NH, HS, causal) + ", wgmma",
-                            [("fwd", "flops", f), ("bwd", "flops", ATTENTION_BACKWARD_FACTOR * f),
-                             ("fwd+bwd", "flops", (1 + ATTENTION_BACKWARD_FACTOR) * f)],
-                            setup_attention, B=B, T=t, NH=NH, HS=HS, causal=causal))
+    # Every shape; then at T = s.T gptk's opt-in atomic-dQ backward (PyTorch's side is its SDPA backward
+    # again, whose flash backend sums dQ with atomics itself) and its wgmma kernels (Hopper; SDPA again).
+    all_passes = ("fwd", "bwd", "fwd+bwd")
+    at_t = [a for a in s.attention if a[1] == s.T]
+    for shapes, suffix, passes in ((s.attention, "", all_passes), (at_t, ", atomic dQ", ("bwd", "fwd+bwd")),
+                                   (at_t, ", wgmma", all_passes)):
+        for B, t, NH, HS in shapes:
+            for causal in (True, False):
+                f = 4.0 * B * NH * t * t * HS / (2 if causal else 1)
+                work = {"fwd": f, "bwd": ATTENTION_BACKWARD_FACTOR * f, "fwd+bwd": (1 + ATTENTION_BACKWARD_FACTOR) * f}
+                out.append(Case("attention", attention_case_name(B, t, NH, HS, causal) + suffix,
+                                [(p, "flops", work[p]) for p in passes],
+                                setup_attention, B=B, T=t, NH=NH, HS=HS, causal=causal))
     # One generation step at the last position of a full context: qkv read, the cached k and v of the earlier
     # positions read, the new k and v written into the cache, out written.
     hs, pos = C // s.NH, T - 1

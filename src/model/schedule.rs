@@ -168,13 +168,9 @@ pub fn backward_from<K: Backend>(
     dlnf: Tensor,
 ) -> Result<()> {
     backward_blocks(k, cfg, p, a, causal, dlnf)?;
-    backward_embedding(k, cfg, p, a)
-}
-
-/// The embedding's backward from the residual stream's gradient in `a.dres`: the last op of the
-/// backward, and the only one that needs more of the batch's token ids than their tensor (the
-/// CUDA backend reads them bucketed by `upload_tokens`).
-fn backward_embedding<K: Backend>(k: &mut K, cfg: &ModelConfig, p: &ParamLayout, a: &ActLayout) -> Result<()> {
+    // The embedding's backward from the residual stream's gradient: the only op that needs more
+    // of the batch's token ids than their tensor (the CUDA backend reads them bucketed by
+    // `upload_tokens`).
     k.encoder_backward(p.wte.grad(), p.wpe.grad(), a.dres, a.tokens, a.b, a.t, cfg.n_embd)
 }
 
