@@ -89,6 +89,22 @@ fn forward_backward_ops<K: Backend>(
     schedule::backward_from(k, cfg, p, a, causal, a.dbtc)
 }
 
+/// Runs `ops`, the same ops for the same `key` whatever the data ([`Backend::replay`]): not at
+/// all when the backend replayed a recording of them, recorded when it records.
+fn replayable<K: Backend>(
+    k: &mut K,
+    key: u64,
+    ops: impl FnOnce(&mut K) -> Result<(), BackendError>,
+) -> Result<(), BackendError> {
+    let mode = k.replay(key)?;
+    if mode == Replay::Replayed {
+        return Ok(());
+    }
+    let ran = ops(k);
+    let ended = if mode == Replay::Recording { k.end_recording(ran.is_ok()) } else { Ok(()) };
+    ran.and(ended)
+}
+
 impl<K: Backend> Gpt<K> {
     /// The model with the activation plan `acts`; `build` makes the backend's arenas.
     pub fn new(
@@ -163,13 +179,7 @@ impl<K: Backend> Gpt<K> {
         let dloss = loss_weight / self.counted_targets.max(1) as f32;
         let (k, cfg, p, a) = (&mut self.backend, &self.cfg, &self.params, &self.acts);
         let key = (u64::from(dloss.to_bits()) << 1) | u64::from(causal);
-        let mode = k.replay(key)?;
-        if mode != Replay::Replayed {
-            let ran = forward_backward_ops(k, cfg, p, a, causal, dloss);
-            let ended = if mode == Replay::Recording { k.end_recording(ran.is_ok()) } else { Ok(()) };
-            ran?;
-            ended?;
-        }
+        replayable(k, key, |k| forward_backward_ops(k, cfg, p, a, causal, dloss))?;
         self.mean_loss()
     }
 
@@ -195,16 +205,11 @@ impl<K: Backend> Gpt<K> {
         k.set_step(step, clip)?;
         // Apart from `forward_backward`'s keys (which use the low 33 bits).
         let key = 1 << 40 | (u64::from(dloss.to_bits()) << 1) | u64::from(causal);
-        let mode = k.replay(key)?;
-        if mode != Replay::Replayed {
-            let ran = k
-                .zero(grads)
-                .and_then(|()| forward_backward_ops(k, cfg, p, a, causal, dloss))
-                .and_then(|()| k.optimizer_step(a.losses, count, decay_end, shard));
-            let ended = if mode == Replay::Recording { k.end_recording(ran.is_ok()) } else { Ok(()) };
-            ran?;
-            ended?;
-        }
+        replayable(k, key, |k| {
+            k.zero(grads)?;
+            forward_backward_ops(k, cfg, p, a, causal, dloss)?;
+            k.optimizer_step(a.losses, count, decay_end, shard)
+        })?;
         let o = k.step_outcome()?;
         Ok(StepSummary { loss: (o.loss_sum / count as f64) as f32, grad_norm: o.grad_norm, applied: o.applied })
     }
