@@ -1793,7 +1793,7 @@ fn adamw_step(t: usize, grad_norm: f32, seed: u64) -> AdamWStep {
         eps: 1e-8,
         weight_decay: 0.1,
         t: t as u64,
-        grad_scale: if grad_norm > STEP_CLIP { STEP_CLIP / grad_norm } else { 1.0 },
+        grad_scale: crate::backend::clip_scale(grad_norm, STEP_CLIP),
         seed: Rng::derive(seed, 0xADA0 + t as u64).next_u64(),
     }
 }

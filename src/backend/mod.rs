@@ -42,6 +42,13 @@ pub struct AdamWStep {
     pub seed: u64,
 }
 
+/// The gradient scale of global-norm clipping: `clip / grad_norm` above `clip`, else 1 (`clip`
+/// ≤ 0: no clipping). The trainers' and `Backend::optimizer_step`'s (the CUDA kernel
+/// `step_scalars` computes the same in f32).
+pub fn clip_scale(grad_norm: f32, clip: f32) -> f32 {
+    if clip > 0.0 && grad_norm > clip { clip / grad_norm } else { 1.0 }
+}
+
 /// Which numbers a backend stores activations and parameters in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

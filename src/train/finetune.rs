@@ -120,8 +120,7 @@ pub fn finetune<K: Backend>(
             let (class_loss, lm_loss) = model.forward_backward_classify(opts.causal, opts.lm_weight, 1.0)?;
             let grad_norm = model.grad_norm()?;
             let lr = schedule.at(step);
-            let grad_scale =
-                if opts.grad_clip > 0.0 && grad_norm > opts.grad_clip { opts.grad_clip / grad_norm } else { 1.0 };
+            let grad_scale = crate::backend::clip_scale(grad_norm, opts.grad_clip);
             if class_loss.is_finite() && grad_norm.is_finite() {
                 model.adamw(&AdamWStep {
                     lr,

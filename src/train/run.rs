@@ -3,7 +3,7 @@
 use super::checkpoint::{self, TrainState};
 use super::config::{Objective, TrainConfig};
 use super::lr::LrSchedule;
-use crate::backend::{AdamWStep, Backend};
+use crate::backend::{AdamWStep, Backend, clip_scale};
 use crate::data::loader::{Loader, LoaderState};
 use crate::data::mlm::mask_batch;
 use crate::data::tokenizer::Tokenizer;
@@ -274,8 +274,7 @@ pub fn train<K: Backend>(
             (clm_loss, mlm_loss) = ((losses_now[0] / world as f64) as f32, (losses_now[1] / world as f64) as f32);
             loss = objective_loss(objective, clm_loss, mlm_loss, mlm_weight);
             grad_norm = model.grad_norm()?;
-            let grad_scale =
-                if cfg.grad_clip > 0.0 && grad_norm > cfg.grad_clip { cfg.grad_clip / grad_norm } else { 1.0 };
+            let grad_scale = clip_scale(grad_norm, cfg.grad_clip);
             finite = loss.is_finite() && grad_norm.is_finite();
             if finite {
                 model.adamw(&AdamWStep { grad_scale, ..hyper })?;

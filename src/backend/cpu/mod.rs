@@ -595,7 +595,7 @@ impl<F: Float> Backend for CpuBackend<F> {
             self.next_step.ok_or_else(|| BackendError::Device("optimizer_step before set_step".into()))?;
         let loss_sum = self.download(losses)?.iter().map(|&x| x as f64).sum::<f64>();
         let grad_norm = self.grad_norm_squared(range.clone())?.sqrt() as f32;
-        let grad_scale = if clip > 0.0 && grad_norm > clip { clip / grad_norm } else { 1.0 };
+        let grad_scale = super::clip_scale(grad_norm, clip);
         let applied = count > 0 && loss_sum.is_finite() && grad_norm.is_finite();
         if applied {
             self.adamw(&AdamWStep { grad_scale, ..step }, decay_end, range)?;
