@@ -22,6 +22,9 @@
 //   delta: Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ, then dV += Pᵀ·dO, dK += dSᵀ·Q; dQ with 128 queries per block
 //   and key/value tiles of 64: S = Q·Kᵀ, dP = dO·Vᵀ, then dQ += dS·K. Seven products per tile
 //   pair, every output element summed by one thread in a fixed order.
+// - backward with atomic dQ (opt-in, as flash_attention.cu's): the dK/dV kernel also writes dSᵀ
+//   to shared memory and adds dQᵀ = Kᵀ·dSᵀ into an f32 accumulator with atomics; no dQ kernel:
+//   five products per tile pair.
 // - causal: blocks stop at (or start from) the diagonal, warpgroups skip tiles wholly on the far
 //   side of it, only tiles crossing it or T are masked. Rows at or past T are zero-filled by
 //   cp.async, masked and never stored.
@@ -41,6 +44,8 @@
 //   dK/dV          128   128 k × 32 q               231     99,840       1 (regs)    8
 //   dQ             64    128 q × 64 k               122     66,560       2 (regs)   16
 //   dQ             128   128 q × 64 k               174    132,096       1 (both)    8
+//   dK/dV+dQ       64    128 k × 64 q               204    100,352       1 (regs)    8   (atomic dQ)
+//   dK/dV+dQ       128   128 k × 32 q               222    116,224       1 (regs)    8   (atomic dQ)
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #error "flash_attention_sm90a.cu needs sm_90a: build.rs compiles it for that target only"
 #endif
@@ -158,6 +163,44 @@ __device__ __forceinline__ void flash90_store_rows(bf16* dst, long long stride, 
                 *reinterpret_cast<uint32_t*>(dst + static_cast<long long>(row) * stride + d * 8 + 2 * t) =
                     pack_bf16x2(acc[d * 4 + 2 * r] * mul[r], acc[d * 4 + 2 * r + 1] * mul[r]);
             }
+        }
+    }
+}
+
+// Writes this thread's rows (local keys row and row + 8) of a warpgroup's dSᵀ, held as the bf16
+// A fragments of BQ/16 k-steps (flash90_acc_to_a), into the dSᵀ tiles at sds: BQ/32 tiles of
+// FLASH90_DKV_KEYS swizzled 128-byte rows, query q in tile q / 32, column q % 32.
+template <int BQ>
+__device__ __forceinline__ void flash90_store_dst(unsigned char* sds, const uint32_t (*a)[4], int row) {
+    const int t = lane_id() & 3;
+#pragma unroll
+    for (int kk = 0; kk < BQ / 16; kk++) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int r = row + 8 * (i & 1), q = kk * 16 + 8 * (i >> 1) + 2 * t;
+            *reinterpret_cast<uint32_t*>(sds + (q / 32) * FLASH90_DKV_KEYS * WGMMA_ROW_BYTES +
+                                         swizzled_offset(FLASH90_DKV_KEYS, r, q % 32)) = a[kk][i];
+        }
+    }
+}
+
+// Adds scale times a 64×32 dQᵀ accumulator (this thread's head columns c_lo and c_lo + 8 of the
+// part, queries q0 + its columns) into dq (row q at dq + q·C, head columns from 0) with atomics,
+// queries at or past `seq` left out. Lanes g and g ^ 1 hold adjacent head columns of the same
+// queries: one shuffle gives each two adjacent columns of one query, for one vector atomic.
+__device__ __forceinline__ void flash90_add_dqt(float* dq, int C, const float* acc, int c_lo, int q0, int seq,
+                                                float scale) {
+    const int lane = lane_id(), t = lane & 3;
+    const bool even = ((lane >> 2) & 1) == 0;
+#pragma unroll
+    for (int i = 0; i < 16; i += 2) {
+        // acc[i], acc[i + 1]: head column c_lo + 8·((i % 4) / 2), queries 8·(i / 4) + 2t, +1.
+        const float sent = __shfl_xor_sync(FULL_MASK, even ? acc[i + 1] : acc[i], 4);
+        const int col = c_lo + 8 * ((i % 4) / 2) - (even ? 0 : 1);
+        const int q = q0 + 8 * (i / 4) + 2 * t + (even ? 0 : 1);
+        if (q < seq) {
+            atomic_add_f32x2(dq + static_cast<long long>(q) * C + col, (even ? acc[i] : sent) * scale,
+                             (even ? sent : acc[i + 1]) * scale);
         }
     }
 }
@@ -421,19 +464,32 @@ __device__ __forceinline__ void flash_backward_dq_sm90(bf16* dqkv, const bf16* d
 // from shared memory), then dV += Pᵀ·dO and dK += dSᵀ·Q (Pᵀ and dSᵀ from registers, dO and Q
 // read transposed). Grid: ⌈T/128⌉·B·NH; causal blocks start at the first query tile that sees
 // their keys.
-template <int HS>
-__device__ __forceinline__ void flash_backward_dkv_sm90(bf16* dqkv, const bf16* dout, const bf16* qkv,
+//
+// With DQ (the opt-in, non-deterministic variant, as flash_attention.cu's) the block also adds its
+// keys' share of dQ, scale·dS·K, into dq_acc (B,T,C) f32 with atomics, and the dQ kernel is not
+// run: five products per tile pair instead of seven. Each warpgroup writes its dSᵀ (bf16, its 64
+// keys × the tile's queries) into a shared tile; after a barrier each warpgroup computes a
+// 64×32 part of dQᵀ = Kᵀ·dSᵀ over all 128 keys, both operands MN-major from shared memory (Kᵀ
+// from the key tile, m = head columns; dSᵀ with n = 32 queries, in the first half of its 128-byte
+// rows): HS = 64 splits the 64 queries, HS = 128 the head columns. Each element gets one atomic
+// add per key block, two adjacent head columns per vector atomic after one shuffle.
+template <int HS, bool DQ>
+__device__ __forceinline__ void flash_backward_dkv_sm90(bf16* dqkv, float* dq_acc, const bf16* dout, const bf16* qkv,
                                                         const float* lse, const float* delta, int B, int seq, int NH,
                                                         int causal, float scale) {
     constexpr int BK = FLASH90_DKV_KEYS, BQ = HS <= 64 ? FLASH90_DKV_ROWS_HS64 : FLASH90_DKV_ROWS_HS128;
     constexpr int NT = BQ / 8, DT = HS / 8;
     constexpr int K_BYTES = BK * HS * WGMMA_BF16_BYTES, Q_BYTES = BQ * HS * WGMMA_BF16_BYTES, F_BYTES = BQ * 4;
+    // DQ: dSᵀ in BQ/32 tiles of BK rows × 32 queries (half of each 128-byte row used).
+    constexpr int Q_PARTS = BQ / 32, DS_TILE = BK * WGMMA_ROW_BYTES, DS_BYTES = DQ ? Q_PARTS * DS_TILE : 0;
+    static_assert(!DQ || Q_PARTS * (HS / 64) == 2, "one 64×32 part of dQᵀ per warpgroup");
     GPTK_DYNAMIC_SMEM(unsigned char, raw);
     const shared_addr ak = flash90_base(raw);       // [HS/64][BK][64] keys
     const shared_addr av = ak + K_BYTES;            // [HS/64][BK][64] values
     const shared_addr aq = av + K_BYTES;            // [2][HS/64][BQ][64] queries
     const shared_addr ado = aq + 2 * Q_BYTES;       // [2][HS/64][BQ][64] output gradients
-    const shared_addr alse = ado + 2 * Q_BYTES;     // [2][BQ] LSE
+    const shared_addr ads = ado + 2 * Q_BYTES;      // DQ: [Q_PARTS][BK][64] dSᵀ, 32 columns used
+    const shared_addr alse = ads + DS_BYTES;        // [2][BQ] LSE
     const shared_addr adelta = alse + 2 * F_BYTES;  // [2][BQ] delta
     // The same LSE and delta through generic pointers, for ordinary loads.
     const float* slse = reinterpret_cast<const float*>(raw + (alse - shared_address(raw)));
@@ -449,6 +505,8 @@ __device__ __forceinline__ void flash_backward_dkv_sm90(bf16* dqkv, const bf16* 
     const int g = lane >> 2, t = lane & 3;
     const int group_key0 = k0 + group * 64;
     const int key_lo = group_key0 + warp * 16 + g;  // this thread's keys: key_lo, key_lo + 8
+    // The generic address of the dSᵀ tiles, for ordinary stores.
+    unsigned char* sds = raw + (ads - shared_address(raw));
     // Causal: queries before k0 see none of the block's keys.
     const int q_start = causal ? k0 / BQ * BQ : 0;
     const int q_tiles = (seq - q_start + BQ - 1) / BQ;
@@ -515,6 +573,7 @@ __device__ __forceinline__ void flash_backward_dkv_sm90(bf16* dqkv, const bf16* 
                 flash90_acc_to_a(pa[kk], st, kk);
                 flash90_acc_to_a(da[kk], dpt, kk);
             }
+            if constexpr (DQ) flash90_store_dst<BQ>(sds, da, key_lo - k0);
             flash90_pin<HS / 2>(dv);
             flash90_pin<HS / 2>(dk);
             wgmma_fence();
@@ -524,11 +583,42 @@ __device__ __forceinline__ void flash_backward_dkv_sm90(bf16* dqkv, const bf16* 
                 wgmma_rs_tb<HS>(dk, da[kk], flash90_mn_major(tq, BQ, kk), 1);
             }
             wgmma_commit();
+            // DQ: these products run on through the barrier and dQ's product below.
+            if constexpr (!DQ) {
+                wgmma_wait<0>();
+                flash90_pin<HS / 2>(dv);
+                flash90_pin<HS / 2>(dk);
+            }
+        } else if constexpr (DQ) {
+            // Keys after every query of the tile: their dSᵀ rows are zero.
+            uint32_t zero[BQ / 16][4] = {};
+            flash90_store_dst<BQ>(sds, zero, key_lo - k0);
+        }
+        // The block has dQ to add where its first warpgroup saw the tile (causal: it does whenever
+        // the second does).
+        if constexpr (DQ) {
+            if (!causal || q0 + BQ - 1 >= k0) {
+                fence_proxy_async();  // the dSᵀ stores, written through the generic proxy, are read by wgmma
+                __syncthreads();
+                // This warpgroup's part of dQᵀ: head columns 64·hb.. × queries 32·qp.., over BK keys.
+                const int qp = group % Q_PARTS, hb = group / Q_PARTS;
+                float dqt[16];
+                wgmma_fence();
+#pragma unroll
+                for (int kk = 0; kk < BK / 16; kk++) {
+                    wgmma_ss_tt<32>(dqt, flash90_mn_major(ak + hb * BK * WGMMA_ROW_BYTES, BK, kk),
+                                    flash90_mn_major(ads + qp * DS_TILE, BK, kk), kk > 0);
+                }
+                wgmma_commit();
+                wgmma_wait<0>();
+                flash90_pin<16>(dqt);
+                flash90_add_dqt(dq_acc + f.head_c + hb * 64, C, dqt, warp * 16 + g, q0 + qp * 32, seq, scale);
+            }
             wgmma_wait<0>();
             flash90_pin<HS / 2>(dv);
             flash90_pin<HS / 2>(dk);
         }
-        __syncthreads();  // the next round overwrites this stage
+        __syncthreads();  // the next round overwrites this stage (and, DQ, the dSᵀ tiles)
     }
 
     flash90_store_rows<DT>(dqkv + head + C, stride, dk, key_lo, seq, {scale, scale});
@@ -549,9 +639,20 @@ GPTK_BF16_ENTRY_POINT(flash_backward_dq_sm90a_hs64, FLASH90_BLOCK, 2, FLASH90_BW
 GPTK_BF16_ENTRY_POINT(flash_backward_dq_sm90a_hs128, FLASH90_BLOCK, 1, FLASH90_BWD_PARAMS,
                       flash_backward_dq_sm90<128>(dqkv, dout, qkv, lse, delta, B, seq, NH, causal, scale))
 GPTK_BF16_ENTRY_POINT(flash_backward_dkv_sm90a_hs64, FLASH90_BLOCK, 1, FLASH90_BWD_PARAMS,
-                      flash_backward_dkv_sm90<64>(dqkv, dout, qkv, lse, delta, B, seq, NH, causal, scale))
+                      (flash_backward_dkv_sm90<64, false>(dqkv, nullptr, dout, qkv, lse, delta, B, seq, NH, causal,
+                                                          scale)))
 GPTK_BF16_ENTRY_POINT(flash_backward_dkv_sm90a_hs128, FLASH90_BLOCK, 1, FLASH90_BWD_PARAMS,
-                      flash_backward_dkv_sm90<128>(dqkv, dout, qkv, lse, delta, B, seq, NH, causal, scale))
+                      (flash_backward_dkv_sm90<128, false>(dqkv, nullptr, dout, qkv, lse, delta, B, seq, NH, causal,
+                                                           scale)))
+#define FLASH90_DKVQ_PARAMS                                                                                  \
+    (bf16 * dqkv, float* dq_acc, const bf16* dout, const bf16* qkv, const float* lse, const float* delta, int B, \
+     int seq, int NH, int causal, float scale)
+GPTK_BF16_ENTRY_POINT(flash_backward_dkvq_sm90a_hs64, FLASH90_BLOCK, 1, FLASH90_DKVQ_PARAMS,
+                      (flash_backward_dkv_sm90<64, true>(dqkv, dq_acc, dout, qkv, lse, delta, B, seq, NH, causal,
+                                                         scale)))
+GPTK_BF16_ENTRY_POINT(flash_backward_dkvq_sm90a_hs128, FLASH90_BLOCK, 1, FLASH90_DKVQ_PARAMS,
+                      (flash_backward_dkv_sm90<128, true>(dqkv, dq_acc, dout, qkv, lse, delta, B, seq, NH, causal,
+                                                          scale)))
 
 // ---- the layout probe ----------------------------------------------------------------------------
 // One warpgroup runs each operand form the attention kernels use once, on inputs the host knows:
@@ -562,6 +663,9 @@ GPTK_BF16_ENTRY_POINT(flash_backward_dkv_sm90a_hs128, FLASH90_BLOCK, 1, FLASH90_
 //   bᵀ with b (64×128), row-major: two 64-column blocks along k, eight k-steps.
 // - mode 1, A from registers and B MN-major (as O += P·V): d (64×128) = a (64×64) · b (64×128),
 //   row-major: two 64-column blocks along n (the leading byte offset), four k-steps.
+// - mode 2, both operands MN-major from shared memory, B 32 wide (as dQᵀ = Kᵀ·dSᵀ of the
+//   atomic-dQ backward): d (64×32) = aᵀ · b with a (128×64) and b (128×32), row-major, b in the
+//   first half of 128-byte rows; eight k-steps.
 // d is row-major f32. Shared: 1 KB (alignment) + 16 KB + 16 KB.
 #define WGMMA_PROBE_SMEM (WGMMA_ATOM_BYTES + 2 * 64 * 128 * WGMMA_BF16_BYTES)
 
@@ -572,7 +676,15 @@ __device__ __forceinline__ void wgmma_probe(float* d, const bf16* a, const bf16*
     const int warp = (static_cast<int>(threadIdx.x) % FLASH90_WARPGROUP) / WARP_SIZE, lane = lane_id();
     const int g = lane >> 2, t = lane & 3;
     if (mode == 0) flash90_load_tile<128, 64>(sa, a, 128, 64);
-    flash90_load_tile<128, 64>(sb, b, 128, 64);
+    if (mode == 2) {
+        flash90_load_tile<64, 128>(sa, a, 64, 128);
+        // b's 128 rows of 32 (four 16-byte pieces each) into the first half of swizzled rows.
+        for (int c = static_cast<int>(threadIdx.x); c < 128 * 4; c += FLASH90_BLOCK) {
+            cp_async_16(sb + swizzled_offset(128, c / 4, (c % 4) * 8), b + c * 8, 16);
+        }
+    } else {
+        flash90_load_tile<128, 64>(sb, b, 128, 64);
+    }
     cp_async_commit();
     cp_async_wait<0>();
     fence_proxy_async();
@@ -591,6 +703,19 @@ __device__ __forceinline__ void wgmma_probe(float* d, const bf16* a, const bf16*
         for (int i = 0; i < 32; i++) {
             const int row = warp * 16 + g + 8 * ((i % 4) / 2), col = 8 * (i / 4) + 2 * t + i % 2;
             d[row * 64 + col] = acc[i];
+        }
+    } else if (mode == 2) {
+        float acc[16];
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 8; kk++) wgmma_ss_tt<32>(acc, flash90_mn_major(sa, 128, kk), flash90_mn_major(sb, 128, kk), kk > 0);
+        wgmma_commit();
+        wgmma_wait<0>();
+        flash90_pin<16>(acc);
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            const int row = warp * 16 + g + 8 * ((i % 4) / 2), col = 8 * (i / 4) + 2 * t + i % 2;
+            d[row * 32 + col] = acc[i];
         }
     } else {
         // A fragments straight from a: rows warp·16 + g (+8), columns 16kk + 2t (+1, +8, +9).

@@ -16,7 +16,10 @@
 //   128-byte rows; Q and K for S = Q·Kᵀ): the stride byte offset steps 8 rows of M or N; a k-step
 //   of 16 inside the 64-column row advances the start address by 32 bytes. MN-major (n along the
 //   rows, k down them; V for O += P·V, with the transpose bit): the stride byte offset steps 8 rows
-//   of k, the leading byte offset the next 64 columns of n; a k-step advances 16 rows.
+//   of k, the leading byte offset the next 64 columns of n; a k-step advances 16 rows. An A operand
+//   from shared memory may be MN-major too (m along the rows: Kᵀ for dQᵀ = Kᵀ·dSᵀ), in the same
+//   layout with m for n; an MN-major operand narrower than 64 (N = 32) reads the first half of each
+//   128-byte row.
 // shared memory written by the threads (cp.async included) reaches these instructions only after
 // fence_proxy_async() and a barrier. The host build of the kernels (scripts/kernel-emu)
 // emulates them with these layouts.
@@ -71,9 +74,13 @@ __device__ __forceinline__ void wgmma_ss(float* d, uint64_t desc_a, uint64_t des
 // d (64×N) (+)= A (64×16, registers) · B (16×N, shared, MN-major: the transpose bit set).
 template <int N>
 __device__ __forceinline__ void wgmma_rs_tb(float* d, const uint32_t* a, uint64_t desc_b, int accumulate);
+// d (64×N) (+)= A (64×16, shared, MN-major) · B (16×N, shared, MN-major): both transpose bits set.
+template <int N>
+__device__ __forceinline__ void wgmma_ss_tt(float* d, uint64_t desc_a, uint64_t desc_b, int accumulate);
 
 // The specializations, one per width N: the accumulator operands "+f"(d[0..N/2)) and their
-// places %0.. in the instruction's text, then the other operands numbered after them.
+// places %0.. in the instruction's text (WGMMA_ACC##H, WGMMA_REGS##H with H = N/2), then the
+// other operands numbered after them.
 #define WGMMA_ACC8(o)                                                                                        \
     "+f"(d[o]), "+f"(d[o + 1]), "+f"(d[o + 2]), "+f"(d[o + 3]), "+f"(d[o + 4]), "+f"(d[o + 5]), "+f"(d[o + 6]), \
         "+f"(d[o + 7])
@@ -84,26 +91,30 @@ __device__ __forceinline__ void wgmma_rs_tb(float* d, const uint32_t* a, uint64_
 #define WGMMA_REGS32 WGMMA_REGS16 ", %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
 #define WGMMA_REGS64 WGMMA_REGS32 ", %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47" \
                                   ", %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-// R0.. are the numbers of the operands after the N/2 accumulators.
-#define WGMMA_SPECIALIZE(N, REGS, ACC, R0, R1, R2, R3, R4, R5)                                              \
+// Both operands from shared memory; TRANS is the instruction's two transpose immediates (A, B).
+#define WGMMA_SS(NAME, N, H, R0, R1, R2, TRANS)                                                             \
     template <>                                                                                             \
-    __device__ __forceinline__ void wgmma_ss<N>(float* d, uint64_t desc_a, uint64_t desc_b, int accumulate) { \
+    __device__ __forceinline__ void NAME<N>(float* d, uint64_t desc_a, uint64_t desc_b, int accumulate) {   \
         asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #R2 ", 0;\n"                                     \
-                     "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32.bf16.bf16 {" REGS                      \
-                     " }, %" #R0 ", %" #R1 ", p, 1, 1, 0, 0;\n}\n"                                            \
-                     : ACC                                                                                  \
+                     "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32.bf16.bf16 {" WGMMA_REGS##H             \
+                     " }, %" #R0 ", %" #R1 ", p, 1, 1, " TRANS ";\n}\n"                                       \
+                     : WGMMA_ACC##H                                                                         \
                      : "l"(desc_a), "l"(desc_b), "r"(accumulate));                                          \
-    }                                                                                                       \
+    }
+// R0.. are the numbers of the operands after the N/2 accumulators.
+#define WGMMA_SPECIALIZE(N, H, R0, R1, R2, R3, R4, R5)                                                      \
+    WGMMA_SS(wgmma_ss, N, H, R0, R1, R2, "0, 0")                                                            \
+    WGMMA_SS(wgmma_ss_tt, N, H, R0, R1, R2, "1, 1")                                                         \
     template <>                                                                                             \
     __device__ __forceinline__ void wgmma_rs_tb<N>(float* d, const uint32_t* a, uint64_t desc_b,            \
                                                    int accumulate) {                                        \
         asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #R5 ", 0;\n"                                     \
-                     "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32.bf16.bf16 {" REGS                      \
+                     "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32.bf16.bf16 {" WGMMA_REGS##H             \
                      " }, {%" #R0 ", %" #R1 ", %" #R2 ", %" #R3 "}, %" #R4 ", p, 1, 1, 1;\n}\n"               \
-                     : ACC                                                                                  \
+                     : WGMMA_ACC##H                                                                         \
                      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));           \
     }
-WGMMA_SPECIALIZE(32, WGMMA_REGS16, WGMMA_ACC16, 16, 17, 18, 19, 20, 21)
-WGMMA_SPECIALIZE(64, WGMMA_REGS32, WGMMA_ACC32, 32, 33, 34, 35, 36, 37)
-WGMMA_SPECIALIZE(128, WGMMA_REGS64, WGMMA_ACC64, 64, 65, 66, 67, 68, 69)
+WGMMA_SPECIALIZE(32, 16, 16, 17, 18, 19, 20, 21)
+WGMMA_SPECIALIZE(64, 32, 32, 33, 34, 35, 36, 37)
+WGMMA_SPECIALIZE(128, 64, 64, 65, 66, 67, 68, 69)
 #endif

@@ -149,10 +149,10 @@ stage launch-1gpu 35 "$gptk" launch --gpus 1 -- train "${quick[@]}" --model tiny
 # In a full run the two stages share what the stages above leave of the 8 minutes: fewer
 # iterations, PyTorch eager only. Alone (every ONLY prefix a bench stage) they take the whole call:
 # default iterations, and the torch.compile'd step with a budget for its compilation. gptk's d12
-# step runs six times: as the trainer runs it, with the MLP's GELU and then the bias gradients
+# step runs seven times: as the trainer runs it, with the MLP's GELU and then the bias gradients
 # apart from their GEMMs instead of in cuBLASLt's epilogues, replayed from a CUDA graph, with
-# attention's dQ summed by atomics, and with attention's forward on wgmma: each optimisation's
-# before and after in one run.
+# attention's dQ summed by atomics, with attention on wgmma, and on wgmma with atomic dQ: each
+# optimisation's before and after in one run.
 bench_alone=false
 if [ -n "${ONLY:-}" ]; then
     bench_alone=true
@@ -163,11 +163,11 @@ fi
 if $bench_alone; then
     torch_limit=270 gptk_limit=150
     torch_args=(--compile --compile-budget 150)
-    gptk_args=(--step-variants gelu-apart,bias-grad-apart,cuda-graphs,atomic-attention,wgmma-attention)
+    gptk_args=(--step-variants gelu-apart,bias-grad-apart,cuda-graphs,atomic-attention,wgmma-attention,wgmma-atomic-attention)
 else
     torch_limit=40 gptk_limit=55
     torch_args=(--warmup 3 --iters 20 --step-iters 10)
-    gptk_args=(--warmup 3 --iters 20 --step-iters 10 --step-variants gelu-apart,bias-grad-apart,cuda-graphs,atomic-attention,wgmma-attention)
+    gptk_args=(--warmup 3 --iters 20 --step-iters 10 --step-variants gelu-apart,bias-grad-apart,cuda-graphs,atomic-attention,wgmma-attention,wgmma-atomic-attention)
 fi
 if "$gptk" bench --help >/dev/null 2>&1; then
     torch_json="$OUT/bench_torch.json"

@@ -365,6 +365,8 @@ pub enum StepVariant {
     /// The attention on Hopper's wgmma kernels (`gptk train --attention-kernels wgmma`; compute
     /// capability 9.0 only).
     WgmmaAttention,
+    /// Both: the wgmma kernels with the atomic-dQ backward.
+    WgmmaAtomicAttention,
 }
 
 /// One benchmark: an op at one shape, with its inputs in `copies` replicas.
@@ -961,6 +963,11 @@ impl AttentionCase {
         AttentionCase { wgmma: true, ..Self::new(b, t, nh, hs, causal) }
     }
 
+    /// The same shape on the wgmma kernels with the atomic-dQ backward.
+    pub fn wgmma_atomic_dq(b: usize, t: usize, nh: usize, hs: usize, causal: bool) -> Self {
+        AttentionCase { wgmma: true, atomic_dq: true, ..Self::new(b, t, nh, hs, causal) }
+    }
+
     /// FLOPs of the forward: 4·B·NH·T²·HS, halved when causal.
     pub fn forward_flops(&self) -> f64 {
         let full = 4.0 * (self.b * self.nh) as f64 * (self.t as f64).powi(2) * self.hs as f64;
@@ -983,10 +990,11 @@ impl Case for AttentionCase {
 
     fn name(&self) -> String {
         let name = attention_case_name(self.b, self.t, self.nh, self.hs, self.causal);
-        match (self.atomic_dq, self.wgmma) {
-            (true, _) => name + ", atomic dQ",
-            (_, true) => name + ", wgmma",
-            _ => name,
+        match (self.wgmma, self.atomic_dq) {
+            (true, true) => name + ", wgmma, atomic dQ",
+            (false, true) => name + ", atomic dQ",
+            (true, false) => name + ", wgmma",
+            (false, false) => name,
         }
     }
 
@@ -1596,9 +1604,9 @@ pub fn cases() -> Vec<Box<dyn Case>> {
             v.push(Box::new(AttentionCase::new(b, t, nh, hs, causal)));
         }
     }
-    // The opt-in atomic-dQ backward and the wgmma kernels at T = 1024, both head sizes, causal
-    // and not.
-    for variant in [AttentionCase::atomic_dq, AttentionCase::wgmma] {
+    // The opt-in atomic-dQ backward, the wgmma kernels and both together at T = 1024, both head
+    // sizes, causal and not.
+    for variant in [AttentionCase::atomic_dq, AttentionCase::wgmma, AttentionCase::wgmma_atomic_dq] {
         for &(b, t, nh, hs) in ATTENTION_SHAPES.iter().filter(|s| s.1 == T) {
             for causal in [true, false] {
                 v.push(Box::new(variant(b, t, nh, hs, causal)));
@@ -1891,11 +1899,11 @@ fn step_variant(opts: &BenchOptions, paths: StepPaths) -> String {
     if opts.step_variant == Some(StepVariant::CudaGraphs) {
         v += &format!(", CUDA graph ({} launches)", paths.graph_launches);
     }
-    if opts.step_variant == Some(StepVariant::AtomicAttention) {
-        v += ", attention dQ by atomics";
-    }
-    if opts.step_variant == Some(StepVariant::WgmmaAttention) {
-        v += ", attention on wgmma";
+    match opts.step_variant {
+        Some(StepVariant::AtomicAttention) => v += ", attention dQ by atomics",
+        Some(StepVariant::WgmmaAttention) => v += ", attention on wgmma",
+        Some(StepVariant::WgmmaAtomicAttention) => v += ", attention on wgmma, dQ by atomics",
+        _ => {}
     }
     v
 }
@@ -1915,10 +1923,11 @@ pub fn run_step(opts: &BenchOptions) -> Result<StepResult, BenchError> {
     model.backend.set_gelu_epilogue(opts.step_variant != Some(StepVariant::GeluApart));
     model.backend.set_bias_grad_epilogue(opts.step_variant != Some(StepVariant::BiasGradApart));
     model.backend.set_cuda_graphs(opts.step_variant == Some(StepVariant::CudaGraphs));
-    let atomic = opts.step_variant == Some(StepVariant::AtomicAttention);
+    use StepVariant::{AtomicAttention, WgmmaAtomicAttention, WgmmaAttention};
+    let atomic = matches!(opts.step_variant, Some(AtomicAttention | WgmmaAtomicAttention));
     // dQ is (B, T, C), the shape of the blocks' gradient buffer.
     model.backend.set_atomic_attention_dq(atomic.then_some(model.acts.dbtc.len))?;
-    model.backend.set_wgmma_attention(opts.step_variant == Some(StepVariant::WgmmaAttention))?;
+    model.backend.set_wgmma_attention(matches!(opts.step_variant, Some(WgmmaAttention | WgmmaAtomicAttention)))?;
     let host = init_params(&cfg, &model.params, opts.seed);
     model.load_params(&host)?;
     drop(host);
@@ -2035,9 +2044,9 @@ mod tests {
     fn the_op_filter_names_the_known_families() {
         // A filter is a substring of the family: `attention` takes the cached step too.
         let s = select(Some("attention")).unwrap();
-        // Every shape causal and not, the atomic-dQ backward and the wgmma kernels at T = 1024 (two
-        // shapes, causal and not), the cached step.
-        assert_eq!((s.cases.len(), s.step), (2 * ATTENTION_SHAPES.len() + 4 + 4 + 1, false));
+        // Every shape causal and not, the atomic-dQ backward, the wgmma kernels and both at T =
+        // 1024 (two shapes, causal and not), the cached step.
+        assert_eq!((s.cases.len(), s.step), (2 * ATTENTION_SHAPES.len() + 3 * 4 + 1, false));
         assert_eq!(select(Some("attention_cached")).unwrap().cases.len(), 1);
         let s = select(Some("step")).unwrap();
         assert!(s.cases.is_empty() && s.step);
@@ -2078,8 +2087,10 @@ mod tests {
             step_variant(&graphs, StepPaths { graph_launches: 41, ..all_fused }),
             "gptk, CUDA graph (41 launches)"
         );
-        let atomic = BenchOptions { step_variant: Some(StepVariant::AtomicAttention), ..opts };
+        let atomic = BenchOptions { step_variant: Some(StepVariant::AtomicAttention), ..opts.clone() };
         assert_eq!(step_variant(&atomic, all_fused), "gptk, attention dQ by atomics");
+        let both = BenchOptions { step_variant: Some(StepVariant::WgmmaAtomicAttention), ..opts };
+        assert_eq!(step_variant(&both, all_fused), "gptk, attention on wgmma, dQ by atomics");
     }
 
     #[test]

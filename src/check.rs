@@ -796,8 +796,8 @@ impl Ctx {
                 p.cpu.attention_backward(dqkv, dout, qkv, out, lse, b, t, nh, hs, causal)?;
                 p.gpu.attention_backward(dqkv, dout, qkv, out, lse, b, t, nh, hs, causal)?;
                 rows.push(p.compare_with(op, &case, "dqkv", dqkv, eps, k_bwd)?);
-                if flash && !wgmma {
-                    // The opt-in variant (on mma.sync): dQ summed across key blocks with atomics.
+                if flash {
+                    // The opt-in variant: dQ summed across key blocks with atomics.
                     p.gpu.set_atomic_attention_dq(Some(b * t * c))?;
                     p.poison(dqkv)?;
                     p.gpu.attention_backward(dqkv, dout, qkv, out, lse, b, t, nh, hs, causal)?;
@@ -826,6 +826,7 @@ impl Ctx {
         let forms = [
             (0, (64, 128, 64), "both operands K-major from shared memory, M=64 N=64 K=128"),
             (1, (64, 64, 128), "A from registers, B MN-major, M=64 N=128 K=64"),
+            (2, (64, 128, 32), "both operands MN-major from shared memory, M=64 N=32 K=128"),
         ];
         for (mode, (m, k, n), case) in forms {
             let mut plan = Plan::default();
@@ -841,10 +842,12 @@ impl Ctx {
             // On Hopper the sm_90a kernels must load: a failure is this family's.
             p.gpu.wgmma_probe(d, a, b, mode).map_err(|e| BackendError::Device(e.to_string()))?;
             let (x, y) = (p.cpu.download(a)?, p.cpu.download(b)?);
-            // b is (n × k) in mode 0 (the product takes its transpose), (k × n) in mode 1.
-            let at = |col: usize, j: usize| if mode == 0 { y[col * k + j] } else { y[j * n + col] };
+            // a is (m × k), or (k × m) in mode 2; b is (k × n), or (n × k) in mode 0: the product
+            // takes their transposes.
+            let a_at = |row: usize, j: usize| if mode == 2 { x[j * m + row] } else { x[row * k + j] };
+            let b_at = |col: usize, j: usize| if mode == 0 { y[col * k + j] } else { y[j * n + col] };
             let want: Vec<f32> = (0..m * n)
-                .map(|i| (0..k).map(|j| x[(i / n) * k + j] as f64 * at(i % n, j) as f64).sum::<f64>() as f32)
+                .map(|i| (0..k).map(|j| a_at(i / n, j) as f64 * b_at(i % n, j) as f64).sum::<f64>() as f32)
                 .collect();
             let got = p.gpu.download(d)?;
             rows.push(row(op, case, "d", &got, &want, F32_EPS, K_F32));

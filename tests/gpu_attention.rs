@@ -2,7 +2,7 @@
 //! at GPT-2 sizes, beyond the small shapes of `gptk check`, it matches the CPU reference under
 //! the checker's tolerances, and two runs on the same inputs give the same bits (the backward
 //! sums in a fixed order, without atomics); the opt-in atomic-dQ backward matches the CPU too, and
-//! so do Hopper's wgmma kernels on a compute capability 9.0 device.
+//! so do Hopper's wgmma kernels (both backwards) on a compute capability 9.0 device.
 
 use gptk::backend::cpu::attention::{attention_backward, attention_forward};
 use gptk::backend::cuda::{ArenaSizes, CudaBackend, ScratchSizes};
@@ -121,6 +121,15 @@ fn flash_attention_matches_the_cpu_at_gpt2_sizes_and_repeats_bit_for_bit() {
             }
             assert!(bits(&bwd[0]) == bits(&bwd[1]), "{what}: the wgmma backward differs between runs");
             assert_within(&format!("dqkv (wgmma) {what}"), &bwd[0], &d_cpu, BF16_EPS, K_ATTENTION_BF16_BACKWARD);
+            // With atomic dQ: the same tolerance; dK/dV keep the wgmma backward's bits.
+            gpu.set_atomic_attention_dq(Some(b * t * c)).unwrap();
+            gpu.upload(dqkv, &vec![f32::NAN; dqkv.len]).unwrap();
+            gpu.attention_backward(dqkv, dout, qkv, out, lse, b, t, nh, hs, causal).unwrap();
+            let atomic = gpu.download(dqkv).unwrap();
+            let name = format!("dqkv (wgmma, atomic dQ) {what}");
+            assert_within(&name, &atomic, &d_cpu, BF16_EPS, K_ATTENTION_BF16_BACKWARD);
+            assert!(kv(&atomic) == kv(&bwd[0]), "{what}: wgmma dK/dV differ between the two backwards");
+            gpu.set_atomic_attention_dq(None).unwrap();
             gpu.set_wgmma_attention(false).unwrap();
         }
     }

@@ -431,46 +431,53 @@ def check_flash_attention(dt):
     for B, T, NH, HS, causal in [(1, 1, 1, 64, True), (1, 17, 2, 64, True), (2, 65, 1, 64, False),
                                  (1, 63, 1, 128, True), (1, 200, 1, 64, True), (1, 130, 1, 128, False),
                                  (1, 129, 1, 128, True)]:
-        tag, qkv, dout, lse, delta, want = flash_case(dt, B, T, NH, HS, causal, MMA_KERNELS)
-        # The opt-in variant: dK/dV and dQ in one pass, dQ summed into an f32 buffer with atomics
-        # (zeroed first, as the host does), then stored into dqkv's q third.
-        C = NH * HS
-        dqkv_buf, dqkv = guarded(torch.full((B, T, 3 * C), float("nan"), dtype=DTYPE[dt]))
-        acc_buf, acc = guarded(torch.zeros((B, T, C), dtype=torch.float32))
-        launch(f"flash_backward_dkvq_hs{HS}", dt, -(-T // FLASH_DKV_KEYS) * B * NH, FLASH_BLOCK, P(dqkv), P(acc),
-               P(dout), P(qkv), P(lse), P(delta), I(B), I(T), I(NH), I(int(causal)), F(1.0 / math.sqrt(HS)))
-        launch("flash_dq_store", dt, blocks(B * T * C // 8, FLASH_BLOCK), FLASH_BLOCK, P(dqkv), P(acc), I(C),
-               L(B * T * C))
-        R.compare(f"flash_backward (atomic dQ) dqkv {tag}", dqkv, want, dt, K_FLASH_BACKWARD)
-        guards_intact(f"flash_backward (atomic dQ) dqkv {tag}", dqkv_buf)
-        guards_intact(f"flash_backward (atomic dQ) accumulator {tag}", acc_buf)
+        atomic_dq_case(dt, B, T, NH, HS, causal, MMA_KERNELS, flash_case(dt, B, T, NH, HS, causal, MMA_KERNELS))
+
+
+def atomic_dq_case(dt, B, T, NH, HS, causal, kernels, case):
+    """The opt-in backward of a kernel set at one shape: dK/dV and dQ in one pass, dQ summed into
+    an f32 buffer with atomics (zeroed first, as the host does), then stored into dqkv's q third;
+    `case` is what flash_case returned at that shape."""
+    tag, qkv, dout, lse, delta, want = case
+    C, sfx = NH * HS, kernels["suffix"]
+    dqkv_buf, dqkv = guarded(torch.full((B, T, 3 * C), float("nan"), dtype=DTYPE[dt]))
+    acc_buf, acc = guarded(torch.zeros((B, T, C), dtype=torch.float32))
+    launch(f"flash_backward_dkvq{sfx}_hs{HS}", dt, -(-T // kernels["dkv"]) * B * NH, kernels["block"], P(dqkv),
+           P(acc), P(dout), P(qkv), P(lse), P(delta), I(B), I(T), I(NH), I(int(causal)), F(1.0 / math.sqrt(HS)))
+    launch("flash_dq_store", dt, blocks(B * T * C // 8, FLASH_BLOCK), FLASH_BLOCK, P(dqkv), P(acc), I(C),
+           L(B * T * C))
+    R.compare(f"flash_backward{sfx} (atomic dQ) dqkv {tag}", dqkv, want, dt, K_FLASH_BACKWARD)
+    guards_intact(f"flash_backward{sfx} (atomic dQ) dqkv {tag}", dqkv_buf)
+    guards_intact(f"flash_backward{sfx} (atomic dQ) accumulator {tag}", acc_buf)
 
 
 def check_flash_attention_sm90a(dt):
-    """The wgmma kernels of flash_attention_sm90a.cu (bf16 only), forward and backward, on the
-    shapes of the mma.sync ones plus ones spanning several tiles (128 keys per forward tile at
-    HS = 64, 128 keys per dK/dV block). Their shared memory starts on a 1024-byte boundary here; on
-    the GPU the kernels align it themselves."""
+    """The wgmma kernels of flash_attention_sm90a.cu (bf16 only), forward, backward and the
+    opt-in atomic-dQ backward, on the shapes of the mma.sync ones plus ones spanning several tiles
+    (128 keys per forward tile at HS = 64, 128 keys per dK/dV block). Their shared memory starts
+    on a 1024-byte boundary here; on the GPU the kernels align it themselves."""
     if dt != "bf16":
         return
     for B, T, NH, HS, causal in [(1, 1, 1, 64, True), (1, 17, 2, 64, True), (2, 65, 1, 64, False),
                                  (1, 63, 1, 128, True), (1, 300, 1, 64, True), (1, 130, 1, 128, False),
                                  (1, 200, 1, 128, True), (1, 257, 2, 64, False)]:
-        flash_case(dt, B, T, NH, HS, causal, WGMMA_KERNELS)
+        atomic_dq_case(dt, B, T, NH, HS, causal, WGMMA_KERNELS, flash_case(dt, B, T, NH, HS, causal, WGMMA_KERNELS))
 
 
 def check_wgmma_probe(dt):
     """The wgmma layout probe: one product per operand form (mode 0: both operands K-major from
-    shared memory; mode 1: A from registers, B MN-major), against float64."""
+    shared memory; mode 1: A from registers, B MN-major; mode 2: both MN-major from shared
+    memory, B 32 wide), against float64."""
     if dt != "bf16":
         return
     for mode, (a_shape, b_shape, d_shape) in enumerate([((64, 128), (64, 128), (64, 64)),
-                                                        ((64, 64), (64, 128), (64, 128))]):
+                                                        ((64, 64), (64, 128), (64, 128)),
+                                                        ((128, 64), (128, 32), (64, 32))]):
         a, a64 = rnd(a_shape, dt)
         b, b64 = rnd(b_shape, dt)
         d = torch.full(d_shape, float("nan"), dtype=torch.float32)
         launch("wgmma_probe", dt, 1, FLASH90_BLOCK, P(d), P(a), P(b), I(mode))
-        want = a64 @ b64.transpose(0, 1) if mode == 0 else a64 @ b64
+        want = (a64.transpose(0, 1) if mode == 2 else a64) @ (b64.transpose(0, 1) if mode == 0 else b64)
         R.compare(f"wgmma_probe mode {mode} [{dt}]", d, want, "f32")
 
 

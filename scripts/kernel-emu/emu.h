@@ -318,6 +318,18 @@ inline void wgmma_ss(float* d, uint64_t desc_a, uint64_t desc_b, int accumulate)
 }
 
 template <int N>
+inline void wgmma_ss_tt(float* d, uint64_t desc_a, uint64_t desc_b, int accumulate) {
+    const emu::Descriptor a = emu::decode(desc_a), b = emu::decode(desc_b);
+    for (int i = 0; i < N / 2; i++) {
+        int row, col;
+        emu::accumulator_at(i, row, col);
+        float acc = accumulate ? d[i] : 0.0f;
+        for (int k = 0; k < 16; k++) acc += emu::mn_major(a, k, row) * emu::mn_major(b, k, col);
+        d[i] = acc;
+    }
+}
+
+template <int N>
 inline void wgmma_rs_tb(float* d, const uint32_t* a, uint64_t desc_b, int accumulate) {
     emu::WarpGroup* wg = emu::current_warpgroup;
     const int tid = static_cast<int>(threadIdx.x) % emu::kWarpGroup;

@@ -190,8 +190,8 @@ pub struct TrainConfig {
     #[serde(default)]
     pub attention_backward: AttentionBackward,
     /// Which kernels run the GPU's tensor-core attention: `mma` (mma.sync, every GPU) or `wgmma`
-    /// (Hopper's warpgroup instructions, compute capability 9.0 only: the forward and the
-    /// deterministic backward; the same results to rounding).
+    /// (Hopper's warpgroup instructions, compute capability 9.0 only: the forward and either
+    /// backward; the same results to rounding).
     #[arg(long, value_enum, default_value_t = AttentionKernels::Mma)]
     #[serde(default)]
     pub attention_kernels: AttentionKernels,

@@ -98,8 +98,8 @@ pub const BF16_KERNELS: &[(&str, &str)] = &[
 ];
 
 /// Kernels of Hopper's own instruction set (kernels/*_sm90a.cu, in the second fatbin
-/// `FATBIN_SM90A`, bf16 only, loaded on compute capability 9.0): the wgmma attention, forward and
-/// deterministic backward, one entry point per head size.
+/// `FATBIN_SM90A`, bf16 only, loaded on compute capability 9.0): the wgmma attention, forward,
+/// deterministic backward and atomic-dQ backward, one entry point per head size.
 pub const SM90A_KERNELS: &[(&str, &str)] = &[
     ("flash_forward_sm90a_hs64", "flash_attention_sm90a.cu"),
     ("flash_forward_sm90a_hs128", "flash_attention_sm90a.cu"),
@@ -107,6 +107,8 @@ pub const SM90A_KERNELS: &[(&str, &str)] = &[
     ("flash_backward_dkv_sm90a_hs128", "flash_attention_sm90a.cu"),
     ("flash_backward_dq_sm90a_hs64", "flash_attention_sm90a.cu"),
     ("flash_backward_dq_sm90a_hs128", "flash_attention_sm90a.cu"),
+    ("flash_backward_dkvq_sm90a_hs64", "flash_attention_sm90a.cu"),
+    ("flash_backward_dkvq_sm90a_hs128", "flash_attention_sm90a.cu"),
     ("wgmma_probe", "flash_attention_sm90a.cu"),
 ];
 /// Threads per block of the wgmma attention: two warpgroups.
@@ -131,8 +133,9 @@ const WGMMA_ATOM_BYTES: usize = 1024;
 pub const WGMMA_PROBE_SHARED_BYTES: usize = WGMMA_ATOM_BYTES + 2 * 64 * 128 * BYTES_PER_BF16;
 
 /// Bytes of dynamic shared memory of the wgmma kernels at head size `hs`, as they lay it out
-/// (the alignment slack first; no padding, the tiles are swizzled): (forward, dK/dV, dQ).
-pub fn flash90_shared_bytes(hs: usize) -> Option<(usize, usize, usize)> {
+/// (the alignment slack first; no padding, the tiles are swizzled): (forward, dK/dV, dQ, dK/dV
+/// with atomic dQ).
+pub fn flash90_shared_bytes(hs: usize) -> Option<(usize, usize, usize, usize)> {
     let (fwd_keys, dkv_rows) = match hs {
         64 => (FLASH90_KEYS_HS64, FLASH90_DKV_ROWS_HS64),
         128 => (FLASH90_KEYS_HS128, FLASH90_DKV_ROWS_HS128),
@@ -146,7 +149,10 @@ pub fn flash90_shared_bytes(hs: usize) -> Option<(usize, usize, usize)> {
     let dkv = WGMMA_ATOM_BYTES + (2 * FLASH90_DKV_KEYS + 4 * dkv_rows) * row + 4 * dkv_rows * BYTES_PER_F32;
     // dQ: the block's queries and douts, two stages of key and value tiles.
     let dq = WGMMA_ATOM_BYTES + (2 * FLASH90_ROWS + 4 * FLASH90_DQ_KEYS) * row;
-    Some((forward, dkv, dq))
+    // dK/dV with atomic dQ: also the block's dSᵀ, in tiles of 32 queries × the block's keys, each
+    // key a 128-byte row (half used).
+    let dkvq = dkv + dkv_rows / 32 * FLASH90_DKV_KEYS * 128;
+    Some((forward, dkv, dq, dkvq))
 }
 
 /// The tiling of flash_attention.cu for head size `hs`, `None` for head sizes it is not built
@@ -369,8 +375,8 @@ ptxas info    : Used 255 registers, used 1 barriers, 256 bytes smem, 364 bytes c
         assert_eq!(atomic_dq_shared_bytes(64), Some(9_216));
         assert_eq!(atomic_dq_shared_bytes(128), Some(4_608));
         // The wgmma kernels, as flash_attention_sm90a.cu's header states.
-        assert_eq!(flash90_shared_bytes(64), Some((82_944, 67_584, 66_560)));
-        assert_eq!(flash90_shared_bytes(128), Some((99_328, 99_840, 132_096)));
+        assert_eq!(flash90_shared_bytes(64), Some((82_944, 67_584, 66_560, 100_352)));
+        assert_eq!(flash90_shared_bytes(128), Some((99_328, 99_840, 132_096, 116_224)));
         assert_eq!(flash90_shared_bytes(96), None);
         assert_eq!(WGMMA_PROBE_SHARED_BYTES, 33_792);
     }

@@ -169,12 +169,11 @@ impl Functions {
     fn load_sm90a(&mut self, module: &Arc<CudaModule>, max_shared_bytes: usize) -> Result<Vec<usize>> {
         let mut sizes = Vec::new();
         for hs in FLASH_HEAD_SIZES {
-            let (fwd, dkv, dq) = flash90_shared_bytes(hs).expect("the wgmma kernels exist for every flash head size");
-            if fwd.max(dkv).max(dq) > max_shared_bytes {
+            let kernels = wgmma_kernels(hs).expect("the wgmma kernels exist for every flash head size");
+            if kernels.passes().iter().any(|p| p.smem > max_shared_bytes) {
                 continue;
             }
-            let names = wgmma_names(hs);
-            for (name, bytes) in [(names.0, fwd), (names.1, dkv), (names.2, dq)] {
+            for FlashPass { name, smem: bytes, .. } in kernels.passes() {
                 let full = format!("{name}_bf16");
                 let f = module.load_function(&full).map_err(|e| {
                     driver_error(
@@ -625,9 +624,9 @@ impl CudaBackend {
     }
 
     /// Runs the tensor-core attention on Hopper's wgmma kernels (`on`) or on the mma.sync ones
-    /// (the default): the forward and the deterministic backward (the opt-in atomic-dQ backward
-    /// stays on mma.sync). Fails, saying why, where the wgmma kernels are not loaded (another
-    /// GPU, f32 storage, a build without them).
+    /// (the default): the forward and the backward, deterministic or with atomic dQ. Fails,
+    /// saying why, where the wgmma kernels are not loaded (another GPU, f32 storage, a build
+    /// without them).
     pub fn set_wgmma_attention(&mut self, on: bool) -> Result<()> {
         if on && let Err(why) = &self.functions.wgmma_head_sizes {
             return Err(BackendError::Unavailable(format!("the wgmma attention kernels are not available: {why}")));
@@ -639,8 +638,9 @@ impl CudaBackend {
     /// Runs the wgmma layout probe (compute capability 9.0 only): one product per operand form
     /// the wgmma attention uses, on tensors of this backend's arenas, all row-major. Mode 0 (both
     /// operands K-major from shared memory): d (64×64) = a (64×128) · bᵀ with b (64×128). Mode 1
-    /// (A from registers, B MN-major): d (64×128) = a (64×64) · b (64×128). a and b are bf16
-    /// activations, d an f32 statistics tensor.
+    /// (A from registers, B MN-major): d (64×128) = a (64×64) · b (64×128). Mode 2 (both MN-major
+    /// from shared memory, B 32 wide): d (64×32) = aᵀ · b with a (128×64), b (128×32). a and b
+    /// are bf16 activations, d an f32 statistics tensor.
     pub fn wgmma_probe(&mut self, d: Tensor, a: Tensor, b: Tensor, mode: u32) -> Result<()> {
         if let Err(why) = &self.functions.wgmma_head_sizes {
             return Err(BackendError::Unavailable(format!("the wgmma kernels are not available: {why}")));
@@ -651,7 +651,8 @@ impl CudaBackend {
         let (m, k, n) = match mode {
             0 => (64, 128, 64),
             1 => (64, 64, 128),
-            _ => return Err(BackendError::Device(format!("wgmma probe mode {mode}: 0 or 1"))),
+            2 => (64, 128, 32),
+            _ => return Err(BackendError::Device(format!("wgmma probe mode {mode}: 0, 1 or 2"))),
         };
         let (a_p, b_p, d_p) =
             (self.ptr_n(a, m * k, "probe a")?, self.ptr_n(b, k * n, "probe b")?, self.ptr_n(d, m * n, "probe d")?);
@@ -918,29 +919,23 @@ impl CudaBackend {
     /// The tensor-core attention kernels a launch at head size `hs` takes: the wgmma ones where
     /// they run, else the mma.sync ones of `tiles`.
     fn flash_kernels(&self, hs: usize, tiles: &cpu::attention::AttentionTiles) -> FlashKernels {
-        let pass = |name, rows, smem| FlashPass { name, rows, smem };
         if self.uses_wgmma_attention(hs) {
-            let (fwd, dkv, dq) = flash90_shared_bytes(hs).expect("loaded for this head size");
-            let names = wgmma_names(hs);
-            FlashKernels {
-                threads: FLASH90_BLOCK,
-                forward: pass(names.0, FLASH90_ROWS, fwd),
-                dkv: pass(names.1, FLASH90_DKV_KEYS, dkv),
-                dq: pass(names.2, FLASH90_ROWS, dq),
-            }
+            return wgmma_kernels(hs).expect("loaded for this head size");
+        }
+        let (fwd, dkv, dq) = flash_shared_bytes(hs).expect("tiles exist");
+        let dkvq = flash_dkvq_shared_bytes(hs).expect("tiles exist");
+        let names = if hs == 64 {
+            ["flash_forward_hs64", "flash_backward_dkv_hs64", "flash_backward_dq_hs64", "flash_backward_dkvq_hs64"]
         } else {
-            let (fwd, dkv, dq) = flash_shared_bytes(hs).expect("tiles exist");
-            let names = if hs == 64 {
-                ("flash_forward_hs64", "flash_backward_dkv_hs64", "flash_backward_dq_hs64")
-            } else {
-                ("flash_forward_hs128", "flash_backward_dkv_hs128", "flash_backward_dq_hs128")
-            };
-            FlashKernels {
-                threads: FLASH_BLOCK,
-                forward: pass(names.0, tiles.fwd_rows, fwd),
-                dkv: pass(names.1, tiles.dkv_keys, dkv),
-                dq: pass(names.2, tiles.dq_rows, dq),
-            }
+            ["flash_forward_hs128", "flash_backward_dkv_hs128", "flash_backward_dq_hs128", "flash_backward_dkvq_hs128"]
+        };
+        let pass = |i: usize, rows, smem| FlashPass { name: names[i], rows, smem };
+        FlashKernels {
+            threads: FLASH_BLOCK,
+            forward: pass(0, tiles.fwd_rows, fwd),
+            dkv: pass(1, tiles.dkv_keys, dkv),
+            dq: pass(2, tiles.dq_rows, dq),
+            dkvq: pass(3, tiles.dkv_keys, dkvq),
         }
     }
 
@@ -1452,16 +1447,16 @@ impl Backend for CudaBackend {
             stream
                 .memset_zeros(&mut buf.mem.slice_mut(range))
                 .map_err(|e| driver_error("zeroing the attention dQ accumulator", e))?;
-            let smem = flash_dkvq_shared_bytes(hs).expect("tiles exist");
-            let name = if hs == 64 { "flash_backward_dkvq_hs64" } else { "flash_backward_dkvq_hs128" };
+            let kernels = self.flash_kernels(hs, &tiles);
+            let (name, smem) = (kernels.dkvq.name, kernels.dkvq.smem);
             let f = self.functions.get(name);
             let mut l = self.stream.launch_builder(f);
             l.arg(&dqkv_p).arg(&acc_p).arg(&dout_p).arg(&qkv_p).arg(&lse_p).arg(&delta_p);
             l.arg(&b_i).arg(&t_i).arg(&nh_i).arg(&causal_i).arg(&scale);
-            let cfg = flash_launch(t.div_ceil(tiles.dkv_keys) * b * nh, FLASH_BLOCK, smem)?;
-            // SAFETY: flash_backward_dkvq_hsN_bf16(bf16* dqkv, float* dq_acc, const bf16* dout,
-            // const bf16* qkv, const float* lse, const float* delta, int B, int seq, int NH, int
-            // causal, float scale): as the dK/dV launch below, and dq_acc holds B·T·C floats
+            let cfg = flash_launch(t.div_ceil(kernels.dkvq.rows) * b * nh, kernels.threads, smem)?;
+            // SAFETY: flash_backward_dkvq[_sm90a]_hsN_bf16(bf16* dqkv, float* dq_acc, const bf16*
+            // dout, const bf16* qkv, const float* lse, const float* delta, int B, int seq, int NH,
+            // int causal, float scale): as the dK/dV launch below, and dq_acc holds B·T·C floats
             // (checked), zeroed just before on this stream.
             unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error(name, e))?;
             let (c_i, total) = (to_i32(c, "C")?, to_i64(n_dq, "B·T·C")?);
@@ -1860,22 +1855,48 @@ struct FlashPass {
     smem: usize,
 }
 
-/// The passes of one set of tensor-core attention kernels and their block size.
+/// The passes of one set of tensor-core attention kernels and their block size: the forward,
+/// the deterministic backward's dK/dV and dQ, and the opt-in backward's dK/dV with atomic dQ.
 struct FlashKernels {
     threads: u32,
     forward: FlashPass,
     dkv: FlashPass,
     dq: FlashPass,
+    dkvq: FlashPass,
 }
 
-/// The wgmma kernels' entry points (without their `_bf16`) for a head size they are built for:
-/// (forward, dK/dV, dQ).
-fn wgmma_names(hs: usize) -> (&'static str, &'static str, &'static str) {
-    if hs == 64 {
-        ("flash_forward_sm90a_hs64", "flash_backward_dkv_sm90a_hs64", "flash_backward_dq_sm90a_hs64")
-    } else {
-        ("flash_forward_sm90a_hs128", "flash_backward_dkv_sm90a_hs128", "flash_backward_dq_sm90a_hs128")
+impl FlashKernels {
+    fn passes(&self) -> [FlashPass; 4] {
+        [self.forward, self.dkv, self.dq, self.dkvq]
     }
+}
+
+/// The wgmma kernels for a head size they are built for (64, 128).
+fn wgmma_kernels(hs: usize) -> Option<FlashKernels> {
+    let (fwd, dkv, dq, dkvq) = flash90_shared_bytes(hs)?;
+    let names = if hs == 64 {
+        [
+            "flash_forward_sm90a_hs64",
+            "flash_backward_dkv_sm90a_hs64",
+            "flash_backward_dq_sm90a_hs64",
+            "flash_backward_dkvq_sm90a_hs64",
+        ]
+    } else {
+        [
+            "flash_forward_sm90a_hs128",
+            "flash_backward_dkv_sm90a_hs128",
+            "flash_backward_dq_sm90a_hs128",
+            "flash_backward_dkvq_sm90a_hs128",
+        ]
+    };
+    let pass = |i: usize, rows, smem| FlashPass { name: names[i], rows, smem };
+    Some(FlashKernels {
+        threads: FLASH90_BLOCK,
+        forward: pass(0, FLASH90_ROWS, fwd),
+        dkv: pass(1, FLASH90_DKV_KEYS, dkv),
+        dq: pass(2, FLASH90_ROWS, dq),
+        dkvq: pass(3, FLASH90_DKV_KEYS, dkvq),
+    })
 }
 
 /// 1/√HS, the score scale.
