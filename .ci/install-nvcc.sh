@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the CUDA 13.0 compiler from NVIDIA's pip wheels into Python's site-packages, where
-# build.rs finds nvcc (nvidia/cu13/bin). Pinned to 13.0: the GPU machines' driver cannot load PTX
+# build.rs finds nvcc (nvidia/cu13/bin), and cuobjdump beside it for the tests. Pinned to 13.0: the GPU machines' driver cannot load PTX
 # from a newer compiler. No GPU is needed to compile.
 set -euo pipefail
 
@@ -10,6 +10,11 @@ python3 -m pip install --quiet --disable-pip-version-check \
     nvidia-cuda-runtime==13.0.96 \
     nvidia-nvvm==13.0.88 \
     nvidia-cuda-cccl==13.0.85
+# The disassembler, for the machine-code checks of tests/cuda_build.rs (cuobjdump runs nvdisasm);
+# reading code needs no driver, so the oldest 13.x on PyPI, 13.2, reads 13.0's sm_90a code.
+python3 -m pip install --quiet --disable-pip-version-check \
+    nvidia-cuda-cuobjdump==13.2.51 \
+    nvidia-cuda-nvdisasm==13.2.51
 
 nvcc=$(python3 - <<'PY'
 import os, site, sys

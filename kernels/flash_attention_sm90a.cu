@@ -16,7 +16,8 @@
 // ldmatrix traffic of the mma.sync kernels is gone: the tensor cores read their operands
 // themselves.
 // - forward: 128 queries per block, key/value tiles of 128 (HS = 64) or 64 (HS = 128) keys;
-//   per tile S = Q·Kᵀ, the online softmax on the accumulators, O += P·V.
+//   per tile S = Q·Kᵀ, the online softmax on the accumulators, O += P·V, a warpgroup's softmax of
+//   one tile running while its P·V of the tile before is on the tensor cores.
 // - backward, deterministic as flash_attention.cu's (delta first, by the simple kernel): dK/dV with
 //   128 keys per block and query tiles of 64 (HS = 64) or 32 (HS = 128) with their dout, LSE and
 //   delta: Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ, then dV += Pᵀ·dO, dK += dSᵀ·Q; dQ with 128 queries per block
@@ -30,16 +31,16 @@
 //   cp.async, masked and never stored.
 //
 // Not here yet, FlashAttention-3's other steps (docs/attention.md): TMA copies with mbarriers,
-// warp specialization with setmaxnreg, ping-pong of the softmax of one warpgroup with the
-// matrix work of the other, and overlap of a tile's softmax with the next tile's products.
+// warp specialization with setmaxnreg, explicit ping-pong of the softmax of one warpgroup with
+// the matrix work of the other, and the softmax overlap in the backward.
 //
 // Resources, sm_90a (ptxas, nvcc 13.0; no spills), FLASH90_BLOCK = 256 threads per block; blocks
 // per SM from 64K registers and 228 KB of shared memory (1 KB reserved per block); every kernel
 // asks for 1 KB more than its tiles to align them to 1024 bytes. Where a second block fits without
 // spilling (dQ at HS = 64) it is requested:
 //   kernel         HS    tiles (rows × streamed)   regs   smem (bytes)   blocks/SM   warps/SM
-//   forward        64    128 q × 128 k              185     82,944       1 (regs)    8
-//   forward        128   128 q × 64 k               154     99,328       1 (regs)    8
+//   forward        64    128 q × 128 k              204     99,328       1 (regs)    8
+//   forward        128   128 q × 64 k               250    115,712       1 (regs)    8
 //   dK/dV          64    128 k × 64 q               199     67,584       1 (regs)    8
 //   dK/dV          128   128 k × 32 q               231     99,840       1 (regs)    8
 //   dQ             64    128 q × 64 k               122     66,560       2 (regs)   16
@@ -211,19 +212,79 @@ __device__ __forceinline__ shared_addr flash90_base(const unsigned char* raw) {
     return (shared_address(raw) + WGMMA_ATOM_BYTES - 1) & ~static_cast<shared_addr>(WGMMA_ATOM_BYTES - 1);
 }
 
+// Issues S = Q·Kᵀ for this warpgroup's 64 queries of the query tile aq (FLASH90_ROWS rows) and the
+// BC keys of the key tile tk, both K-major; the first product overwrites s.
+template <int HS, int BC>
+__device__ __forceinline__ void flash90_scores(float* s, shared_addr aq, shared_addr tk, int group) {
+#pragma unroll
+    for (int kk = 0; kk < HS / 16; kk++)
+        wgmma_ss<BC>(s, flash90_k_major(aq, FLASH90_ROWS, group * 64, kk), flash90_k_major(tk, BC, 0, kk), kk > 0);
+}
+
+// The online softmax of a score tile (keys k0..k0+BC) in this thread's rows row_lo and row_lo + 8:
+// keys past `seq` and (causal) after the query masked, the running maximum m and sum l (log2
+// units, this lane's share of l) updated, s replaced by P = exp(S − max), alpha the factor the
+// output summed so far must be rescaled by.
+template <int BC>
+__device__ __forceinline__ void flash90_softmax(float* s, float (&m)[2], float (&l)[2], float (&alpha)[2], int k0,
+                                                int row_lo, int group_row0, int seq, int causal, float scale_log2) {
+    constexpr int NT = BC / 8;  // 8-key column groups
+    const int t = lane_id() & 3;
+    if (k0 + BC > seq || (causal && k0 + BC - 1 > group_row0)) {
+#pragma unroll
+        for (int n = 0; n < NT; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int row = row_lo + 8 * (e >> 1);
+                const int key = k0 + n * 8 + 2 * t + (e & 1);
+                if (key >= seq || (causal && key > row)) s[n * 4 + e] = -INFINITY;
+            }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < NT; n++) mx = fmaxf(mx, fmaxf(s[n * 4 + 2 * r], s[n * 4 + 2 * r + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
+        const float m_new = fmaxf(m[r], mx * scale_log2);
+        // A row with no key yet keeps m = −∞; exponents then use 0 and give 0.
+        const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+        alpha[r] = fast_exp2(m[r] - m_use);
+        m[r] = m_new;
+        float sum = 0.0f;
+#pragma unroll
+        for (int n = 0; n < NT; n++) {
+#pragma unroll
+            for (int e = 2 * r; e < 2 * r + 2; e++) {
+                const float p = fast_exp2(fmaf(s[n * 4 + e], scale_log2, -m_use));
+                s[n * 4 + e] = p;
+                sum += p;
+            }
+        }
+        l[r] = l[r] * alpha[r] + sum;
+    }
+}
+
 // out (B,T,C), lse (B,NH,T) from qkv (B,T,3C). Block: FLASH90_ROWS queries of one (b, h), 64 per
 // warpgroup. Grid: ⌈T/128⌉·B·NH, the longest causal rows first.
+//
+// A warpgroup's softmax runs while the tensor cores work (FlashAttention-3's intra-warpgroup
+// overlap). Round j: wait for O += P_{j−2}·V_{j−2}, rescale O to the maximum of tile j − 1 and
+// convert P_{j−1} to bf16; issue S_j = Q·K_jᵀ, then O += P_{j−1}·V_{j−1}; wait for S_j alone and
+// run its softmax while the P·V product runs on, through the next round's barriers and copies.
+// Keys are copied one tile ahead of values (round j brings V_j and K_{j+1}) and values have three
+// stages, so that the copies of round j + 1 do not overwrite the V_{j−1} a product still reads.
 template <int HS>
 __device__ __forceinline__ void flash_forward_sm90(bf16* out, float* lse, const bf16* qkv, int B, int seq, int NH,
                                                    int causal, float scale) {
     using G = Flash90Tile<HS>;
     constexpr int BR = FLASH90_ROWS, BC = G::KEYS;
-    constexpr int NT = BC / 8;  // 8-key column groups of a score tile
     constexpr int DT = HS / 8;  // 8-column groups of the output
     GPTK_DYNAMIC_SMEM(unsigned char, raw);
-    const shared_addr aq = flash90_base(raw);                    // [HS/64][BR][64] queries
-    const shared_addr ak = aq + G::Q_BYTES;         // [2][HS/64][BC][64] keys
-    const shared_addr av = ak + 2 * G::KV_BYTES;    // [2][HS/64][BC][64] values
+    const shared_addr aq = flash90_base(raw);     // [HS/64][BR][64] queries
+    const shared_addr ak = aq + G::Q_BYTES;       // [2][HS/64][BC][64] keys
+    const shared_addr av = ak + 2 * G::KV_BYTES;  // [3][HS/64][BC][64] values
 
     const FlashHead f = flash_head<HS>(qkv, BR, seq, NH);
     const int q0 = f.first_query(BR, causal), bh = f.bh, C = f.C;
@@ -231,103 +292,86 @@ __device__ __forceinline__ void flash_forward_sm90(bf16* out, float* lse, const 
     const bf16 *q_rows = f.q, *k_rows = f.k, *v_rows = f.v;
     const int group = warpgroup_index();
     const int warp = (static_cast<int>(threadIdx.x) % FLASH90_WARPGROUP) / WARP_SIZE, lane = lane_id();
-    const int g = lane >> 2, t = lane & 3;
-    const int group_row0 = q0 + group * 64;           // this warpgroup's first query
-    const int row_lo = group_row0 + warp * 16 + g;    // this thread's rows: row_lo, row_lo + 8
+    const int t = lane & 3;
+    const int group_row0 = q0 + group * 64;                // this warpgroup's first query
+    const int row_lo = group_row0 + warp * 16 + (lane >> 2);  // this thread's rows: row_lo, row_lo + 8
     const int kv_end = causal ? min(seq, q0 + BR) : seq;
     const int kv_tiles = (kv_end + BC - 1) / BC;
+    // Causal: a warpgroup stops at the last tile holding a key not after its last query.
+    const int my_tiles = causal ? min(kv_tiles, (group_row0 + 63) / BC + 1) : kv_tiles;
     const float scale_log2 = scale * FLASH90_LOG2E;
-
-    flash90_load_tile<HS, BR>(aq, q_rows + q0 * stride, stride, seq - q0);
-    flash90_load_tile<HS, BC>(ak, k_rows, stride, seq);
-    flash90_load_tile<HS, BC>(av, v_rows, stride, seq);
-    cp_async_commit();
 
     float o[HS / 2];
     flash90_zero<HS / 2>(o);
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // log2 units; this lane's share
+    float s[BC / 2], alpha[2];    // the scores, then P, of the latest tile; its rescaling of O
+    uint32_t pa[BC / 16][4];      // P of the tile before, bf16: the A operand of its P·V
 
-    for (int j = 0; j < kv_tiles; j++) {
-        const int stage = j & 1;
+    flash90_load_tile<HS, BR>(aq, q_rows + q0 * stride, stride, seq - q0);
+    flash90_load_tile<HS, BC>(ak, k_rows, stride, seq);
+    cp_async_commit();
+    for (int j = 0; j <= kv_tiles; j++) {
+        if (j > 0) __syncthreads();  // every warpgroup is done with the stages refilled here
+        if (j < kv_tiles) {
+            flash90_load_tile<HS, BC>(av + (j % 3) * G::KV_BYTES, v_rows + j * BC * stride, stride, seq - j * BC);
+        }
         if (j + 1 < kv_tiles) {
             const int next = (j + 1) * BC;
-            flash90_load_tile<HS, BC>(ak + (stage ^ 1) * G::KV_BYTES, k_rows + next * stride, stride, seq - next);
-            flash90_load_tile<HS, BC>(av + (stage ^ 1) * G::KV_BYTES, v_rows + next * stride, stride, seq - next);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
+            flash90_load_tile<HS, BC>(ak + ((j + 1) & 1) * G::KV_BYTES, k_rows + next * stride, stride, seq - next);
         }
+        cp_async_commit();
+        cp_async_wait<1>();   // K_j and V_{j−1} have landed
         fence_proxy_async();  // the copies, written through the generic proxy, are read by wgmma
         __syncthreads();
-        const int k0 = j * BC;
-        // A warpgroup whose queries all precede this tile's keys has nothing to add.
-        if (!causal || k0 <= group_row0 + 63) {
-            const shared_addr tk = ak + stage * G::KV_BYTES, tv = av + stage * G::KV_BYTES;
-            // S = Q·Kᵀ: A = this warpgroup's 64 queries, B = the tile's keys, both K-major.
-            float s[BC / 2];
-            wgmma_fence();
+        if (j > 0) {
+            // The previous round's P·V is done (it read V_{j−2}, and from this round on O).
+            wgmma_wait<0>();
+            flash90_pin<HS / 2>(o);
+            if (j <= my_tiles) {
 #pragma unroll
-            for (int kk = 0; kk < HS / 16; kk++)
-                wgmma_ss<BC>(s, flash90_k_major(aq, BR, group * 64, kk), flash90_k_major(tk, BC, 0, kk), kk > 0);
+                for (int d = 0; d < DT; d++) {
+                    o[d * 4] *= alpha[0];
+                    o[d * 4 + 1] *= alpha[0];
+                    o[d * 4 + 2] *= alpha[1];
+                    o[d * 4 + 3] *= alpha[1];
+                }
+#pragma unroll
+                for (int kk = 0; kk < BC / 16; kk++) flash90_acc_to_a(pa[kk], s, kk);
+            }
+        }
+        if (j == 0) {
+            // S_0 and its softmax (every warpgroup has tile 0).
+            wgmma_fence();
+            flash90_scores<HS, BC>(s, aq, ak, group);
             wgmma_commit();
             wgmma_wait<0>();
             flash90_pin<BC / 2>(s);
-            // Keys past the end, and (causal) keys after the query, do not count.
-            if (k0 + BC > seq || (causal && k0 + BC - 1 > group_row0)) {
-#pragma unroll
-                for (int n = 0; n < NT; n++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const int row = row_lo + 8 * (e >> 1);
-                        const int key = k0 + n * 8 + 2 * t + (e & 1);
-                        if (key >= seq || (causal && key > row)) s[n * 4 + e] = -INFINITY;
-                    }
-            }
-            // Online softmax: new running max, rescale what was summed so far, P = exp(S − max).
-#pragma unroll
-            for (int r = 0; r < 2; r++) {
-                float mx = -INFINITY;
-#pragma unroll
-                for (int n = 0; n < NT; n++) mx = fmaxf(mx, fmaxf(s[n * 4 + 2 * r], s[n * 4 + 2 * r + 1]));
-                mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
-                mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
-                const float m_new = fmaxf(m[r], mx * scale_log2);
-                // A row with no key yet keeps m = −∞; exponents then use 0 and give 0.
-                const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-                const float alpha = fast_exp2(m[r] - m_use);
-                m[r] = m_new;
-                float sum = 0.0f;
-#pragma unroll
-                for (int n = 0; n < NT; n++) {
-#pragma unroll
-                    for (int e = 2 * r; e < 2 * r + 2; e++) {
-                        const float p = fast_exp2(fmaf(s[n * 4 + e], scale_log2, -m_use));
-                        s[n * 4 + e] = p;
-                        sum += p;
-                    }
-                }
-                l[r] = l[r] * alpha + sum;
-#pragma unroll
-                for (int d = 0; d < DT; d++) {
-                    o[d * 4 + 2 * r] *= alpha;
-                    o[d * 4 + 2 * r + 1] *= alpha;
-                }
-            }
-            // O += P·V: P (bf16) from registers, V read transposed from shared memory.
-            uint32_t pa[BC / 16][4];
-#pragma unroll
-            for (int kk = 0; kk < BC / 16; kk++) flash90_acc_to_a(pa[kk], s, kk);
-            flash90_pin<HS / 2>(o);
+            flash90_softmax<BC>(s, m, l, alpha, 0, row_lo, group_row0, seq, causal, scale_log2);
+        } else if (j < my_tiles) {
+            // S_j, then P_{j−1}·V_{j−1} (P from registers, V read transposed), each its own group;
+            // the softmax of S_j once the first is done.
+            wgmma_fence();
+            flash90_scores<HS, BC>(s, aq, ak + (j & 1) * G::KV_BYTES, group);
+            wgmma_commit();
+            const shared_addr tv = av + ((j - 1) % 3) * G::KV_BYTES;
             wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < BC / 16; kk++) wgmma_rs_tb<HS>(o, pa[kk], flash90_mn_major(tv, BC, kk), 1);
             wgmma_commit();
-            wgmma_wait<0>();
-            flash90_pin<HS / 2>(o);
+            wgmma_wait<1>();
+            flash90_pin<BC / 2>(s);
+            flash90_softmax<BC>(s, m, l, alpha, j * BC, row_lo, group_row0, seq, causal, scale_log2);
+        } else if (j == my_tiles) {
+            // This warpgroup's last P·V.
+            const shared_addr tv = av + ((j - 1) % 3) * G::KV_BYTES;
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < BC / 16; kk++) wgmma_rs_tb<HS>(o, pa[kk], flash90_mn_major(tv, BC, kk), 1);
+            wgmma_commit();
         }
-        __syncthreads();  // the next round overwrites this stage
     }
+    wgmma_wait<0>();
+    flash90_pin<HS / 2>(o);
 
     // out = O / l, LSE = max + log(l) in natural log.
     float inv[2];

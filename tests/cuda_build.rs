@@ -218,3 +218,98 @@ fn without_a_usable_gpu_the_backend_fails_with_one_line() {
         assert!(cuda::probe().is_err());
     }
 }
+
+/// cuobjdump, for reading the machine code of the kernels: `CUOBJDUMP`, else on `PATH`, else
+/// under nvidia/cu13/bin in Python's package folders (the `nvidia-cuda-cuobjdump` wheel, which
+/// .ci/install-nvcc.sh installs with `nvidia-cuda-nvdisasm`, the disassembler it runs).
+fn find_cuobjdump() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("CUOBJDUMP").filter(|p| !p.is_empty()) {
+        return Some(p.into());
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).map(|d| d.join("cuobjdump")).find(|p| p.is_file()));
+    if let Some(p) = on_path.flatten() {
+        return Some(p);
+    }
+    let script = "import site, sys\nfor d in sys.path + site.getsitepackages(): print(d)";
+    let out = std::process::Command::new("python3").args(["-c", script]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|d| Path::new(d).join("nvidia/cu13/bin/cuobjdump"))
+        .find(|p| p.is_file())
+}
+
+/// The instructions of each kernel of the sm_90a fatbin, by function name, as cuobjdump prints
+/// them (`HGMMA.64x64x16.F32.BF16 R88, R120, gdesc[UR12].tnspB, R88`); None, with a note, without
+/// nvcc or cuobjdump.
+fn sm90a_sass(test: &str) -> Option<BTreeMap<String, Vec<String>>> {
+    if skip_without_nvcc(test) {
+        return None;
+    }
+    let Some(tool) = find_cuobjdump() else {
+        println!("note: {test} skipped: no cuobjdump (CUOBJDUMP, PATH or the nvidia-cuda-cuobjdump wheel)");
+        return None;
+    };
+    let file = std::env::temp_dir().join(format!("gptk-sm90a-{}.fatbin", std::process::id()));
+    std::fs::write(&file, kernels::FATBIN_SM90A).unwrap();
+    let out = std::process::Command::new(&tool).arg("-sass").arg(&file).output();
+    let _ = std::fs::remove_file(&file);
+    let out = out.unwrap_or_else(|e| panic!("{}: {e}", tool.display()));
+    assert!(out.status.success(), "{} -sass: {}", tool.display(), String::from_utf8_lossy(&out.stderr));
+    let mut kernels = BTreeMap::new();
+    let mut current: Option<&mut Vec<String>> = None;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    for line in text.lines() {
+        if let Some(name) = line.trim().strip_prefix("Function : ") {
+            current = Some(kernels.entry(name.trim().to_string()).or_default());
+        } else if let (Some(list), Some(rest)) = (current.as_mut(), line.trim().strip_prefix("/*")) {
+            // `/*0a40*/  INSTRUCTION ;  /* encoding */`; encoding-only lines have no `;`.
+            if let Some((_, text)) = rest.split_once("*/")
+                && let Some((instruction, _)) = text.split_once(';')
+            {
+                list.push(instruction.trim().to_string());
+            }
+        }
+    }
+    Some(kernels)
+}
+
+/// What the wgmma kernels are for, in their machine code: every one runs `HGMMA`; the forward
+/// computes its softmax (`MUFU.EX2`) after waiting for S alone (`WARPGROUP.DEPBAR.LE gsb0, 0x1`)
+/// and before any other warpgroup instruction, so before waiting for its P·V product (ptxas put
+/// that wait above the softmax when it stood in the same basic block); the atomic-dQ backward's
+/// dK/dV products run on through the barrier before dQ's product.
+#[test]
+fn wgmma_kernels_overlap_their_softmax_and_products() {
+    let Some(sass) = sm90a_sass("wgmma_kernels_overlap_their_softmax_and_products") else {
+        return;
+    };
+    let at =
+        |list: &[String], from: usize, what: &str| list[from..].iter().position(|i| i.contains(what)).map(|p| p + from);
+    for (name, _) in kernels::SM90A_KERNELS {
+        let code = &sass[&format!("{name}_bf16")];
+        assert!(code.iter().any(|i| i.starts_with("HGMMA")), "{name}: no HGMMA in its SASS");
+    }
+    for (name, keys) in [("flash_forward_sm90a_hs64_bf16", 128), ("flash_forward_sm90a_hs128_bf16", 64)] {
+        let code = &sass[name];
+        let s_done =
+            at(code, 0, "WARPGROUP.DEPBAR.LE gsb0, 0x1").unwrap_or_else(|| panic!("{name}: no wait for S alone"));
+        // Up to the next warpgroup instruction (in the code's layout; a wait ptxas put before
+        // the softmax would come first).
+        let next = at(code, s_done + 1, "WARPGROUP.").unwrap_or(code.len());
+        let exps = code[s_done..next].iter().filter(|i| i.starts_with("MUFU.EX2")).count();
+        // A tile's exponentials: keys/2 per thread, and two for the rescaling factors.
+        assert!(exps >= keys / 2, "{name}: {exps} exponentials after the wait for S alone, not a tile's {}", keys / 2);
+    }
+    for name in ["flash_backward_dkvq_sm90a_hs64_bf16", "flash_backward_dkvq_sm90a_hs128_bf16"] {
+        let code = &sass[name];
+        // dK/dV's products: A from registers (`HGMMA… R88, R120, gdesc….tnspB`).
+        let is_dkv = |i: &String| i.starts_with("HGMMA") && i.contains(".tnspB") && !i.contains(".tnspA");
+        let last = code.iter().rposition(is_dkv).unwrap_or_else(|| panic!("{name}: no dK/dV product"));
+        let wait = at(code, last, "WARPGROUP.DEPBAR").unwrap_or_else(|| panic!("{name}: no wait after dK/dV"));
+        assert!(
+            code[last..wait].iter().any(|i| i.starts_with("BAR.SYNC")),
+            "{name}: the dK/dV products are waited for before the barrier"
+        );
+    }
+}
