@@ -17,7 +17,8 @@
 // themselves.
 // - forward: 128 queries per block, key/value tiles of 128 (HS = 64) or 64 (HS = 128) keys;
 //   per tile S = Q·Kᵀ, the online softmax on the accumulators, O += P·V, a warpgroup's softmax of
-//   one tile running while its P·V of the tile before is on the tensor cores.
+//   one tile running while its P·V of the tile before is on the tensor cores (the dK/dV kernels
+//   likewise overlap a tile's Pᵀ and dSᵀ with the dV and dK products of the tile before).
 // - backward, deterministic as flash_attention.cu's (delta first, by the simple kernel): dK/dV with
 //   128 keys per block and query tiles of 64 (HS = 64) or 32 (HS = 128) with their dout, LSE and
 //   delta: Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ, then dV += Pᵀ·dO, dK += dSᵀ·Q; dQ with 128 queries per block
@@ -32,7 +33,7 @@
 //
 // Not here yet, FlashAttention-3's other steps (docs/attention.md): TMA copies with mbarriers,
 // warp specialization with setmaxnreg, explicit ping-pong of the softmax of one warpgroup with
-// the matrix work of the other, and the softmax overlap in the backward.
+// the matrix work of the other, and the same overlap in the deterministic dQ kernel.
 //
 // Resources, sm_90a (ptxas, nvcc 13.0; no spills), FLASH90_BLOCK = 256 threads per block; blocks
 // per SM from 64K registers and 228 KB of shared memory (1 KB reserved per block); every kernel
@@ -41,12 +42,12 @@
 //   kernel         HS    tiles (rows × streamed)   regs   smem (bytes)   blocks/SM   warps/SM
 //   forward        64    128 q × 128 k              204     99,328       1 (regs)    8
 //   forward        128   128 q × 64 k               250    115,712       1 (regs)    8
-//   dK/dV          64    128 k × 64 q               199     67,584       1 (regs)    8
-//   dK/dV          128   128 k × 32 q               231     99,840       1 (regs)    8
+//   dK/dV          64    128 k × 64 q               220     84,480       1 (regs)    8
+//   dK/dV          128   128 k × 32 q               228    116,480       1 (regs)    8
 //   dQ             64    128 q × 64 k               122     66,560       2 (regs)   16
 //   dQ             128   128 q × 64 k               174    132,096       1 (both)    8
-//   dK/dV+dQ       64    128 k × 64 q               204    100,352       1 (regs)    8   (atomic dQ)
-//   dK/dV+dQ       128   128 k × 32 q               222    116,224       1 (regs)    8   (atomic dQ)
+//   dK/dV+dQ       64    128 k × 64 q               218    117,248       1 (regs)    8   (atomic dQ)
+//   dK/dV+dQ       128   128 k × 32 q               241    132,864       1 (regs)    8   (atomic dQ)
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #error "flash_attention_sm90a.cu needs sm_90a: build.rs compiles it for that target only"
 #endif
@@ -168,19 +169,21 @@ __device__ __forceinline__ void flash90_store_rows(bf16* dst, long long stride, 
     }
 }
 
-// Writes this thread's rows (local keys row and row + 8) of a warpgroup's dSᵀ, held as the bf16
-// A fragments of BQ/16 k-steps (flash90_acc_to_a), into the dSᵀ tiles at sds: BQ/32 tiles of
-// FLASH90_DKV_KEYS swizzled 128-byte rows, query q in tile q / 32, column q % 32.
+// Writes this thread's rows (local keys row and row + 8) of a warpgroup's dSᵀ, held as a 64×BQ
+// accumulator, as bf16 into the dSᵀ tiles at sds: BQ/32 tiles of FLASH90_DKV_KEYS swizzled 128-byte
+// rows, query q in tile q / 32, column q % 32.
 template <int BQ>
-__device__ __forceinline__ void flash90_store_dst(unsigned char* sds, const uint32_t (*a)[4], int row) {
+__device__ __forceinline__ void flash90_store_dst(unsigned char* sds, const float* acc, int row) {
     const int t = lane_id() & 3;
 #pragma unroll
     for (int kk = 0; kk < BQ / 16; kk++) {
+        uint32_t a[4];
+        flash90_acc_to_a(a, acc, kk);
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             const int r = row + 8 * (i & 1), q = kk * 16 + 8 * (i >> 1) + 2 * t;
             *reinterpret_cast<uint32_t*>(sds + (q / 32) * FLASH90_DKV_KEYS * WGMMA_ROW_BYTES +
-                                         swizzled_offset(FLASH90_DKV_KEYS, r, q % 32)) = a[kk][i];
+                                         swizzled_offset(FLASH90_DKV_KEYS, r, q % 32)) = a[i];
         }
     }
 }
@@ -501,13 +504,59 @@ __device__ __forceinline__ void flash_backward_dq_sm90(bf16* dqkv, const bf16* d
     flash90_store_rows<DT>(dqkv + head, stride, dq, row_lo, seq, {scale, scale});
 }
 
+// Pᵀ = exp(Sᵀ·scale − LSE) and dSᵀ = Pᵀ ∘ (dPᵀ − delta) in place of the accumulators Sᵀ (st)
+// and dPᵀ (dpt) of this thread's keys key_lo and key_lo + 8 and the query tile from q0, whose LSE
+// and delta (natural log) are in shared memory; queries past `seq` and (causal) before the key
+// give zero. The scale is applied to dK at the end.
+template <int BQ>
+__device__ __forceinline__ void flash90_dkv_grads(float* st, float* dpt, const float* tlse, const float* tdelta,
+                                                  int q0, int key_lo, int group_key0, int seq, int causal,
+                                                  float scale_log2) {
+    constexpr int NT = BQ / 8;  // 8-query column groups
+    const int t = lane_id() & 3;
+    const bool mask = q0 + BQ > seq || (causal && q0 < group_key0 + 63);
+#pragma unroll
+    for (int n = 0; n < NT; n++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int col = n * 8 + 2 * t + (e & 1);
+            float p = fast_exp2(fmaf(st[n * 4 + e], scale_log2, -tlse[col] * FLASH90_LOG2E));
+            if (mask) {
+                const int query = q0 + col, key = key_lo + 8 * (e >> 1);
+                if (query >= seq || (causal && key > query)) p = 0.0f;
+            }
+            dpt[n * 4 + e] = p * (dpt[n * 4 + e] - tdelta[col]);
+            st[n * 4 + e] = p;
+        }
+    }
+}
+
+// Issues dV += Pᵀ·dO and dK += dSᵀ·Q for a query tile: Pᵀ and dSᵀ (bf16 A fragments) from
+// registers, the tile's dO (tdo) and Q (tq) read transposed.
+template <int HS, int BQ>
+__device__ __forceinline__ void flash90_dkv_products(float* dv, float* dk, const uint32_t (*pa)[4],
+                                                     const uint32_t (*da)[4], shared_addr tdo, shared_addr tq) {
+#pragma unroll
+    for (int kk = 0; kk < BQ / 16; kk++) {
+        wgmma_rs_tb<HS>(dv, pa[kk], flash90_mn_major(tdo, BQ, kk), 1);
+        wgmma_rs_tb<HS>(dk, da[kk], flash90_mn_major(tq, BQ, kk), 1);
+    }
+}
+
 // The dK and dV thirds of dqkv (B,T,3C). Block: FLASH90_DKV_KEYS keys of one (b, h), 64 per
 // warpgroup; query tiles of DKV_ROWS (64 at HS = 64, 32 at HS = 128, for registers) with their
-// dout, LSE and delta, double-buffered. Per tile and warpgroup: Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ (all
+// dout, LSE and delta, in three stages. Per tile and warpgroup: Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ (all
 // operands in shared memory), Pᵀ and dSᵀ as in the dQ kernel (the LSE and delta of a column read
 // from shared memory), then dV += Pᵀ·dO and dK += dSᵀ·Q (Pᵀ and dSᵀ from registers, dO and Q
 // read transposed). Grid: ⌈T/128⌉·B·NH; causal blocks start at the first query tile that sees
 // their keys.
+//
+// The element-wise work runs while the tensor cores do: in round j a warpgroup issues Sᵀ and dPᵀ
+// of tile j, then dV and dK of tile j − 1, waits for the first batch alone and computes tile j's
+// Pᵀ and dSᵀ while the second runs; that one is waited for at the end of the round (not at the
+// start of the next: a wait ptxas sees across the loop's back edge made it serialize the
+// products, its C7515). Tile j − 1's dO and Q are still read in round j, after round j's copies
+// have started: hence three stages.
 //
 // With DQ (the opt-in, non-deterministic variant, as flash_attention.cu's) the block also adds its
 // keys' share of dQ, scale·dS·K, into dq_acc (B,T,C) f32 with atomics, and the dQ kernel is not
@@ -522,7 +571,7 @@ __device__ __forceinline__ void flash_backward_dkv_sm90(bf16* dqkv, float* dq_ac
                                                         const float* lse, const float* delta, int B, int seq, int NH,
                                                         int causal, float scale) {
     constexpr int BK = FLASH90_DKV_KEYS, BQ = HS <= 64 ? FLASH90_DKV_ROWS_HS64 : FLASH90_DKV_ROWS_HS128;
-    constexpr int NT = BQ / 8, DT = HS / 8;
+    constexpr int DT = HS / 8;
     constexpr int K_BYTES = BK * HS * WGMMA_BF16_BYTES, Q_BYTES = BQ * HS * WGMMA_BF16_BYTES, F_BYTES = BQ * 4;
     // DQ: dSᵀ in BQ/32 tiles of BK rows × 32 queries (half of each 128-byte row used).
     constexpr int Q_PARTS = BQ / 32, DS_TILE = BK * WGMMA_ROW_BYTES, DS_BYTES = DQ ? Q_PARTS * DS_TILE : 0;
@@ -530,14 +579,14 @@ __device__ __forceinline__ void flash_backward_dkv_sm90(bf16* dqkv, float* dq_ac
     GPTK_DYNAMIC_SMEM(unsigned char, raw);
     const shared_addr ak = flash90_base(raw);       // [HS/64][BK][64] keys
     const shared_addr av = ak + K_BYTES;            // [HS/64][BK][64] values
-    const shared_addr aq = av + K_BYTES;            // [2][HS/64][BQ][64] queries
-    const shared_addr ado = aq + 2 * Q_BYTES;       // [2][HS/64][BQ][64] output gradients
-    const shared_addr ads = ado + 2 * Q_BYTES;      // DQ: [Q_PARTS][BK][64] dSᵀ, 32 columns used
-    const shared_addr alse = ads + DS_BYTES;        // [2][BQ] LSE
-    const shared_addr adelta = alse + 2 * F_BYTES;  // [2][BQ] delta
+    const shared_addr aq = av + K_BYTES;            // [3][HS/64][BQ][64] queries
+    const shared_addr ado = aq + 3 * Q_BYTES;       // [3][HS/64][BQ][64] output gradients
+    const shared_addr ads = ado + 3 * Q_BYTES;      // DQ: [Q_PARTS][BK][64] dSᵀ, 32 columns used
+    const shared_addr alse = ads + DS_BYTES;        // [3][BQ] LSE
+    const shared_addr adelta = alse + 3 * F_BYTES;  // [3][BQ] delta
     // The same LSE and delta through generic pointers, for ordinary loads.
     const float* slse = reinterpret_cast<const float*>(raw + (alse - shared_address(raw)));
-    const float* sdelta = slse + 2 * BQ;
+    const float* sdelta = slse + 3 * BQ;
 
     const FlashHead f = flash_head<HS>(qkv, BK, seq, NH);
     const int k0 = f.tile * BK, C = f.C;  // causal: low keys, most work, first
@@ -546,15 +595,17 @@ __device__ __forceinline__ void flash_backward_dkv_sm90(bf16* dqkv, float* dq_ac
     const float *lse_rows = lse + static_cast<long long>(f.bh) * seq, *delta_rows = delta + static_cast<long long>(f.bh) * seq;
     const int group = warpgroup_index();
     const int warp = (static_cast<int>(threadIdx.x) % FLASH90_WARPGROUP) / WARP_SIZE, lane = lane_id();
-    const int g = lane >> 2, t = lane & 3;
     const int group_key0 = k0 + group * 64;
-    const int key_lo = group_key0 + warp * 16 + g;  // this thread's keys: key_lo, key_lo + 8
+    const int key_lo = group_key0 + warp * 16 + (lane >> 2);  // this thread's keys: key_lo, key_lo + 8
     // The generic address of the dSᵀ tiles, for ordinary stores.
     unsigned char* sds = raw + (ads - shared_address(raw));
     // Causal: queries before k0 see none of the block's keys.
     const int q_start = causal ? k0 / BQ * BQ : 0;
     const int q_tiles = (seq - q_start + BQ - 1) / BQ;
     const float scale_log2 = scale * FLASH90_LOG2E;
+    // Whether this warpgroup has anything to add from query tile j (causal: not where its keys
+    // all follow the tile's queries).
+    auto sees = [&](int j) { return !causal || q_start + j * BQ + BQ - 1 >= group_key0; };
 
     flash90_load_tile<HS, BK>(ak, k_rows + k0 * stride, stride, seq - k0);
     flash90_load_tile<HS, BK>(av, v_rows + k0 * stride, stride, seq - k0);
@@ -564,26 +615,37 @@ __device__ __forceinline__ void flash_backward_dkv_sm90(bf16* dqkv, float* dq_ac
     float dk[HS / 2], dv[HS / 2];
     flash90_zero<HS / 2>(dk);
     flash90_zero<HS / 2>(dv);
+    float st[BQ / 2], dpt[BQ / 2];              // Pᵀ and dSᵀ of the latest tile
+    uint32_t pa[BQ / 16][4], da[BQ / 16][4];    // of the tile before, bf16: its products' A operands
 
-    for (int j = 0; j < q_tiles; j++) {
-        const int stage = j & 1, q0 = q_start + j * BQ;
+    for (int j = 0; j <= q_tiles; j++) {
+        const int q0 = q_start + j * BQ;
+        if (j > 0) __syncthreads();  // every warpgroup is done with the stage refilled here
         if (j + 1 < q_tiles) {
-            const int n = stage ^ 1;
+            const int n = (j + 1) % 3;
             flash90_load_queries<HS, BQ>(aq + n * Q_BYTES, ado + n * Q_BYTES, alse + n * F_BYTES, adelta + n * F_BYTES,
                                          q_rows, do_rows, lse_rows, delta_rows, q0 + BQ, stride, C, seq);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
         }
+        cp_async_commit();
+        cp_async_wait<1>();  // tile j has landed
         fence_proxy_async();
         __syncthreads();
-        // A warpgroup whose keys all follow this tile's queries has nothing to add.
-        if (!causal || q0 + BQ - 1 >= group_key0) {
+        const bool now = j < q_tiles && sees(j), before = j > 0 && sees(j - 1);
+        const shared_addr pq = aq + ((j + 2) % 3) * Q_BYTES, pdo = ado + ((j + 2) % 3) * Q_BYTES;  // tile j − 1
+        if (before) {
+            // The previous tile's dV and dK products are done: its Pᵀ and dSᵀ to bf16.
+#pragma unroll
+            for (int kk = 0; kk < BQ / 16; kk++) {
+                flash90_acc_to_a(pa[kk], st, kk);
+                flash90_acc_to_a(da[kk], dpt, kk);
+            }
+        }
+        if (now) {
+            // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ of tile j; then (from the second tile on) dV += Pᵀ·dO and
+            // dK += dSᵀ·Q of tile j − 1, each batch its own group; tile j's Pᵀ and dSᵀ once the
+            // first is done, while the second runs on.
+            const int stage = j % 3;
             const shared_addr tq = aq + stage * Q_BYTES, tdo = ado + stage * Q_BYTES;
-            const float* tlse = slse + stage * BQ;
-            const float* tdelta = sdelta + stage * BQ;
-            float st[BQ / 2], dpt[BQ / 2];
             wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < HS / 16; kk++) {
@@ -591,57 +653,40 @@ __device__ __forceinline__ void flash_backward_dkv_sm90(bf16* dqkv, float* dq_ac
                 wgmma_ss<BQ>(dpt, flash90_k_major(av, BK, group * 64, kk), flash90_k_major(tdo, BQ, 0, kk), kk > 0);
             }
             wgmma_commit();
-            wgmma_wait<0>();
-            flash90_pin<BQ / 2>(st);
-            flash90_pin<BQ / 2>(dpt);
-            // Pᵀ = exp(Sᵀ·scale − LSE) and dSᵀ = Pᵀ ∘ (dPᵀ − delta), per query column.
-            const bool mask = q0 + BQ > seq || (causal && q0 < group_key0 + 63);
-#pragma unroll
-            for (int n = 0; n < NT; n++) {
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int col = n * 8 + 2 * t + (e & 1);
-                    float p = fast_exp2(fmaf(st[n * 4 + e], scale_log2, -tlse[col] * FLASH90_LOG2E));
-                    if (mask) {
-                        const int query = q0 + col, key = key_lo + 8 * (e >> 1);
-                        if (query >= seq || (causal && key > query)) p = 0.0f;
-                    }
-                    dpt[n * 4 + e] = p * (dpt[n * 4 + e] - tdelta[col]);
-                    st[n * 4 + e] = p;
+            const float *tlse = slse + stage * BQ, *tdelta = sdelta + stage * BQ;
+            if (before) {
+                wgmma_fence();
+                flash90_dkv_products<HS, BQ>(dv, dk, pa, da, pdo, pq);
+                wgmma_commit();
+                wgmma_wait<1>();
+                flash90_pin<BQ / 2>(st);
+                flash90_pin<BQ / 2>(dpt);
+                flash90_dkv_grads<BQ>(st, dpt, tlse, tdelta, q0, key_lo, group_key0, seq, causal, scale_log2);
+            } else {
+                wgmma_wait<0>();
+                flash90_pin<BQ / 2>(st);
+                flash90_pin<BQ / 2>(dpt);
+                flash90_dkv_grads<BQ>(st, dpt, tlse, tdelta, q0, key_lo, group_key0, seq, causal, scale_log2);
+            }
+        } else if (before) {
+            // The previous tile's products, this warpgroup's last.
+            wgmma_fence();
+            flash90_dkv_products<HS, BQ>(dv, dk, pa, da, pdo, pq);
+            wgmma_commit();
+        }
+        if constexpr (DQ) {
+            if (j < q_tiles) {
+                // This warpgroup's dSᵀ rows of tile j (zero where it sees none of the tile).
+                if (now) {
+                    flash90_store_dst<BQ>(sds, dpt, key_lo - k0);
+                } else {
+                    const float zero[BQ / 2] = {};
+                    flash90_store_dst<BQ>(sds, zero, key_lo - k0);
                 }
             }
-            // dV += Pᵀ·dO, dK += dSᵀ·Q
-            uint32_t pa[BQ / 16][4], da[BQ / 16][4];
-#pragma unroll
-            for (int kk = 0; kk < BQ / 16; kk++) {
-                flash90_acc_to_a(pa[kk], st, kk);
-                flash90_acc_to_a(da[kk], dpt, kk);
-            }
-            if constexpr (DQ) flash90_store_dst<BQ>(sds, da, key_lo - k0);
-            flash90_pin<HS / 2>(dv);
-            flash90_pin<HS / 2>(dk);
-            wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < BQ / 16; kk++) {
-                wgmma_rs_tb<HS>(dv, pa[kk], flash90_mn_major(tdo, BQ, kk), 1);
-                wgmma_rs_tb<HS>(dk, da[kk], flash90_mn_major(tq, BQ, kk), 1);
-            }
-            wgmma_commit();
-            // DQ: these products run on through the barrier and dQ's product below.
-            if constexpr (!DQ) {
-                wgmma_wait<0>();
-                flash90_pin<HS / 2>(dv);
-                flash90_pin<HS / 2>(dk);
-            }
-        } else if constexpr (DQ) {
-            // Keys after every query of the tile: their dSᵀ rows are zero.
-            uint32_t zero[BQ / 16][4] = {};
-            flash90_store_dst<BQ>(sds, zero, key_lo - k0);
-        }
-        // The block has dQ to add where its first warpgroup saw the tile (causal: it does whenever
-        // the second does).
-        if constexpr (DQ) {
-            if (!causal || q0 + BQ - 1 >= k0) {
+            // The block has dQ to add where its first warpgroup sees the tile (causal: it does
+            // whenever the second does).
+            if (j < q_tiles && (!causal || q0 + BQ - 1 >= k0)) {
                 fence_proxy_async();  // the dSᵀ stores, written through the generic proxy, are read by wgmma
                 __syncthreads();
                 // This warpgroup's part of dQᵀ: head columns 64·hb.. × queries 32·qp.., over BK keys.
@@ -654,15 +699,15 @@ __device__ __forceinline__ void flash_backward_dkv_sm90(bf16* dqkv, float* dq_ac
                                     flash90_mn_major(ads + qp * DS_TILE, BK, kk), kk > 0);
                 }
                 wgmma_commit();
-                wgmma_wait<0>();
+                wgmma_wait<0>();  // dQ's product, and tile j − 1's dV and dK before it
                 flash90_pin<16>(dqt);
-                flash90_add_dqt(dq_acc + f.head_c + hb * 64, C, dqt, warp * 16 + g, q0 + qp * 32, seq, scale);
+                flash90_add_dqt(dq_acc + f.head_c + hb * 64, C, dqt, warp * 16 + (lane >> 2), q0 + qp * 32, seq,
+                                scale);
             }
-            wgmma_wait<0>();
-            flash90_pin<HS / 2>(dv);
-            flash90_pin<HS / 2>(dk);
         }
-        __syncthreads();  // the next round overwrites this stage (and, DQ, the dSᵀ tiles)
+        wgmma_wait<0>();
+        flash90_pin<HS / 2>(dv);
+        flash90_pin<HS / 2>(dk);
     }
 
     flash90_store_rows<DT>(dqkv + head + C, stride, dk, key_lo, seq, {scale, scale});

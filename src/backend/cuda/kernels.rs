@@ -144,9 +144,9 @@ pub fn flash90_shared_bytes(hs: usize) -> Option<(usize, usize, usize, usize)> {
     let row = hs * BYTES_PER_BF16;
     // Forward: the query tile, two stages of key tiles and three of value tiles.
     let forward = WGMMA_ATOM_BYTES + (FLASH90_ROWS + 5 * fwd_keys) * row;
-    // dK/dV: the block's keys and values, two stages of query and dout tiles and of their LSE and
-    // delta.
-    let dkv = WGMMA_ATOM_BYTES + (2 * FLASH90_DKV_KEYS + 4 * dkv_rows) * row + 4 * dkv_rows * BYTES_PER_F32;
+    // dK/dV: the block's keys and values, three stages of query and dout tiles and of their LSE
+    // and delta.
+    let dkv = WGMMA_ATOM_BYTES + (2 * FLASH90_DKV_KEYS + 6 * dkv_rows) * row + 6 * dkv_rows * BYTES_PER_F32;
     // dQ: the block's queries and douts, two stages of key and value tiles.
     let dq = WGMMA_ATOM_BYTES + (2 * FLASH90_ROWS + 4 * FLASH90_DQ_KEYS) * row;
     // dK/dV with atomic dQ: also the block's dSᵀ, in tiles of 32 queries × the block's keys, each
@@ -375,8 +375,8 @@ ptxas info    : Used 255 registers, used 1 barriers, 256 bytes smem, 364 bytes c
         assert_eq!(atomic_dq_shared_bytes(64), Some(9_216));
         assert_eq!(atomic_dq_shared_bytes(128), Some(4_608));
         // The wgmma kernels, as flash_attention_sm90a.cu's header states.
-        assert_eq!(flash90_shared_bytes(64), Some((99_328, 67_584, 66_560, 100_352)));
-        assert_eq!(flash90_shared_bytes(128), Some((115_712, 99_840, 132_096, 116_224)));
+        assert_eq!(flash90_shared_bytes(64), Some((99_328, 84_480, 66_560, 117_248)));
+        assert_eq!(flash90_shared_bytes(128), Some((115_712, 116_480, 132_096, 132_864)));
         assert_eq!(flash90_shared_bytes(96), None);
         assert_eq!(WGMMA_PROBE_SHARED_BYTES, 33_792);
     }
