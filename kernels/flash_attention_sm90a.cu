@@ -758,6 +758,17 @@ GPTK_BF16_ENTRY_POINT(flash_backward_dkvq_sm90a_hs128, FLASH90_BLOCK, 1, FLASH90
 // d is row-major f32. Shared: 1 KB (alignment) + 16 KB + 16 KB.
 #define WGMMA_PROBE_SMEM (WGMMA_ATOM_BYTES + 2 * 64 * 128 * WGMMA_BF16_BYTES)
 
+// Stores this thread's share of a 64×N accumulator into d, row-major.
+template <int N>
+__device__ __forceinline__ void flash90_probe_store(float* d, const float* acc) {
+    const int warp = (static_cast<int>(threadIdx.x) % FLASH90_WARPGROUP) / WARP_SIZE, lane = lane_id();
+#pragma unroll
+    for (int i = 0; i < N / 2; i++) {
+        const int row = warp * 16 + lane / 4 + 8 * ((i % 4) / 2), col = 8 * (i / 4) + 2 * (lane % 4) + i % 2;
+        d[row * N + col] = acc[i];
+    }
+}
+
 __device__ __forceinline__ void wgmma_probe(float* d, const bf16* a, const bf16* b, int mode) {
     GPTK_DYNAMIC_SMEM(unsigned char, raw);
     const shared_addr sa = flash90_base(raw);                   // [2][64][64]
@@ -788,11 +799,7 @@ __device__ __forceinline__ void wgmma_probe(float* d, const bf16* a, const bf16*
         wgmma_commit();
         wgmma_wait<0>();
         flash90_pin<32>(acc);
-#pragma unroll
-        for (int i = 0; i < 32; i++) {
-            const int row = warp * 16 + g + 8 * ((i % 4) / 2), col = 8 * (i / 4) + 2 * t + i % 2;
-            d[row * 64 + col] = acc[i];
-        }
+        flash90_probe_store<64>(d, acc);
     } else if (mode == 2) {
         float acc[16];
         wgmma_fence();
@@ -801,11 +808,7 @@ __device__ __forceinline__ void wgmma_probe(float* d, const bf16* a, const bf16*
         wgmma_commit();
         wgmma_wait<0>();
         flash90_pin<16>(acc);
-#pragma unroll
-        for (int i = 0; i < 16; i++) {
-            const int row = warp * 16 + g + 8 * ((i % 4) / 2), col = 8 * (i / 4) + 2 * t + i % 2;
-            d[row * 32 + col] = acc[i];
-        }
+        flash90_probe_store<32>(d, acc);
     } else {
         // A fragments straight from a: rows warp·16 + g (+8), columns 16kk + 2t (+1, +8, +9).
         uint32_t af[4][4];
@@ -826,11 +829,7 @@ __device__ __forceinline__ void wgmma_probe(float* d, const bf16* a, const bf16*
         wgmma_commit();
         wgmma_wait<0>();
         flash90_pin<64>(acc);
-#pragma unroll
-        for (int i = 0; i < 64; i++) {
-            const int row = warp * 16 + g + 8 * ((i % 4) / 2), col = 8 * (i / 4) + 2 * t + i % 2;
-            d[row * 128 + col] = acc[i];
-        }
+        flash90_probe_store<128>(d, acc);
     }
 }
 

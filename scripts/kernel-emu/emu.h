@@ -305,28 +305,34 @@ inline void accumulator_at(int i, int& row, int& col) {
 }
 }  // namespace emu
 
+namespace emu {
+// Element (mn, k) of an operand from shared memory: K-major, or MN-major where the instruction's
+// transpose bit is set.
+inline float operand(const Descriptor& d, int mn, int k, bool transposed) {
+    return transposed ? mn_major(d, k, mn) : k_major(d, mn, k);
+}
+// A wgmma with both operands from shared memory.
 template <int N>
-inline void wgmma_ss(float* d, uint64_t desc_a, uint64_t desc_b, int accumulate) {
-    const emu::Descriptor a = emu::decode(desc_a), b = emu::decode(desc_b);
+inline void wgmma_smem(float* d, uint64_t desc_a, uint64_t desc_b, int accumulate, bool trans_a, bool trans_b) {
+    const Descriptor a = decode(desc_a), b = decode(desc_b);
     for (int i = 0; i < N / 2; i++) {
         int row, col;
-        emu::accumulator_at(i, row, col);
+        accumulator_at(i, row, col);
         float acc = accumulate ? d[i] : 0.0f;
-        for (int k = 0; k < 16; k++) acc += emu::k_major(a, row, k) * emu::k_major(b, col, k);
+        for (int k = 0; k < 16; k++) acc += operand(a, row, k, trans_a) * operand(b, col, k, trans_b);
         d[i] = acc;
     }
+}
+}  // namespace emu
+
+template <int N>
+inline void wgmma_ss(float* d, uint64_t desc_a, uint64_t desc_b, int accumulate) {
+    emu::wgmma_smem<N>(d, desc_a, desc_b, accumulate, false, false);
 }
 
 template <int N>
 inline void wgmma_ss_tt(float* d, uint64_t desc_a, uint64_t desc_b, int accumulate) {
-    const emu::Descriptor a = emu::decode(desc_a), b = emu::decode(desc_b);
-    for (int i = 0; i < N / 2; i++) {
-        int row, col;
-        emu::accumulator_at(i, row, col);
-        float acc = accumulate ? d[i] : 0.0f;
-        for (int k = 0; k < 16; k++) acc += emu::mn_major(a, k, row) * emu::mn_major(b, k, col);
-        d[i] = acc;
-    }
+    emu::wgmma_smem<N>(d, desc_a, desc_b, accumulate, true, true);
 }
 
 template <int N>
