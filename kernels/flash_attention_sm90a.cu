@@ -224,6 +224,14 @@ __device__ __forceinline__ void flash90_scores(float* s, shared_addr aq, shared_
         wgmma_ss<BC>(s, flash90_k_major(aq, FLASH90_ROWS, group * 64, kk), flash90_k_major(tk, BC, 0, kk), kk > 0);
 }
 
+// Issues O += P·V for a key tile: P (bf16 A fragments) from registers, the tile's values tv read
+// transposed.
+template <int HS, int BC>
+__device__ __forceinline__ void flash90_pv(float* o, const uint32_t (*pa)[4], shared_addr tv) {
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; kk++) wgmma_rs_tb<HS>(o, pa[kk], flash90_mn_major(tv, BC, kk), 1);
+}
+
 // The online softmax of a score tile (keys k0..k0+BC) in this thread's rows row_lo and row_lo + 8:
 // keys past `seq` and (causal) after the query masked, the running maximum m and sum l (log2
 // units, this lane's share of l) updated, s replaced by P = exp(S − max), alpha the factor the
@@ -327,7 +335,8 @@ __device__ __forceinline__ void flash_forward_sm90(bf16* out, float* lse, const 
         fence_proxy_async();  // the copies, written through the generic proxy, are read by wgmma
         __syncthreads();
         if (j > 0) {
-            // The previous round's P·V is done (it read V_{j−2}, and from this round on O).
+            // The previous round's P·V (tile j − 2) done: O rescaled to tile j − 1's maximum,
+            // P_{j−1} to bf16.
             wgmma_wait<0>();
             flash90_pin<HS / 2>(o);
             if (j <= my_tiles) {
@@ -356,20 +365,16 @@ __device__ __forceinline__ void flash_forward_sm90(bf16* out, float* lse, const 
             wgmma_fence();
             flash90_scores<HS, BC>(s, aq, ak + (j & 1) * G::KV_BYTES, group);
             wgmma_commit();
-            const shared_addr tv = av + ((j - 1) % 3) * G::KV_BYTES;
             wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < BC / 16; kk++) wgmma_rs_tb<HS>(o, pa[kk], flash90_mn_major(tv, BC, kk), 1);
+            flash90_pv<HS, BC>(o, pa, av + ((j - 1) % 3) * G::KV_BYTES);
             wgmma_commit();
             wgmma_wait<1>();
             flash90_pin<BC / 2>(s);
             flash90_softmax<BC>(s, m, l, alpha, j * BC, row_lo, group_row0, seq, causal, scale_log2);
         } else if (j == my_tiles) {
             // This warpgroup's last P·V.
-            const shared_addr tv = av + ((j - 1) % 3) * G::KV_BYTES;
             wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < BC / 16; kk++) wgmma_rs_tb<HS>(o, pa[kk], flash90_mn_major(tv, BC, kk), 1);
+            flash90_pv<HS, BC>(o, pa, av + ((j - 1) % 3) * G::KV_BYTES);
             wgmma_commit();
         }
     }
