@@ -383,13 +383,13 @@ MMA_KERNELS = dict(suffix="", block=FLASH_BLOCK, forward=FLASH_FWD_ROWS, dkv=FLA
 WGMMA_KERNELS = dict(suffix="_sm90a", block=FLASH90_BLOCK, forward=FLASH90_ROWS, dkv=FLASH90_ROWS, dq=FLASH90_ROWS)
 
 
-def flash_case(dt, B, T, NH, HS, causal, kernels):
+def flash_case(dt, B, T, NH, HS, causal, kernels, note=""):
     """Runs one set of tensor-core attention kernels at one shape against float64 references:
     the forward, then the backward (delta from the simple kernel, dK/dV and dQ from the set) from
     the reference output (rounded, as stored) and LSE. Every tensor sits between NaN guards (see
     `guarded`). Returns what a further backward variant reads: (tag, qkv, dout, lse, delta, the
-    reference dqkv)."""
-    tag = f"[{dt} B={B} T={T} NH={NH} HS={HS} causal={int(causal)}]"
+    reference dqkv). `note` ends the rows' tag."""
+    tag = f"[{dt} B={B} T={T} NH={NH} HS={HS} causal={int(causal)}{', ' + note if note else ''}]"
     C, rows, scale = NH * HS, B * NH * T, 1.0 / math.sqrt(HS)
     sfx, block = kernels["suffix"], kernels["block"]
     tiles = lambda n: -(-T // n) * B * NH
@@ -423,15 +423,36 @@ def flash_case(dt, B, T, NH, HS, causal, kernels):
     return tag, qkv, dout, lse, delta, want
 
 
+# Where the emulation completes asynchronous copies and wgmma products (emu.h): each at issue, or
+# at the wait that covers it; the name a row's tag carries.
+ASYNC_MODES = [((0, 0), ""), ((1, 0), "copies at the wait"), ((0, 1), "products at the wait"),
+               ((1, 1), "copies and products at the wait")]
+
+
+def flash_cases(dt, shapes, kernels):
+    """Every backward of a set of tensor-core kernels at each shape, under each way the emulation
+    completes asynchronous work (ASYNC_MODES): a kernel that reads a stage before its wait,
+    refills one a product still reads, or touches a product's registers before its wait, fails
+    under one of them (the mma.sync kernels have no products: their last two modes repeat the
+    first two)."""
+    modes = ASYNC_MODES if kernels is WGMMA_KERNELS else ASYNC_MODES[:2]
+    try:
+        for (copies, products), note in modes:
+            LIB.emu_set_deferred(copies, products)
+            for B, T, NH, HS, causal in shapes:
+                case = flash_case(dt, B, T, NH, HS, causal, kernels, note)
+                atomic_dq_case(dt, B, T, NH, HS, causal, kernels, case)
+    finally:
+        LIB.emu_set_deferred(0, 0)
+
+
 def check_flash_attention(dt):
     """The tensor-core kernels of flash_attention.cu (bf16 only), forward and backward, and the
     opt-in atomic-dQ backward."""
     if dt != "bf16":
         return
-    for B, T, NH, HS, causal in [(1, 1, 1, 64, True), (1, 17, 2, 64, True), (2, 65, 1, 64, False),
-                                 (1, 63, 1, 128, True), (1, 200, 1, 64, True), (1, 130, 1, 128, False),
-                                 (1, 129, 1, 128, True)]:
-        atomic_dq_case(dt, B, T, NH, HS, causal, MMA_KERNELS, flash_case(dt, B, T, NH, HS, causal, MMA_KERNELS))
+    flash_cases(dt, [(1, 1, 1, 64, True), (1, 17, 2, 64, True), (2, 65, 1, 64, False), (1, 63, 1, 128, True),
+                     (1, 200, 1, 64, True), (1, 130, 1, 128, False), (1, 129, 1, 128, True)], MMA_KERNELS)
 
 
 def atomic_dq_case(dt, B, T, NH, HS, causal, kernels, case):
@@ -459,10 +480,9 @@ def check_flash_attention_sm90a(dt):
     on a 1024-byte boundary here; on the GPU the kernels align it themselves."""
     if dt != "bf16":
         return
-    for B, T, NH, HS, causal in [(1, 1, 1, 64, True), (1, 17, 2, 64, True), (2, 65, 1, 64, False),
-                                 (1, 63, 1, 128, True), (1, 300, 1, 64, True), (1, 130, 1, 128, False),
-                                 (1, 200, 1, 128, True), (1, 257, 2, 64, False), (1, 420, 1, 128, False)]:
-        atomic_dq_case(dt, B, T, NH, HS, causal, WGMMA_KERNELS, flash_case(dt, B, T, NH, HS, causal, WGMMA_KERNELS))
+    flash_cases(dt, [(1, 1, 1, 64, True), (1, 17, 2, 64, True), (2, 65, 1, 64, False), (1, 63, 1, 128, True),
+                     (1, 300, 1, 64, True), (1, 130, 1, 128, False), (1, 200, 1, 128, True), (1, 257, 2, 64, False),
+                     (1, 420, 1, 128, False)], WGMMA_KERNELS)
 
 
 def check_wgmma_probe(dt):

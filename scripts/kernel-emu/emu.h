@@ -9,6 +9,14 @@
 // CUDA thread stops counting. Shared memory is what `static` gives a function-local array: one
 // copy for the block running. Nothing here models timing, the memory model beyond these
 // barriers, or the hardware's float rounding modes beyond IEEE single precision.
+//
+// Asynchronous work (cp.async copies, wgmma products) completes, on the hardware, at some moment
+// between its issue and the wait that covers it. The emulation takes either end for each kind
+// (emu_set_deferred): at issue (the default), or at that wait, each thread keeping its commit
+// groups in order. A kernel must give the same results every way: one that reads what a copy
+// has not been waited for yet fails with copies at the wait; one that refills a stage a product
+// still reads, with copies at issue and products at the wait; one that touches a product's
+// registers (accumulator, A operand) before waiting for it, with products at the wait.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -21,6 +29,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <utility>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -83,6 +93,35 @@ struct WarpGroup {
     uint32_t a[kWarpGroup][4];
 };
 
+// This thread's asynchronous work of one kind: run at issue, or, deferred, kept in commit groups
+// until a wait leaves at most N of them pending.
+struct AsyncQueue {
+    bool deferred = false;
+    std::vector<std::function<void()>> open;
+    std::deque<std::vector<std::function<void()>>> groups;
+    void issue(std::function<void()> work) {
+        if (deferred) {
+            open.push_back(std::move(work));
+        } else {
+            work();
+        }
+    }
+    void commit() {
+        if (deferred) groups.push_back(std::exchange(open, {}));
+    }
+    void wait(size_t pending) {
+        while (groups.size() > pending) {
+            auto group = std::move(groups.front());
+            groups.pop_front();
+            for (auto& work : group) work();
+        }
+    }
+    bool idle() const { return open.empty() && groups.empty(); }
+};
+inline thread_local AsyncQueue copies, products;
+// Whether each kind is deferred in the next launch's threads.
+inline bool defer_copies = false, defer_products = false;
+
 inline thread_local Warp* current_warp = nullptr;
 inline thread_local Block* current_block = nullptr;
 inline thread_local WarpGroup* current_warpgroup = nullptr;
@@ -92,9 +131,15 @@ inline thread_local WarpGroup* current_warpgroup = nullptr;
 inline thread_local uintptr_t smem_window = 0;
 constexpr uintptr_t kSmemWindowAlign = uintptr_t{1} << 18;
 
-// Leaves the barriers when a CUDA thread ends, however it ends.
+// Leaves the barriers when a CUDA thread ends, however it ends. A wgmma not waited for by then
+// is a kernel error (its accumulators are gone); copies never waited for are dropped.
 struct Exit {
     ~Exit() {
+        if (!products.idle()) {
+            std::fprintf(stderr, "emulation: thread %u of block %u ended with wgmma products not waited for\n",
+                         threadIdx.x, blockIdx.x);
+            std::abort();
+        }
         current_warp->barrier.arrive_and_drop();
         current_warpgroup->barrier.arrive_and_drop();
         current_block->barrier.arrive_and_drop();
@@ -138,6 +183,8 @@ inline void run(const std::function<void()>& kernel) {
                         current_warp = warps[t / kWarp].get();
                         current_warpgroup = groups[t / kWarpGroup].get();
                         current_block = &block;
+                        copies.deferred = defer_copies;
+                        products.deferred = defer_products;
                         Exit exit;
                         kernel();
                     });
@@ -160,21 +207,25 @@ inline void __syncwarp(unsigned = 0xffffffffu) { emu::current_warp->barrier.arri
 
 // ---- the tensor-core kernels' primitives (common.cuh declares them for the GPU) ----------------
 // Shared memory is ordinary memory here, so its "addresses" are plain pointers; the asynchronous
-// copies complete at once (waits have nothing to wait for); ldmatrix and mma exchange operands
+// copies land at issue or at their wait (see the top); ldmatrix and mma exchange operands
 // through the warp, as the hardware does, with the fragment layouts of the PTX ISA.
 #define GPTK_HOST_EMULATION 1
 typedef uintptr_t shared_addr;
 inline shared_addr shared_address(const void* p) { return reinterpret_cast<shared_addr>(p); }
 
 inline void cp_async_bytes(shared_addr dst, const void* src, int size, int src_bytes) {
-    std::memset(reinterpret_cast<void*>(dst), 0, size);
-    std::memcpy(reinterpret_cast<void*>(dst), src, src_bytes);
+    emu::copies.issue([=] {
+        std::memset(reinterpret_cast<void*>(dst), 0, size);
+        std::memcpy(reinterpret_cast<void*>(dst), src, src_bytes);
+    });
 }
 inline void cp_async_16(shared_addr dst, const void* src, int src_bytes) { cp_async_bytes(dst, src, 16, src_bytes); }
 inline void cp_async_4(shared_addr dst, const void* src, int src_bytes) { cp_async_bytes(dst, src, 4, src_bytes); }
-inline void cp_async_commit() {}
+inline void cp_async_commit() { emu::copies.commit(); }
 template <int N>
-inline void cp_async_wait() {}
+inline void cp_async_wait() {
+    emu::copies.wait(N);
+}
 
 inline float fast_exp2(float x) { return std::exp2(x); }
 
@@ -254,15 +305,18 @@ inline void mma_bf16_16x8x16(float* d, const uint32_t* a, const uint32_t* b) {
 }
 
 // ---- Hopper's warpgroup matrix instructions (wgmma.cuh declares them for the GPU) -------------
-// Emulated synchronously: an issued wgmma completes at once, so fences, commits and waits have
-// nothing to do. Operands in shared memory are read through the descriptor as the PTX ISA lays
+// A wgmma runs at issue or at the wait that covers it (see the top); it reads its operands and
+// accumulator then, from shared memory and from the issuing thread's registers. Operands in
+// shared memory are read through the descriptor as the PTX ISA lays
 // out 128-byte-swizzled tiles (the only mode the kernels use; any other stops the run): the
 // descriptor's 18-bit start address and byte offsets locate the element, then the 16-byte chunk
 // index (address bits 4–6) is XORed with the 128-byte row index (bits 7–9).
 inline void wgmma_fence() {}
-inline void wgmma_commit() {}
+inline void wgmma_commit() { emu::products.commit(); }
 template <int N>
-inline void wgmma_wait() {}
+inline void wgmma_wait() {
+    emu::products.wait(N);
+}
 inline void fence_proxy_async() {}
 inline void wgmma_pin(float&) {}
 
@@ -315,13 +369,15 @@ inline float operand(const Descriptor& d, int mn, int k, bool transposed) {
 template <int N>
 inline void wgmma_smem(float* d, uint64_t desc_a, uint64_t desc_b, int accumulate, bool trans_a, bool trans_b) {
     const Descriptor a = decode(desc_a), b = decode(desc_b);
-    for (int i = 0; i < N / 2; i++) {
-        int row, col;
-        accumulator_at(i, row, col);
-        float acc = accumulate ? d[i] : 0.0f;
-        for (int k = 0; k < 16; k++) acc += operand(a, row, k, trans_a) * operand(b, col, k, trans_b);
-        d[i] = acc;
-    }
+    products.issue([=] {
+        for (int i = 0; i < N / 2; i++) {
+            int row, col;
+            accumulator_at(i, row, col);
+            float acc = accumulate ? d[i] : 0.0f;
+            for (int k = 0; k < 16; k++) acc += operand(a, row, k, trans_a) * operand(b, col, k, trans_b);
+            d[i] = acc;
+        }
+    });
 }
 }  // namespace emu
 
@@ -337,26 +393,34 @@ inline void wgmma_ss_tt(float* d, uint64_t desc_a, uint64_t desc_b, int accumula
 
 template <int N>
 inline void wgmma_rs_tb(float* d, const uint32_t* a, uint64_t desc_b, int accumulate) {
-    emu::WarpGroup* wg = emu::current_warpgroup;
-    const int tid = static_cast<int>(threadIdx.x) % emu::kWarpGroup;
-    for (int i = 0; i < 4; i++) wg->a[tid][i] = a[i];
-    wg->barrier.arrive_and_wait();
-    const emu::Descriptor b = emu::decode(desc_b);
-    // A's (row, k) in warp row / 16's mma.m16n8k16 A layout.
-    auto A = [&](int row, int k) {
-        const int r = row % 16, reg = (r >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
-        return emu::bf16_bits(wg->a[(row / 16) * emu::kWarp + (r % 8) * 4 + (k % 8) / 2][reg], k % 2);
-    };
-    float out[N / 2];
-    for (int i = 0; i < N / 2; i++) {
-        int row, col;
-        emu::accumulator_at(i, row, col);
-        float acc = accumulate ? d[i] : 0.0f;
-        for (int k = 0; k < 16; k++) acc += A(row, k) * emu::mn_major(b, k, col);
-        out[i] = acc;
-    }
-    wg->barrier.arrive_and_wait();
-    for (int i = 0; i < N / 2; i++) d[i] = out[i];
+    emu::products.issue([=] {
+        emu::WarpGroup* wg = emu::current_warpgroup;
+        const int tid = static_cast<int>(threadIdx.x) % emu::kWarpGroup;
+        for (int i = 0; i < 4; i++) wg->a[tid][i] = a[i];
+        wg->barrier.arrive_and_wait();
+        const emu::Descriptor b = emu::decode(desc_b);
+        // A's (row, k) in warp row / 16's mma.m16n8k16 A layout.
+        auto A = [&](int row, int k) {
+            const int r = row % 16, reg = (r >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
+            return emu::bf16_bits(wg->a[(row / 16) * emu::kWarp + (r % 8) * 4 + (k % 8) / 2][reg], k % 2);
+        };
+        float out[N / 2];
+        for (int i = 0; i < N / 2; i++) {
+            int row, col;
+            emu::accumulator_at(i, row, col);
+            float acc = accumulate ? d[i] : 0.0f;
+            for (int k = 0; k < 16; k++) acc += A(row, k) * emu::mn_major(b, k, col);
+            out[i] = acc;
+        }
+        wg->barrier.arrive_and_wait();
+        for (int i = 0; i < N / 2; i++) d[i] = out[i];
+    });
+}
+
+// Where asynchronous work completes, per kind: at issue (0) or at its wait (1).
+extern "C" void emu_set_deferred(int copies, int products) {
+    emu::defer_copies = copies != 0;
+    emu::defer_products = products != 0;
 }
 
 extern "C" void emu_config(unsigned gx, unsigned gy, unsigned bx) {
