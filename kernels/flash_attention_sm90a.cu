@@ -1,5 +1,5 @@
 // flash_attention_sm90a.cu: attention on Hopper's warpgroup matrix instructions (wgmma,
-// wgmma.cuh), forward and deterministic backward. sm_90a code runs on compute capability 9.0 only,
+// wgmma.cuh), forward and both backwards. sm_90a code runs on compute capability 9.0 only,
 // so build.rs compiles this file on its own into a second fatbin for that target alone, and the
 // host loads it on such a device only, as an alternative to the mma.sync kernels of
 // flash_attention.cu that it takes when asked to (`--attention-kernels wgmma`). The contract is
