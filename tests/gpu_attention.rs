@@ -54,53 +54,27 @@ fn flash_attention_matches_the_cpu_at_gpt2_sizes_and_repeats_bit_for_bit() {
         gpu.upload(qkv, &x).unwrap();
         gpu.upload(dout, &dy).unwrap();
 
-        // Forward, twice: the same bits; against the CPU.
-        gpu.attention_forward(out, lse, qkv, b, t, nh, hs, causal).unwrap();
-        let (o1, l1) = (gpu.download(out).unwrap(), gpu.download(lse).unwrap());
-        gpu.upload(out, &vec![f32::NAN; out.len]).unwrap();
-        gpu.attention_forward(out, lse, qkv, b, t, nh, hs, causal).unwrap();
-        let (o2, l2) = (gpu.download(out).unwrap(), gpu.download(lse).unwrap());
-        assert!(o1.iter().zip(&o2).all(|(a, b)| a.to_bits() == b.to_bits()), "forward output differs between runs");
-        assert!(l1.iter().zip(&l2).all(|(a, b)| a.to_bits() == b.to_bits()), "LSE differs between runs");
+        // The CPU's forward, and its backward from that output (rounded, as stored) and LSE.
         let (mut o_cpu, mut l_cpu) = (vec![0f32; out.len], vec![0f32; lse.len]);
         attention_forward(&mut o_cpu, &mut l_cpu, &x, b, t, nh, hs, causal);
-        assert_within(&format!("out {what}"), &o1, &o_cpu, BF16_EPS, K_ATTENTION_BF16_FORWARD);
-        assert_within(&format!("lse {what}"), &l1, &l_cpu, F32_EPS, K_F32);
-
-        // Backward from the CPU's output (rounded, as stored) and LSE, twice; against the CPU.
         let o_stored: Vec<f32> = o_cpu.iter().map(|&v| round_bf16(v as f64)).collect();
-        gpu.upload(out, &o_stored).unwrap();
-        gpu.upload(lse, &l_cpu).unwrap();
-        let mut runs = Vec::new();
-        for _ in 0..2 {
-            gpu.upload(dqkv, &vec![f32::NAN; dqkv.len]).unwrap();
-            gpu.attention_backward(dqkv, dout, qkv, out, lse, b, t, nh, hs, causal).unwrap();
-            runs.push(gpu.download(dqkv).unwrap());
-        }
-        assert!(runs[0].iter().zip(&runs[1]).all(|(a, b)| a.to_bits() == b.to_bits()), "dqkv differs between runs");
         let mut d_cpu = vec![0f32; dqkv.len];
         attention_backward(&mut d_cpu, &dy, &x, &o_stored, &l_cpu, b, t, nh, hs, causal);
-        assert_within(&format!("dqkv {what}"), &runs[0], &d_cpu, BF16_EPS, K_ATTENTION_BF16_BACKWARD);
-
-        // The opt-in backward with dQ summed by atomics: the same tolerance against the CPU; dK
-        // and dV (summed without atomics) keep the deterministic backward's bits.
-        gpu.set_atomic_attention_dq(Some(b * t * c)).unwrap();
-        gpu.upload(dqkv, &vec![f32::NAN; dqkv.len]).unwrap();
-        gpu.attention_backward(dqkv, dout, qkv, out, lse, b, t, nh, hs, causal).unwrap();
-        let atomic = gpu.download(dqkv).unwrap();
-        assert_within(&format!("dqkv (atomic dQ) {what}"), &atomic, &d_cpu, BF16_EPS, K_ATTENTION_BF16_BACKWARD);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         let kv = |d: &[f32]| -> Vec<u32> {
             d.chunks(3 * c).flat_map(|row| row[c..].iter().map(|x| x.to_bits()).collect::<Vec<_>>()).collect()
         };
-        assert!(kv(&atomic) == kv(&runs[0]), "{what}: dK/dV differ between the two backwards");
-        gpu.set_atomic_attention_dq(None).unwrap();
 
-        // Hopper's wgmma kernels, on a compute capability 9.0 device (where they must load): the
-        // same tolerances against the CPU, the same bits twice, forward and backward.
-        if gpu.device_info().compute_capability == (9, 0) {
-            gpu.set_wgmma_attention(true).expect("the sm_90a kernels load on compute capability 9.0");
-            assert!(gpu.uses_wgmma_attention(hs), "HS={hs} should take the wgmma kernels");
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        // The mma.sync kernels, then, on a compute capability 9.0 device (where they must load),
+        // Hopper's wgmma kernels: the same tolerances against the CPU, the same bits twice.
+        let hopper = gpu.device_info().compute_capability == (9, 0);
+        for wgmma in [false, true].into_iter().filter(|&w| !w || hopper) {
+            let what = format!("{what}{}", if wgmma { ", wgmma" } else { "" });
+            if wgmma {
+                gpu.set_wgmma_attention(true).expect("the sm_90a kernels load on compute capability 9.0");
+                assert!(gpu.uses_wgmma_attention(hs), "HS={hs} should take the wgmma kernels");
+            }
+            // Forward, twice: the same bits; against the CPU.
             let mut fwd = Vec::new();
             for _ in 0..2 {
                 gpu.upload(out, &vec![f32::NAN; out.len]).unwrap();
@@ -108,27 +82,32 @@ fn flash_attention_matches_the_cpu_at_gpt2_sizes_and_repeats_bit_for_bit() {
                 gpu.attention_forward(out, lse, qkv, b, t, nh, hs, causal).unwrap();
                 fwd.push((gpu.download(out).unwrap(), gpu.download(lse).unwrap()));
             }
-            assert!(bits(&fwd[0].0) == bits(&fwd[1].0), "{what}: the wgmma forward differs between runs");
-            assert_within(&format!("out (wgmma) {what}"), &fwd[0].0, &o_cpu, BF16_EPS, K_ATTENTION_BF16_FORWARD);
-            assert_within(&format!("lse (wgmma) {what}"), &fwd[0].1, &l_cpu, F32_EPS, K_F32);
+            assert!(bits(&fwd[0].0) == bits(&fwd[1].0), "{what}: forward output differs between runs");
+            assert!(bits(&fwd[0].1) == bits(&fwd[1].1), "{what}: LSE differs between runs");
+            assert_within(&format!("out {what}"), &fwd[0].0, &o_cpu, BF16_EPS, K_ATTENTION_BF16_FORWARD);
+            assert_within(&format!("lse {what}"), &fwd[0].1, &l_cpu, F32_EPS, K_F32);
+
+            // Backward from the CPU's output and LSE, twice; against the CPU.
             gpu.upload(out, &o_stored).unwrap();
             gpu.upload(lse, &l_cpu).unwrap();
-            let mut bwd = Vec::new();
+            let mut runs = Vec::new();
             for _ in 0..2 {
                 gpu.upload(dqkv, &vec![f32::NAN; dqkv.len]).unwrap();
                 gpu.attention_backward(dqkv, dout, qkv, out, lse, b, t, nh, hs, causal).unwrap();
-                bwd.push(gpu.download(dqkv).unwrap());
+                runs.push(gpu.download(dqkv).unwrap());
             }
-            assert!(bits(&bwd[0]) == bits(&bwd[1]), "{what}: the wgmma backward differs between runs");
-            assert_within(&format!("dqkv (wgmma) {what}"), &bwd[0], &d_cpu, BF16_EPS, K_ATTENTION_BF16_BACKWARD);
-            // With atomic dQ: the same tolerance; dK/dV keep the wgmma backward's bits.
+            assert!(bits(&runs[0]) == bits(&runs[1]), "{what}: dqkv differs between runs");
+            assert_within(&format!("dqkv {what}"), &runs[0], &d_cpu, BF16_EPS, K_ATTENTION_BF16_BACKWARD);
+
+            // The opt-in backward with dQ summed by atomics: the same tolerance against the CPU;
+            // dK and dV (summed without atomics) keep the deterministic backward's bits.
             gpu.set_atomic_attention_dq(Some(b * t * c)).unwrap();
             gpu.upload(dqkv, &vec![f32::NAN; dqkv.len]).unwrap();
             gpu.attention_backward(dqkv, dout, qkv, out, lse, b, t, nh, hs, causal).unwrap();
             let atomic = gpu.download(dqkv).unwrap();
-            let name = format!("dqkv (wgmma, atomic dQ) {what}");
+            let name = format!("dqkv (atomic dQ) {what}");
             assert_within(&name, &atomic, &d_cpu, BF16_EPS, K_ATTENTION_BF16_BACKWARD);
-            assert!(kv(&atomic) == kv(&bwd[0]), "{what}: wgmma dK/dV differ between the two backwards");
+            assert!(kv(&atomic) == kv(&runs[0]), "{what}: dK/dV differ between the two backwards");
             gpu.set_atomic_attention_dq(None).unwrap();
             gpu.set_wgmma_attention(false).unwrap();
         }
