@@ -215,6 +215,19 @@ __device__ __forceinline__ shared_addr flash90_base(const unsigned char* raw) {
     return (shared_address(raw) + WGMMA_ATOM_BYTES - 1) & ~static_cast<shared_addr>(WGMMA_ATOM_BYTES - 1);
 }
 
+// Issues the two score products of a backward pass, x = A_x·B_xᵀ and y = A_y·B_yᵀ, all K-major:
+// A rows row0..row0+63 of the tiles ax, ay (`rows` rows each), B the N rows of the tiles bx, by;
+// the first products overwrite x and y. S and dP (dQ kernel), Sᵀ and dPᵀ (dK/dV kernels).
+template <int HS, int N>
+__device__ __forceinline__ void flash90_score_pair(float* x, float* y, shared_addr ax, shared_addr ay, int rows,
+                                                   int row0, shared_addr bx, shared_addr by) {
+#pragma unroll
+    for (int kk = 0; kk < HS / 16; kk++) {
+        wgmma_ss<N>(x, flash90_k_major(ax, rows, row0, kk), flash90_k_major(bx, N, 0, kk), kk > 0);
+        wgmma_ss<N>(y, flash90_k_major(ay, rows, row0, kk), flash90_k_major(by, N, 0, kk), kk > 0);
+    }
+}
+
 // Issues S = Q·Kᵀ for this warpgroup's 64 queries of the query tile aq (FLASH90_ROWS rows) and the
 // BC keys of the key tile tk, both K-major; the first product overwrites s.
 template <int HS, int BC>
@@ -468,11 +481,7 @@ __device__ __forceinline__ void flash_backward_dq_sm90(bf16* dqkv, const bf16* d
             const shared_addr tk = ak + stage * KV_BYTES, tv = av + stage * KV_BYTES;
             float s[BC / 2], dp[BC / 2];
             wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < HS / 16; kk++) {
-                wgmma_ss<BC>(s, flash90_k_major(aq, BR, group * 64, kk), flash90_k_major(tk, BC, 0, kk), kk > 0);
-                wgmma_ss<BC>(dp, flash90_k_major(ado, BR, group * 64, kk), flash90_k_major(tv, BC, 0, kk), kk > 0);
-            }
+            flash90_score_pair<HS, BC>(s, dp, aq, ado, BR, group * 64, tk, tv);
             wgmma_commit();
             wgmma_wait<0>();
             flash90_pin<BC / 2>(s);
@@ -652,11 +661,7 @@ __device__ __forceinline__ void flash_backward_dkv_sm90(bf16* dqkv, float* dq_ac
             const int stage = j % 3;
             const shared_addr tq = aq + stage * Q_BYTES, tdo = ado + stage * Q_BYTES;
             wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < HS / 16; kk++) {
-                wgmma_ss<BQ>(st, flash90_k_major(ak, BK, group * 64, kk), flash90_k_major(tq, BQ, 0, kk), kk > 0);
-                wgmma_ss<BQ>(dpt, flash90_k_major(av, BK, group * 64, kk), flash90_k_major(tdo, BQ, 0, kk), kk > 0);
-            }
+            flash90_score_pair<HS, BQ>(st, dpt, ak, av, BK, group * 64, tq, tdo);
             wgmma_commit();
             const float *tlse = slse + stage * BQ, *tdelta = sdelta + stage * BQ;
             if (before) {
