@@ -33,7 +33,7 @@ pub use device::{DeviceInfo, NVCC_INSTALL_HINT, device_count, is_compiled, peak_
 pub use nccl::{NCCL_ID_BYTES, NcclComm, check_nccl, new_id as new_nccl_id};
 pub use plan::{ArenaSizes, MemoryPlan, ScratchSizes};
 
-use super::{AdamWStep, Backend, BackendError, Precision, Replay, Result, StepOutcome, cpu};
+use super::{AdamWStep, Backend, BackendError, Precision, Replay, Result, StepOutcome};
 use crate::model::config::LAYERNORM_EPS;
 use crate::model::layout::{ActLayout, Arena, ParamLayout, Tensor};
 use blas::{Blas, Epilogue, GemmCall};
@@ -141,16 +141,13 @@ impl Functions {
         }
         let mut flash_head_sizes = Vec::new();
         for hs in FLASH_HEAD_SIZES.into_iter().filter(|_| precision == Precision::Bf16) {
-            let (fwd, dkv, dq) = flash_shared_bytes(hs).expect("tiles exist for every built head size");
+            let kernels = mma_kernels(hs).expect("tiles exist for every built head size");
             // A device that cannot give a block this much shared memory keeps the simple kernels.
-            let dkvq = flash_dkvq_shared_bytes(hs).expect("tiles exist for every built head size");
-            if fwd.max(dkv).max(dq).max(dkvq) > max_shared_bytes {
+            if kernels.passes().iter().any(|p| p.smem > max_shared_bytes) {
                 continue;
             }
-            let kernels = [("flash_forward", fwd), ("flash_backward_dkv", dkv), ("flash_backward_dq", dq)];
-            for (kernel, bytes) in kernels.into_iter().chain([("flash_backward_dkvq", dkvq)]) {
-                let name = format!("{kernel}_hs{hs}");
-                by_name[name.as_str()]
+            for FlashPass { name, smem: bytes, .. } in kernels.passes() {
+                by_name[name]
                     .set_attribute(
                         CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                         to_i32(bytes, "shared memory")?,
@@ -909,34 +906,15 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// The flash kernels' tiles when attention at head size `hs` over these tensors can take
-    /// them: see [`CudaBackend::uses_flash_attention`]; every pointer 16-byte aligned.
-    fn flash_tiles_for(&self, hs: usize, ptrs: &[u64]) -> Option<cpu::attention::AttentionTiles> {
+    /// The tensor-core attention kernels that attention at head size `hs` over these tensors
+    /// takes, when it can take them (see [`CudaBackend::uses_flash_attention`]; every pointer
+    /// 16-byte aligned): the wgmma ones where they run, else the mma.sync ones.
+    fn flash_kernels_for(&self, hs: usize, ptrs: &[u64]) -> Option<FlashKernels> {
         let aligned = ptrs.iter().all(|p| p % BYTES_PER_VECTOR as u64 == 0);
-        (aligned && self.uses_flash_attention(hs)).then(|| flash_tiles(hs)).flatten()
-    }
-
-    /// The tensor-core attention kernels a launch at head size `hs` takes: the wgmma ones where
-    /// they run, else the mma.sync ones of `tiles`.
-    fn flash_kernels(&self, hs: usize, tiles: &cpu::attention::AttentionTiles) -> FlashKernels {
-        if self.uses_wgmma_attention(hs) {
-            return wgmma_kernels(hs).expect("loaded for this head size");
+        if !aligned || !self.uses_flash_attention(hs) {
+            return None;
         }
-        let (fwd, dkv, dq) = flash_shared_bytes(hs).expect("tiles exist");
-        let dkvq = flash_dkvq_shared_bytes(hs).expect("tiles exist");
-        let names = if hs == 64 {
-            ["flash_forward_hs64", "flash_backward_dkv_hs64", "flash_backward_dq_hs64", "flash_backward_dkvq_hs64"]
-        } else {
-            ["flash_forward_hs128", "flash_backward_dkv_hs128", "flash_backward_dq_hs128", "flash_backward_dkvq_hs128"]
-        };
-        let pass = |i: usize, rows, smem| FlashPass { name: names[i], rows, smem };
-        FlashKernels {
-            threads: FLASH_BLOCK,
-            forward: pass(0, tiles.fwd_rows, fwd),
-            dkv: pass(1, tiles.dkv_keys, dkv),
-            dq: pass(2, tiles.dq_rows, dq),
-            dkvq: pass(3, tiles.dkv_keys, dkvq),
-        }
+        if self.uses_wgmma_attention(hs) { wgmma_kernels(hs) } else { mma_kernels(hs) }
     }
 
     /// Splits `n` rows into at most MAX_PARTIALS chunks for a column reduction of `columns`
@@ -1364,8 +1342,7 @@ impl Backend for CudaBackend {
         if rows == 0 {
             return Ok(());
         }
-        if let Some(tiles) = self.flash_tiles_for(hs, &[out_p, qkv_p]) {
-            let kernels = self.flash_kernels(hs, &tiles);
+        if let Some(kernels) = self.flash_kernels_for(hs, &[out_p, qkv_p]) {
             let pass = kernels.forward;
             let f = self.functions.get(pass.name);
             let mut l = self.stream.launch_builder(f);
@@ -1425,7 +1402,7 @@ impl Backend for CudaBackend {
         if rows == 0 {
             return Ok(());
         }
-        let flash = self.flash_tiles_for(hs, &[dqkv_p, dout_p, qkv_p, out_p]);
+        let flash = self.flash_kernels_for(hs, &[dqkv_p, dout_p, qkv_p, out_p]);
         let cfg = LaunchConfig {
             grid_dim: (blocks_for(rows, ROWS_PER_BLOCK as u32, "attention rows")?, 1, 1),
             block_dim: (ATTENTION_BLOCK, 1, 1),
@@ -1439,7 +1416,7 @@ impl Backend for CudaBackend {
         // and out B·T·C elements (checked).
         unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("attention_backward_delta", e))?;
         let n_dq = b * t * c;
-        if let (Some(tiles), Some(acc)) = (flash, self.dq_acc.as_ref().filter(|a| a.elems >= n_dq)) {
+        if let (Some(kernels), Some(acc)) = (&flash, self.dq_acc.as_ref().filter(|a| a.elems >= n_dq)) {
             let acc_p = acc.ptr;
             let range = acc.byte_range(0, n_dq)?;
             let stream = self.stream.clone();
@@ -1447,7 +1424,6 @@ impl Backend for CudaBackend {
             stream
                 .memset_zeros(&mut buf.mem.slice_mut(range))
                 .map_err(|e| driver_error("zeroing the attention dQ accumulator", e))?;
-            let kernels = self.flash_kernels(hs, &tiles);
             let (name, smem) = (kernels.dkvq.name, kernels.dkvq.smem);
             let f = self.functions.get(name);
             let mut l = self.stream.launch_builder(f);
@@ -1474,8 +1450,7 @@ impl Backend for CudaBackend {
             unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("flash_dq_store", e))?;
             return Ok(());
         }
-        if let Some(tiles) = flash {
-            let kernels = self.flash_kernels(hs, &tiles);
+        if let Some(kernels) = flash {
             for pass in [kernels.dkv, kernels.dq] {
                 let f = self.functions.get(pass.name);
                 let mut l = self.stream.launch_builder(f);
@@ -1848,7 +1823,7 @@ fn bias_corrections(step: &AdamWStep) -> (f32, f32) {
 
 /// One pass of the tensor-core attention: its entry point (without `_bf16`), the rows (queries
 /// or keys) a block owns, and its dynamic shared memory.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 struct FlashPass {
     name: &'static str,
     rows: usize,
@@ -1869,6 +1844,25 @@ impl FlashKernels {
     fn passes(&self) -> [FlashPass; 4] {
         [self.forward, self.dkv, self.dq, self.dkvq]
     }
+}
+
+/// The mma.sync kernels (flash_attention.cu) for a head size they are built for (64, 128).
+fn mma_kernels(hs: usize) -> Option<FlashKernels> {
+    let (tiles, (fwd, dkv, dq)) = (flash_tiles(hs)?, flash_shared_bytes(hs)?);
+    let dkvq = flash_dkvq_shared_bytes(hs)?;
+    let names = if hs == 64 {
+        ["flash_forward_hs64", "flash_backward_dkv_hs64", "flash_backward_dq_hs64", "flash_backward_dkvq_hs64"]
+    } else {
+        ["flash_forward_hs128", "flash_backward_dkv_hs128", "flash_backward_dq_hs128", "flash_backward_dkvq_hs128"]
+    };
+    let pass = |i: usize, rows, smem| FlashPass { name: names[i], rows, smem };
+    Some(FlashKernels {
+        threads: FLASH_BLOCK,
+        forward: pass(0, tiles.fwd_rows, fwd),
+        dkv: pass(1, tiles.dkv_keys, dkv),
+        dq: pass(2, tiles.dq_rows, dq),
+        dkvq: pass(3, tiles.dkv_keys, dkvq),
+    })
 }
 
 /// The wgmma kernels for a head size they are built for (64, 128).
@@ -1921,6 +1915,23 @@ mod tests {
     fn the_backend_can_move_to_another_thread() {
         fn send<T: Send>() {}
         send::<CudaBackend>();
+    }
+
+    #[test]
+    fn each_flash_kernel_set_names_built_kernels_at_the_head_size_they_serve() {
+        let listed = |list: &[(&str, &str)], name: &str| list.iter().any(|(k, _)| *k == name);
+        for hs in FLASH_HEAD_SIZES {
+            let (mma, wgmma) = (mma_kernels(hs).unwrap(), wgmma_kernels(hs).unwrap());
+            for (set, list) in [(&mma, BF16_KERNELS), (&wgmma, SM90A_KERNELS)] {
+                for pass in set.passes() {
+                    assert!(listed(list, pass.name), "{} is not a built kernel", pass.name);
+                    assert!(pass.name.ends_with(&format!("_hs{hs}")), "{} serves HS = {hs}", pass.name);
+                    assert!(pass.rows > 0 && pass.smem > 0, "{pass:?}");
+                }
+            }
+            assert_eq!((mma.threads, wgmma.threads), (FLASH_BLOCK, FLASH90_BLOCK));
+        }
+        assert!(mma_kernels(96).is_none() && wgmma_kernels(96).is_none());
     }
 
     #[test]
