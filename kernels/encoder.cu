@@ -6,9 +6,10 @@
 // Backward, deterministic without atomics:
 // - dwpe (T,C) += Σ_b dout[b,t]: one thread per (t, c) sums the B rows in order.
 // - dwte (Vp,C) += dout rows scattered by token. The host buckets positions by token (a sort of
-//   the B·T ids, which it holds) and uploads the buckets at fixed offsets with their count; one block row per distinct token then sums its positions in ascending
-//   order, one thread per channel, and adds the total to the embedding row. No two blocks touch
-//   the same row, and the launch does not depend on the batch (a CUDA graph replays it).
+//   the B·T ids, which it holds) and uploads the buckets at fixed offsets with their count; one
+//   block row per distinct token then sums its positions in ascending order, one thread per
+//   channel, and adds the total to the embedding row. No two blocks touch the same row, and the
+//   launch does not depend on the batch (a CUDA graph replays it).
 // Launch: 1-D grids of ENCODER_BLOCK threads; the dwte kernel uses a 2-D grid (bucket, channel
 // block). Resources: registers only, no shared memory.
 #include "common.cuh"
