@@ -427,8 +427,8 @@ impl Blas {
 
     /// Runs one GEMM with its [`Epilogue`] (and its bias, if any, fused too), or nothing and
     /// returns false when cuBLASLt has no algorithm for that epilogue at this shape, alignment
-    /// and type, or refuses the call; the caller then does the work apart. The GELU's input matrix needs a leading
-    /// dimension divisible by 8.
+    /// and type, or refuses the call; the caller then does the work apart. The GELU's input
+    /// matrix needs a leading dimension divisible by 8.
     pub fn gemm_epilogue(&mut self, call: &GemmCall) -> Result<bool, BackendError> {
         let Some(epilogue) = call.epilogue else {
             return Err(BackendError::Device("gemm_epilogue without an epilogue".into()));
