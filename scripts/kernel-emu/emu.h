@@ -16,7 +16,10 @@
 // groups in order. A kernel must give the same results every way: one that reads what a copy
 // has not been waited for yet fails with copies at the wait; one that refills a stage a product
 // still reads, with copies at issue and products at the wait; one that touches a product's
-// registers (accumulator, A operand) before waiting for it, with products at the wait.
+// registers (accumulator, A operand) before waiting for it, with products at the wait. wgmma
+// reads shared memory through the async proxy; here through a copy of the block's shared memory
+// taken when every thread has fenced (proxy_fence), and a read where that copy and the threads'
+// memory differ stops the run.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -80,8 +83,13 @@ struct Warp {
 };
 
 struct Block {
-    explicit Block(int threads) : barrier(threads) {}
+    explicit Block(int threads) : barrier(threads), live(threads), fenced(threads, false) {}
     std::barrier<> barrier;
+    // The proxy fences (fence_proxy_async) of the running block's threads since the view that
+    // wgmma reads was last brought up to date (see shared_view below).
+    std::mutex proxy;
+    int live, fenced_count = 0;
+    std::vector<bool> fenced;
 };
 
 // Four consecutive warps, as Hopper's warpgroup instructions (wgmma) see them.
@@ -131,6 +139,35 @@ inline thread_local WarpGroup* current_warpgroup = nullptr;
 inline thread_local uintptr_t smem_window = 0;
 constexpr uintptr_t kSmemWindowAlign = uintptr_t{1} << 18;
 
+// What wgmma reads of shared memory (the async proxy's view of it): a copy of the dynamic shared
+// memory taken when every live thread of the block has executed fence.proxy.async since the last
+// copy, so that a thread's generic writes (stores, cp.async copies) reach wgmma only through its
+// own fence. `view_block` says which block's copy it is (blocks run one after another).
+inline unsigned char async_view[kMaxDynamicSmem];
+inline uint64_t block_serial = 0, view_block = 0;
+
+// fence.proxy.async by this thread; the last thread of the block to fence brings the view up to
+// date.
+inline void proxy_fence(bool leaving = false) {
+    Block* b = current_block;
+    std::lock_guard<std::mutex> hold(b->proxy);
+    const unsigned t = threadIdx.x;
+    if (leaving) {
+        b->live--;
+        if (b->fenced[t]) b->fenced_count--;
+        b->fenced[t] = false;
+        if (b->fenced_count == 0) return;  // nobody has fenced: nothing to bring
+    } else if (!b->fenced[t]) {
+        b->fenced[t] = true;
+        b->fenced_count++;
+    }
+    if (b->fenced_count < b->live || smem_window == 0) return;
+    std::memcpy(async_view, reinterpret_cast<const void*>(smem_window), sizeof async_view);
+    view_block = block_serial;
+    std::fill(b->fenced.begin(), b->fenced.end(), false);
+    b->fenced_count = 0;
+}
+
 // Leaves the barriers when a CUDA thread ends, however it ends. A wgmma not waited for by then
 // is a kernel error (its accumulators are gone); copies never waited for are dropped.
 struct Exit {
@@ -140,6 +177,7 @@ struct Exit {
                          threadIdx.x, blockIdx.x);
             std::abort();
         }
+        proxy_fence(true);
         current_warp->barrier.arrive_and_drop();
         current_warpgroup->barrier.arrive_and_drop();
         current_block->barrier.arrive_and_drop();
@@ -169,6 +207,7 @@ inline void run(const std::function<void()>& kernel) {
         for (unsigned by = 0; by < gridDim.y; by++)
             for (unsigned bx = 0; bx < gridDim.x; bx++) {
                 Block block(threads);
+                block_serial++;
                 std::vector<std::unique_ptr<Warp>> warps;
                 for (int w = 0; w < (threads + kWarp - 1) / kWarp; w++)
                     warps.push_back(std::make_unique<Warp>(std::min(kWarp, threads - w * kWarp)));
@@ -183,6 +222,7 @@ inline void run(const std::function<void()>& kernel) {
                         current_warp = warps[t / kWarp].get();
                         current_warpgroup = groups[t / kWarpGroup].get();
                         current_block = &block;
+                        smem_window = 0;
                         copies.deferred = defer_copies;
                         products.deferred = defer_products;
                         Exit exit;
@@ -317,7 +357,7 @@ template <int N>
 inline void wgmma_wait() {
     emu::products.wait(N);
 }
-inline void fence_proxy_async() {}
+inline void fence_proxy_async() { emu::proxy_fence(); }
 inline void wgmma_pin(float&) {}
 
 namespace emu {
@@ -332,11 +372,21 @@ inline Descriptor decode(uint64_t d) {
     }
     return {(d & 0x3FFF) << 4, ((d >> 16) & 0x3FFF) << 4, ((d >> 32) & 0x3FFF) << 4};
 }
-// The bf16 at byte `offset` of the shared window, 128-byte swizzle applied.
+// The bf16 at byte `offset` of the shared window, 128-byte swizzle applied, as the async proxy
+// sees it. A read of bytes that differ from what the threads see (written through the generic
+// proxy and not yet fenced by every thread) stops the run: on the GPU it may read either.
 inline float swizzled_bf16(uintptr_t offset) {
     offset ^= ((offset >> 7) & 7) << 4;
+    if (view_block != block_serial || std::memcmp(async_view + offset,
+                                                  reinterpret_cast<const void*>(smem_window + offset), 2) != 0) {
+        std::fprintf(stderr,
+                     "emulated wgmma: block %u reads shared byte %zu, written through the generic proxy since "
+                     "its threads' last fence.proxy.async\n",
+                     blockIdx.x, static_cast<size_t>(offset));
+        std::abort();
+    }
     uint16_t v;
-    std::memcpy(&v, reinterpret_cast<const unsigned char*>(smem_window + offset), 2);
+    std::memcpy(&v, async_view + offset, 2);
     const uint32_t bits = static_cast<uint32_t>(v) << 16;
     float f;
     std::memcpy(&f, &bits, 4);
