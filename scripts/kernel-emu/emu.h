@@ -127,6 +127,8 @@ struct AsyncQueue {
     bool idle() const { return open.empty() && groups.empty(); }
 };
 inline thread_local AsyncQueue copies, products;
+// Whether this thread ran wgmma.fence since its last commit.
+inline thread_local bool wgmma_fenced = false;
 // Whether each kind is deferred in the next launch's threads.
 inline bool defer_copies = false, defer_products = false;
 
@@ -225,6 +227,7 @@ inline void run(const std::function<void()>& kernel) {
                         smem_window = 0;
                         copies.deferred = defer_copies;
                         products.deferred = defer_products;
+                        wgmma_fenced = false;
                         Exit exit;
                         kernel();
                     });
@@ -351,8 +354,22 @@ inline void mma_bf16_16x8x16(float* d, const uint32_t* a, const uint32_t* b) {
 // out 128-byte-swizzled tiles (the only mode the kernels use; any other stops the run): the
 // descriptor's 18-bit start address and byte offsets locate the element, then the 16-byte chunk
 // index (address bits 4–6) is XORed with the 128-byte row index (bits 7–9).
-inline void wgmma_fence() {}
-inline void wgmma_commit() { emu::products.commit(); }
+namespace emu {
+// The PTX ISA asks for wgmma.fence before a wgmma whose registers other instructions touched;
+// the kernels open every batch with one, and a wgmma issued without it stops the run.
+inline void wgmma_issue_check() {
+    if (!wgmma_fenced) {
+        std::fprintf(stderr, "emulated wgmma: thread %u of block %u issues a batch without wgmma.fence\n",
+                     threadIdx.x, blockIdx.x);
+        std::abort();
+    }
+}
+}  // namespace emu
+inline void wgmma_fence() { emu::wgmma_fenced = true; }
+inline void wgmma_commit() {
+    emu::wgmma_fenced = false;
+    emu::products.commit();
+}
 template <int N>
 inline void wgmma_wait() {
     emu::products.wait(N);
@@ -418,6 +435,7 @@ inline float operand(const Descriptor& d, int mn, int k, bool transposed) {
 // A wgmma with both operands from shared memory.
 template <int N>
 inline void wgmma_smem(float* d, uint64_t desc_a, uint64_t desc_b, int accumulate, bool trans_a, bool trans_b) {
+    wgmma_issue_check();
     const Descriptor a = decode(desc_a), b = decode(desc_b);
     products.issue([=] {
         for (int i = 0; i < N / 2; i++) {
@@ -443,6 +461,7 @@ inline void wgmma_ss_tt(float* d, uint64_t desc_a, uint64_t desc_b, int accumula
 
 template <int N>
 inline void wgmma_rs_tb(float* d, const uint32_t* a, uint64_t desc_b, int accumulate) {
+    emu::wgmma_issue_check();
     emu::products.issue([=] {
         emu::WarpGroup* wg = emu::current_warpgroup;
         const int tid = static_cast<int>(threadIdx.x) % emu::kWarpGroup;
