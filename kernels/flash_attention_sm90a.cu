@@ -18,7 +18,8 @@
 // - forward: 128 queries per block, key/value tiles of 128 (HS = 64) or 64 (HS = 128) keys;
 //   per tile S = Q·Kᵀ, the online softmax on the accumulators, O += P·V, a warpgroup's softmax of
 //   one tile running while its P·V of the tile before is on the tensor cores (the dK/dV kernels
-//   likewise overlap a tile's Pᵀ and dSᵀ with the dV and dK products of the tile before).
+//   likewise overlap a tile's Pᵀ and dSᵀ with the dV and dK products of the tile before, and the
+//   dQ kernel at HS = 128 a tile's dS with the dQ product of the tile before).
 // - backward, deterministic as flash_attention.cu's (delta first, by the simple kernel): dK/dV with
 //   128 keys per block and query tiles of 64 (HS = 64) or 32 (HS = 128) with their dout, LSE and
 //   delta: Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ, then dV += Pᵀ·dO, dK += dSᵀ·Q; dQ with 128 queries per block
@@ -33,19 +34,19 @@
 //
 // Not here yet, FlashAttention-3's other steps (docs/attention.md): TMA copies with mbarriers,
 // warp specialization with setmaxnreg, explicit ping-pong of the softmax of one warpgroup with
-// the matrix work of the other, and the same overlap in the deterministic dQ kernel.
+// the matrix work of the other.
 //
 // Resources, sm_90a (ptxas, nvcc 13.0; no spills), FLASH90_BLOCK = 256 threads per block; blocks
 // per SM from 64K registers and 228 KB of shared memory (1 KB reserved per block); every kernel
 // asks for 1 KB more than its tiles to align them to 1024 bytes. Where a second block fits without
-// spilling (dQ at HS = 64) it is requested:
+// spilling (dQ at HS = 64, which therefore does not overlap) it is requested:
 //   kernel         HS    tiles (rows × streamed)   regs   smem (bytes)   blocks/SM   warps/SM
 //   forward        64    128 q × 128 k              204     99,328       1 (regs)    8
 //   forward        128   128 q × 64 k               250    115,712       1 (regs)    8
 //   dK/dV          64    128 k × 64 q               220     84,480       1 (regs)    8
 //   dK/dV          128   128 k × 32 q               228    116,480       1 (regs)    8
 //   dQ             64    128 q × 64 k               122     66,560       2 (regs)   16
-//   dQ             128   128 q × 64 k               174    132,096       1 (both)    8
+//   dQ             128   128 q × 64 k               208    148,480       1 (regs)    8
 //   dK/dV+dQ       64    128 k × 64 q               218    117,248       1 (regs)    8   (atomic dQ)
 //   dK/dV+dQ       128   128 k × 32 q               241    132,864       1 (regs)    8   (atomic dQ)
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -414,23 +415,62 @@ __device__ __forceinline__ void flash_forward_sm90(bf16* out, float* lse, const 
 // simple attention_backward_delta), then dK/dV and dQ in two kernels, every output element summed
 // by one thread in a fixed order. P and dS are rounded to bf16 for their second product. -------
 
+// dS = P ∘ (dP − delta) with P = exp(S·scale − LSE), in place of the accumulator S (s) of this
+// thread's rows row_lo and row_lo + 8 and the keys from k0, dP in dp; LSE (log2 units) and delta
+// of the two rows in registers; keys past `seq` and (causal) after the query give zero. The scale
+// is applied to dQ at the end.
+template <int BC>
+__device__ __forceinline__ void flash90_dq_grads(float* s, const float* dp, const float (&lse2)[2],
+                                                 const float (&dlt)[2], int k0, int row_lo, int group_row0, int seq,
+                                                 int causal, float scale_log2) {
+    constexpr int NT = BC / 8;  // 8-key column groups
+    const int t = lane_id() & 3;
+    const bool mask = k0 + BC > seq || (causal && k0 + BC - 1 > group_row0);
+#pragma unroll
+    for (int n = 0; n < NT; n++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            float p = fast_exp2(fmaf(s[n * 4 + e], scale_log2, -lse2[e >> 1]));
+            if (mask) {
+                const int row = row_lo + 8 * (e >> 1), key = k0 + n * 8 + 2 * t + (e & 1);
+                if (key >= seq || (causal && key > row)) p = 0.0f;
+            }
+            s[n * 4 + e] = p * (dp[n * 4 + e] - dlt[e >> 1]);
+        }
+    }
+}
+
+// Issues dQ += dS·K for a key tile: dS (bf16 A fragments) from registers, the tile's keys tk
+// read transposed.
+template <int HS, int BC>
+__device__ __forceinline__ void flash90_dq_product(float* dq, const uint32_t (*da)[4], shared_addr tk) {
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; kk++) wgmma_rs_tb<HS>(dq, da[kk], flash90_mn_major(tk, BC, kk), 1);
+}
+
 // The dQ third of dqkv (B,T,3C). Block: FLASH90_ROWS queries of one (b, h), 64 per warpgroup;
-// key/value tiles of FLASH90_DQ_KEYS, double-buffered. Per tile and warpgroup: S = Q·Kᵀ and
-// dP = dO·Vᵀ (HS/16 wgmmas each, all operands in shared memory), dS = P ∘ (dP − delta) with
-// P = exp(S·scale − LSE), then dQ += dS·K (dS from registers, K read transposed). Grid:
-// ⌈T/128⌉·B·NH, the longest causal rows first.
+// key/value tiles of FLASH90_DQ_KEYS. Per tile and warpgroup: S = Q·Kᵀ and dP = dO·Vᵀ (HS/16
+// wgmmas each, all operands in shared memory), dS = P ∘ (dP − delta), then dQ += dS·K (dS from
+// registers, K read transposed). Grid: ⌈T/128⌉·B·NH, the longest causal rows first.
+//
+// At HS = 128 (one block per SM) the element-wise work runs beside the tensor cores, as in the
+// dK/dV kernels: round j issues S and dP of tile j, then dQ += dS·K of tile j − 1, each its own
+// group, computes tile j's dS after waiting for the first alone and waits for the second at the
+// end of the round; K_{j−1} is still read in round j, hence three key stages (values two). At
+// HS = 64 it does not: the extra registers would cost the second block per SM, whose warps fill
+// the same gaps; there a round computes its own tile, and two stages of each suffice.
 template <int HS>
 __device__ __forceinline__ void flash_backward_dq_sm90(bf16* dqkv, const bf16* dout, const bf16* qkv,
                                                        const float* lse, const float* delta, int B, int seq, int NH,
                                                        int causal, float scale) {
-    constexpr int BR = FLASH90_ROWS, BC = FLASH90_DQ_KEYS;
-    constexpr int NT = BC / 8, DT = HS / 8;
+    constexpr bool OVERLAP = HS > 64;
+    constexpr int BR = FLASH90_ROWS, BC = FLASH90_DQ_KEYS, DT = HS / 8, K_STAGES = OVERLAP ? 3 : 2;
     constexpr int T_BYTES = BR * HS * WGMMA_BF16_BYTES, KV_BYTES = BC * HS * WGMMA_BF16_BYTES;
     GPTK_DYNAMIC_SMEM(unsigned char, raw);
-    const shared_addr aq = flash90_base(raw);    // [HS/64][BR][64] queries
-    const shared_addr ado = aq + T_BYTES;        // [HS/64][BR][64] output gradients
-    const shared_addr ak = ado + T_BYTES;        // [2][HS/64][BC][64] keys
-    const shared_addr av = ak + 2 * KV_BYTES;    // [2][HS/64][BC][64] values
+    const shared_addr aq = flash90_base(raw);           // [HS/64][BR][64] queries
+    const shared_addr ado = aq + T_BYTES;               // [HS/64][BR][64] output gradients
+    const shared_addr ak = ado + T_BYTES;               // [K_STAGES][HS/64][BC][64] keys
+    const shared_addr av = ak + K_STAGES * KV_BYTES;    // [2][HS/64][BC][64] values
 
     const FlashHead f = flash_head<HS>(qkv, BR, seq, NH);
     const int q0 = f.first_query(BR, causal), bh = f.bh, C = f.C;
@@ -438,12 +478,13 @@ __device__ __forceinline__ void flash_backward_dq_sm90(bf16* dqkv, const bf16* d
     const bf16 *q_rows = f.q, *k_rows = f.k, *v_rows = f.v, *do_rows = dout + f.head_c;
     const int group = warpgroup_index();
     const int warp = (static_cast<int>(threadIdx.x) % FLASH90_WARPGROUP) / WARP_SIZE, lane = lane_id();
-    const int g = lane >> 2, t = lane & 3;
     const int group_row0 = q0 + group * 64;
-    const int row_lo = group_row0 + warp * 16 + g;  // this thread's rows: row_lo, row_lo + 8
+    const int row_lo = group_row0 + warp * 16 + (lane >> 2);  // this thread's rows: row_lo, row_lo + 8
     const int kv_end = causal ? min(seq, q0 + BR) : seq;
     const int kv_tiles = (kv_end + BC - 1) / BC;
     const float scale_log2 = scale * FLASH90_LOG2E;
+    // Whether this warpgroup's rows see key tile j (causal: not wholly after its last row).
+    auto sees = [&](int j) { return !causal || j * BC <= group_row0 + 63; };
 
     flash90_load_tile<HS, BR>(aq, q_rows + q0 * stride, stride, seq - q0);
     flash90_load_tile<HS, BR>(ado, do_rows + static_cast<long long>(q0) * C, C, seq - q0);
@@ -462,57 +503,57 @@ __device__ __forceinline__ void flash_backward_dq_sm90(bf16* dqkv, const bf16* d
     }
     float dq[HS / 2];
     flash90_zero<HS / 2>(dq);
+    float s[BC / 2], dp[BC / 2];  // S then dS, and dP, of the latest tile
+    uint32_t da[BC / 16][4];      // dS as bf16: the A operand of dQ's product
 
-    for (int j = 0; j < kv_tiles; j++) {
-        const int stage = j & 1;
+    for (int j = 0; j < kv_tiles + (OVERLAP ? 1 : 0); j++) {
+        if (j > 0) __syncthreads();  // every warpgroup is done with the stages refilled here
         if (j + 1 < kv_tiles) {
             const int next = (j + 1) * BC;
-            flash90_load_tile<HS, BC>(ak + (stage ^ 1) * KV_BYTES, k_rows + next * stride, stride, seq - next);
-            flash90_load_tile<HS, BC>(av + (stage ^ 1) * KV_BYTES, v_rows + next * stride, stride, seq - next);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
+            flash90_load_tile<HS, BC>(ak + (j + 1) % K_STAGES * KV_BYTES, k_rows + next * stride, stride, seq - next);
+            flash90_load_tile<HS, BC>(av + ((j + 1) & 1) * KV_BYTES, v_rows + next * stride, stride, seq - next);
         }
+        cp_async_commit();
+        cp_async_wait<1>();  // tile j has landed
         fence_proxy_async();
         __syncthreads();
-        const int k0 = j * BC;
-        if (!causal || k0 <= group_row0 + 63) {
-            const shared_addr tk = ak + stage * KV_BYTES, tv = av + stage * KV_BYTES;
-            float s[BC / 2], dp[BC / 2];
-            wgmma_fence();
-            flash90_score_pair<HS, BC>(s, dp, aq, ado, BR, group * 64, tk, tv);
-            wgmma_commit();
-            wgmma_wait<0>();
-            flash90_pin<BC / 2>(s);
-            flash90_pin<BC / 2>(dp);
-            // dS = P ∘ (dP − delta), P = exp(S·scale − LSE); the scale is applied to dQ at the end.
-            const bool mask = k0 + BC > seq || (causal && k0 + BC - 1 > group_row0);
-#pragma unroll
-            for (int n = 0; n < NT; n++) {
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    float p = fast_exp2(fmaf(s[n * 4 + e], scale_log2, -lse2[e >> 1]));
-                    if (mask) {
-                        const int row = row_lo + 8 * (e >> 1), key = k0 + n * 8 + 2 * t + (e & 1);
-                        if (key >= seq || (causal && key > row)) p = 0.0f;
-                    }
-                    s[n * 4 + e] = p * (dp[n * 4 + e] - dlt[e >> 1]);
-                }
-            }
-            // dQ += dS·K
-            uint32_t da[BC / 16][4];
+        const bool now = j < kv_tiles && sees(j), before = OVERLAP && j > 0 && sees(j - 1);
+        const shared_addr tk = ak + j % K_STAGES * KV_BYTES;
+        if (before) {
 #pragma unroll
             for (int kk = 0; kk < BC / 16; kk++) flash90_acc_to_a(da[kk], s, kk);
-            flash90_pin<HS / 2>(dq);
-            wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < BC / 16; kk++) wgmma_rs_tb<HS>(dq, da[kk], flash90_mn_major(tk, BC, kk), 1);
-            wgmma_commit();
-            wgmma_wait<0>();
-            flash90_pin<HS / 2>(dq);
         }
-        __syncthreads();  // the next round overwrites this stage
+        if (now) {
+            wgmma_fence();
+            flash90_score_pair<HS, BC>(s, dp, aq, ado, BR, group * 64, tk, av + (j & 1) * KV_BYTES);
+            wgmma_commit();
+            if (before) {
+                wgmma_fence();
+                flash90_dq_product<HS, BC>(dq, da, ak + (j - 1) % K_STAGES * KV_BYTES);
+                wgmma_commit();
+                wgmma_wait<1>();
+            } else {
+                wgmma_wait<0>();
+            }
+            flash90_pin<BC / 2>(s);
+            flash90_pin<BC / 2>(dp);
+            flash90_dq_grads<BC>(s, dp, lse2, dlt, j * BC, row_lo, group_row0, seq, causal, scale_log2);
+            if constexpr (!OVERLAP) {
+#pragma unroll
+                for (int kk = 0; kk < BC / 16; kk++) flash90_acc_to_a(da[kk], s, kk);
+                flash90_pin<HS / 2>(dq);
+                wgmma_fence();
+                flash90_dq_product<HS, BC>(dq, da, tk);
+                wgmma_commit();
+            }
+        } else if (before) {
+            // The previous tile's product, this warpgroup's last.
+            wgmma_fence();
+            flash90_dq_product<HS, BC>(dq, da, ak + (j - 1) % K_STAGES * KV_BYTES);
+            wgmma_commit();
+        }
+        wgmma_wait<0>();
+        flash90_pin<HS / 2>(dq);
     }
 
     flash90_store_rows<DT>(dqkv + head, stride, dq, row_lo, seq, {scale, scale});

@@ -277,8 +277,9 @@ fn sm90a_sass(test: &str) -> Option<BTreeMap<String, Vec<String>>> {
 /// What the wgmma kernels are for, in their machine code: every one runs `HGMMA`; the forward
 /// computes its softmax (`MUFU.EX2`) after waiting for S alone (`WARPGROUP.DEPBAR.LE gsb0, 0x1`)
 /// and before any other warpgroup instruction, so before waiting for its P·V product (ptxas put
-/// that wait above the softmax when it stood in the same basic block), and the dK/dV kernels
-/// their Pᵀ likewise beside the previous tile's dV and dK products; the atomic-dQ backward's
+/// that wait above the softmax when it stood in the same basic block), the dK/dV kernels their
+/// Pᵀ likewise beside the previous tile's dV and dK products, the dQ kernel at HS = 128 its P
+/// beside the previous tile's dQ product; the atomic-dQ backward's
 /// dK/dV products run on through the barrier before dQ's product.
 #[test]
 fn wgmma_kernels_overlap_their_softmax_and_products() {
@@ -291,8 +292,8 @@ fn wgmma_kernels_overlap_their_softmax_and_products() {
         let code = &sass[&format!("{name}_bf16")];
         assert!(code.iter().any(|i| i.starts_with("HGMMA")), "{name}: no HGMMA in its SASS");
     }
-    // Each kernel that overlaps, and a tile's exponentials per thread (the forward: keys / 2 of a
-    // key tile; dK/dV: queries / 2 of a query tile).
+    // Each kernel that overlaps, and a tile's exponentials per thread (the forward and dQ: keys / 2
+    // of a key tile; dK/dV: queries / 2 of a query tile).
     let overlapping = [
         ("flash_forward_sm90a_hs64_bf16", 64),
         ("flash_forward_sm90a_hs128_bf16", 32),
@@ -300,6 +301,7 @@ fn wgmma_kernels_overlap_their_softmax_and_products() {
         ("flash_backward_dkv_sm90a_hs128_bf16", 16),
         ("flash_backward_dkvq_sm90a_hs64_bf16", 32),
         ("flash_backward_dkvq_sm90a_hs128_bf16", 16),
+        ("flash_backward_dq_sm90a_hs128_bf16", 32),
     ];
     for (name, tile_exps) in overlapping {
         let code = &sass[name];

@@ -147,8 +147,10 @@ pub fn flash90_shared_bytes(hs: usize) -> Option<(usize, usize, usize, usize)> {
     // dK/dV: the block's keys and values, three stages of query and dout tiles and of their LSE
     // and delta.
     let dkv = WGMMA_ATOM_BYTES + (2 * FLASH90_DKV_KEYS + 6 * dkv_rows) * row + 6 * dkv_rows * BYTES_PER_F32;
-    // dQ: the block's queries and douts, two stages of key and value tiles.
-    let dq = WGMMA_ATOM_BYTES + (2 * FLASH90_ROWS + 4 * FLASH90_DQ_KEYS) * row;
+    // dQ: the block's queries and douts, two stages of value tiles and two of key tiles, three at
+    // HS = 128 (where a round's tensor-core work overlaps the next tile's).
+    let key_stages = if hs > 64 { 3 } else { 2 };
+    let dq = WGMMA_ATOM_BYTES + (2 * FLASH90_ROWS + (key_stages + 2) * FLASH90_DQ_KEYS) * row;
     // dK/dV with atomic dQ: also the block's dSᵀ, in tiles of 32 queries × the block's keys, each
     // key a 128-byte row (half used).
     let dkvq = dkv + dkv_rows / 32 * FLASH90_DKV_KEYS * 128;
@@ -376,7 +378,7 @@ ptxas info    : Used 255 registers, used 1 barriers, 256 bytes smem, 364 bytes c
         assert_eq!(atomic_dq_shared_bytes(128), Some(4_608));
         // The wgmma kernels, as flash_attention_sm90a.cu's header states.
         assert_eq!(flash90_shared_bytes(64), Some((99_328, 84_480, 66_560, 117_248)));
-        assert_eq!(flash90_shared_bytes(128), Some((115_712, 116_480, 132_096, 132_864)));
+        assert_eq!(flash90_shared_bytes(128), Some((115_712, 116_480, 148_480, 132_864)));
         assert_eq!(flash90_shared_bytes(96), None);
         assert_eq!(WGMMA_PROBE_SHARED_BYTES, 33_792);
     }
