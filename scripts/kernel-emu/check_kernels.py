@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Runs every kernel of kernels/*.cu on the CPU, through the emulation in emu.h, against PyTorch
+"""Runs every kernel of kernels/*.cu on the CPU, through the emulation in emu.h, against numpy
 references in float64: a check of the kernels' logic on a machine without a GPU.
 
 It compiles the kernels with g++ (the CUDA headers come from nvcc's folder: NVCC, or the
@@ -8,10 +8,13 @@ with the grid the Rust host code uses, on both the vector and the scalar path, i
 Tolerances follow gptk check: |emulated − reference| ≤ k·eps·(|ref| + rms(ref)), eps of the
 output type (2⁻⁸ bf16, 2⁻²³ f32), k = 2 (bf16) or 256 (f32).
 
+numpy has no bfloat16: a bf16 tensor is a uint16 array of its bit patterns (BF16), rounded from
+float as torch's .to(torch.bfloat16) rounds (to_bf16) and read back exactly (from_bf16).
+
 This says nothing about speed, and a GPU can still disagree where the emulation cannot see
 (memory ordering between warps, hardware math functions): `gptk check` on a GPU is the real test.
 
-Usage: python3 scripts/kernel-emu/check_kernels.py [--only NAME]   (needs torch and g++)
+Usage: python3 scripts/kernel-emu/check_kernels.py [--only NAME]   (needs numpy and g++)
 """
 
 import argparse
@@ -24,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 
-import torch
+import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -33,9 +36,12 @@ KERNELS = os.path.join(ROOT, "kernels")
 ROWS_PER_BLOCK = 8  # warps per 256-thread block
 EPS = {"f32": 2.0**-23, "bf16": 2.0**-8}
 K = {"f32": 256.0, "bf16": 2.0}
-DTYPE = {"f32": torch.float32, "bf16": torch.bfloat16}
+BF16 = np.dtype(np.uint16)  # bf16 storage: the bit patterns
+DTYPE = {"f32": np.dtype(np.float32), "bf16": BF16}
 VEC = {"f32": 4, "bf16": 8}
 LAYERNORM_EPS = 1e-5
+ALIGN = 64  # bytes: where every array the kernels see starts, as torch's CPU allocator places tensors
+BF16_NAN = 0x7FC0  # the NaN torch rounds every NaN to
 
 
 def cuda_include():
@@ -70,10 +76,75 @@ def build():
 
 
 LIB = None
+RNG = None  # numpy.random.Generator, seeded in main
+
+
+# ---- storage ----------------------------------------------------------------------------------
+
+def to_bf16(x):
+    """The bf16 bit patterns (uint16) of float values, as torch's .to(torch.bfloat16) gives them:
+    through float32 first (so a float64 is rounded twice), then to nearest even on the high 16
+    bits; overflow and infinities give infinities, any NaN gives BF16_NAN."""
+    with np.errstate(over="ignore"):
+        f = np.asarray(x, np.float32)
+    bits = f.view(np.uint32)
+    rounded = ((bits + (0x7FFF + ((bits >> 16) & 1))) >> 16).astype(BF16)
+    return np.where(np.isnan(f), BF16.type(BF16_NAN), rounded)
+
+
+def from_bf16(b):
+    """The float32 values of bf16 bit patterns (exact: a bf16 is the high half of a float32)."""
+    return (np.asarray(b, BF16).astype(np.uint32) << 16).view(np.float32)
+
+
+def empty(shape, dtype):
+    """An uninitialised C-contiguous array starting on an ALIGN-byte boundary."""
+    dtype = np.dtype(dtype)
+    shape = (int(shape),) if np.ndim(shape) == 0 else tuple(shape)
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGN, np.uint8)  # kept alive by the view (its base)
+    start = -raw.ctypes.data % ALIGN
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def store(x, dtype):
+    """Values x in a fresh array of storage type dtype (BF16: rounded to bf16), as empty places it."""
+    x = np.asarray(x)
+    t = empty(x.shape, dtype)
+    t[...] = to_bf16(x) if t.dtype == BF16 else x
+    return t
+
+
+def fill(t, value):
+    """Sets every element of storage array t to value (rounded to bf16 for BF16); returns t."""
+    t.fill(to_bf16(value) if t.dtype == BF16 else value)
+    return t
+
+
+def full(shape, value, dtype):
+    return fill(empty(shape, dtype), value)
+
+
+def copy(t):
+    """A fresh copy of a storage array, bits and all."""
+    out = empty(t.shape, t.dtype)
+    out[...] = t
+    return out
+
+
+def f64(t):
+    """The float64 values of a storage array (bf16 bit patterns decoded)."""
+    return (from_bf16(t) if t.dtype == BF16 else t).astype(np.float64)
+
+
+def equal(a, b):
+    """Same shape and values (NaN equal to nothing, -0 to 0), as torch.equal compares."""
+    return a.shape == b.shape and bool((f64(a) == f64(b)).all())
 
 
 def P(t):
-    return ctypes.c_void_p(t.data_ptr())
+    assert t.flags.c_contiguous, "a kernel reads its arrays C-contiguous"
+    return ctypes.c_void_p(t.ctypes.data)
 
 
 def I(x):
@@ -108,18 +179,19 @@ class Report:
         self.failed = []
 
     def compare(self, what, got, ref, dt_out, k=None):
-        got = got.double()
-        ref = ref.double()
+        got = f64(got)
+        ref = f64(ref)
         eps, k = EPS[dt_out], k or K[dt_out]
-        rms = ref.pow(2).mean().sqrt().item() if ref.numel() else 0.0
-        tol = k * eps * (ref.abs() + rms)
-        diff = (got - ref).abs()
-        bad = ~torch.isfinite(got)
-        share = (diff / tol.clamp_min(1e-300)).nan_to_num(nan=math.inf).max().item() if ref.numel() else 0.0
-        ok = not bad.any().item() and share <= 1.0
+        rms = math.sqrt(np.mean(ref**2)) if ref.size else 0.0
+        tol = k * eps * (np.abs(ref) + rms)
+        diff = np.abs(got - ref)
+        bad = ~np.isfinite(got)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share = np.nan_to_num(diff / np.maximum(tol, 1e-300), nan=math.inf).max() if ref.size else 0.0
+        ok = not bad.any() and share <= 1.0
         self.rows += 1
         status = "ok" if ok else "FAIL"
-        print(f"{what:<70} max abs {diff.max().item() if ref.numel() else 0:.3e}  tol used {100 * share:7.1f}%  {status}")
+        print(f"{what:<70} max abs {diff.max() if ref.size else 0:.3e}  tol used {100 * share:7.1f}%  {status}")
         if not ok:
             self.failed.append(what)
 
@@ -128,22 +200,55 @@ R = Report()
 
 
 def rnd(shape, dt, scale=1.0, shift=0.0):
-    """Random values representable in the storage type, as (storage tensor, float64 copy)."""
-    x = (torch.randn(shape, dtype=torch.float64) * scale + shift).to(DTYPE[dt])
-    return x.contiguous(), x.double()
+    """Random values representable in the storage type, as (storage array, float64 copy)."""
+    x = store(RNG.standard_normal(shape) * scale + shift, DTYPE[dt])
+    return x, f64(x)
 
 
 def skewed(t, skew):
     """A copy of t starting `skew` elements into a fresh buffer (misaligned for skew > 0)."""
-    buf = torch.empty(t.numel() + skew, dtype=t.dtype)
+    buf = empty(t.size + skew, t.dtype)
     view = buf[skew:]
-    view.copy_(t.reshape(-1))
+    view[...] = t.reshape(-1)
     return buf, view
 
 
 def vec_ok(dt, tensors, lens):
-    aligned = all(t.data_ptr() % 16 == 0 for t in tensors)
+    aligned = all(t.ctypes.data % 16 == 0 for t in tensors)
     return int(aligned and all(n % VEC[dt] == 0 for n in lens))
+
+
+# ---- float64 references -----------------------------------------------------------------------
+
+GELU_BETA = math.sqrt(2.0 / math.pi)
+GELU_KAPPA = 0.044715
+
+
+def gelu(x):
+    """GELU, tanh approximation."""
+    return 0.5 * x * (1.0 + np.tanh(GELU_BETA * (x + GELU_KAPPA * x**3)))
+
+
+def gelu_grad(x, dout):
+    """dout times the derivative of gelu at x."""
+    t = np.tanh(GELU_BETA * (x + GELU_KAPPA * x**3))
+    return dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_BETA * (1.0 + 3.0 * GELU_KAPPA * x * x))
+
+
+def logsumexp(x):
+    """log Σ exp along the last axis (each row with a finite entry)."""
+    top = x.max(-1, keepdims=True)
+    return (top + np.log(np.exp(x - top).sum(-1, keepdims=True)))[..., 0]
+
+
+def log_softmax(x):
+    return x - logsumexp(x)[..., None]
+
+
+def causal_mask(s):
+    """s with every key after its query at -inf."""
+    T = s.shape[-1]
+    return np.where(np.triu(np.ones((T, T), dtype=bool), 1), -np.inf, s)
 
 
 # ---- ops --------------------------------------------------------------------------------------
@@ -153,19 +258,16 @@ def check_elementwise(dt):
         a, a64 = rnd(n, dt, 2.0)
         b, b64 = rnd(n, dt)
         abuf, a = skewed(a, skew)
-        out = torch.full((n,), float("nan"), dtype=DTYPE[dt])
+        out = full(n, math.nan, DTYPE[dt])
         vec = vec_ok(dt, [a, b, out], [n])
         threads = n // VEC[dt] if vec else n
         tag = f"[{dt} n={n} vec={vec}]"
         launch("gelu_forward", dt, blocks(threads, 256), 256, P(out), P(a), L(n), I(vec))
-        ref = torch.nn.functional.gelu(a64, approximate="tanh")
-        R.compare(f"gelu_forward {tag}", out, ref, dt)
+        R.compare(f"gelu_forward {tag}", out, gelu(a64), dt)
         d, d64 = rnd(n, dt)
         launch("gelu_backward", dt, blocks(threads, 256), 256, P(d), P(a), L(n), I(vec))
-        x = a64.clone().requires_grad_()
-        torch.nn.functional.gelu(x, approximate="tanh").backward(d64)
-        R.compare(f"gelu_backward {tag}", d, x.grad, dt)
-        out.fill_(float("nan"))
+        R.compare(f"gelu_backward {tag}", d, gelu_grad(a64, d64), dt)
+        fill(out, math.nan)
         launch("residual_forward", dt, blocks(threads, 256), 256, P(out), P(a), P(b), L(n), I(vec))
         R.compare(f"residual_forward {tag}", out, a64 + b64, dt)
 
@@ -175,21 +277,21 @@ def check_encoder(dt):
         tag = f"[{dt} B={B} T={T} C={C}]"
         wte, wte64 = rnd((Vp, C), dt)
         wpe, wpe64 = rnd((T, C), dt)
-        tokens = torch.randint(0, min(Vp, 5), (B * T,), dtype=torch.int32) * max(1, Vp // 5)
-        tokens = tokens.clamp(max=Vp - 1)
-        out = torch.full((B * T, C), float("nan"), dtype=DTYPE[dt])
+        tokens = RNG.integers(0, min(Vp, 5), B * T) * max(1, Vp // 5)
+        tokens = store(np.minimum(tokens, Vp - 1), np.int32)
+        out = full((B * T, C), math.nan, DTYPE[dt])
         total = B * T * C
         vec = vec_ok(dt, [out, wte, wpe], [C])
         threads = total // VEC[dt] if vec else total
         launch("encoder_forward", dt, blocks(threads, 256), 256, P(out), P(tokens), P(wte), P(wpe), I(T), I(C), L(total), I(vec))
-        ref = wte64[tokens.long()] + wpe64.repeat(B, 1)
+        ref = wte64[tokens] + np.tile(wpe64, (B, 1))
         R.compare(f"encoder_forward {tag} vec={vec}", out, ref, dt)
         # Backward.
         dwte, dwte64 = rnd((Vp, C), dt, 0.1)
         dwpe, dwpe64 = rnd((T, C), dt, 0.1)
         dout, dout64 = rnd((B * T, C), dt)
         launch("encoder_backward_wpe", dt, blocks(T * C, 256), 256, P(dwpe), P(dout), I(B), I(T), I(C))
-        R.compare(f"encoder_backward dwpe {tag}", dwpe, dwpe64 + dout64.view(B, T, C).sum(0), dt)
+        R.compare(f"encoder_backward dwpe {tag}", dwpe, dwpe64 + dout64.reshape(B, T, C).sum(0), dt)
         ids = tokens.tolist()
         order = sorted(range(len(ids)), key=lambda i: (ids[i], i))
         toks, starts = [], []
@@ -202,9 +304,10 @@ def check_encoder(dt):
         # slot of each part is left over), launched over `cap` block rows, the ones past U idle.
         cap = len(ids) + 1
         pad = lambda xs, n: xs + [-1] * (n - len(xs))
-        buckets = torch.tensor([len(toks)] + pad(toks, cap) + pad(starts, cap + 1) + pad(order, cap), dtype=torch.int32)
+        buckets = store([len(toks)] + pad(toks, cap) + pad(starts, cap + 1) + pad(order, cap), np.int32)
         launch("encoder_backward_wte", dt, (cap, blocks(C, 256)), 256, P(dwte), P(dout), P(buckets), I(cap), I(C))
-        ref = dwte64.index_add(0, tokens.long(), dout64)
+        ref = dwte64.copy()
+        np.add.at(ref, tokens, dout64)
         R.compare(f"encoder_backward dwte {tag}", dwte, ref, dt)
 
 
@@ -222,48 +325,46 @@ def check_layernorm(dt):
         tag = f"[{dt} N={N} C={C} skew={skew}]"
         inp, inp64 = rnd((N, C), dt, 1.0, 0.5)
         _, inp = skewed(inp, skew)
-        inp = inp.view(N, C)
+        inp = inp.reshape(N, C)
         w, w64 = rnd(C, dt, 0.2, 1.0)
         b, b64 = rnd(C, dt, 0.2)
-        out = torch.full((N, C), float("nan"), dtype=DTYPE[dt])
-        mean = torch.full((N,), float("nan"), dtype=torch.float32)
-        rstd = torch.full((N,), float("nan"), dtype=torch.float32)
+        out = full((N, C), math.nan, DTYPE[dt])
+        mean = full(N, math.nan, np.float32)
+        rstd = full(N, math.nan, np.float32)
         vec = vec_ok(dt, [out, inp, w, b], [C])
         launch("layernorm_forward", dt, blocks(N, ROWS_PER_BLOCK), 256,
                P(out), P(mean), P(rstd), P(inp), P(w), P(b), I(N), I(C), F(LAYERNORM_EPS), I(vec))
         m = inp64.mean(1)
-        s = 1.0 / torch.sqrt(((inp64 - m[:, None]) ** 2).mean(1) + LAYERNORM_EPS)
+        s = 1.0 / np.sqrt(((inp64 - m[:, None]) ** 2).mean(1) + LAYERNORM_EPS)
         ref = (inp64 - m[:, None]) * s[:, None] * w64 + b64
         R.compare(f"layernorm_forward out {tag} vec={vec}", out, ref, dt)
         R.compare(f"layernorm_forward mean {tag}", mean, m, "f32")
         R.compare(f"layernorm_forward rstd {tag}", rstd, s, "f32")
         # Backward, with the reference statistics.
-        mean = m.float().contiguous()
-        rstd = s.float().contiguous()
+        mean = store(m, np.float32)
+        rstd = store(s, np.float32)
         dout, dout64 = rnd((N, C), dt)
         dinp, dinp64 = rnd((N, C), dt, 0.1)
         _, dinp = skewed(dinp, skew)
-        dinp = dinp.view(N, C)
+        dinp = dinp.reshape(N, C)
         dw, dw64 = rnd(C, dt, 0.1)
         db, db64 = rnd(C, dt, 0.1)
         vec = vec_ok(dt, [dinp, dout, inp, w], [C])
         launch("layernorm_backward_dinp", dt, blocks(N, ROWS_PER_BLOCK), 256,
                P(dinp), P(dout), P(inp), P(w), P(mean), P(rstd), I(N), I(C), I(vec))
-        x = inp64.clone().requires_grad_()
-        wr = w64.clone().requires_grad_()
-        br = b64.clone().requires_grad_()
-        mm = x.mean(1, keepdim=True)
-        y = (x - mm) * (1.0 / torch.sqrt(((x - mm) ** 2).mean(1, keepdim=True) + LAYERNORM_EPS)) * wr + br
-        y.backward(dout64)
-        R.compare(f"layernorm_backward dinp {tag} vec={vec}", dinp, dinp64 + x.grad, dt)
+        # The gradients of out = x̂·w + b, x̂ = (x − mean)·rstd, through the mean and the variance.
+        xhat = (inp64 - m[:, None]) * s[:, None]
+        dxhat = dout64 * w64
+        grad = s[:, None] * (dxhat - dxhat.mean(1, keepdims=True) - xhat * (dxhat * xhat).mean(1, keepdims=True))
+        R.compare(f"layernorm_backward dinp {tag} vec={vec}", dinp, dinp64 + grad, dt)
         rows, count = row_chunks(N)
-        partials = torch.full((count * 2 * C,), float("nan"), dtype=torch.float32)
+        partials = full(count * 2 * C, math.nan, np.float32)
         launch("layernorm_backward_partials", dt, (blocks(C, 256), count), 256,
                P(partials), P(dout), P(inp), P(mean), P(rstd), I(N), I(C), I(rows))
         column_partials(dt, dw, partials, count, C, 2 * C, 0)
         column_partials(dt, db, partials, count, C, 2 * C, C)
-        R.compare(f"layernorm_backward dw {tag}", dw, dw64 + wr.grad, dt)
-        R.compare(f"layernorm_backward db {tag}", db, db64 + br.grad, dt)
+        R.compare(f"layernorm_backward dw {tag}", dw, dw64 + (dout64 * xhat).sum(0), dt)
+        R.compare(f"layernorm_backward db {tag}", db, db64 + dout64.sum(0), dt)
 
 
 def check_matmul_helpers(dt):
@@ -279,19 +380,18 @@ def check_matmul_helpers(dt):
         dout, dout64 = rnd((N, OC), dt)
         dbias, dbias64 = rnd(OC, dt, 0.1)
         rows, count = row_chunks(N)
-        partials = torch.full((count * OC,), float("nan"), dtype=torch.float32)
+        partials = full(count * OC, math.nan, np.float32)
         launch("bias_grad_partials", dt, (blocks(OC, 256), count), 256, P(partials), P(dout), I(N), I(OC), I(rows))
         column_partials(dt, dbias, partials, count, OC, OC, 0)
         R.compare(f"bias_grad {tag}", dbias, dbias64 + dout64.sum(0), dt)
 
 
 def attention_reference(q, k, v, causal):
-    T = q.shape[-2]
-    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    s = q @ k.swapaxes(-1, -2) / math.sqrt(q.shape[-1])
     if causal:
-        s = s.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf"))
-    lse = torch.logsumexp(s, -1)
-    return torch.softmax(s, -1) @ v, lse
+        s = causal_mask(s)
+    lse = logsumexp(s)
+    return np.exp(s - lse[..., None]) @ v, lse
 
 
 def attention_backward_reference(q, k, v, do, out_stored, lse, causal):
@@ -299,14 +399,14 @@ def attention_backward_reference(q, k, v, do, out_stored, lse, causal):
     (B, T, C) and the forward's LSE (B, NH, T), as the flash kernels compute it."""
     B, NH, T, HS = q.shape
     scale = 1.0 / math.sqrt(HS)
-    s = q @ k.transpose(-1, -2) * scale
+    s = q @ k.swapaxes(-1, -2) * scale
     if causal:
-        s = s.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf"))
-    p = torch.exp(s - lse[..., None])
-    out = out_stored.double().view(B, T, NH, HS).transpose(1, 2)
-    ds = p * (do @ v.transpose(-1, -2) - (do * out).sum(-1, keepdim=True)) * scale
-    merge = lambda x: x.transpose(1, 2).reshape(B, T, NH * HS)
-    return torch.cat([merge(ds @ k), merge(ds.transpose(-1, -2) @ q), merge(p.transpose(-1, -2) @ do)], -1)
+        s = causal_mask(s)
+    p = np.exp(s - lse[..., None])
+    out = f64(out_stored).reshape(B, T, NH, HS).swapaxes(1, 2)
+    ds = p * (do @ v.swapaxes(-1, -2) - (do * out).sum(-1, keepdims=True)) * scale
+    merge = lambda x: x.swapaxes(1, 2).reshape(B, T, NH * HS)
+    return np.concatenate([merge(ds @ k), merge(ds.swapaxes(-1, -2) @ q), merge(p.swapaxes(-1, -2) @ do)], -1)
 
 
 def check_attention(dt):
@@ -315,23 +415,23 @@ def check_attention(dt):
         tag = f"[{dt} B={B} T={T} NH={NH} HS={HS} causal={int(causal)}]"
         C = NH * HS
         qkv, qkv64 = rnd((B, T, 3 * C), dt)
-        heads = lambda x: x.view(B, T, NH, HS).transpose(1, 2)
+        heads = lambda x: x.reshape(B, T, NH, HS).swapaxes(1, 2)
         q64, k64, v64 = (heads(qkv64[..., i * C:(i + 1) * C]) for i in range(3))
         rows = B * NH * T
         scale = 1.0 / math.sqrt(HS)
-        out = torch.full((B, T, C), float("nan"), dtype=DTYPE[dt])
-        lse = torch.full((rows,), float("nan"), dtype=torch.float32)
+        out = full((B, T, C), math.nan, DTYPE[dt])
+        lse = full(rows, math.nan, np.float32)
         launch("attention_forward", dt, blocks(rows, ROWS_PER_BLOCK), 256,
                P(out), P(lse), P(qkv), I(B), I(T), I(NH), I(HS), I(int(causal)), F(scale))
         ref, ref_lse = attention_reference(q64, k64, v64, causal)
-        R.compare(f"attention_forward out {tag}", out, ref.transpose(1, 2).reshape(B, T, C), dt)
+        R.compare(f"attention_forward out {tag}", out, ref.swapaxes(1, 2).reshape(B, T, C), dt)
         R.compare(f"attention_forward lse {tag}", lse, ref_lse.reshape(-1), "f32")
         # Backward from the stored output (as the CPU contract), the reference LSE.
-        out_stored = ref.transpose(1, 2).reshape(B, T, C).to(DTYPE[dt]).contiguous()
-        lse = ref_lse.reshape(-1).float().contiguous()
+        out_stored = store(ref.swapaxes(1, 2).reshape(B, T, C), DTYPE[dt])
+        lse = store(ref_lse.reshape(-1), np.float32)
         dout, dout64 = rnd((B, T, C), dt)
-        delta = torch.full((rows,), float("nan"), dtype=torch.float32)
-        dqkv = torch.full((B, T, 3 * C), float("nan"), dtype=DTYPE[dt])
+        delta = full(rows, math.nan, np.float32)
+        dqkv = full((B, T, 3 * C), math.nan, DTYPE[dt])
         launch("attention_backward_delta", dt, blocks(rows, ROWS_PER_BLOCK), 256,
                P(delta), P(dout), P(out_stored), I(B), I(T), I(NH), I(HS))
         for name in ("attention_backward_dq", "attention_backward_dkv"):
@@ -360,15 +460,15 @@ def guarded(t):
     """t inside a buffer with GUARD NaNs before and after: (buffer, view of t in it). An input
     read past its end feeds NaN into the results; an output written past its end shows in the
     guards."""
-    buf = torch.full((t.numel() + 2 * GUARD,), float("nan"), dtype=t.dtype)
-    view = buf[GUARD:GUARD + t.numel()].view(t.shape)
-    view.copy_(t)
+    buf = full(t.size + 2 * GUARD, math.nan, t.dtype)
+    view = buf[GUARD:GUARD + t.size].reshape(t.shape)
+    view[...] = t
     return buf, view
 
 
 def guards_intact(what, buf):
     R.rows += 1
-    ok = bool(torch.isnan(buf[:GUARD].float()).all() and torch.isnan(buf[-GUARD:].float()).all())
+    ok = bool(np.isnan(f64(buf[:GUARD])).all() and np.isnan(f64(buf[-GUARD:])).all())
     print(f"{what + ' guards':<70} {'ok' if ok else 'FAIL (written outside the tensor)'}")
     if not ok:
         R.failed.append(what + " guards")
@@ -395,23 +495,23 @@ def flash_case(dt, B, T, NH, HS, causal, kernels, note=""):
     tiles = lambda n: -(-T // n) * B * NH
     qkv, qkv64 = rnd((B, T, 3 * C), dt)
     _, qkv = guarded(qkv)
-    heads = lambda x: x.view(B, T, NH, HS).transpose(1, 2)
+    heads = lambda x: x.reshape(B, T, NH, HS).swapaxes(1, 2)
     q64, k64, v64 = (heads(qkv64[..., i * C:(i + 1) * C]) for i in range(3))
-    out_buf, out = guarded(torch.full((B, T, C), float("nan"), dtype=DTYPE[dt]))
-    lse_buf, lse = guarded(torch.full((rows,), float("nan"), dtype=torch.float32))
+    out_buf, out = guarded(full((B, T, C), math.nan, DTYPE[dt]))
+    lse_buf, lse = guarded(full(rows, math.nan, np.float32))
     launch(f"flash_forward{sfx}_hs{HS}", dt, tiles(kernels["forward"]), block,
            P(out), P(lse), P(qkv), I(B), I(T), I(NH), I(int(causal)), F(scale))
     ref, ref_lse = attention_reference(q64, k64, v64, causal)
-    R.compare(f"flash_forward{sfx} out {tag}", out, ref.transpose(1, 2).reshape(B, T, C), dt, K_FLASH_FORWARD)
+    R.compare(f"flash_forward{sfx} out {tag}", out, ref.swapaxes(1, 2).reshape(B, T, C), dt, K_FLASH_FORWARD)
     R.compare(f"flash_forward{sfx} lse {tag}", lse, ref_lse.reshape(-1), "f32")
     guards_intact(f"flash_forward{sfx} out {tag}", out_buf)
     guards_intact(f"flash_forward{sfx} lse {tag}", lse_buf)
-    out_stored = ref.transpose(1, 2).reshape(B, T, C).to(DTYPE[dt]).contiguous()
-    _, lse = guarded(ref_lse.reshape(-1).float())
+    out_stored = store(ref.swapaxes(1, 2).reshape(B, T, C), DTYPE[dt])
+    _, lse = guarded(store(ref_lse.reshape(-1), np.float32))
     dout, dout64 = rnd((B, T, C), dt)
     _, dout = guarded(dout)
-    _, delta = guarded(torch.full((rows,), float("nan"), dtype=torch.float32))
-    dqkv_buf, dqkv = guarded(torch.full((B, T, 3 * C), float("nan"), dtype=DTYPE[dt]))
+    _, delta = guarded(full(rows, math.nan, np.float32))
+    dqkv_buf, dqkv = guarded(full((B, T, 3 * C), math.nan, DTYPE[dt]))
     launch("attention_backward_delta", dt, blocks(rows, ROWS_PER_BLOCK), 256,
            P(delta), P(dout), P(out_stored), I(B), I(T), I(NH), I(HS))
     for kind in ("dkv", "dq"):
@@ -461,8 +561,8 @@ def atomic_dq_case(dt, B, T, NH, HS, causal, kernels, case):
     `case` is what flash_case returned at that shape."""
     tag, qkv, dout, lse, delta, want = case
     C, sfx = NH * HS, kernels["suffix"]
-    dqkv_buf, dqkv = guarded(torch.full((B, T, 3 * C), float("nan"), dtype=DTYPE[dt]))
-    acc_buf, acc = guarded(torch.zeros((B, T, C), dtype=torch.float32))
+    dqkv_buf, dqkv = guarded(full((B, T, 3 * C), math.nan, DTYPE[dt]))
+    acc_buf, acc = guarded(full((B, T, C), 0.0, np.float32))
     launch(f"flash_backward_dkvq{sfx}_hs{HS}", dt, -(-T // kernels["dkv"]) * B * NH, kernels["block"], P(dqkv),
            P(acc), P(dout), P(qkv), P(lse), P(delta), I(B), I(T), I(NH), I(int(causal)), F(1.0 / math.sqrt(HS)))
     launch("flash_dq_store", dt, blocks(B * T * C // 8, FLASH_BLOCK), FLASH_BLOCK, P(dqkv), P(acc), I(C),
@@ -496,9 +596,9 @@ def check_wgmma_probe(dt):
                                                         ((128, 64), (128, 32), (64, 32))]):
         a, a64 = rnd(a_shape, dt)
         b, b64 = rnd(b_shape, dt)
-        d = torch.full(d_shape, float("nan"), dtype=torch.float32)
+        d = full(d_shape, math.nan, np.float32)
         launch("wgmma_probe", dt, 1, FLASH90_BLOCK, P(d), P(a), P(b), I(mode))
-        want = (a64.transpose(0, 1) if mode == 2 else a64) @ (b64.transpose(0, 1) if mode == 0 else b64)
+        want = (a64.T if mode == 2 else a64) @ (b64.T if mode == 0 else b64)
         R.compare(f"wgmma_probe mode {mode} [{dt}]", d, want, "f32")
 
 
@@ -508,14 +608,14 @@ def check_attention_cached(dt):
         C = NH * HS
         qkv, qkv64 = rnd((B, 3 * C), dt)
         kv, kv64 = rnd((B, Tmax, 2 * C), dt)
-        out = torch.full((B, C), float("nan"), dtype=DTYPE[dt])
+        out = full((B, C), math.nan, DTYPE[dt])
         launch("attention_cached", dt, blocks(B * NH, ROWS_PER_BLOCK), 256,
                P(out), P(qkv), P(kv), I(B), I(Tmax), I(pos), I(NH), I(HS), F(1.0 / math.sqrt(HS)))
-        kv_ref = kv64.clone()
+        kv_ref = kv64.copy()
         kv_ref[:, pos] = qkv64[:, C:]
-        q = qkv64[:, :C].view(B, NH, 1, HS)
-        k = kv_ref[:, :pos + 1, :C].view(B, pos + 1, NH, HS).transpose(1, 2)
-        v = kv_ref[:, :pos + 1, C:].view(B, pos + 1, NH, HS).transpose(1, 2)
+        q = qkv64[:, :C].reshape(B, NH, 1, HS)
+        k = kv_ref[:, :pos + 1, :C].reshape(B, pos + 1, NH, HS).swapaxes(1, 2)
+        v = kv_ref[:, :pos + 1, C:].reshape(B, pos + 1, NH, HS).swapaxes(1, 2)
         ref, _ = attention_reference(q, k, v, False)
         R.compare(f"attention_cached out {tag}", out, ref.reshape(B, C), dt)
         R.compare(f"attention_cached kv {tag}", kv, kv_ref, dt)
@@ -525,21 +625,21 @@ def check_cross_entropy(dt):
     for N, V, Vp, grad in [(1, 1, 8, True), (5, 10, 128, False), (7, 100, 128, True), (4, 1000, 1024, True)]:
         tag = f"[{dt} N={N} V={V} Vp={Vp} grad={int(grad)}]"
         logits, logits64 = rnd((N, Vp), dt, 2.0)
-        targets = torch.tensor([-1 if r % 3 == 2 else int(torch.randint(0, V, ())) for r in range(N)], dtype=torch.int32)
-        losses = torch.full((N,), float("nan"), dtype=torch.float32)
+        targets = store([-1 if r % 3 == 2 else RNG.integers(0, V) for r in range(N)], np.int32)
+        losses = full(N, math.nan, np.float32)
         vec = vec_ok(dt, [logits], [Vp])
         dloss = 1.0 / N
         launch("cross_entropy", dt, N, 512, P(losses), P(logits), P(targets), I(V), I(Vp), F(dloss if grad else 0.0),
                I(int(grad)), I(vec))
-        lsm = torch.log_softmax(logits64[:, :V], -1)
+        lsm = log_softmax(logits64[:, :V])
         keep = targets >= 0
-        ref_loss = torch.zeros(N, dtype=torch.float64)
-        ref_loss[keep] = -lsm[keep].gather(1, targets[keep].long()[:, None])[:, 0]
+        ref_loss = np.zeros(N)
+        ref_loss[keep] = -lsm[keep, targets[keep]]
         R.compare(f"cross_entropy losses {tag} vec={vec}", losses, ref_loss, "f32")
         if grad:
-            ref = torch.zeros(N, Vp, dtype=torch.float64)
-            p = lsm.exp()
-            p[torch.arange(N)[keep], targets[keep].long()] -= 1.0
+            ref = np.zeros((N, Vp))
+            p = np.exp(lsm)
+            p[keep, targets[keep]] -= 1.0
             ref[:, :V] = p * dloss
             ref[~keep] = 0.0
             R.compare(f"cross_entropy dlogits {tag}", logits, ref, dt)
@@ -548,12 +648,12 @@ def check_cross_entropy(dt):
 def check_adamw(dt):
     for n in [64, 4096 + 64]:
         tag = f"[{dt} n={n}]"
-        master = torch.randn(n, dtype=torch.float32)
-        params = master.to(DTYPE[dt])
+        master = store(RNG.standard_normal(n), np.float32)
+        params = store(master, DTYPE[dt])
         grads, g64 = rnd(n, dt, 0.01)
-        m = (torch.randn(n) * 0.01).float()
-        v = (torch.randn(n) * 1e-4).abs().float()
-        m64, v64, p64 = m.double(), v.double(), master.double()
+        m = store(RNG.standard_normal(n) * 0.01, np.float32)
+        v = store(np.abs(RNG.standard_normal(n) * 1e-4), np.float32)
+        m64, v64, p64 = f64(m), f64(v), f64(master)
         lr, b1, b2, eps, wd, t, scale, seed = 1e-2, 0.9, 0.95, 1e-8, 0.1, 3, 0.7, 12345
         bc1, bc2 = 1 - b1**t, 1 - b2**t
         decay_end = n // 2 + 4
@@ -562,17 +662,17 @@ def check_adamw(dt):
         g = g64 * scale
         m_ref = b1 * m64 + (1 - b1) * g
         v_ref = b2 * v64 + (1 - b2) * g * g
-        decay = torch.where(torch.arange(n) < decay_end, wd, 0.0)
-        p_ref = p64 - lr * (decay * p64 + (m_ref / bc1) / ((v_ref / bc2).sqrt() + eps))
+        decay = np.where(np.arange(n) < decay_end, wd, 0.0)
+        p_ref = p64 - lr * (decay * p64 + (m_ref / bc1) / (np.sqrt(v_ref / bc2) + eps))
         R.compare(f"adamw params {tag}", master if dt == "bf16" else params, p_ref, "f32")
         R.compare(f"adamw m {tag}", m, m_ref, "f32")
         R.compare(f"adamw v {tag}", v, v_ref, "f32")
         if dt == "bf16":
-            mm = master.double()
-            step = torch.pow(2.0, torch.floor(torch.log2(mm.abs())) - 7)
-            d = (params.double() - mm) / step
-            worst = d.abs().max().item()
-            bias = (d * mm.sign()).mean().item()
+            mm = f64(master)
+            step = 2.0 ** (np.floor(np.log2(np.abs(mm))) - 7)
+            d = (f64(params) - mm) / step
+            worst = np.abs(d).max()
+            bias = (d * np.sign(mm)).mean()
             # The bias is only judged on thousands of elements (its noise is about 0.4/√n steps).
             ok = worst <= 1.0 and (n < 4096 or abs(bias) <= 0.1)
             R.rows += 1
@@ -582,22 +682,22 @@ def check_adamw(dt):
     # One shard, as a data-parallel rank updates it: the same values as the unsharded step inside
     # [start, end), nothing touched outside.
     n, start, end = 4096 + 64, 64, 4096 - 64
-    master = torch.randn(n, dtype=torch.float32)
-    params = master.to(DTYPE[dt])
+    master = store(RNG.standard_normal(n), np.float32)
+    params = store(master, DTYPE[dt])
     grads, _ = rnd(n, dt, 0.01)
-    m, v = (torch.randn(n) * 0.01).float(), (torch.randn(n) * 1e-4).abs().float()
-    whole = [x.clone() for x in (params, master, m, v)]
+    m, v = store(RNG.standard_normal(n) * 0.01, np.float32), store(np.abs(RNG.standard_normal(n) * 1e-4), np.float32)
+    whole = [copy(x) for x in (params, master, m, v)]
     args = (F(1e-2), F(0.9), F(0.95), F(1e-8), F(0.1), F(0.271), F(0.143), F(0.7), U64(99))
     launch("adamw", dt, blocks(n // 4, 256), 256, P(whole[0]), P(whole[1] if dt == "bf16" else whole[0]), P(grads),
            P(whole[2]), P(whole[3]), L(0), L(n), L(n // 2), *args)
-    before = [x.clone() for x in (params, master, m, v)]
+    before = [copy(x) for x in (params, master, m, v)]
     launch("adamw", dt, blocks((end - start) // 4, 256), 256, P(params), P(master if dt == "bf16" else params), P(grads),
            P(m), P(v), L(start), L(end), L(n // 2), *args)
     for name, got, ref, old in zip(["params", "master", "m", "v"], (params, master, m, v), whole, before):
         if dt == "f32" and name == "master":
             continue
-        inside = torch.equal(got[start:end], ref[start:end])
-        outside = torch.equal(got[:start], old[:start]) and torch.equal(got[end:], old[end:])
+        inside = equal(got[start:end], ref[start:end])
+        outside = equal(got[:start], old[:start]) and equal(got[end:], old[end:])
         R.rows += 1
         ok = inside and outside
         print(f"{f'adamw shard {name} [{dt}]':<70} same as unsharded {inside}, outside untouched {outside}  {'ok' if ok else 'FAIL'}")
@@ -612,29 +712,29 @@ def check_residual_layernorm(dt):
         tag = f"[{dt} N={N} C={C} skew={skew}]"
         x, x64 = rnd((N, C), dt, 1.0, 0.5)
         _, x = skewed(x, skew)
-        x = x.view(N, C)
+        x = x.reshape(N, C)
         y, y64 = rnd((N, C), dt, 0.5)
         w, w64 = rnd(C, dt, 0.2, 1.0)
         b, b64 = rnd(C, dt, 0.2)
-        res = torch.full((N, C), float("nan"), dtype=DTYPE[dt])
-        out = torch.full((N, C), float("nan"), dtype=DTYPE[dt])
-        mean = torch.full((N,), float("nan"), dtype=torch.float32)
-        rstd = torch.full((N,), float("nan"), dtype=torch.float32)
+        res = full((N, C), math.nan, DTYPE[dt])
+        out = full((N, C), math.nan, DTYPE[dt])
+        mean = full(N, math.nan, np.float32)
+        rstd = full(N, math.nan, np.float32)
         vec = vec_ok(dt, [res, out, x, y, w, b], [C])
         launch("residual_layernorm_forward", dt, blocks(N, ROWS_PER_BLOCK), 256, P(res), P(out), P(mean), P(rstd),
                P(x), P(y), P(w), P(b), I(N), I(C), F(LAYERNORM_EPS), I(vec))
         R.compare(f"residual_layernorm_forward res {tag} vec={vec}", res, x64 + y64, dt)
-        r64 = res.double()  # the layernorm normalises the stored (rounded) residual
+        r64 = f64(res)  # the layernorm normalises the stored (rounded) residual
         m = r64.mean(1)
-        s = 1.0 / torch.sqrt(((r64 - m[:, None]) ** 2).mean(1) + LAYERNORM_EPS)
+        s = 1.0 / np.sqrt(((r64 - m[:, None]) ** 2).mean(1) + LAYERNORM_EPS)
         R.compare(f"residual_layernorm_forward out {tag} vec={vec}", out, (r64 - m[:, None]) * s[:, None] * w64 + b64, dt)
         R.compare(f"residual_layernorm_forward mean {tag}", mean, m, "f32")
         R.compare(f"residual_layernorm_forward rstd {tag}", rstd, s, "f32")
         # The same bits as residual_forward then layernorm_forward.
-        res2 = torch.full((N, C), float("nan"), dtype=DTYPE[dt])
-        out2 = torch.full((N, C), float("nan"), dtype=DTYPE[dt])
-        mean2 = torch.full((N,), float("nan"), dtype=torch.float32)
-        rstd2 = torch.full((N,), float("nan"), dtype=torch.float32)
+        res2 = full((N, C), math.nan, DTYPE[dt])
+        out2 = full((N, C), math.nan, DTYPE[dt])
+        mean2 = full(N, math.nan, np.float32)
+        rstd2 = full(N, math.nan, np.float32)
         evec = vec_ok(dt, [res2, x, y], [N * C])
         n = N * C
         per_block = 256 * (VEC[dt] if evec else 1)
@@ -643,7 +743,7 @@ def check_residual_layernorm(dt):
         launch("layernorm_forward", dt, blocks(N, ROWS_PER_BLOCK), 256,
                P(out2), P(mean2), P(rstd2), P(res2), P(w), P(b), I(N), I(C), F(LAYERNORM_EPS), I(lvec))
         for name, got, want in [("res", res, res2), ("out", out, out2), ("mean", mean, mean2), ("rstd", rstd, rstd2)]:
-            R.compare(f"residual_layernorm_forward {name} {tag} = two launches", got, want.double(), dt, k=1e-30)
+            R.compare(f"residual_layernorm_forward {name} {tag} = two launches", got, f64(want), dt, k=1e-30)
 
 
 STEP_SCALARS = "<ffffQdffii"  # StepScalars of adamw.cu: lr, bc1, bc2, clip, seed | loss_sum, grad_norm, grad_scale, apply, pad
@@ -652,7 +752,7 @@ STEP_SCALARS = "<ffffQdffii"  # StepScalars of adamw.cu: lr, bc1, bc2, clip, see
 def step_buffer(lr, bc1, bc2, clip, seed):
     """A StepScalars as the host writes it before a step (the device's fields zero)."""
     packed = struct.pack(STEP_SCALARS, lr, bc1, bc2, clip, seed, 0.0, 0.0, 0.0, 0, 0)
-    return torch.tensor(list(packed), dtype=torch.uint8)
+    return store(np.frombuffer(packed, np.uint8), np.uint8)
 
 
 def check_step(dt):
@@ -662,21 +762,21 @@ def check_step(dt):
     n, blocks_ = 1000, 37
     for clip, count, poison in [(1.0, n, None), (0.0, n, None), (1e6, n, None), (1.0, 0, None), (1.0, n, "loss")]:
         tag = f"[{dt} clip={clip} count={count} poison={poison}]"
-        losses = (torch.rand(n) * 5).float()
+        losses = store(RNG.random(n) * 5, np.float32)
         if poison:
             losses[n // 2] = float("nan")
-        partials = (torch.rand(blocks_, dtype=torch.float64) * 0.3)
+        partials = store(RNG.random(blocks_) * 0.3, np.float64)
         s = step_buffer(1e-3, 0.5, 0.25, clip, 7)
         launch("step_scalars", dt, 1, 32, P(s), P(partials), I(blocks_), P(losses), L(n), I(count))
-        got = struct.unpack(STEP_SCALARS, bytes(s.tolist()))
+        got = struct.unpack(STEP_SCALARS, s.tobytes())
         loss_sum = 0.0
         for x in losses.tolist():
             loss_sum += x
         sq = 0.0
         for x in partials.tolist():
             sq += x
-        norm = float(torch.tensor(math.sqrt(sq), dtype=torch.float32))
-        scale = float(torch.tensor(clip, dtype=torch.float32) / torch.tensor(norm, dtype=torch.float32)) \
+        norm = float(np.float32(math.sqrt(sq)))
+        scale = float(np.float32(clip) / np.float32(norm)) \
             if clip > 0 and norm > clip else 1.0
         apply = int(count > 0 and math.isfinite(loss_sum) and math.isfinite(norm))
         want = (got[0], got[1], got[2], got[3], got[4], loss_sum, norm, scale, apply, 0)
@@ -687,22 +787,22 @@ def check_step(dt):
             R.failed.append(f"step_scalars {tag}")
     # adamw_step: the values of the buffer, bit for bit as adamw with them; nothing when apply is 0.
     n = 4096 + 64
-    master = torch.randn(n, dtype=torch.float32)
+    master = store(RNG.standard_normal(n), np.float32)
     grads, _ = rnd(n, dt, 0.01)
-    m, v = (torch.randn(n) * 0.01).float(), (torch.randn(n) * 1e-4).abs().float()
+    m, v = store(RNG.standard_normal(n) * 0.01, np.float32), store(np.abs(RNG.standard_normal(n) * 1e-4), np.float32)
     for apply in (1, 0):
-        by_value = [x.clone() for x in (master.to(DTYPE[dt]), master, m, v)]
+        by_value = [copy(x) for x in (store(master, DTYPE[dt]), master, m, v)]
         launch("adamw", dt, blocks(n // 4, 256), 256, P(by_value[0]), P(by_value[1] if dt == "bf16" else by_value[0]),
                P(grads), P(by_value[2]), P(by_value[3]), L(0), L(n), L(n // 2), F(1e-2), F(0.9), F(0.95), F(1e-8),
                F(0.1), F(0.271), F(0.143), F(0.7), U64(99))
         packed = struct.pack(STEP_SCALARS, 1e-2, 0.271, 0.143, 1.0, 99, 0.0, 0.0, 0.7, apply, 0)
-        s = torch.tensor(list(packed), dtype=torch.uint8)
-        from_device = [x.clone() for x in (master.to(DTYPE[dt]), master, m, v)]
+        s = store(np.frombuffer(packed, np.uint8), np.uint8)
+        from_device = [copy(x) for x in (store(master, DTYPE[dt]), master, m, v)]
         launch("adamw_step", dt, blocks(n // 4, 256), 256, P(from_device[0]),
                P(from_device[1] if dt == "bf16" else from_device[0]), P(grads), P(from_device[2]), P(from_device[3]),
                L(0), L(n), L(n // 2), F(0.9), F(0.95), F(1e-8), F(0.1), P(s))
-        want = by_value if apply else [master.to(DTYPE[dt]), master, m, v]
-        same = all(torch.equal(a, b) for a, b in zip(from_device, want))
+        want = by_value if apply else [store(master, DTYPE[dt]), master, m, v]
+        same = all(equal(a, b) for a, b in zip(from_device, want))
         R.rows += 1
         tag = f"[{dt} apply={apply}]"
         what = "the same bits as adamw" if apply else "nothing written"
@@ -717,9 +817,9 @@ def check_sum_squares(dt):
         vec = vec_ok(dt, [x], [n])
         per_block = 256 * (VEC[dt] if vec else 1)
         nb = min(max(1, -(-n // per_block)), 1024)
-        partials = torch.full((nb,), float("nan"), dtype=torch.float64)
+        partials = full(nb, math.nan, np.float64)
         launch("sum_squares", dt, nb, 256, P(partials), P(x), L(n), I(vec))
-        R.compare(f"sum_squares [{dt} n={n} vec={vec}]", partials.sum().reshape(1), (x64 * x64).sum().reshape(1), "f32")
+        R.compare(f"sum_squares [{dt} n={n} vec={vec}]", np.array([partials.sum()]), np.array([(x64 * x64).sum()]), "f32")
 
 
 CHECKS = {
@@ -741,11 +841,11 @@ CHECKS = {
 
 
 def main():
-    global LIB
+    global LIB, RNG
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="run only the checks whose name contains this")
     args = parser.parse_args()
-    torch.manual_seed(0)
+    RNG = np.random.default_rng(0)
     LIB = build()
     for name, fn in CHECKS.items():
         if args.only and args.only not in name:
