@@ -149,8 +149,10 @@ stage launch-1gpu 35 "$gptk" launch --gpus 1 -- train "${quick[@]}" --model tiny
 # In a full run the two stages share what the stages above leave of the 8 minutes: fewer
 # iterations, PyTorch eager only. Alone (every ONLY prefix a bench stage) they take the whole call:
 # default iterations, and the torch.compile'd step with a budget for its compilation. gptk's d12
-# step runs seven times: as the trainer runs it, with the MLP's GELU and then the bias gradients
-# apart from their GEMMs instead of in cuBLASLt's epilogues, replayed from a CUDA graph, with
+# step runs eight times: as the trainer runs it; with every off-by-default speedup on at once
+# (CUDA graph, wgmma attention, atomic dQ: the one to hold against torch.compile, run second so
+# that a stage cut short still has it); with the MLP's GELU and then the bias gradients apart
+# from their GEMMs instead of in cuBLASLt's epilogues, replayed from a CUDA graph, with
 # attention's dQ summed by atomics, with attention on wgmma, and on wgmma with atomic dQ: each
 # optimisation's before and after in one run.
 bench_alone=false
@@ -163,11 +165,11 @@ fi
 if $bench_alone; then
     torch_limit=270 gptk_limit=150
     torch_args=(--compile --compile-budget 150)
-    gptk_args=(--step-variants gelu-apart,bias-grad-apart,cuda-graphs,atomic-attention,wgmma-attention,wgmma-atomic-attention)
+    gptk_args=(--step-variants all-opt-ins,gelu-apart,bias-grad-apart,cuda-graphs,atomic-attention,wgmma-attention,wgmma-atomic-attention)
 else
     torch_limit=40 gptk_limit=55
     torch_args=(--warmup 3 --iters 20 --step-iters 10)
-    gptk_args=(--warmup 3 --iters 20 --step-iters 10 --step-variants gelu-apart,bias-grad-apart,cuda-graphs,atomic-attention,wgmma-attention,wgmma-atomic-attention)
+    gptk_args=(--warmup 3 --iters 20 --step-iters 10 --step-variants all-opt-ins,gelu-apart,bias-grad-apart,cuda-graphs,atomic-attention,wgmma-attention,wgmma-atomic-attention)
 fi
 if "$gptk" bench --help >/dev/null 2>&1; then
     torch_json="$OUT/bench_torch.json"

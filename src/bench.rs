@@ -367,6 +367,11 @@ pub enum StepVariant {
     WgmmaAttention,
     /// Both: the wgmma kernels with the atomic-dQ backward.
     WgmmaAtomicAttention,
+    /// Every speedup that is off by default at once: the whole step as a CUDA graph, the
+    /// atomic-dQ attention backward, and the wgmma attention where the device has it (the
+    /// mma.sync kernels elsewhere; the variant's name says which ran). The configuration to hold
+    /// against PyTorch's compiled step.
+    AllOptIns,
 }
 
 /// One benchmark: an op at one shape, with its inputs in `copies` replicas.
@@ -1873,6 +1878,8 @@ pub struct StepPaths {
     pub gelu: EpilogueCalls,
     pub bias_grad: EpilogueCalls,
     pub graph_launches: usize,
+    /// Whether the attention ran on the wgmma kernels.
+    pub wgmma_attention: bool,
 }
 
 /// The name of a gptk step variant: `gptk`, then what differs from the default (recomputation,
@@ -1896,16 +1903,32 @@ fn step_variant(opts: &BenchOptions, paths: StepPaths) -> String {
         _ if paths.bias_grad.apart > 0 => v += &refused("bias grad", paths.bias_grad),
         _ => {}
     }
-    if opts.step_variant == Some(StepVariant::CudaGraphs) {
+    let (graphs, atomic, _) = step_switches(opts.step_variant);
+    if graphs {
         v += &format!(", CUDA graph ({} launches)", paths.graph_launches);
     }
-    match opts.step_variant {
-        Some(StepVariant::AtomicAttention) => v += ", attention dQ by atomics",
-        Some(StepVariant::WgmmaAttention) => v += ", attention on wgmma",
-        Some(StepVariant::WgmmaAtomicAttention) => v += ", attention on wgmma, dQ by atomics",
-        _ => {}
+    match (paths.wgmma_attention, atomic) {
+        (true, true) => v += ", attention on wgmma, dQ by atomics",
+        (true, false) => v += ", attention on wgmma",
+        (false, true) => v += ", attention dQ by atomics",
+        (false, false) => {}
     }
     v
+}
+
+/// What a step variant turns on of the switches that are off by default: (whole-step CUDA
+/// graphs, the atomic-dQ attention backward, the wgmma attention: `Some(true)` required,
+/// `Some(false)` where the device has it, `None` off).
+fn step_switches(variant: Option<StepVariant>) -> (bool, bool, Option<bool>) {
+    use StepVariant::*;
+    match variant {
+        Some(CudaGraphs) => (true, false, None),
+        Some(AtomicAttention) => (false, true, None),
+        Some(WgmmaAttention) => (false, false, Some(true)),
+        Some(WgmmaAtomicAttention) => (false, true, Some(true)),
+        Some(AllOptIns) => (true, true, Some(false)),
+        Some(GeluApart | BiasGradApart) | None => (false, false, None),
+    }
 }
 
 /// Times whole training steps of [`STEP_MODEL`] (GPT-2's vocabulary, bf16) at B = `step_batch`,
@@ -1922,12 +1945,16 @@ pub fn run_step(opts: &BenchOptions) -> Result<StepResult, BenchError> {
     let mut model = Gpt::new(cfg.clone(), acts, |p, a| CudaBackend::new(p, a, Precision::Bf16, device))?;
     model.backend.set_gelu_epilogue(opts.step_variant != Some(StepVariant::GeluApart));
     model.backend.set_bias_grad_epilogue(opts.step_variant != Some(StepVariant::BiasGradApart));
-    model.backend.set_cuda_graphs(opts.step_variant == Some(StepVariant::CudaGraphs));
-    use StepVariant::{AtomicAttention, WgmmaAtomicAttention, WgmmaAttention};
-    let atomic = matches!(opts.step_variant, Some(AtomicAttention | WgmmaAtomicAttention));
+    let (graphs, atomic, wgmma) = step_switches(opts.step_variant);
+    model.backend.set_cuda_graphs(graphs);
     // dQ is (B, T, C), the shape of the blocks' gradient buffer.
     model.backend.set_atomic_attention_dq(atomic.then_some(model.acts.dbtc.len))?;
-    model.backend.set_wgmma_attention(matches!(opts.step_variant, Some(WgmmaAttention | WgmmaAtomicAttention)))?;
+    match wgmma {
+        Some(true) => model.backend.set_wgmma_attention(true)?,
+        // Where the device has no wgmma kernels the attention stays on mma.sync.
+        Some(false) => model.backend.set_wgmma_attention(true).unwrap_or(()),
+        None => {}
+    }
     let host = init_params(&cfg, &model.params, opts.seed);
     model.load_params(&host)?;
     drop(host);
@@ -1981,6 +2008,7 @@ pub fn run_step(opts: &BenchOptions) -> Result<StepResult, BenchError> {
                 gelu: model.backend.gelu_epilogue_calls(),
                 bias_grad: model.backend.bias_grad_epilogue_calls(),
                 graph_launches: model.backend.graph_launches(),
+                wgmma_attention: model.backend.uses_wgmma_attention(cfg.head_size()),
             },
         ),
         median_ms,
@@ -2068,7 +2096,7 @@ mod tests {
             step_variant: None,
         };
         let fused = EpilogueCalls { fused: 24, apart: 0 };
-        let all_fused = StepPaths { gelu: fused, bias_grad: fused, graph_launches: 0 };
+        let all_fused = StepPaths { gelu: fused, bias_grad: fused, graph_launches: 0, wgmma_attention: false };
         assert_eq!(step_variant(&opts, all_fused), "gptk");
         let refused = StepPaths { gelu: EpilogueCalls { fused: 20, apart: 4 }, ..all_fused };
         assert_eq!(step_variant(&opts, refused), "gptk, GELU apart in 4 of 24 calls (no cuBLASLt algorithm)");
@@ -2089,8 +2117,19 @@ mod tests {
         );
         let atomic = BenchOptions { step_variant: Some(StepVariant::AtomicAttention), ..opts.clone() };
         assert_eq!(step_variant(&atomic, all_fused), "gptk, attention dQ by atomics");
-        let both = BenchOptions { step_variant: Some(StepVariant::WgmmaAtomicAttention), ..opts };
-        assert_eq!(step_variant(&both, all_fused), "gptk, attention on wgmma, dQ by atomics");
+        let both = BenchOptions { step_variant: Some(StepVariant::WgmmaAtomicAttention), ..opts.clone() };
+        let on_wgmma = StepPaths { wgmma_attention: true, ..all_fused };
+        assert_eq!(step_variant(&both, on_wgmma), "gptk, attention on wgmma, dQ by atomics");
+        let all = BenchOptions { step_variant: Some(StepVariant::AllOptIns), ..opts };
+        assert_eq!(
+            step_variant(&all, StepPaths { graph_launches: 41, ..on_wgmma }),
+            "gptk, CUDA graph (41 launches), attention on wgmma, dQ by atomics"
+        );
+        // On a device without the wgmma kernels.
+        assert_eq!(
+            step_variant(&all, StepPaths { graph_launches: 41, ..all_fused }),
+            "gptk, CUDA graph (41 launches), attention dQ by atomics"
+        );
     }
 
     #[test]
