@@ -163,10 +163,33 @@ def U64(x):
     return ctypes.c_ulonglong(int(x))
 
 
+# Per kernel that uses ldmatrix: [phases, extra wavefronts from bank conflicts] over its launches.
+LDMATRIX = {}
+
+
 def launch(name, dt, grid, block, *args):
     gx, gy = grid if isinstance(grid, tuple) else (grid, 1)
     LIB.emu_config(max(1, int(gx)), max(1, int(gy)), int(block))
     getattr(LIB, f"{name}_{dt}")(*args)
+    phases = ctypes.c_longlong(0)
+    extra = LIB.emu_ldmatrix_conflicts(ctypes.byref(phases))
+    if phases.value:
+        seen = LDMATRIX.setdefault(f"{name}_{dt}", [0, 0])
+        seen[0] += phases.value
+        seen[1] += extra
+
+
+def check_bank_conflicts(kernels):
+    """One row per kernel named in `kernels` that ran ldmatrix: its shared-memory reads must be
+    free of bank conflicts (the rows of every 8×8 matrix in different 16-byte bank groups)."""
+    for name in kernels:
+        phases, extra = LDMATRIX.get(name, (0, 0))
+        R.rows += 1
+        ok = phases > 0 and extra == 0
+        detail = f"{extra} extra wavefronts in {phases} ldmatrix phases"
+        print(f"{name + ' bank conflicts':<70} {detail}  {'ok' if ok else 'FAIL'}")
+        if not ok:
+            R.failed.append(name + " bank conflicts")
 
 
 def blocks(threads, block):
@@ -553,6 +576,8 @@ def check_flash_attention(dt):
         return
     flash_cases(dt, [(1, 1, 1, 64, True), (1, 17, 2, 64, True), (2, 65, 1, 64, False), (1, 63, 1, 128, True),
                      (1, 200, 1, 64, True), (1, 130, 1, 128, False), (1, 129, 1, 128, True)], MMA_KERNELS)
+    check_bank_conflicts([f"flash_{kind}_hs{hs}_{dt}" for kind in ("forward", "backward_dkv", "backward_dq",
+                                                                  "backward_dkvq") for hs in (64, 128)])
 
 
 def atomic_dq_case(dt, B, T, NH, HS, causal, kernels, case):

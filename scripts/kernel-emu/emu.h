@@ -26,6 +26,7 @@
 #include <vector_types.h>
 
 #include <algorithm>
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -289,6 +290,12 @@ inline uint16_t half_at(const unsigned char* row, int col) {
     return v;
 }
 
+// Shared-memory bank conflicts of ldmatrix since the last emu_ldmatrix_conflicts: each matrix's
+// eight 16-byte rows are one phase, conflict-free when they fall in the eight different 16-byte
+// bank groups of a 128-byte line; a phase whose rows share a group takes one more wavefront per
+// row beyond the first in that group.
+inline std::atomic<long long> ldmatrix_phases{0}, ldmatrix_extra_wavefronts{0};
+
 // Lane l gives the row address l % 8 of matrix l / 8 and gets, per matrix i, the pair at (row
 // l / 4, cols 2(l % 4), +1), or with `trans` at (rows 2(l % 4), +1, col l / 4).
 inline void ldmatrix(uint32_t* r, shared_addr p, bool trans) {
@@ -296,6 +303,14 @@ inline void ldmatrix(uint32_t* r, shared_addr p, bool trans) {
     const int lane = threadIdx.x % kWarp;
     w->rows[lane] = reinterpret_cast<const unsigned char*>(p);
     w->barrier.arrive_and_wait();
+    if (lane == 0) {
+        for (int i = 0; i < 4; i++) {
+            int in_group[8] = {};
+            for (int row = 0; row < 8; row++) in_group[(reinterpret_cast<uintptr_t>(w->rows[8 * i + row]) >> 4) & 7]++;
+            ldmatrix_phases++;
+            ldmatrix_extra_wavefronts += *std::max_element(in_group, in_group + 8) - 1;
+        }
+    }
     for (int i = 0; i < 4; i++) {
         uint16_t lo, hi;
         if (trans) {
@@ -490,6 +505,13 @@ inline void wgmma_rs_tb(float* d, const uint32_t* a, uint64_t desc_b, int accumu
 extern "C" void emu_set_deferred(int copies, int products) {
     emu::defer_copies = copies != 0;
     emu::defer_products = products != 0;
+}
+
+// The ldmatrix phases run and the extra wavefronts their bank conflicts cost since the last call
+// (see ldmatrix_phases); both counters restart.
+extern "C" long long emu_ldmatrix_conflicts(long long* phases) {
+    *phases = emu::ldmatrix_phases.exchange(0);
+    return emu::ldmatrix_extra_wavefronts.exchange(0);
 }
 
 extern "C" void emu_config(unsigned gx, unsigned gy, unsigned bx) {
