@@ -24,10 +24,10 @@ fn cached_steps_equal_full_forward_logits() {
     let mut cached =
         Gpt::new(cfg.clone(), plan, |p, a| Ok(gptk::backend::cpu::CpuBackend::<f32>::new(p.total, a))).unwrap();
     cached.load_params(&params).unwrap();
-    for pos in 0..t {
+    for (pos, &token) in tokens.iter().enumerate().take(t) {
         schedule::logits(&mut full.backend, &cfg, &full.params, &full.acts, pos, 1).unwrap();
         let want = full.backend.get(full.acts.logits.slice(0, vp)).to_vec();
-        let got = cached.step(&[tokens[pos]], pos).unwrap();
+        let got = cached.step(&[token], pos).unwrap();
         let worst = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         assert!(worst < 1e-5, "position {pos}: max diff {worst}");
     }

@@ -86,8 +86,7 @@ fn with_tensors(weights: &[u8], extra: &[(&str, Vec<usize>)], meta: Option<HashM
 fn load_error(weights: &[u8], config: Option<&str>, needles: &[&str]) -> String {
     let cp = Path::new("dir/config.json");
     let err = checkpoint::load_bytes(Path::new("dir/model.safetensors"), weights, config.map(|c| (cp, c)))
-        .err()
-        .expect("a hostile model must be refused")
+        .expect_err("a hostile model must be refused")
         .to_string();
     for needle in needles {
         assert!(err.contains(needle), "error lacks '{needle}': {err}");
@@ -249,7 +248,9 @@ fn training_state_files_are_checked() {
     fn view(shape: Vec<usize>, bytes: &[u8]) -> TensorView<'_> {
         TensorView::new(Dtype::F32, shape, bytes).unwrap()
     }
-    let cases: Vec<(Vec<(&str, TensorView)>, Option<HashMap<String, String>>, &str)> = vec![
+    // (tensors, metadata, what the error must say)
+    type Case<'a> = (Vec<(&'a str, TensorView<'a>)>, Option<HashMap<String, String>>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             vec![("adamw.m", view(vec![8], &floats)), ("adamw.v", view(vec![4], &floats[..16]))],
             meta(&state_json),
@@ -282,7 +283,7 @@ fn training_state_files_are_checked() {
     ];
     for (views, meta, needle) in cases {
         let bytes = safetensors::tensor::serialize(views, meta).unwrap();
-        let err = parse_state(path, &bytes).err().expect("refused").to_string();
+        let err = parse_state(path, &bytes).expect_err("refused").to_string();
         assert!(err.starts_with("ckpt/train_state.safetensors: ") && err.contains(needle), "{needle}: {err}");
     }
     let mut cut = good.clone();
@@ -330,14 +331,14 @@ fn manifest_shard_names_cannot_leave_the_directory() {
     assert!(Manifest::parse(path, &good).is_ok());
     for name in ["../../etc/passwd", "/etc/passwd", "sub/x_train_000000.bin", "..", ".", ""] {
         let bad = good.replace("d_train_000000.bin", &name.replace('\\', "\\\\"));
-        let err = Manifest::parse(path, &bad).err().expect("refused").to_string();
+        let err = Manifest::parse(path, &bad).expect_err("refused").to_string();
         assert!(err.contains("is not a file name in this directory"), "{name}: {err}");
     }
     for (from, to, needle) in [
         ("\"vocab_size\":257", "\"vocab_size\":-1", "not a gptk manifest"),
         ("\"shards\":[\"d_train_000000.bin\"]", "\"shards\":\"d\"", "not a gptk manifest"),
     ] {
-        let err = Manifest::parse(path, &good.replace(from, to)).err().expect("refused").to_string();
+        let err = Manifest::parse(path, &good.replace(from, to)).expect_err("refused").to_string();
         assert!(err.starts_with("data/manifest.json: ") && err.contains(needle), "{err}");
     }
     // Through the loader: a real directory whose manifest points outside it.

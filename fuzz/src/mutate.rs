@@ -198,7 +198,7 @@ pub fn run(target: fn(&[u8]), seeds: &[Vec<u8>], budget: Budget, seed: u64) -> R
     loop {
         match budget {
             Budget::Iterations(n) if runs >= n => break,
-            Budget::Time(t) if runs % 64 == 0 && started.elapsed() >= t => break,
+            Budget::Time(t) if runs.is_multiple_of(64) && started.elapsed() >= t => break,
             _ => {}
         }
         // Mostly a fresh mutant of a seed; sometimes keep walking from the last mutant.

@@ -21,8 +21,11 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// A fuzz target: reads its input and must neither panic nor hang.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, as `scripts/fuzz.sh` and the tests run them.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("model_file", model_file),
     ("config_json", config_json),
     ("train_state", train_state),

@@ -97,6 +97,7 @@ pub trait Backend {
 
     // ---- ops -------------------------------------------------------------------------------
     /// out (B,T,C) = wte[tokens] + wpe[0..T].
+    #[allow(clippy::too_many_arguments)]
     fn encoder_forward(
         &mut self,
         out: Tensor,
@@ -108,6 +109,7 @@ pub trait Backend {
         c: usize,
     ) -> Result<()>;
     /// dwte += scatter(dout by tokens); dwpe += sum over B of dout.
+    #[allow(clippy::too_many_arguments)]
     fn encoder_backward(
         &mut self,
         dwte: Tensor,

@@ -10,7 +10,7 @@ use crate::data::tokenizer::Tokenizer;
 use crate::model::layout::{ActLayout, ParamLayout, Recompute};
 use crate::model::{Gpt, init_params};
 use crate::train::checkpoint::{META_TOKENIZER, resolve_model};
-use crate::train::finetune::{FinetuneEvent, FinetuneOpts, TaskSet, evaluate, finetune};
+use crate::train::finetune::{FinetuneEvent, FinetuneOpts, Prediction, TaskSet, evaluate, finetune};
 use anyhow::{Context, Result, bail};
 use std::collections::HashMap;
 use std::io::Write;
@@ -334,7 +334,7 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
         tok: &Tokenizer,
         set: &TaskSet,
         causal: bool,
-    ) -> Result<(f64, f32, Vec<(usize, Vec<f32>)>)> {
+    ) -> Result<(f64, f32, Vec<Prediction>)> {
         let mut model = Gpt::new(loaded.cfg.clone(), acts, build)?;
         model.load_params(&loaded.params)?;
         evaluate(&mut model, tok, set, causal)

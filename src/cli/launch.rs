@@ -54,12 +54,13 @@ pub fn run(args: &LaunchArgs) -> Result<ExitCode> {
     }
     let uses_cuda = !args.command.windows(2).any(|w| w[0] == "--device" && w[1] == "cpu")
         && !args.command.iter().any(|a| a == "--device=cpu");
-    if uses_cuda && crate::backend::cuda::is_compiled() {
-        if let Ok(count) = crate::backend::cuda::device_count() {
-            if count > 0 && args.gpus > count {
-                bail!("--gpus {} asks for more processes than this machine has GPUs ({count})", args.gpus);
-            }
-        }
+    if uses_cuda
+        && crate::backend::cuda::is_compiled()
+        && let Ok(count) = crate::backend::cuda::device_count()
+        && count > 0
+        && args.gpus > count
+    {
+        bail!("--gpus {} asks for more processes than this machine has GPUs ({count})", args.gpus);
     }
     let port = match args.master_port {
         Some(p) => p,
@@ -88,15 +89,15 @@ pub fn run(args: &LaunchArgs) -> Result<ExitCode> {
     let mut forwarded = false;
     loop {
         for (rank, slot) in children.iter_mut().enumerate() {
-            if let Some(child) = slot {
-                if let Some(status) = child.try_wait().context("waiting for a rank")? {
-                    let code = status.code().unwrap_or(1);
-                    if code != 0 && failure.is_none() {
-                        eprintln!("launch: rank {rank} exited with {status}; stopping the others");
-                        failure = Some((rank, code));
-                    }
-                    *slot = None;
+            if let Some(child) = slot
+                && let Some(status) = child.try_wait().context("waiting for a rank")?
+            {
+                let code = status.code().unwrap_or(1);
+                if code != 0 && failure.is_none() {
+                    eprintln!("launch: rank {rank} exited with {status}; stopping the others");
+                    failure = Some((rank, code));
                 }
+                *slot = None;
             }
         }
         if children.iter().all(Option::is_none) {

@@ -194,10 +194,10 @@ fn check_numbers(cfg: &TrainConfig) -> Result<()> {
         }
     }
     let bt = cfg.batch_size * cfg.seq_len;
-    if let Some(total) = cfg.total_batch_tokens {
-        if total == 0 || total % bt != 0 {
-            bail!("--total-batch-tokens {total} must be a positive multiple of --batch-size × --seq-len = {bt}");
-        }
+    if let Some(total) = cfg.total_batch_tokens
+        && (total == 0 || total % bt != 0)
+    {
+        bail!("--total-batch-tokens {total} must be a positive multiple of --batch-size × --seq-len = {bt}");
     }
     if !(cfg.lr > 0.0 && cfg.lr.is_finite()) {
         bail!("--lr must be a positive number, got {}", cfg.lr);
@@ -265,7 +265,7 @@ fn demo_corpus(out: &Path) -> Result<PathBuf> {
         .filter(|d| !d.is_empty())
         .map(|d| String::from_utf8_lossy(d).into_owned())
         .collect();
-    let (val, train): (Vec<(usize, String)>, Vec<(usize, String)>) =
+    let (val, train): (Vec<_>, Vec<_>) =
         docs.into_iter().enumerate().partition(|(i, _)| i % DEMO_VAL_EVERY == DEMO_VAL_EVERY - 1);
     let strip = |v: Vec<(usize, String)>| v.into_iter().map(|(_, d)| d).collect::<Vec<_>>();
     prepare::write_documents(&dir, "demo", &Tokenizer::bytes(), &strip(train), &strip(val))?;

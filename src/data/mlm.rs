@@ -84,7 +84,7 @@ mod tests {
         for seed in 0..200 {
             let (mut a, mut ta) = (vec![7; 3], vec![0; 3]);
             assert!(mask_batch(&mut a, &mut ta, 10, 12, &mut Rng::new(seed)) >= 1);
-            assert!(ta.iter().any(|&t| t == 7));
+            assert!(ta.contains(&7));
         }
         let (mut b, mut tb) = (vec![1, 2, 3, 4, 5, 6, 7, 8], vec![0; 8]);
         let (mut c, mut tc) = (b.clone(), vec![0; 8]);

@@ -194,10 +194,10 @@ pub fn batch(tok: &Tokenizer, examples: &[(&Encoded, Option<usize>)], b: usize, 
         let base = row * t;
         for (i, &id) in ids.iter().enumerate() {
             out.inputs[base + i] = id as i32;
-            if let Some(&next) = ids.get(i + 1) {
-                if next < v {
-                    out.lm_targets[base + i] = next as i32;
-                }
+            if let Some(&next) = ids.get(i + 1)
+                && next < v
+            {
+                out.lm_targets[base + i] = next as i32;
             }
         }
         let extract = base + ids.len() - 1;

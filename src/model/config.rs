@@ -87,7 +87,7 @@ impl ModelConfig {
                 return Err(ConfigError::Zero { field, value });
             }
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(ConfigError::HeadSplit { n_embd: self.n_embd, n_head: self.n_head });
         }
         // Compared before padding, which would overflow for a vocabulary near usize::MAX (a
@@ -161,7 +161,7 @@ mod tests {
         for v in [1, 123, 128, 256, 257, 50257] {
             let cfg = ModelConfig { n_layer: 1, n_head: 1, n_embd: 8, n_ctx: 8, vocab_size: v };
             let vp = cfg.padded_vocab_size();
-            assert!(vp >= v + NUM_SPECIAL_TOKENS && vp % VOCAB_PAD_MULTIPLE == 0, "V={v} Vp={vp}");
+            assert!(vp >= v + NUM_SPECIAL_TOKENS && vp.is_multiple_of(VOCAB_PAD_MULTIPLE), "V={v} Vp={vp}");
         }
     }
 

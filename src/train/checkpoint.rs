@@ -77,10 +77,11 @@ pub fn latest(out: &Path) -> Option<PathBuf> {
 /// A model path as users give it: a checkpoint directory, a `.safetensors` file, or a run
 /// directory (then its newest checkpoint).
 pub fn resolve_model(path: &Path) -> PathBuf {
-    if path.is_dir() && !path.join(MODEL_FILE).is_file() {
-        if let Some(latest) = latest(path) {
-            return latest;
-        }
+    if path.is_dir()
+        && !path.join(MODEL_FILE).is_file()
+        && let Some(latest) = latest(path)
+    {
+        return latest;
     }
     path.to_path_buf()
 }

@@ -43,13 +43,16 @@ pub enum FinetuneEvent {
     Epoch { epoch: usize, train_class_loss: f32, val_class_loss: f32, val_accuracy: f64, val_examples: usize },
 }
 
+/// An example's predicted class and the probabilities of all classes.
+pub type Prediction = (usize, Vec<f32>);
+
 /// Accuracy and mean class loss of `model` on `set`, with the predicted class of each example.
 pub fn evaluate<K: Backend>(
     model: &mut Gpt<K>,
     tok: &Tokenizer,
     set: &TaskSet,
     causal: bool,
-) -> Result<(f64, f32, Vec<(usize, Vec<f32>)>)> {
+) -> Result<(f64, f32, Vec<Prediction>)> {
     let (b, t) = (model.acts.b, model.acts.t);
     let (mut correct, mut counted, mut loss_sum) = (0usize, 0usize, 0f64);
     let mut predictions = Vec::with_capacity(set.examples.len());

@@ -329,22 +329,22 @@ pub fn train<K: Backend>(
         let stop_requested =
             run.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) || cfg.stop_at.is_some_and(|n| state.step >= n);
         let last = state.step == cfg.steps;
-        let every = |n: usize| n > 0 && state.step % n == 0;
-        if let Some(val) = run.val.as_mut() {
-            if every(cfg.val_every) || last {
-                let (clm, mlm, tokens) = validate(model, val, cfg, mask_id)?;
-                let val_loss = objective_loss(objective, clm.unwrap_or(0.0), mlm.unwrap_or(0.0), mlm_weight);
-                last_val = Some(val_loss);
-                let both = objective == Objective::ClmMlm;
-                let event = Event::Val {
-                    step: state.step,
-                    val_loss,
-                    val_clm_loss: clm.filter(|_| both),
-                    val_mlm_loss: mlm.filter(|_| both),
-                    tokens,
-                };
-                emit(event, &mut run.report)?;
-            }
+        let every = |n: usize| n > 0 && state.step.is_multiple_of(n);
+        if let Some(val) = run.val.as_mut()
+            && (every(cfg.val_every) || last)
+        {
+            let (clm, mlm, tokens) = validate(model, val, cfg, mask_id)?;
+            let val_loss = objective_loss(objective, clm.unwrap_or(0.0), mlm.unwrap_or(0.0), mlm_weight);
+            last_val = Some(val_loss);
+            let both = objective == Objective::ClmMlm;
+            let event = Event::Val {
+                step: state.step,
+                val_loss,
+                val_clm_loss: clm.filter(|_| both),
+                val_mlm_loss: mlm.filter(|_| both),
+                tokens,
+            };
+            emit(event, &mut run.report)?;
         }
         // A bidirectional (MLM-only) model cannot continue text left to right.
         if objective.has_clm() && (every(cfg.sample_every) || last && cfg.sample_every > 0) {
