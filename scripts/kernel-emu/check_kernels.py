@@ -19,6 +19,7 @@ Usage: python3 scripts/kernel-emu/check_kernels.py [--only NAME]   (needs numpy 
 
 import argparse
 import ctypes
+import faulthandler
 import math
 import os
 import site
@@ -167,10 +168,19 @@ def U64(x):
 LDMATRIX = {}
 
 
+# A launch that takes longer than this is taken to hang (threads of a block waiting at barriers
+# the others never reach, as a GPU would): the run stops with the Python stack, naming the launch.
+LAUNCH_TIMEOUT_S = 300
+
+
 def launch(name, dt, grid, block, *args):
     gx, gy = grid if isinstance(grid, tuple) else (grid, 1)
     LIB.emu_config(max(1, int(gx)), max(1, int(gy)), int(block))
-    getattr(LIB, f"{name}_{dt}")(*args)
+    faulthandler.dump_traceback_later(LAUNCH_TIMEOUT_S, exit=True)
+    try:
+        getattr(LIB, f"{name}_{dt}")(*args)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
     phases = ctypes.c_longlong(0)
     extra = LIB.emu_ldmatrix_conflicts(ctypes.byref(phases))
     if phases.value:

@@ -100,6 +100,9 @@ struct WarpGroup {
     std::barrier<> barrier;
     // What each thread hands a wgmma whose A comes from registers.
     uint32_t a[kWarpGroup][4];
+    // What each thread issues a wgmma with (descriptors, accumulate flag), which `.aligned`
+    // requires to be the same across the warpgroup.
+    uint64_t issued[kWarpGroup][3];
 };
 
 // This thread's asynchronous work of one kind: run at issue, or, deferred, kept in commit groups
@@ -370,14 +373,30 @@ inline void mma_bf16_16x8x16(float* d, const uint32_t* a, const uint32_t* b) {
 // descriptor's 18-bit start address and byte offsets locate the element, then the 16-byte chunk
 // index (address bits 4–6) is XORed with the 128-byte row index (bits 7–9).
 namespace emu {
-// The PTX ISA asks for wgmma.fence before a wgmma whose registers other instructions touched;
-// the kernels open every batch with one, and a wgmma issued without it stops the run.
-inline void wgmma_issue_check() {
+// Checks made when a thread issues a wgmma. The PTX ISA asks for wgmma.fence before a wgmma whose
+// registers other instructions touched; the kernels open every batch with one, and a wgmma issued
+// without it stops the run. `.sync.aligned`: every thread of the warpgroup issues the same
+// instruction together, with the same descriptors (desc_a 0 for A from registers) and the same
+// accumulate flag; a warp that skips it or differs stops the run (on a GPU it would hang or be
+// undefined).
+inline void wgmma_issue_check(uint64_t desc_a, uint64_t desc_b, int accumulate) {
     if (!wgmma_fenced) {
         std::fprintf(stderr, "emulated wgmma: thread %u of block %u issues a batch without wgmma.fence\n",
                      threadIdx.x, blockIdx.x);
         std::abort();
     }
+    WarpGroup* wg = current_warpgroup;
+    const int tid = static_cast<int>(threadIdx.x) % kWarpGroup;
+    wg->issued[tid][0] = desc_a;
+    wg->issued[tid][1] = desc_b;
+    wg->issued[tid][2] = static_cast<uint64_t>(accumulate);
+    wg->barrier.arrive_and_wait();
+    if (std::memcmp(wg->issued[tid], wg->issued[0], sizeof wg->issued[0]) != 0) {
+        std::fprintf(stderr, "emulated wgmma: thread %u of block %u issues other operands than its warpgroup's first\n",
+                     threadIdx.x, blockIdx.x);
+        std::abort();
+    }
+    wg->barrier.arrive_and_wait();
 }
 }  // namespace emu
 inline void wgmma_fence() { emu::wgmma_fenced = true; }
@@ -450,7 +469,7 @@ inline float operand(const Descriptor& d, int mn, int k, bool transposed) {
 // A wgmma with both operands from shared memory.
 template <int N>
 inline void wgmma_smem(float* d, uint64_t desc_a, uint64_t desc_b, int accumulate, bool trans_a, bool trans_b) {
-    wgmma_issue_check();
+    wgmma_issue_check(desc_a, desc_b, accumulate);
     const Descriptor a = decode(desc_a), b = decode(desc_b);
     products.issue([=] {
         for (int i = 0; i < N / 2; i++) {
@@ -476,7 +495,7 @@ inline void wgmma_ss_tt(float* d, uint64_t desc_a, uint64_t desc_b, int accumula
 
 template <int N>
 inline void wgmma_rs_tb(float* d, const uint32_t* a, uint64_t desc_b, int accumulate) {
-    emu::wgmma_issue_check();
+    emu::wgmma_issue_check(0, desc_b, accumulate);
     emu::products.issue([=] {
         emu::WarpGroup* wg = emu::current_warpgroup;
         const int tid = static_cast<int>(threadIdx.x) % emu::kWarpGroup;
