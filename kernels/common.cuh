@@ -22,6 +22,12 @@ typedef __nv_bfloat16 bf16;
 #define FULL_MASK 0xffffffffu
 #define BYTES_PER_VECTOR 16
 
+// What a vector access or atomic needs of its address (a misaligned one faults on a GPU): nothing
+// here; the host emulation (scripts/kernel-emu) checks it.
+#ifndef GPTK_EXPECT_ALIGNED
+#define GPTK_EXPECT_ALIGNED(p, bytes)
+#endif
+
 // ---- conversions -------------------------------------------------------------------------------
 
 __device__ __forceinline__ float to_float(float x) { return x; }
@@ -45,6 +51,7 @@ __device__ __forceinline__ void load_vec(const T* p, float* out) {
         out[0] = to_float(p[0]);
     } else {
         static_assert(VN == Vec<T>::N, "vector loads move exactly 16 bytes");
+        GPTK_EXPECT_ALIGNED(p, BYTES_PER_VECTOR);
         int4 raw = *reinterpret_cast<const int4*>(p);
         const T* e = reinterpret_cast<const T*>(&raw);
 #pragma unroll
@@ -63,6 +70,7 @@ __device__ __forceinline__ void store_vec(T* p, const float* in) {
         T* e = reinterpret_cast<T*>(&raw);
 #pragma unroll
         for (int k = 0; k < VN; k++) e[k] = from_float<T>(in[k]);
+        GPTK_EXPECT_ALIGNED(p, BYTES_PER_VECTOR);
         *reinterpret_cast<int4*>(p) = raw;
     }
 }
@@ -284,6 +292,7 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
 // dst[0] += a, dst[1] += b in global memory (dst 8-byte aligned): one vector atomic on sm_90 and
 // later, two scalar ones before (and in the host emulation).
 __device__ __forceinline__ void atomic_add_f32x2(float* dst, float a, float b) {
+    GPTK_EXPECT_ALIGNED(dst, 8);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     atomicAdd(reinterpret_cast<float2*>(dst), make_float2(a, b));
 #else

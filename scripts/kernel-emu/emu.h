@@ -201,6 +201,16 @@ inline F exchange(F v, int lane) {
     return r;
 }
 
+// A misaligned vector access, vector atomic or asynchronous copy faults on a GPU; here it stops
+// the run.
+inline void expect_aligned(const void* p, int bytes, const char* where) {
+    if (reinterpret_cast<uintptr_t>(p) % bytes != 0) {
+        std::fprintf(stderr, "emulation: %s at %p is not %d-byte aligned (thread %u of block %u)\n", where, p, bytes,
+                     threadIdx.x, blockIdx.x);
+        std::abort();
+    }
+}
+
 inline dim3 config_grid{1, 1, 1};
 inline dim3 config_block{1, 1, 1};
 
@@ -242,6 +252,8 @@ inline void run(const std::function<void()>& kernel) {
 
 }  // namespace emu
 
+#define GPTK_EXPECT_ALIGNED(p, bytes) emu::expect_aligned((p), (bytes), __func__)
+
 inline float __shfl_xor_sync(unsigned, float v, int offset) {
     return emu::exchange(v, (threadIdx.x % emu::kWarp) ^ offset);
 }
@@ -261,6 +273,8 @@ typedef uintptr_t shared_addr;
 inline shared_addr shared_address(const void* p) { return reinterpret_cast<shared_addr>(p); }
 
 inline void cp_async_bytes(shared_addr dst, const void* src, int size, int src_bytes) {
+    emu::expect_aligned(reinterpret_cast<const void*>(dst), size, "cp.async's shared destination");
+    emu::expect_aligned(src, size, "cp.async's global source");
     emu::copies.issue([=] {
         std::memset(reinterpret_cast<void*>(dst), 0, size);
         std::memcpy(reinterpret_cast<void*>(dst), src, src_bytes);
