@@ -11,6 +11,7 @@
 //! says so and passes, unless `GPTK_REQUIRE_EMULATION` is set, as `.ci/run` sets it: in CI the
 //! emulation must run.
 
+use gptk::backend::cuda::kernels;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -35,6 +36,29 @@ fn missing_tools() -> Option<String> {
     None
 }
 
+/// The dynamic shared memory the host gives each tensor-core attention kernel, from its own
+/// tables, as the JSON object the emulation reads: it poisons that memory before each block and
+/// fails a block that writes past it.
+fn shared_bytes_json() -> String {
+    let mut sizes = Vec::new();
+    for hs in kernels::FLASH_HEAD_SIZES {
+        let (fwd, dkv, dq) = kernels::flash_shared_bytes(hs).expect("a built head size");
+        let dkvq = kernels::flash_dkvq_shared_bytes(hs).expect("a built head size");
+        let (fwd90, dkv90, dq90, dkvq90) = kernels::flash90_shared_bytes(hs).expect("a built head size");
+        for (kind, mma, wgmma) in [
+            ("forward", fwd, fwd90),
+            ("backward_dkv", dkv, dkv90),
+            ("backward_dq", dq, dq90),
+            ("backward_dkvq", dkvq, dkvq90),
+        ] {
+            sizes.push(format!("\"flash_{kind}_hs{hs}\": {mma}"));
+            sizes.push(format!("\"flash_{kind}_sm90a_hs{hs}\": {wgmma}"));
+        }
+    }
+    sizes.push(format!("\"wgmma_probe\": {}", kernels::WGMMA_PROBE_SHARED_BYTES));
+    format!("{{{}}}", sizes.join(", "))
+}
+
 fn script_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kernel-emu")
 }
@@ -53,6 +77,7 @@ fn every_kernel_matches_its_float64_reference_under_emulation() {
     let out = Command::new("python3")
         .arg(script_dir().join("check_kernels.py"))
         .current_dir(root)
+        .env("GPTK_EMU_SHARED_BYTES", shared_bytes_json())
         .output()
         .expect("run python3");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -214,6 +214,25 @@ inline void expect_aligned(const void* p, int bytes, const char* where) {
 inline dim3 config_grid{1, 1, 1};
 inline dim3 config_block{1, 1, 1};
 
+// The kernels' dynamic shared memory: one buffer (blocks run one at a time), on a 2^18-byte
+// boundary (see smem_window). With `config_smem` set, the bytes of dynamic shared memory the host
+// gives the launch (less any alignment slack the kernel spends), each block starts with the whole
+// buffer poisoned (0xFF: NaN in f32 and bf16), so that a read of shared memory nothing wrote
+// shows in the results, and a block that writes past `config_smem` stops the run.
+alignas(kSmemWindowAlign) inline unsigned char dynamic_smem[kMaxDynamicSmem];
+inline size_t config_smem = 0;
+constexpr unsigned char kSmemPoison = 0xFF;
+
+inline void check_smem_bounds() {
+    const unsigned char* past = std::find_if(dynamic_smem + config_smem, dynamic_smem + kMaxDynamicSmem,
+                                             [](unsigned char b) { return b != kSmemPoison; });
+    if (past != dynamic_smem + kMaxDynamicSmem) {
+        std::fprintf(stderr, "emulation: block %u wrote shared byte %zu, past the %zu bytes the host gives it\n",
+                     blockIdx.x, static_cast<size_t>(past - dynamic_smem), config_smem);
+        std::abort();
+    }
+}
+
 // Runs `kernel` over the configured grid.
 inline void run(const std::function<void()>& kernel) {
     gridDim = config_grid;
@@ -224,6 +243,7 @@ inline void run(const std::function<void()>& kernel) {
             for (unsigned bx = 0; bx < gridDim.x; bx++) {
                 Block block(threads);
                 block_serial++;
+                if (config_smem > 0) std::memset(dynamic_smem, kSmemPoison, sizeof dynamic_smem);
                 std::vector<std::unique_ptr<Warp>> warps;
                 for (int w = 0; w < (threads + kWarp - 1) / kWarp; w++)
                     warps.push_back(std::make_unique<Warp>(std::min(kWarp, threads - w * kWarp)));
@@ -247,6 +267,10 @@ inline void run(const std::function<void()>& kernel) {
                     });
                 }
                 for (auto& th : pool) th.join();
+                if (config_smem > 0) {
+                    blockIdx = dim3(bx, by, bz);
+                    check_smem_bounds();
+                }
             }
 }
 
@@ -547,16 +571,16 @@ extern "C" long long emu_ldmatrix_conflicts(long long* phases) {
     return emu::ldmatrix_extra_wavefronts.exchange(0);
 }
 
-extern "C" void emu_config(unsigned gx, unsigned gy, unsigned bx) {
+extern "C" void emu_config(unsigned gx, unsigned gy, unsigned bx, unsigned long long smem) {
+    emu::config_smem = smem;
     emu::config_grid = dim3(gx, gy, 1);
     emu::config_block = dim3(bx, 1, 1);
 }
 
-// Dynamic shared memory: one static buffer per kernel body (blocks run one at a time).
-#define GPTK_DYNAMIC_SMEM(T, name)                                                                  \
-    alignas(emu::kSmemWindowAlign) static unsigned char emu_dynamic_smem[emu::kMaxDynamicSmem]; \
-    emu::smem_window = reinterpret_cast<uintptr_t>(emu_dynamic_smem);                           \
-    T* name = reinterpret_cast<T*>(emu_dynamic_smem)
+// A kernel's dynamic shared memory: emu::dynamic_smem.
+#define GPTK_DYNAMIC_SMEM(T, name)                                        \
+    emu::smem_window = reinterpret_cast<uintptr_t>(emu::dynamic_smem); \
+    T* name = reinterpret_cast<T*>(emu::dynamic_smem)
 
 // Each entry point runs its template over the configured grid.
 #define GPTK_ENTRY_POINTS(name, BLOCK, PARAMS, ARGS)                           \
