@@ -133,6 +133,31 @@ __device__ __forceinline__ void flash_b_rows(uint32_t* b, shared_addr tile, int 
     ldmatrix_x4(b, tile + ((n0 + (lane & 7) + (lane >> 4) * 8) * ROW + col0 + ((lane >> 3) & 1) * 8) * BYTES_PER_BF16);
 }
 
+// acc (the warp's 16 rows × NQ·8 columns) += A·Bᵀ over KSTEPS k-steps of 16: A the 16 rows from
+// row0 of the tile `rows` (from registers, `regs[kk]`, when IN_REGS), B the first NQ·8 rows of the
+// tile `cols` (Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ).
+template <int ROW, int KSTEPS, int NQ, bool IN_REGS>
+__device__ __forceinline__ void flash_warp_rows_times(float (*acc)[4], const uint32_t (*regs)[4], shared_addr rows,
+                                                      int row0, shared_addr cols) {
+#pragma unroll
+    for (int kk = 0; kk < KSTEPS; kk++) {
+        uint32_t a[4];
+        if constexpr (IN_REGS) {
+#pragma unroll
+            for (int x = 0; x < 4; x++) a[x] = regs[kk][x];
+        } else {
+            flash_a<ROW>(a, rows, row0, kk * 16);
+        }
+#pragma unroll
+        for (int n = 0; n < NQ; n += 2) {
+            uint32_t bb[4];
+            flash_b_rows<ROW>(bb, cols, n * 8, kk * 16);
+            mma_bf16_16x8x16(acc[n], a, bb);
+            mma_bf16_16x8x16(acc[n + 1], a, bb + 2);
+        }
+    }
+}
+
 // B operands of two n-tiles where B[k][n] = tile[k][n] (the tile's rows run along k, as the keys
 // of P·V): k in [row0, row0+16); n in [col0, col0+8) → b[0..1], [col0+8, col0+16) → b[2..3].
 template <int ROW>
@@ -461,40 +486,8 @@ __device__ __forceinline__ void flash_backward_dkv(bf16* dqkv, float* dq_acc, co
                 st[n][0] = st[n][1] = st[n][2] = st[n][3] = 0.0f;
                 dpt[n][0] = dpt[n][1] = dpt[n][2] = dpt[n][3] = 0.0f;
             }
-#pragma unroll
-            for (int kk = 0; kk < G::KSTEPS; kk++) {
-                uint32_t a[4];
-                if constexpr (KV_IN_REGISTERS) {
-#pragma unroll
-                    for (int x = 0; x < 4; x++) a[x] = ka[kk][x];
-                } else {
-                    flash_a<ROW>(a, ak, warp * 16, kk * 16);
-                }
-#pragma unroll
-                for (int n = 0; n < NQ; n += 2) {
-                    uint32_t bb[4];
-                    flash_b_rows<ROW>(bb, tq, n * 8, kk * 16);
-                    mma_bf16_16x8x16(st[n], a, bb);
-                    mma_bf16_16x8x16(st[n + 1], a, bb + 2);
-                }
-            }
-#pragma unroll
-            for (int kk = 0; kk < G::KSTEPS; kk++) {
-                uint32_t a[4];
-                if constexpr (KV_IN_REGISTERS) {
-#pragma unroll
-                    for (int x = 0; x < 4; x++) a[x] = va[kk][x];
-                } else {
-                    flash_a<ROW>(a, av, warp * 16, kk * 16);
-                }
-#pragma unroll
-                for (int n = 0; n < NQ; n += 2) {
-                    uint32_t bb[4];
-                    flash_b_rows<ROW>(bb, tdo, n * 8, kk * 16);
-                    mma_bf16_16x8x16(dpt[n], a, bb);
-                    mma_bf16_16x8x16(dpt[n + 1], a, bb + 2);
-                }
-            }
+            flash_warp_rows_times<ROW, G::KSTEPS, NQ, KV_IN_REGISTERS>(st, ka, ak, warp * 16, tq);
+            flash_warp_rows_times<ROW, G::KSTEPS, NQ, KV_IN_REGISTERS>(dpt, va, av, warp * 16, tdo);
             // Pᵀ = exp(S·scale − LSE[query]); dSᵀ = Pᵀ ∘ (dPᵀ − delta[query]) (the scale is applied
             // to dK at the end). Masked: queries or keys past the end, keys after the query.
             const bool mask = q0 + BR > seq || key0 + 16 > seq || (causal && q0 < key0 + 15);
