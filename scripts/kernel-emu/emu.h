@@ -342,6 +342,7 @@ inline std::atomic<long long> ldmatrix_phases{0}, ldmatrix_extra_wavefronts{0};
 inline void ldmatrix(uint32_t* r, shared_addr p, bool trans) {
     Warp* w = current_warp;
     const int lane = threadIdx.x % kWarp;
+    expect_aligned(reinterpret_cast<const void*>(p), 16, "an ldmatrix row");
     w->rows[lane] = reinterpret_cast<const unsigned char*>(p);
     w->barrier.arrive_and_wait();
     if (lane == 0) {
