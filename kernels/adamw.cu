@@ -71,30 +71,35 @@ struct StepScalars {
     int pad;
 };
 
-// One block of 32 threads: thread 0 sums the n losses, thread 1 the `blocks` per-block sums of
-// squares of sum_squares, each in order in double precision (the order the host sums them in
-// when it reads them back, so a recorded step gets the host's bits), then thread 0 derives the
-// norm, the clipping scale and whether to apply. `count`: how many targets the losses count.
+#define STEP_SCALARS_BLOCK 32
+
+// One block of STEP_SCALARS_BLOCK threads, in double precision and in the orders the host sums in
+// (so that a recorded step gets the host's bits): thread k sums the losses k, k + 32, … in order
+// and thread 0 adds the 32 lane sums in order (the host's `sum_losses`); thread 1 then sums the
+// `blocks` per-block sums of squares of sum_squares in order; thread 0 derives the norm, the
+// clipping scale and whether to apply. `count`: how many targets the losses count.
 template <typename T>
 __device__ __forceinline__ void step_scalars(StepScalars* s, const double* partials, int blocks, const float* losses,
                                              long long n, int count) {
-    __shared__ double sums[2];
-    if (threadIdx.x == 0) {
-        double sum = 0.0;
-        for (long long i = 0; i < n; i++) sum += static_cast<double>(losses[i]);
-        sums[0] = sum;
-    } else if (threadIdx.x == 1) {
+    __shared__ double lanes[STEP_SCALARS_BLOCK];
+    __shared__ double norm_squared;
+    double lane = 0.0;
+    for (long long i = threadIdx.x; i < n; i += STEP_SCALARS_BLOCK) lane += static_cast<double>(losses[i]);
+    lanes[threadIdx.x] = lane;
+    if (threadIdx.x == 1) {
         double sum = 0.0;
         for (int i = 0; i < blocks; i++) sum += partials[i];
-        sums[1] = sum;
+        norm_squared = sum;
     }
     __syncthreads();
     if (threadIdx.x != 0) return;
-    const float norm = static_cast<float>(sqrt(sums[1]));
-    s->loss_sum = sums[0];
+    double loss_sum = 0.0;
+    for (int k = 0; k < STEP_SCALARS_BLOCK; k++) loss_sum += lanes[k];
+    const float norm = static_cast<float>(sqrt(norm_squared));
+    s->loss_sum = loss_sum;
     s->grad_norm = norm;
     s->grad_scale = s->clip > 0.0f && norm > s->clip ? s->clip / norm : 1.0f;
-    s->apply = count > 0 && isfinite(sums[0]) && isfinite(norm);
+    s->apply = count > 0 && isfinite(loss_sum) && isfinite(norm);
 }
 
 // adamw with the step's values from `s`, and nothing done unless s->apply.
@@ -107,7 +112,6 @@ __device__ __forceinline__ void adamw_step(T* params, float* master, const T* gr
              s->grad_scale, s->seed);
 }
 
-#define STEP_SCALARS_BLOCK 32
 #define STEP_SCALARS_PARAMS(T) (StepScalars * s, const double* partials, int blocks, const float* losses, long long n, int count)
 GPTK_ENTRY_POINTS(step_scalars, STEP_SCALARS_BLOCK, STEP_SCALARS_PARAMS, (s, partials, blocks, losses, n, count))
 #define ADAMW_STEP_PARAMS(T)                                                                                         \

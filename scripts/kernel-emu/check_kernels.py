@@ -808,21 +808,29 @@ def step_buffer(lr, bc1, bc2, clip, seed):
 
 def check_step(dt):
     """step_scalars (the norm, clipping scale, loss sum and NaN guard of a recorded step, each sum
-    in order in double as the host sums them) and adamw_step (adamw with those values, nothing
-    when the guard says so)."""
+    in double in the order the host sums it: the losses in 32 strided lanes, then the lanes, as
+    the host's sum_losses; the norm's partials in order) and adamw_step (adamw with those values,
+    nothing when the guard says so)."""
     n, blocks_ = 1000, 37
-    for clip, count, poison in [(1.0, n, None), (0.0, n, None), (1e6, n, None), (1.0, 0, None), (1.0, n, "loss")]:
+    for clip, count, poison in [(1.0, n, None), (0.0, n, None), (1e6, n, None), (1.0, 0, None), (1.0, n, "loss"),
+                                (1.0, n, "order")]:
         tag = f"[{dt} clip={clip} count={count} poison={poison}]"
         losses = store(RNG.random(n) * 5, np.float32)
-        if poison:
+        if poison == "loss":
             losses[n // 2] = float("nan")
+        elif poison == "order":
+            # Sums that round differently in another order: 2⁶⁰ + 1 is 2⁶⁰ in double.
+            losses[0], losses[1], losses[32] = 2.0**60, -(2.0**60), 1.0
         partials = store(RNG.random(blocks_) * 0.3, np.float64)
         s = step_buffer(1e-3, 0.5, 0.25, clip, 7)
         launch("step_scalars", dt, 1, 32, P(s), P(partials), I(blocks_), P(losses), L(n), I(count))
         got = struct.unpack(STEP_SCALARS, s.tobytes())
+        lanes = [0.0] * 32
+        for i, x in enumerate(losses.tolist()):
+            lanes[i % 32] += x
         loss_sum = 0.0
-        for x in losses.tolist():
-            loss_sum += x
+        for lane in lanes:
+            loss_sum += lane
         sq = 0.0
         for x in partials.tolist():
             sq += x

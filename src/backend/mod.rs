@@ -49,6 +49,22 @@ pub fn clip_scale(grad_norm: f32, clip: f32) -> f32 {
     if clip > 0.0 && grad_norm > clip { clip / grad_norm } else { 1.0 }
 }
 
+/// Strided lanes of [`sum_losses`]; the CUDA kernel `step_scalars` runs one thread per lane.
+pub const LOSS_SUM_LANES: usize = 32;
+
+/// Σ losses in f64, in a fixed order that one block of threads can follow: lane k sums the losses
+/// k, k + [`LOSS_SUM_LANES`], … in order, then the lane sums are added in order. Every sum of a
+/// step's losses goes through it (the CPU backend's optimizer step, the model's mean loss, and
+/// on the GPU `step_scalars` in the same order), so a step's loss has the same bits whether it
+/// is read back and summed on the host or summed on the device.
+pub fn sum_losses(losses: &[f32]) -> f64 {
+    let mut lanes = [0.0f64; LOSS_SUM_LANES];
+    for (i, &x) in losses.iter().enumerate() {
+        lanes[i % LOSS_SUM_LANES] += f64::from(x);
+    }
+    lanes.iter().fold(0.0, |sum, &lane| sum + lane)
+}
+
 /// Which numbers a backend stores activations and parameters in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -419,5 +435,23 @@ impl Arena {
     /// Arenas that share the parameter layout.
     pub fn is_param_like(self) -> bool {
         matches!(self, Arena::Params | Arena::Grads | Arena::OptM | Arena::OptV)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn losses_are_summed_in_strided_lanes() {
+        // 2⁶⁰ + 1 rounds back to 2⁶⁰ in f64, so the order shows: in order the big terms cancel
+        // first and the 1 survives; in lanes it is added to 2⁶⁰ (its lane, 0) and lost.
+        let big = 2f32.powi(60);
+        let mut losses = vec![0.0f32; 40];
+        (losses[0], losses[1], losses[LOSS_SUM_LANES]) = (big, -big, 1.0);
+        assert_eq!(losses.iter().map(|&x| f64::from(x)).fold(0.0, |s, x| s + x), 1.0);
+        assert_eq!(sum_losses(&losses), 0.0);
+        assert_eq!(sum_losses(&[0.5, 0.25, 2.0]), 2.75);
+        assert_eq!(sum_losses(&[]), 0.0);
     }
 }

@@ -7,7 +7,7 @@ pub mod plan;
 pub mod schedule;
 
 use crate::backend::cpu::CpuBackend;
-use crate::backend::{AdamWStep, Backend, BackendError, Replay};
+use crate::backend::{AdamWStep, Backend, BackendError, Replay, sum_losses};
 use crate::rng::Rng;
 use config::{ModelConfig, NUM_SPECIAL_TOKENS};
 use layout::{ActLayout, Arena, ParamLayout};
@@ -300,12 +300,12 @@ impl<K: Backend> Gpt<K> {
     fn mean_class_loss(&mut self) -> Result<f32, ModelError> {
         let cls = self.acts.cls.expect("a plan for classification");
         let losses = self.backend.download(cls.losses)?;
-        Ok((losses.iter().map(|&x| x as f64).sum::<f64>() / self.counted_classes as f64) as f32)
+        Ok((sum_losses(&losses) / self.counted_classes as f64) as f32)
     }
 
     fn mean_loss(&mut self) -> Result<f32, ModelError> {
         let losses = self.backend.download(self.acts.losses)?;
-        Ok((losses.iter().map(|&x| x as f64).sum::<f64>() / self.counted_targets as f64) as f32)
+        Ok((sum_losses(&losses) / self.counted_targets as f64) as f32)
     }
 
     /// Clears the parameter gradients (before the first micro-batch of a step).

@@ -593,7 +593,7 @@ impl<F: Float> Backend for CpuBackend<F> {
     fn optimizer_step(&mut self, losses: Tensor, count: usize, decay_end: usize, range: Range<usize>) -> Result<()> {
         let (step, clip) =
             self.next_step.ok_or_else(|| BackendError::Device("optimizer_step before set_step".into()))?;
-        let loss_sum = self.download(losses)?.iter().map(|&x| x as f64).sum::<f64>();
+        let loss_sum = super::sum_losses(&self.download(losses)?);
         let grad_norm = self.grad_norm_squared(range.clone())?.sqrt() as f32;
         let grad_scale = super::clip_scale(grad_norm, clip);
         let applied = count > 0 && loss_sum.is_finite() && grad_norm.is_finite();

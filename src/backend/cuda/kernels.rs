@@ -26,6 +26,8 @@ pub const LOSS_BLOCK: u32 = 512;
 pub const ADAMW_BLOCK: u32 = 256;
 /// Threads of step_scalars' one block in adamw.cu.
 pub const STEP_SCALARS_BLOCK: u32 = 32;
+// step_scalars sums the losses one lane per thread, in `sum_losses`' order.
+const _: () = assert!(STEP_SCALARS_BLOCK as usize == crate::backend::LOSS_SUM_LANES);
 /// Consecutive elements per AdamW thread.
 pub const ADAMW_ELEMS: usize = 4;
 /// Threads per block in reduce.cu.
