@@ -139,11 +139,11 @@ inline bool defer_copies = false, defer_products = false;
 inline thread_local Warp* current_warp = nullptr;
 inline thread_local Block* current_block = nullptr;
 inline thread_local WarpGroup* current_warpgroup = nullptr;
-// The start of the running kernel's dynamic shared memory, aligned to 2^18 bytes, so that the
-// low 18 bits of an address in it are its offset, as in the GPU's shared window (wgmma's
-// descriptors hold those 18 bits).
-inline thread_local uintptr_t smem_window = 0;
+// The kernels' dynamic shared memory: one buffer (blocks run one at a time), aligned to 2^18
+// bytes, so that the low 18 bits of an address in it are its offset, as in the GPU's shared window
+// (wgmma's descriptors hold those 18 bits).
 constexpr uintptr_t kSmemWindowAlign = uintptr_t{1} << 18;
+alignas(kSmemWindowAlign) inline unsigned char dynamic_smem[kMaxDynamicSmem];
 
 // What wgmma reads of shared memory (the async proxy's view of it): a copy of the dynamic shared
 // memory taken when every live thread of the block has executed fence.proxy.async since the last
@@ -167,8 +167,8 @@ inline void proxy_fence(bool leaving = false) {
         b->fenced[t] = true;
         b->fenced_count++;
     }
-    if (b->fenced_count < b->live || smem_window == 0) return;
-    std::memcpy(async_view, reinterpret_cast<const void*>(smem_window), sizeof async_view);
+    if (b->fenced_count < b->live) return;
+    std::memcpy(async_view, dynamic_smem, sizeof async_view);
     view_block = block_serial;
     std::fill(b->fenced.begin(), b->fenced.end(), false);
     b->fenced_count = 0;
@@ -214,12 +214,10 @@ inline void expect_aligned(const void* p, int bytes, const char* where) {
 inline dim3 config_grid{1, 1, 1};
 inline dim3 config_block{1, 1, 1};
 
-// The kernels' dynamic shared memory: one buffer (blocks run one at a time), on a 2^18-byte
-// boundary (see smem_window). With `config_smem` set, the bytes of dynamic shared memory the host
-// gives the launch (less any alignment slack the kernel spends), each block starts with the whole
-// buffer poisoned (0xFF: NaN in f32 and bf16), so that a read of shared memory nothing wrote
-// shows in the results, and a block that writes past `config_smem` stops the run.
-alignas(kSmemWindowAlign) inline unsigned char dynamic_smem[kMaxDynamicSmem];
+// With `config_smem` set, the bytes of dynamic shared memory the host gives the launch (less any
+// alignment slack the kernel spends), each block starts with the whole of dynamic_smem poisoned
+// (0xFF: NaN in f32 and bf16), so that a read of shared memory nothing wrote shows in the
+// results, and a block that writes past `config_smem` stops the run.
 inline size_t config_smem = 0;
 constexpr unsigned char kSmemPoison = 0xFF;
 
@@ -258,7 +256,6 @@ inline void run(const std::function<void()>& kernel) {
                         current_warp = warps[t / kWarp].get();
                         current_warpgroup = groups[t / kWarpGroup].get();
                         current_block = &block;
-                        smem_window = 0;
                         copies.deferred = defer_copies;
                         products.deferred = defer_products;
                         wgmma_fenced = false;
@@ -468,7 +465,7 @@ inline Descriptor decode(uint64_t d) {
 inline float swizzled_bf16(uintptr_t offset) {
     offset ^= ((offset >> 7) & 7) << 4;
     if (view_block != block_serial || std::memcmp(async_view + offset,
-                                                  reinterpret_cast<const void*>(smem_window + offset), 2) != 0) {
+                                                  dynamic_smem + offset, 2) != 0) {
         std::fprintf(stderr,
                      "emulated wgmma: block %u reads shared byte %zu, written through the generic proxy since "
                      "its threads' last fence.proxy.async\n",
@@ -579,9 +576,7 @@ extern "C" void emu_config(unsigned gx, unsigned gy, unsigned bx, unsigned long 
 }
 
 // A kernel's dynamic shared memory: emu::dynamic_smem.
-#define GPTK_DYNAMIC_SMEM(T, name)                                        \
-    emu::smem_window = reinterpret_cast<uintptr_t>(emu::dynamic_smem); \
-    T* name = reinterpret_cast<T*>(emu::dynamic_smem)
+#define GPTK_DYNAMIC_SMEM(T, name) T* name = reinterpret_cast<T*>(emu::dynamic_smem)
 
 // Each entry point runs its template over the configured grid.
 #define GPTK_ENTRY_POINTS(name, BLOCK, PARAMS, ARGS)                           \
