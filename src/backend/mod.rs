@@ -380,7 +380,7 @@ pub trait Backend {
 /// What [`Backend::optimizer_step`] found.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepOutcome {
-    /// Σ of the step's losses, in order, in f64 (as `Gpt`'s mean loss sums them).
+    /// Σ of the step's losses in f64, in [`sum_losses`]' order (as `Gpt`'s mean loss sums them).
     pub loss_sum: f64,
     /// The global L2 norm of the gradients.
     pub grad_norm: f32,
