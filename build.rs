@@ -9,8 +9,10 @@
 //! `OUT_DIR/cuda_kernels.rs` tells the crate what was built. Kernels of Hopper's own instruction
 //! set (`kernels/*_sm90a.cu`: wgmma) run on compute capability 9.0 only, so they are compiled
 //! apart, into a second fatbin holding only sm_90a code, which the backend loads on such a device
-//! (their ptxas lines are added to the same report). Without nvcc the crate still builds, with a
-//! warning; the CUDA backend then reports how to install the compiler.
+//! (their ptxas lines are added to the same report). Each unit is also compiled to PTX once, to
+//! read every entry point's parameter list (`OUT_DIR/kernel-params.txt`, which the tests hold
+//! against the host's launches). Without nvcc the crate still builds, with a warning; the CUDA
+//! backend then reports how to install the compiler.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,6 +30,12 @@ const DEFAULT_ARCHS: &str = "sm_80,sm_90,compute_90";
 /// Kernel files whose name ends so are built for `SM90A_ARCH` alone, into their own fatbin.
 const SM90A_SUFFIX: &str = "_sm90a.cu";
 const SM90A_ARCH: &str = "-gencode=arch=compute_90a,code=sm_90a";
+/// What the kernel build leaves in OUT_DIR: the fatbin, the sm_90a fatbin, the ptxas report and
+/// the entry points' parameter lists.
+const OUTPUTS: [&str; 4] =
+    ["gptk_kernels.fatbin", "gptk_kernels_sm90a.fatbin", "ptxas-report.txt", "kernel-params.txt"];
+/// The virtual architectures whose PTX gives the parameter lists of the two units.
+const PTX_ARCHS: [&str; 2] = ["compute_90", "compute_90a"];
 /// The pip wheel that provides nvcc, named in the warning when none is found.
 const NVCC_HINT: &str = "pip install nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 \
     nvidia-cuda-runtime==13.0.96 nvidia-nvvm==13.0.88 nvidia-cuda-cccl==13.0.85 (see .ci/install-nvcc.sh)";
@@ -172,9 +180,7 @@ fn build_kernels(out_dir: &Path) {
         println!("cargo:rerun-if-env-changed={var}");
     }
     let sources = kernel_sources();
-    let fatbin = out_dir.join("gptk_kernels.fatbin");
-    let fatbin_sm90a = out_dir.join("gptk_kernels_sm90a.fatbin");
-    let report = out_dir.join("ptxas-report.txt");
+    let [fatbin, fatbin_sm90a, report, params] = OUTPUTS.map(|name| out_dir.join(name));
     let archs = std::env::var("GPTK_CUDA_ARCHS").unwrap_or_else(|_| DEFAULT_ARCHS.to_string());
     let is_sm90a = |p: &PathBuf| p.to_str().is_some_and(|s| s.ends_with(SM90A_SUFFIX));
     let cu: Vec<&PathBuf> = sources.iter().filter(|p| p.extension().is_some_and(|e| e == "cu")).collect();
@@ -225,19 +231,21 @@ fn build_kernels(out_dir: &Path) {
             let up_to_date = std::fs::read_to_string(&stamp).is_ok_and(|s| s == stamp_text)
                 && fatbin.metadata().is_ok_and(|m| m.len() > 0)
                 && fatbin_sm90a.is_file()
-                && report.is_file();
+                && report.is_file()
+                && params.is_file();
             if up_to_date {
                 status = format!("compiled by {} ({nvcc_version}, found via {origin}) for {archs}", nvcc.display());
-                write_generated(out_dir, true, &archs, &status, &nvcc_version, [&fatbin, &fatbin_sm90a], &report);
+                write_generated(out_dir, true, &archs, &status, &nvcc_version);
                 return;
             }
             let _ = std::fs::remove_file(&stamp);
             let mut text = String::new();
+            let mut param_lists = String::new();
             let builds = [
-                (gencode_flags(&archs), &fatbin, &unity_path, true),
-                (vec![SM90A_ARCH.to_string()], &fatbin_sm90a, &sm90a_path, !sm90a_units.is_empty()),
+                (gencode_flags(&archs), &fatbin, &unity_path, true, PTX_ARCHS[0]),
+                (vec![SM90A_ARCH.to_string()], &fatbin_sm90a, &sm90a_path, !sm90a_units.is_empty(), PTX_ARCHS[1]),
             ];
-            for (flags, target, unit, wanted) in builds {
+            for (flags, target, unit, wanted, ptx_arch) in builds {
                 if !wanted {
                     std::fs::write(target, b"").expect("write an empty fatbin");
                     continue;
@@ -263,7 +271,29 @@ fn build_kernels(out_dir: &Path) {
                         report.display()
                     );
                 }
+                let ptx = out_dir.join("kernel-params.ptx");
+                let mut cmd = Command::new(&nvcc);
+                cmd.arg("-ptx")
+                    .arg(format!("-arch={ptx_arch}"))
+                    .args(["-O3", "-std=c++17"])
+                    .arg(format!("-I{}", manifest.join(KERNEL_DIR).display()))
+                    .arg("-o")
+                    .arg(&ptx)
+                    .arg(unit);
+                cmd.args(extra.split_whitespace());
+                let out = cmd.output().unwrap_or_else(|e| panic!("running {} failed: {e}", nvcc.display()));
+                if !out.status.success() {
+                    panic!(
+                        "nvcc ({}) failed to compile the kernels to PTX:\n{}",
+                        nvcc.display(),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                let ptx_text = std::fs::read_to_string(&ptx).expect("read the kernels' PTX");
+                param_lists.push_str(&entry_parameters(&ptx_text));
+                let _ = std::fs::remove_file(&ptx);
             }
+            std::fs::write(&params, &param_lists).expect("write the kernel parameter lists");
             std::fs::write(&stamp, &stamp_text).expect("write the kernel build stamp");
             status = format!("compiled by {} ({nvcc_version}, found via {origin}) for {archs}", nvcc.display());
             true
@@ -273,8 +303,38 @@ fn build_kernels(out_dir: &Path) {
         std::fs::write(&fatbin, b"").expect("write an empty fatbin");
         std::fs::write(&fatbin_sm90a, b"").expect("write an empty fatbin");
         std::fs::write(&report, b"").expect("write an empty ptxas report");
+        std::fs::write(&params, b"").expect("write empty kernel parameter lists");
     }
-    write_generated(out_dir, compiled, &archs, &status, &nvcc_version, [&fatbin, &fatbin_sm90a], &report);
+    write_generated(out_dir, compiled, &archs, &status, &nvcc_version);
+}
+
+/// Every `.entry` of a PTX text as one line: its name, then each parameter's state space type
+/// (`.u64`, `.u32`, `.f32`; an aggregate as `.align N .b8 [bytes]`), in order.
+fn entry_parameters(ptx: &str) -> String {
+    let mut out = String::new();
+    let mut lines = ptx.lines().map(str::trim);
+    while let Some(line) = lines.next() {
+        let Some(rest) = line.strip_prefix(".visible .entry ").or_else(|| line.strip_prefix(".entry ")) else {
+            continue;
+        };
+        let name = rest.split('(').next().unwrap_or_default().trim();
+        out.push_str(name);
+        if !rest.trim_end().ends_with("()") {
+            for param in lines.by_ref().take_while(|l| !l.starts_with(')')) {
+                // ".param .u64 name_param_0," → ".u64"; ".param .align 8 .b8 name_param_1[16]" →
+                // ".align 8 .b8 [16]".
+                let words: Vec<&str> = param.trim_end_matches(',').split_whitespace().skip(1).collect();
+                let (last, kind) = words.split_last().map_or(("", &[][..]), |(l, k)| (*l, k));
+                out.push(' ');
+                out.push_str(&kind.join(" "));
+                if let Some(i) = last.find('[') {
+                    out.push_str(&format!(" {}", &last[i..]));
+                }
+            }
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// 64-bit FNV-1a: a stable fingerprint of the kernel build inputs.
@@ -283,15 +343,8 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// Writes OUT_DIR/cuda_kernels.rs, which the crate includes.
-fn write_generated(
-    out_dir: &Path,
-    compiled: bool,
-    archs: &str,
-    status: &str,
-    nvcc_version: &str,
-    [fatbin, fatbin_sm90a]: [&Path; 2],
-    report: &Path,
-) {
+fn write_generated(out_dir: &Path, compiled: bool, archs: &str, status: &str, nvcc_version: &str) {
+    let [fatbin, fatbin_sm90a, report, params] = OUTPUTS.map(|name| out_dir.join(name));
     let generated = format!(
         "/// True when nvcc compiled the kernels at build time.\n\
          pub const COMPILED: bool = {compiled};\n\
@@ -308,13 +361,17 @@ fn write_generated(
          /// Where the ptxas resource report was written at build time.\n\
          pub const PTXAS_REPORT_PATH: &str = {report};\n\
          /// The ptxas resource report (`-Xptxas -v`), empty without nvcc.\n\
-         pub const PTXAS_REPORT: &str = include_str!({report});\n",
+         pub const PTXAS_REPORT: &str = include_str!({report});\n\
+         /// Every entry point's PTX parameters, a line each: the name, then each parameter's\n\
+         /// type (`.u64`, `.u32`, `.f32`); empty without nvcc.\n\
+         pub const PTX_PARAMS: &str = include_str!({params});\n",
         archs = rust_str(archs),
         status = rust_str(status),
         nvcc_version = rust_str(nvcc_version),
         fatbin = rust_str(&fatbin.display().to_string()),
         fatbin_sm90a = rust_str(&fatbin_sm90a.display().to_string()),
         report = rust_str(&report.display().to_string()),
+        params = rust_str(&params.display().to_string()),
     );
     std::fs::write(out_dir.join("cuda_kernels.rs"), generated).expect("write cuda_kernels.rs");
 }

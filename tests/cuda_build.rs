@@ -4,11 +4,12 @@
 //! where there is no GPU. The build-output checks skip, with a note, only when nvcc was absent
 //! at build time.
 
+use gptk::backend::cuda::args::{self, Param};
 use gptk::backend::cuda::{self, kernels};
 use gptk::backend::{BackendError, Precision};
 use gptk::model::config::ModelConfig;
 use gptk::model::layout::{ActLayout, ParamLayout};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// The `#define NAME value` lines of a kernel source.
@@ -121,6 +122,145 @@ fn block_sizes_match_the_kernel_sources() {
         let d = defines(&kernel_source(file));
         assert_eq!(d.get(name).map(String::as_str), Some(value.to_string().as_str()), "{file}: {name}");
     }
+}
+
+/// The text inside the parentheses that open at byte `open` of `s`.
+fn parenthesised(s: &str, open: usize) -> &str {
+    let mut depth = 0;
+    for (i, ch) in s[open..].char_indices() {
+        match ch {
+            '(' => depth += 1,
+            ')' if depth == 1 => return &s[open + 1..open + i],
+            ')' => depth -= 1,
+            _ => {}
+        }
+    }
+    panic!("unbalanced parentheses after: {}", &s[open..(open + 80).min(s.len())])
+}
+
+/// `s` split at the commas outside parentheses, each part trimmed.
+fn split_top_level(s: &str) -> Vec<&str> {
+    let (mut parts, mut depth, mut start) = (Vec::new(), 0, 0);
+    for (i, ch) in s.char_indices() {
+        match ch {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(s[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(s[start..].trim());
+    parts
+}
+
+/// How one C parameter declaration (`const T* dout`, `long long n`) is passed, and its name in
+/// lower case.
+fn c_param(decl: &str) -> (String, Param) {
+    let name_at = decl.rfind(|c: char| !(c.is_alphanumeric() || c == '_')).map_or(0, |i| i + 1);
+    let (ty, name) = (decl[..name_at].trim(), &decl[name_at..]);
+    let kind = match ty {
+        _ if ty.contains('*') => Param::Ptr,
+        "int" => Param::I32,
+        "long long" => Param::I64,
+        "unsigned long long" => Param::U64,
+        "float" => Param::F32,
+        _ => panic!("kernel parameter '{decl}': a type the launches do not pass ({ty})"),
+    };
+    (name.to_lowercase(), kind)
+}
+
+/// Every entry point of kernels/*.cu with its parameters as the source declares them, by the
+/// name the backend uses (the family of a GPTK_ENTRY_POINTS pair, the name of a
+/// GPTK_BF16_ENTRY_POINT): the parameter list is the macro's PARAMS argument, a parenthesised
+/// list or the name of a `#define NAME(T) (…)` / `#define NAME (…)` holding one.
+fn entry_point_params_in_sources() -> BTreeMap<String, Vec<(String, Param)>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+    let mut found = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "cu") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap().replace("\\\n", " ");
+        let define = |name: &str| -> &str {
+            let at = [format!("#define {name}(T)"), format!("#define {name} ")]
+                .iter()
+                .find_map(|d| text.find(d.as_str()).map(|i| i + d.len()))
+                .unwrap_or_else(|| panic!("{}: no #define of {name}", path.display()));
+            let open = at + text[at..].find('(').unwrap();
+            parenthesised(&text, open)
+        };
+        for (macro_name, params_at) in [("GPTK_ENTRY_POINTS(", 2), ("GPTK_BF16_ENTRY_POINT(", 3)] {
+            for (at, _) in text.match_indices(macro_name) {
+                let args = split_top_level(parenthesised(&text, at + macro_name.len() - 1));
+                let params = args[params_at];
+                let list = if params.starts_with('(') { parenthesised(params, 0) } else { define(params) };
+                let params = split_top_level(list).into_iter().map(c_param).collect();
+                assert!(found.insert(args[0].to_string(), params).is_none(), "{} declared twice", args[0]);
+            }
+        }
+    }
+    found
+}
+
+/// What the backend calls each entry point, with the names the PTX gives it.
+fn backend_entry_points() -> Vec<(&'static str, Vec<String>)> {
+    let pairs =
+        kernels::KERNELS.iter().map(|(n, _)| (*n, kernels::DTYPE_SUFFIXES.map(|s| format!("{n}_{s}")).to_vec()));
+    let bf16 = kernels::BF16_KERNELS.iter().chain(kernels::SM90A_KERNELS).map(|(n, _)| (*n, vec![format!("{n}_bf16")]));
+    pairs.chain(bf16).collect()
+}
+
+/// The launches pass each kernel the parameters it declares: every entry point has exactly one
+/// parameter list in `args`, whose names, order and pointer-or-value match the source's, and
+/// whose widths and classes match the PTX nvcc made of it (a pointer or a `long long` is `.u64`,
+/// an `int` `.u32`, a `float` `.f32`).
+#[test]
+fn launch_parameter_lists_match_the_kernels() {
+    let entry_points = backend_entry_points();
+    let names: BTreeSet<&str> = entry_points.iter().map(|(n, _)| *n).collect();
+    let mut claimed = BTreeMap::new();
+    for (list, (kernels_of_list, _)) in args::SIGNATURES.iter().enumerate() {
+        for k in *kernels_of_list {
+            assert!(names.contains(k), "args lists {k}, which is no entry point of kernels/*.cu");
+            assert!(claimed.insert(*k, list).is_none(), "args lists {k} twice");
+        }
+    }
+    let sources = entry_point_params_in_sources();
+    for (name, _) in &entry_points {
+        let rust = args::params_of(name).unwrap_or_else(|| panic!("no parameter list in args takes {name}"));
+        let rust: Vec<(String, Param)> = rust.iter().map(|(n, k)| (n.to_string(), *k)).collect();
+        assert_eq!(sources[*name], rust, "{name}: the kernel's parameters (left) and its launch's (right)");
+    }
+
+    if skip_without_nvcc("launch_parameter_lists_match_the_kernels (against the PTX)") {
+        return;
+    }
+    let ptx: BTreeMap<&str, Vec<&str>> = kernels::PTX_PARAMS
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(n, rest)| (n, rest.split(' ').collect())).or(Some((l, vec![]))))
+        .collect();
+    let mut seen = 0;
+    for (name, ptx_names) in &entry_points {
+        let want: Vec<&str> = args::params_of(name)
+            .unwrap()
+            .iter()
+            .map(|(_, k)| match k {
+                Param::Ptr | Param::I64 | Param::U64 => ".u64",
+                Param::I32 => ".u32",
+                Param::F32 => ".f32",
+            })
+            .collect();
+        for full in ptx_names {
+            let got = ptx.get(full.as_str()).unwrap_or_else(|| panic!("{full} is not in the PTX"));
+            assert_eq!(got, &want, "{full}: the PTX's parameters (left) and the launch's (right)");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, ptx.len(), "the PTX has entry points the backend does not launch: {:?}", ptx.keys());
 }
 
 #[test]

@@ -13,13 +13,15 @@
 //!   weights in f32. `download(Params)` returns the master weights and `upload(Params)` sets
 //!   both copies;
 //! - every launch checks its spans against the arenas first, converts sizes with checked
-//!   casts ([`cast`]), and returns driver errors as values. Kernel faults surface at the next
-//!   synchronising call (a download, `synchronize`), as with any asynchronous GPU work.
+//!   casts ([`cast`]), passes the kernel's parameter list as one typed struct ([`args`]), and
+//!   returns driver errors as values. Kernel faults surface at the next synchronising call (a
+//!   download, `synchronize`), as with any asynchronous GPU work.
 //!
 //! Tensors are passed to kernels as raw device addresses (arena base + offset): the arenas live
 //! as long as the backend, and the only stream orders every access, so the per-slice event
 //! tracking of cudarc is turned off.
 
+pub mod args;
 pub mod cast;
 pub mod device;
 pub mod kernels;
@@ -36,11 +38,12 @@ pub use plan::{ArenaSizes, MemoryPlan, ScratchSizes};
 use super::{AdamWStep, Backend, BackendError, Precision, Replay, Result, StepOutcome};
 use crate::model::config::LAYERNORM_EPS;
 use crate::model::layout::{ActLayout, Arena, ParamLayout, Tensor};
+use args::*;
 use blas::{Blas, Epilogue, GemmCall};
 use cast::{blocks_for, to_i32, to_i64, to_u32};
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute, CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaGraph, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaGraph, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
 };
 use half::bf16;
 use kernels::*;
@@ -194,10 +197,10 @@ impl Functions {
         Ok(sizes)
     }
 
-    fn get(&self, name: &str) -> &CudaFunction {
-        // Every name in KERNELS was loaded in `load` (the wgmma ones in `load_sm90a`, which
-        // launchers use only where it loaded them); launchers only use those names.
-        &self.by_name[name]
+    /// The loaded entry point `name`: every name of KERNELS after `load`, the wgmma ones after
+    /// `load_sm90a`.
+    fn get(&self, name: &str) -> Result<&CudaFunction> {
+        self.by_name.get(name).ok_or_else(|| BackendError::Device(format!("kernel {name} is not loaded")))
     }
 }
 
@@ -348,30 +351,46 @@ impl CudaBackend {
             block_dim: (LAYERNORM_BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
-        let name = if residual.is_some() { "residual_layernorm_forward" } else { "layernorm_forward" };
         match residual {
             None => {
                 let vec = self.vec_flag(&[out_p, inp_p, w_p, b_p], &[c]);
-                let mut l = self.stream.launch_builder(self.functions.get(name));
-                l.arg(&out_p).arg(&mean_p).arg(&rstd_p).arg(&inp_p).arg(&w_p).arg(&b_p);
-                l.arg(&n_i).arg(&c_i).arg(&eps).arg(&vec);
-                // SAFETY: layernorm_forward_T(T* out, float* mean, float* rstd, const T* inp,
-                // const T* w, const T* b, int N, int C, float eps, int vec): out and inp hold N·C,
-                // mean and rstd N (f32 stats), w and b C elements (all checked).
-                unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error(name, e))?;
+                let args = LayernormForward {
+                    out: out_p,
+                    mean: mean_p,
+                    rstd: rstd_p,
+                    inp: inp_p,
+                    w: w_p,
+                    b: b_p,
+                    n: n_i,
+                    c: c_i,
+                    eps,
+                    vec,
+                };
+                // SAFETY: out and inp hold N·C, mean and rstd N (f32 stats), w and b C elements
+                // (all checked).
+                unsafe { self.launch("layernorm_forward", cfg, &args) }?;
             }
             Some((res, y)) => {
                 let res_p = self.ptr_n(res, n * c, "residual output")?;
                 let y_p = self.ptr_n(y, n * c, "residual input")?;
                 let vec = self.vec_flag(&[res_p, out_p, inp_p, y_p, w_p, b_p], &[c]);
-                let mut l = self.stream.launch_builder(self.functions.get(name));
-                l.arg(&res_p).arg(&out_p).arg(&mean_p).arg(&rstd_p).arg(&inp_p).arg(&y_p);
-                l.arg(&w_p).arg(&b_p).arg(&n_i).arg(&c_i).arg(&eps).arg(&vec);
-                // SAFETY: residual_layernorm_forward_T(T* res, T* out, float* mean, float* rstd,
-                // const T* x, const T* y, const T* w, const T* b, int N, int C, float eps, int
-                // vec): res, out, x (inp) and y hold N·C, mean and rstd N (f32 stats), w and b C
-                // elements (all checked).
-                unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error(name, e))?;
+                let args = ResidualLayernormForward {
+                    res: res_p,
+                    out: out_p,
+                    mean: mean_p,
+                    rstd: rstd_p,
+                    x: inp_p,
+                    y: y_p,
+                    w: w_p,
+                    b: b_p,
+                    n: n_i,
+                    c: c_i,
+                    eps,
+                    vec,
+                };
+                // SAFETY: res, out, x (inp) and y hold N·C, mean and rstd N (f32 stats), w and b
+                // C elements (all checked).
+                unsafe { self.launch("residual_layernorm_forward", cfg, &args) }?;
             }
         }
         Ok(())
@@ -568,18 +587,15 @@ impl CudaBackend {
         let per_block = REDUCE_BLOCK as usize * if vec == 1 { self.vector_elems() } else { 1 };
         let blocks = n.div_ceil(per_block).clamp(1, NORM_MAX_BLOCKS);
         let (partials_p, n_i) = (self.scratch.norm.ptr, to_i64(n, "gradient count")?);
-        let f = self.functions.get("sum_squares");
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&partials_p).arg(&grads_p).arg(&n_i).arg(&vec);
         let cfg = LaunchConfig {
             grid_dim: (to_u32(blocks, "norm blocks")?, 1, 1),
             block_dim: (REDUCE_BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: sum_squares_T(double* partials, const T* x, long long n, int vec): x is `range`
-        // of the gradient arena (n elements, bounds checked), partials holds NORM_MAX_BLOCKS ≥
-        // blocks doubles.
-        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("sum_squares", e))?;
+        let args = SumSquares { partials: partials_p, x: grads_p, n: n_i, vec };
+        // SAFETY: x is `range` of the gradient arena (n elements, bounds checked), partials (f64)
+        // holds NORM_MAX_BLOCKS ≥ blocks sums.
+        unsafe { self.launch("sum_squares", cfg, &args) }?;
         Ok(blocks)
     }
 
@@ -656,16 +672,12 @@ impl CudaBackend {
         if [a_p, b_p].iter().any(|p| p % BYTES_PER_VECTOR as u64 != 0) {
             return Err(BackendError::Device("the wgmma probe's inputs must be 16-byte aligned".into()));
         }
-        let mode_i = mode as i32;
-        let f = self.functions.get("wgmma_probe");
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&d_p).arg(&a_p).arg(&b_p).arg(&mode_i);
         let cfg = flash_launch(1, FLASH90_BLOCK, WGMMA_PROBE_SHARED_BYTES)?;
-        // SAFETY: wgmma_probe_bf16(float* d, const bf16* a, const bf16* b, int mode): a, b and d
-        // hold the mode's m·k, k·n and m·n elements (checked), a and b 16-byte aligned (checked);
-        // sm_90a code loaded only on a compute capability 9.0 device; its shared memory is under
-        // the 48 KB a block gets without raising the limit.
-        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("wgmma_probe", e))?;
+        let args = WgmmaProbe { d: d_p, a: a_p, b: b_p, mode: mode as i32 };
+        // SAFETY: a, b and d hold the mode's m·k, k·n and m·n elements (checked), a and b 16-byte
+        // aligned (checked); sm_90a code loaded only on a compute capability 9.0 device; its
+        // shared memory is under the 48 KB a block gets without raising the limit.
+        unsafe { self.launch("wgmma_probe", cfg, &args) }?;
         Ok(())
     }
 
@@ -770,18 +782,15 @@ impl CudaBackend {
             let (rows, count) = self.chunks(n, oc, 1)?;
             let (n_i, oc_i, rows_i) = (to_i32(n, "N")?, to_i32(oc, "OC")?, to_i32(rows, "rows per chunk")?);
             let partials = self.scratch.partials.ptr;
-            let f = self.functions.get("bias_grad_partials");
-            let mut l = self.stream.launch_builder(f);
-            l.arg(&partials).arg(&dout_p).arg(&n_i).arg(&oc_i).arg(&rows_i);
             let cfg = LaunchConfig {
                 grid_dim: (blocks_for(oc, MATMUL_BLOCK, "bias columns")?, to_u32(count, "row chunks")?, 1),
                 block_dim: (MATMUL_BLOCK, 1, 1),
                 shared_mem_bytes: 0,
             };
-            // SAFETY: bias_grad_partials_T(float* partials, const T* dout, int N, int OC, int
-            // rows_per_chunk): writes count·OC floats inside the scratch (checked by `chunks`),
-            // reads dout (N·OC, checked).
-            unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("bias_grad_partials", e))?;
+            let args = BiasGradPartials { partials, dout: dout_p, n: n_i, oc: oc_i, rows_per_chunk: rows_i };
+            // SAFETY: writes count·OC floats inside the scratch (checked by `chunks`), reads dout
+            // (N·OC, checked).
+            unsafe { self.launch("bias_grad_partials", cfg, &args) }?;
             self.add_partials(dbias_p, count, oc, oc, 0)?;
         }
         Ok(())
@@ -886,24 +895,45 @@ impl CudaBackend {
         BackendError::Device(format!("launching {name}: {e:?}"))
     }
 
+    /// Launches the entry point `kernel` with `args` on the stream, after checking that `args`
+    /// is the parameter list `kernel` takes.
+    ///
+    /// # Safety
+    /// `cfg` and the spans and sizes in `args` must be what `kernel` expects: each caller says
+    /// why they are.
+    unsafe fn launch<A: KernelArgs>(&self, kernel: &'static str, cfg: LaunchConfig, args: &A) -> Result<()> {
+        if !A::KERNELS.contains(&kernel) {
+            let list = std::any::type_name::<A>().rsplit("::").next().unwrap_or_default();
+            return Err(BackendError::Device(format!("kernel {kernel} does not take the parameters {list}")));
+        }
+        let mut l = self.stream.launch_builder(self.functions.get(kernel)?);
+        args.push(&mut l);
+        // SAFETY: the arguments are `kernel`'s parameter list (checked above and, against the
+        // sources and the PTX, by tests/cuda_build.rs); the caller vouches for their values.
+        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error(kernel, e))?;
+        Ok(())
+    }
+
     /// Adds Σ_p partials[p·stride + offset + c] to dst (width), p < count.
     fn add_partials(&self, dst: u64, count: usize, width: usize, stride: usize, offset: usize) -> Result<()> {
         let (count_i, width_i) = (to_i32(count, "partial count")?, to_i32(width, "columns")?);
         let (stride_i, offset_i) = (to_i64(stride, "partial stride")?, to_i64(offset, "partial offset")?);
-        let partials = self.scratch.partials.ptr;
-        let f = self.functions.get("add_column_partials");
-        let mut b = self.stream.launch_builder(f);
-        b.arg(&dst).arg(&partials).arg(&count_i).arg(&width_i).arg(&stride_i).arg(&offset_i);
         let cfg = LaunchConfig {
             grid_dim: (blocks_for(width, REDUCE_BLOCK, "columns")?, 1, 1),
             block_dim: (REDUCE_BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: add_column_partials_T(T* dst, const float* partials, int count, int width,
-        // long long stride, long long offset): dst holds `width` elements (checked by the
-        // caller); the partials scratch holds count·stride floats (checked by `chunks`).
-        unsafe { b.launch(cfg) }.map_err(|e| Self::launch_error("add_column_partials", e))?;
-        Ok(())
+        let args = AddColumnPartials {
+            dst,
+            partials: self.scratch.partials.ptr,
+            count: count_i,
+            width: width_i,
+            stride: stride_i,
+            offset: offset_i,
+        };
+        // SAFETY: dst holds `width` elements (checked by the caller); the partials scratch holds
+        // count·stride floats (checked by `chunks`).
+        unsafe { self.launch("add_column_partials", cfg, &args) }
     }
 
     /// The tensor-core attention kernels that attention at head size `hs` over these tensors
@@ -1028,19 +1058,16 @@ impl Backend for CudaBackend {
         let vec = self.vec_flag(&[out_p, wte_p, wpe_p], &[c]);
         let threads = if vec == 1 { total / self.vector_elems() } else { total };
         let (seq, c_i, total_i) = (to_i32(t, "T")?, to_i32(c, "C")?, to_i64(total, "B·T·C")?);
-        let f = self.functions.get("encoder_forward");
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&out_p).arg(&tok_p).arg(&wte_p).arg(&wpe_p).arg(&seq).arg(&c_i).arg(&total_i).arg(&vec);
         let cfg = LaunchConfig {
             grid_dim: (blocks_for(threads, ENCODER_BLOCK, "encoder grid")?, 1, 1),
             block_dim: (ENCODER_BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: encoder_forward_T(T* out, const int* tokens, const T* wte, const T* wpe, int
-        // seq, int C, long long total, int vec): out holds B·T·C, tokens B·T, wpe T·C elements
-        // (checked); token ids index wte rows (the model checks ids against Vp).
-        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("encoder_forward", e))?;
-        Ok(())
+        let args =
+            EncoderForward { out: out_p, tokens: tok_p, wte: wte_p, wpe: wpe_p, seq, c: c_i, total: total_i, vec };
+        // SAFETY: out holds B·T·C, tokens B·T, wpe T·C elements (checked); token ids index wte
+        // rows (the model checks ids against Vp).
+        unsafe { self.launch("encoder_forward", cfg, &args) }
     }
 
     fn encoder_backward(
@@ -1062,17 +1089,14 @@ impl Backend for CudaBackend {
         let (b_i, seq, c_i) = (to_i32(b, "B")?, to_i32(t, "T")?, to_i32(c, "C")?);
 
         // dwpe += Σ_b dout.
-        let f = self.functions.get("encoder_backward_wpe");
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&dwpe_p).arg(&dout_p).arg(&b_i).arg(&seq).arg(&c_i);
         let cfg = LaunchConfig {
             grid_dim: (blocks_for(t * c, ENCODER_BLOCK, "encoder grid")?, 1, 1),
             block_dim: (ENCODER_BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: encoder_backward_wpe_T(T* dwpe, const T* dout, int B, int seq, int C): dwpe
-        // holds T·C and dout B·T·C elements (checked).
-        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("encoder_backward_wpe", e))?;
+        let args = EncoderBackwardWpe { dwpe: dwpe_p, dout: dout_p, b: b_i, seq, c: c_i };
+        // SAFETY: dwpe holds T·C and dout B·T·C elements (checked).
+        unsafe { self.launch("encoder_backward_wpe", cfg, &args) }?;
 
         // dwte: positions bucketed by token in the scratch, made from the host's copy of the ids
         // now, unless `replay` made them before a recording (so that this launch reads nothing
@@ -1087,23 +1111,24 @@ impl Backend for CudaBackend {
             return Err(BackendError::Device(format!("token id {largest} is outside the embedding of {rows} rows")));
         }
         let (buckets_p, cap) = (self.scratch.buckets.ptr, self.scratch.sizes.tokens);
-        let cap_i = to_i32(cap, "token capacity")?;
-        let f = self.functions.get("encoder_backward_wte");
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&dwte_p).arg(&dout_p).arg(&buckets_p).arg(&cap_i).arg(&c_i);
+        let args = EncoderBackwardWte {
+            dwte: dwte_p,
+            dout: dout_p,
+            buckets: buckets_p,
+            cap: to_i32(cap, "token capacity")?,
+            c: c_i,
+        };
         // One block row per possible bucket: at most one per position and one per embedding row.
         let cfg = LaunchConfig {
             grid_dim: (to_u32(n.min(rows).max(1), "token buckets")?, blocks_for(c, ENCODER_BLOCK, "channels")?, 1),
             block_dim: (ENCODER_BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: encoder_backward_wte_T(T* dwte, const T* dout, const int* buckets, int cap, int
-        // C): the scratch holds the buckets of these n ≤ cap ids at cap's offsets (3·cap + 2 ints,
-        // copied earlier on this stream), every id is below dwte's row count (checked), every
-        // position below B·T; dout holds B·T·C elements (checked). Blocks past the bucket count
-        // return at once.
-        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("encoder_backward_wte", e))?;
-        Ok(())
+        // SAFETY: the scratch holds the buckets of these n ≤ cap ids at cap's offsets (3·cap + 2
+        // ints, copied earlier on this stream), every id is below dwte's row count (checked),
+        // every position below B·T; dout holds B·T·C elements (checked). Blocks past the bucket
+        // count return at once.
+        unsafe { self.launch("encoder_backward_wte", cfg, &args) }
     }
 
     fn layernorm_forward(
@@ -1159,33 +1184,45 @@ impl Backend for CudaBackend {
         let vec = self.vec_flag(&[dinp_p, dout_p, inp_p, w_p], &[c]);
         let (n_i, c_i) = (to_i32(n, "N")?, to_i32(c, "C")?);
 
-        let f = self.functions.get("layernorm_backward_dinp");
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&dinp_p).arg(&dout_p).arg(&inp_p).arg(&w_p).arg(&mean_p).arg(&rstd_p).arg(&n_i).arg(&c_i).arg(&vec);
         let cfg = LaunchConfig {
             grid_dim: (blocks_for(n, ROWS_PER_BLOCK as u32, "layernorm rows")?, 1, 1),
             block_dim: (LAYERNORM_BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: layernorm_backward_dinp_T(T* dinp, const T* dout, const T* inp, const T* w,
-        // const float* mean, const float* rstd, int N, int C, int vec): sizes as checked above.
-        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("layernorm_backward_dinp", e))?;
+        let args = LayernormBackwardDinp {
+            dinp: dinp_p,
+            dout: dout_p,
+            inp: inp_p,
+            w: w_p,
+            mean: mean_p,
+            rstd: rstd_p,
+            n: n_i,
+            c: c_i,
+            vec,
+        };
+        // SAFETY: sizes as checked above.
+        unsafe { self.launch("layernorm_backward_dinp", cfg, &args) }?;
 
         let (rows, count) = self.chunks(n, c, 2)?;
         let rows_i = to_i32(rows, "rows per chunk")?;
-        let partials = self.scratch.partials.ptr;
-        let f = self.functions.get("layernorm_backward_partials");
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&partials).arg(&dout_p).arg(&inp_p).arg(&mean_p).arg(&rstd_p).arg(&n_i).arg(&c_i).arg(&rows_i);
         let cfg = LaunchConfig {
             grid_dim: (blocks_for(c, LAYERNORM_BLOCK, "channels")?, to_u32(count, "row chunks")?, 1),
             block_dim: (LAYERNORM_BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: layernorm_backward_partials_T(float* partials, const T* dout, const T* inp,
-        // const float* mean, const float* rstd, int N, int C, int rows_per_chunk): writes
-        // count·2C floats, within the scratch (checked by `chunks`); reads as above.
-        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("layernorm_backward_partials", e))?;
+        let args = LayernormBackwardPartials {
+            partials: self.scratch.partials.ptr,
+            dout: dout_p,
+            inp: inp_p,
+            mean: mean_p,
+            rstd: rstd_p,
+            n: n_i,
+            c: c_i,
+            rows_per_chunk: rows_i,
+        };
+        // SAFETY: writes count·2C floats, within the scratch (checked by `chunks`); reads as
+        // above.
+        unsafe { self.launch("layernorm_backward_partials", cfg, &args) }?;
         self.add_partials(dw_p, count, c, 2 * c, 0)?;
         self.add_partials(db_p, count, c, 2 * c, c)
     }
@@ -1221,17 +1258,14 @@ impl Backend for CudaBackend {
             let vec = self.vec_flag(&[out_p, bias_p], &[oc]);
             let threads = if vec == 1 { total / self.vector_elems() } else { total };
             let (oc_i, total_i) = (to_i32(oc, "OC")?, to_i64(total, "N·OC")?);
-            let f = self.functions.get("bias_add");
-            let mut l = self.stream.launch_builder(f);
-            l.arg(&out_p).arg(&bias_p).arg(&oc_i).arg(&total_i).arg(&vec);
             let cfg = LaunchConfig {
                 grid_dim: (blocks_for(threads, MATMUL_BLOCK, "bias grid")?, 1, 1),
                 block_dim: (MATMUL_BLOCK, 1, 1),
                 shared_mem_bytes: 0,
             };
-            // SAFETY: bias_add_T(T* out, const T* bias, int OC, long long total, int vec): out
-            // holds N·OC and bias OC elements (checked).
-            unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("bias_add", e))?;
+            let args = BiasAdd { out: out_p, bias: bias_p, oc: oc_i, total: total_i, vec };
+            // SAFETY: out holds N·OC and bias OC elements (checked).
+            unsafe { self.launch("bias_add", cfg, &args) }?;
         }
         Ok(())
     }
@@ -1344,34 +1378,45 @@ impl Backend for CudaBackend {
         }
         if let Some(kernels) = self.flash_kernels_for(hs, &[out_p, qkv_p]) {
             let pass = kernels.forward;
-            let f = self.functions.get(pass.name);
-            let mut l = self.stream.launch_builder(f);
-            l.arg(&out_p).arg(&lse_p).arg(&qkv_p).arg(&b_i).arg(&t_i).arg(&nh_i).arg(&causal_i).arg(&scale);
             let cfg = flash_launch(t.div_ceil(pass.rows) * b * nh, kernels.threads, pass.smem)?;
-            // SAFETY: flash_forward[_sm90a]_hsN_bf16(bf16* out, float* lse, const bf16* qkv, int
-            // B, int seq, int NH, int causal, float scale), HS = N: out holds B·T·C, lse B·NH·T,
-            // qkv B·T·3C (checked); out and qkv are 16-byte aligned and C = NH·HS is a multiple
-            // of 8, so every row the kernel moves 16 bytes at a time is aligned; rows past T are
-            // neither read nor written; the grid is ⌈T/rows⌉·B·NH blocks with the shared memory
-            // the function was allowed at load (for the wgmma kernels, sm_90a code loaded only
-            // on a compute capability 9.0 device, that includes the slack they align their tiles
-            // to 1024 bytes with).
-            unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error(pass.name, e))?;
-            return Ok(());
+            let args = FlashForward {
+                out: out_p,
+                lse: lse_p,
+                qkv: qkv_p,
+                b: b_i,
+                seq: t_i,
+                nh: nh_i,
+                causal: causal_i,
+                scale,
+            };
+            // SAFETY: the kernel's HS is hs; out holds B·T·C, lse B·NH·T, qkv B·T·3C (checked);
+            // out and qkv are 16-byte aligned and C = NH·HS is a multiple of 8, so every row the
+            // kernel moves 16 bytes at a time is aligned; rows past T are neither read nor
+            // written; the grid is ⌈T/rows⌉·B·NH blocks with the shared memory the function was
+            // allowed at load (for the wgmma kernels, sm_90a code loaded only on a compute
+            // capability 9.0 device, that includes the slack they align their tiles to 1024
+            // bytes with).
+            return unsafe { self.launch(pass.name, cfg, &args) };
         }
-        let f = self.functions.get("attention_forward");
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&out_p).arg(&lse_p).arg(&qkv_p).arg(&b_i).arg(&t_i).arg(&nh_i).arg(&hs_i).arg(&causal_i).arg(&scale);
         let cfg = LaunchConfig {
             grid_dim: (blocks_for(rows, ROWS_PER_BLOCK as u32, "attention rows")?, 1, 1),
             block_dim: (ATTENTION_BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: attention_forward_T(T* out, float* lse, const T* qkv, int B, int seq, int NH,
-        // int HS, int causal, float scale): out holds B·T·C, lse B·NH·T, qkv B·T·3C (checked);
-        // HS ≤ ATTENTION_MAX_HS (checked).
-        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("attention_forward", e))?;
-        Ok(())
+        let args = AttentionForward {
+            out: out_p,
+            lse: lse_p,
+            qkv: qkv_p,
+            b: b_i,
+            seq: t_i,
+            nh: nh_i,
+            hs: hs_i,
+            causal: causal_i,
+            scale,
+        };
+        // SAFETY: out holds B·T·C, lse B·NH·T, qkv B·T·3C (checked); HS ≤ ATTENTION_MAX_HS
+        // (checked).
+        unsafe { self.launch("attention_forward", cfg, &args) }
     }
 
     fn attention_backward(
@@ -1408,13 +1453,11 @@ impl Backend for CudaBackend {
             block_dim: (ATTENTION_BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
-        let f = self.functions.get("attention_backward_delta");
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&delta_p).arg(&dout_p).arg(&out_p).arg(&b_i).arg(&t_i).arg(&nh_i).arg(&hs_i);
-        // SAFETY: attention_backward_delta_T(float* delta, const T* dout, const T* out, int B,
-        // int seq, int NH, int HS): delta scratch holds B·NH·T floats (checked by `at`), dout
-        // and out B·T·C elements (checked).
-        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("attention_backward_delta", e))?;
+        let args =
+            AttentionBackwardDelta { delta: delta_p, dout: dout_p, out: out_p, b: b_i, seq: t_i, nh: nh_i, hs: hs_i };
+        // SAFETY: the delta scratch holds B·NH·T floats (checked by `at`), dout and out B·T·C
+        // elements (checked).
+        unsafe { self.launch("attention_backward_delta", cfg, &args) }?;
         let n_dq = b * t * c;
         if let (Some(kernels), Some(acc)) = (&flash, self.dq_acc.as_ref().filter(|a| a.elems >= n_dq)) {
             let acc_p = acc.ptr;
@@ -1424,60 +1467,76 @@ impl Backend for CudaBackend {
             stream
                 .memset_zeros(&mut buf.mem.slice_mut(range))
                 .map_err(|e| driver_error("zeroing the attention dQ accumulator", e))?;
-            let (name, smem) = (kernels.dkvq.name, kernels.dkvq.smem);
-            let f = self.functions.get(name);
-            let mut l = self.stream.launch_builder(f);
-            l.arg(&dqkv_p).arg(&acc_p).arg(&dout_p).arg(&qkv_p).arg(&lse_p).arg(&delta_p);
-            l.arg(&b_i).arg(&t_i).arg(&nh_i).arg(&causal_i).arg(&scale);
-            let cfg = flash_launch(t.div_ceil(kernels.dkvq.rows) * b * nh, kernels.threads, smem)?;
-            // SAFETY: flash_backward_dkvq[_sm90a]_hsN_bf16(bf16* dqkv, float* dq_acc, const bf16*
-            // dout, const bf16* qkv, const float* lse, const float* delta, int B, int seq, int NH,
-            // int causal, float scale): as the dK/dV launch below, and dq_acc holds B·T·C floats
-            // (checked), zeroed just before on this stream.
-            unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error(name, e))?;
-            let (c_i, total) = (to_i32(c, "C")?, to_i64(n_dq, "B·T·C")?);
-            let f = self.functions.get("flash_dq_store");
-            let mut l = self.stream.launch_builder(f);
-            l.arg(&dqkv_p).arg(&acc_p).arg(&c_i).arg(&total);
+            let pass = kernels.dkvq;
+            let cfg = flash_launch(t.div_ceil(pass.rows) * b * nh, kernels.threads, pass.smem)?;
+            let args = FlashBackwardDkvq {
+                dqkv: dqkv_p,
+                dq_acc: acc_p,
+                dout: dout_p,
+                qkv: qkv_p,
+                lse: lse_p,
+                delta: delta_p,
+                b: b_i,
+                seq: t_i,
+                nh: nh_i,
+                causal: causal_i,
+                scale,
+            };
+            // SAFETY: as the dK/dV launch below, and dq_acc holds B·T·C floats (checked), zeroed
+            // just before on this stream.
+            unsafe { self.launch(pass.name, cfg, &args) }?;
             let cfg = LaunchConfig {
                 grid_dim: (blocks_for(n_dq / 8, FLASH_BLOCK, "dQ store grid")?, 1, 1),
                 block_dim: (FLASH_BLOCK, 1, 1),
                 shared_mem_bytes: 0,
             };
-            // SAFETY: flash_dq_store_bf16(bf16* dqkv, const float* dq_acc, int C, long long total):
-            // total = B·T·C with C a multiple of 8 (a flash head size times NH); dq_acc holds
-            // total floats and dqkv B·T·3C elements, both 16-byte aligned (checked).
-            unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("flash_dq_store", e))?;
-            return Ok(());
+            let args =
+                FlashDqStore { dqkv: dqkv_p, dq_acc: acc_p, c: to_i32(c, "C")?, total: to_i64(n_dq, "B·T·C")? };
+            // SAFETY: total = B·T·C with C a multiple of 8 (a flash head size times NH); dq_acc
+            // holds total floats and dqkv B·T·3C elements, both 16-byte aligned (checked).
+            return unsafe { self.launch("flash_dq_store", cfg, &args) };
         }
         if let Some(kernels) = flash {
+            let args = FlashBackward {
+                dqkv: dqkv_p,
+                dout: dout_p,
+                qkv: qkv_p,
+                lse: lse_p,
+                delta: delta_p,
+                b: b_i,
+                seq: t_i,
+                nh: nh_i,
+                causal: causal_i,
+                scale,
+            };
             for pass in [kernels.dkv, kernels.dq] {
-                let f = self.functions.get(pass.name);
-                let mut l = self.stream.launch_builder(f);
-                l.arg(&dqkv_p).arg(&dout_p).arg(&qkv_p).arg(&lse_p).arg(&delta_p);
-                l.arg(&b_i).arg(&t_i).arg(&nh_i).arg(&causal_i).arg(&scale);
                 let cfg = flash_launch(t.div_ceil(pass.rows) * b * nh, kernels.threads, pass.smem)?;
-                // SAFETY: flash_backward_{dkv,dq}[_sm90a]_hsN_bf16(bf16* dqkv, const bf16* dout,
-                // const bf16* qkv, const float* lse, const float* delta, int B, int seq, int NH,
-                // int causal, float scale), HS = N: dqkv and qkv hold B·T·3C, dout B·T·C, lse
-                // and delta B·NH·T (checked; delta was just written on this stream); the bf16
-                // spans are 16-byte aligned with C a multiple of 8; rows past T are neither read
-                // nor written; dK/dV and dQ write disjoint thirds of dqkv; the shared memory is
-                // what the function was allowed at load (sm_90a code only on a compute
-                // capability 9.0 device).
-                unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error(pass.name, e))?;
+                // SAFETY: the kernel's HS is hs; dqkv and qkv hold B·T·3C, dout B·T·C, lse and
+                // delta B·NH·T (checked; delta was just written on this stream); the bf16 spans
+                // are 16-byte aligned with C a multiple of 8; rows past T are neither read nor
+                // written; dK/dV and dQ write disjoint thirds of dqkv; the shared memory is what
+                // the function was allowed at load (sm_90a code only on a compute capability 9.0
+                // device).
+                unsafe { self.launch(pass.name, cfg, &args) }?;
             }
             return Ok(());
         }
+        let args = AttentionBackward {
+            dqkv: dqkv_p,
+            dout: dout_p,
+            qkv: qkv_p,
+            lse: lse_p,
+            delta: delta_p,
+            b: b_i,
+            seq: t_i,
+            nh: nh_i,
+            hs: hs_i,
+            causal: causal_i,
+            scale,
+        };
         for name in ["attention_backward_dq", "attention_backward_dkv"] {
-            let f = self.functions.get(name);
-            let mut l = self.stream.launch_builder(f);
-            l.arg(&dqkv_p).arg(&dout_p).arg(&qkv_p).arg(&lse_p).arg(&delta_p);
-            l.arg(&b_i).arg(&t_i).arg(&nh_i).arg(&hs_i).arg(&causal_i).arg(&scale);
-            // SAFETY: attention_backward_{dq,dkv}_T(T* dqkv, const T* dout, const T* qkv, const
-            // float* lse, const float* delta, int B, int seq, int NH, int HS, int causal, float
-            // scale): dqkv and qkv hold B·T·3C, dout B·T·C, lse and delta B·NH·T (checked).
-            unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error(name, e))?;
+            // SAFETY: dqkv and qkv hold B·T·3C, dout B·T·C, lse and delta B·NH·T (checked).
+            unsafe { self.launch(name, cfg, &args) }?;
         }
         Ok(())
     }
@@ -1503,18 +1562,24 @@ impl Backend for CudaBackend {
         let kv_p = self.ptr_n(kv, b * t_max * 2 * c, "key/value cache")?;
         let (b_i, tmax_i, pos_i) = (to_i32(b, "B")?, to_i32(t_max, "Tmax")?, to_i32(pos, "pos")?);
         let (nh_i, hs_i, scale) = (to_i32(nh, "NH")?, to_i32(hs, "HS")?, attention_scale(hs));
-        let f = self.functions.get("attention_cached");
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&out_p).arg(&qkv_p).arg(&kv_p).arg(&b_i).arg(&tmax_i).arg(&pos_i).arg(&nh_i).arg(&hs_i).arg(&scale);
         let cfg = LaunchConfig {
             grid_dim: (blocks_for(b * nh, ROWS_PER_BLOCK as u32, "attention heads")?, 1, 1),
             block_dim: (ATTENTION_BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: attention_cached_T(T* out, const T* qkv, T* kv, int B, int t_max, int pos, int
-        // NH, int HS, float scale): out holds B·C, qkv B·3C, kv B·Tmax·2C (checked), pos < Tmax.
-        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("attention_cached", e))?;
-        Ok(())
+        let args = AttentionCached {
+            out: out_p,
+            qkv: qkv_p,
+            kv: kv_p,
+            b: b_i,
+            t_max: tmax_i,
+            pos: pos_i,
+            nh: nh_i,
+            hs: hs_i,
+            scale,
+        };
+        // SAFETY: out holds B·C, qkv B·3C, kv B·Tmax·2C (checked), pos < Tmax.
+        unsafe { self.launch("attention_cached", cfg, &args) }
     }
 
     fn gelu_forward(&mut self, out: Tensor, inp: Tensor) -> Result<()> {
@@ -1553,19 +1618,24 @@ impl Backend for CudaBackend {
         let vec = self.vec_flag(&[logits_p], &[vp]);
         let (v_i, vp_i) = (to_i32(v, "V")?, to_i32(vp, "Vp")?);
         let (dloss_f, has_dloss) = (dloss.unwrap_or(0.0), dloss.is_some() as i32);
-        let f = self.functions.get("cross_entropy");
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&losses_p).arg(&logits_p).arg(&targets_p).arg(&v_i).arg(&vp_i).arg(&dloss_f).arg(&has_dloss).arg(&vec);
         let cfg = LaunchConfig {
             grid_dim: (to_u32(n, "loss rows")?, 1, 1),
             block_dim: (LOSS_BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: cross_entropy_T(float* losses, T* logits, const int* targets, int V, int Vp,
-        // float dloss, int has_dloss, int vec): losses and targets hold N, logits N·Vp elements
-        // (checked); V ≤ Vp; targets ≥ V are turned into NaN losses, never read past the row.
-        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("cross_entropy", e))?;
-        Ok(())
+        let args = CrossEntropy {
+            losses: losses_p,
+            logits: logits_p,
+            targets: targets_p,
+            v: v_i,
+            vp: vp_i,
+            dloss: dloss_f,
+            has_dloss,
+            vec,
+        };
+        // SAFETY: losses and targets hold N, logits N·Vp elements (checked); V ≤ Vp; targets ≥ V
+        // are turned into NaN losses, never read past the row.
+        unsafe { self.launch("cross_entropy", cfg, &args) }
     }
 
     fn grad_norm_squared(&mut self, range: Range<usize>) -> Result<f64> {
@@ -1581,17 +1651,27 @@ impl Backend for CudaBackend {
     fn adamw(&mut self, step: &AdamWStep, decay_end: usize, range: Range<usize>) -> Result<()> {
         let a = self.adamw_launch(decay_end, range)?;
         let (bc1, bc2) = bias_corrections(step);
-        let f = self.functions.get("adamw");
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&a.params).arg(&a.master).arg(&a.grads).arg(&a.m).arg(&a.v).arg(&a.start).arg(&a.end).arg(&a.decay_end);
-        l.arg(&step.lr).arg(&step.beta1).arg(&step.beta2).arg(&step.eps).arg(&step.weight_decay);
-        l.arg(&bc1).arg(&bc2).arg(&step.grad_scale).arg(&step.seed);
-        // SAFETY: adamw_T(T* params, float* master, const T* grads, float* m, float* v, long long
-        // start, long long end, long long decay_end, float lr, float beta1, float beta2, float
-        // eps, float wd, float bc1, float bc2, float grad_scale, unsigned long long seed): as
-        // `adamw_launch` checked.
-        unsafe { l.launch(a.cfg) }.map_err(|e| Self::launch_error("adamw", e))?;
-        Ok(())
+        let args = Adamw {
+            params: a.params,
+            master: a.master,
+            grads: a.grads,
+            m: a.m,
+            v: a.v,
+            start: a.start,
+            end: a.end,
+            decay_end: a.decay_end,
+            lr: step.lr,
+            beta1: step.beta1,
+            beta2: step.beta2,
+            eps: step.eps,
+            wd: step.weight_decay,
+            bc1,
+            bc2,
+            grad_scale: step.grad_scale,
+            seed: step.seed,
+        };
+        // SAFETY: as `adamw_launch` checked.
+        unsafe { self.launch("adamw", a.cfg, &args) }
     }
 
     fn set_step(&mut self, step: &AdamWStep, clip: f32) -> Result<()> {
@@ -1617,25 +1697,38 @@ impl Backend for CudaBackend {
         let (step_p, partials_p) = (self.step.ptr, self.scratch.norm.ptr);
         let (blocks_i, n_i, count_i) =
             (to_i32(blocks, "norm blocks")?, to_i64(losses.len, "losses")?, to_i32(count, "counted targets")?);
-        let f = self.functions.get("step_scalars");
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&step_p).arg(&partials_p).arg(&blocks_i).arg(&losses_p).arg(&n_i).arg(&count_i);
         let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (STEP_SCALARS_BLOCK, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: step_scalars_T(StepScalars* s, const double* partials, int blocks, const float*
-        // losses, long long n, int count): the step buffer holds one StepScalars (the host part
-        // copied by set_step earlier on this stream), partials the `blocks` sums sum_squares just
-        // wrote, losses n f32 statistics (checked).
-        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error("step_scalars", e))?;
-        let f = self.functions.get("adamw_step");
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&a.params).arg(&a.master).arg(&a.grads).arg(&a.m).arg(&a.v).arg(&a.start).arg(&a.end).arg(&a.decay_end);
-        l.arg(&beta1).arg(&beta2).arg(&eps).arg(&wd).arg(&step_p);
-        // SAFETY: adamw_step_T(T* params, float* master, const T* grads, float* m, float* v, long
-        // long start, long long end, long long decay_end, float beta1, float beta2, float eps,
-        // float wd, const StepScalars* s): as `adamw_launch` checked; s was completed by
-        // step_scalars just before on this stream.
-        unsafe { l.launch(a.cfg) }.map_err(|e| Self::launch_error("adamw_step", e))?;
-        Ok(())
+        // (The kernel's parameters; `StepScalars` here is the struct its first one points to.)
+        let scalars = args::StepScalars {
+            s: step_p,
+            partials: partials_p,
+            blocks: blocks_i,
+            losses: losses_p,
+            n: n_i,
+            count: count_i,
+        };
+        // SAFETY: the step buffer holds one StepScalars (the host part copied by set_step earlier
+        // on this stream), partials the `blocks` sums sum_squares just wrote, losses n f32
+        // statistics (checked).
+        unsafe { self.launch("step_scalars", cfg, &scalars) }?;
+        let args = AdamwStep {
+            params: a.params,
+            master: a.master,
+            grads: a.grads,
+            m: a.m,
+            v: a.v,
+            start: a.start,
+            end: a.end,
+            decay_end: a.decay_end,
+            beta1,
+            beta2,
+            eps,
+            wd,
+            s: step_p,
+        };
+        // SAFETY: as `adamw_launch` checked; s was completed by step_scalars just before on this
+        // stream.
+        unsafe { self.launch("adamw_step", a.cfg, &args) }
     }
 
     fn step_outcome(&mut self) -> Result<StepOutcome> {
@@ -1726,7 +1819,8 @@ impl Backend for CudaBackend {
 }
 
 impl CudaBackend {
-    /// An elementwise kernel `name(out, inputs…, n, vec)` over `out.len` elements.
+    /// An elementwise kernel `name(out, inputs…, n, vec)` over `out.len` elements: gelu_forward
+    /// (one input), gelu_backward (`out` is its d, one input) or residual_forward (two).
     fn elementwise(&mut self, name: &'static str, out: Tensor, inputs: &[Tensor]) -> Result<()> {
         let n = out.len;
         let out_p = self.ptr(out)?;
@@ -1739,24 +1833,24 @@ impl CudaBackend {
         }
         let vec = self.vec_flag(&ptrs, &[n]);
         let threads = if vec == 1 { n / self.vector_elems() } else { n };
-        let n_i = to_i64(n, "elements")?;
-        let f = self.functions.get(name);
-        let mut l = self.stream.launch_builder(f);
-        for p in &ptrs {
-            l.arg(p);
-        }
-        l.arg(&n_i).arg(&vec);
+        let n = to_i64(n, "elements")?;
         let cfg = LaunchConfig {
             grid_dim: (blocks_for(threads, ELEMENTWISE_BLOCK, "elementwise grid")?, 1, 1),
             block_dim: (ELEMENTWISE_BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: gelu_forward_T(T* out, const T* inp, …), gelu_backward_T(T* d, const T* inp,
-        // …) and residual_forward_T(T* out, const T* a, const T* b, …), each followed by (long
-        // long n, int vec): every span holds n elements (checked); the vector path only when
-        // all are 16-byte aligned and n a multiple of the vector width.
-        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error(name, e))?;
-        Ok(())
+        // SAFETY: every span holds n elements (checked); the vector path only when all are
+        // 16-byte aligned and n a multiple of the vector width.
+        unsafe {
+            match (name, ptrs.as_slice()) {
+                ("gelu_forward", &[out, inp]) => self.launch(name, cfg, &GeluForward { out, inp, n, vec }),
+                ("gelu_backward", &[d, inp]) => self.launch(name, cfg, &GeluBackward { d, inp, n, vec }),
+                ("residual_forward", &[out, a, b]) => self.launch(name, cfg, &ResidualForward { out, a, b, n, vec }),
+                _ => {
+                    Err(BackendError::Device(format!("{name} is not an elementwise kernel of {} inputs", inputs.len())))
+                }
+            }
+        }
     }
 }
 
