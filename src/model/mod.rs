@@ -203,8 +203,10 @@ impl<K: Backend> Gpt<K> {
         let grads = layout::Tensor { arena: Arena::Grads, offset: 0, len: self.params.total };
         let (k, cfg, p, a) = (&mut self.backend, &self.cfg, &self.params, &self.acts);
         k.set_step(step, clip)?;
-        // Apart from `forward_backward`'s keys (which use the low 33 bits).
-        let key = 1 << 40 | (u64::from(dloss.to_bits()) << 1) | u64::from(causal);
+        // Apart from `forward_backward`'s keys (which use the low 33 bits). The count is passed
+        // to the optimizer as it is (no targets: nothing applied), so 0 and 1, which share a
+        // loss scale, are told apart.
+        let key = 1 << 40 | u64::from(count == 0) << 39 | (u64::from(dloss.to_bits()) << 1) | u64::from(causal);
         replayable(k, key, |k| {
             k.zero(grads)?;
             forward_backward_ops(k, cfg, p, a, causal, dloss)?;
