@@ -248,6 +248,13 @@ fn blas_error(what: &str, e: lt::CublasError) -> BackendError {
     BackendError::Device(format!("cuBLASLt {what}: {:?}", e.0))
 }
 
+/// Whether cuBLASLt refused a combination of attributes (what it answers for an epilogue, type or
+/// alignment it has no kernel for), as opposed to failing.
+fn refused(e: &lt::CublasError) -> bool {
+    use sys::cublasStatus_t as S;
+    matches!(e.0, S::CUBLAS_STATUS_NOT_SUPPORTED | S::CUBLAS_STATUS_INVALID_VALUE)
+}
+
 fn alignment(ptr: u64) -> u32 {
     if ptr == 0 { MAX_ALIGNMENT } else { (1u64 << ptr.trailing_zeros().min(8)) as u32 }
 }
@@ -421,7 +428,7 @@ impl Blas {
             .map_err(|e| Self::shape_error(call, e))?;
             self.plans.insert(key, Some(plan));
         }
-        let fused_bias = self.run(&key, call)?;
+        let fused_bias = self.run(&key, call)?.map_err(|e| Self::matmul_error(call, e))?;
         Ok(fused_bias && call.bias.is_some())
     }
 
@@ -442,25 +449,36 @@ impl Blas {
         }
         let key = Key::of(call);
         if !self.plans.contains_key(&key) {
-            let plan = self.plan(&key, call, key.bias).ok();
+            let plan = match self.plan(&key, call, key.bias) {
+                Ok(plan) => Some(plan),
+                Err(e) if refused(&e) => None,
+                Err(e) => return Err(blas_error("choosing an algorithm for an epilogue", e)),
+            };
             self.plans.insert(key, plan);
         }
         if self.plans[&key].is_none() {
             return Ok(false);
         }
         // A library that offered an algorithm but refuses the call itself is answered the same
-        // way: the work runs apart, now and for this key from now on.
-        match self.run(&key, call) {
+        // way: the work runs apart, now and for this key from now on. Any other failure is an
+        // error.
+        match self.run(&key, call)? {
             Ok(_) => Ok(true),
-            Err(_) => {
+            Err(e) if refused(&e) => {
                 self.plans.insert(key, None);
                 Ok(false)
             }
+            Err(e) => Err(Self::matmul_error(call, e)),
         }
     }
 
-    /// Launches `call` with the cached plan of `key`; returns whether the plan fuses the bias.
-    fn run(&mut self, key: &Key, call: &GemmCall) -> Result<bool, BackendError> {
+    fn matmul_error(call: &GemmCall, e: lt::CublasError) -> BackendError {
+        blas_error(&format!("matmul {}×{}×{}", call.m, call.n, call.k), e)
+    }
+
+    /// Launches `call` with the cached plan of `key`: whether the plan fuses the bias, or the
+    /// status cuBLASLt answered the call with (the outer error: the call could not be made).
+    fn run(&mut self, key: &Key, call: &GemmCall) -> Result<Result<bool, lt::CublasError>, BackendError> {
         let plan = self.plans[key].as_ref().expect("a plan exists for the key");
         // SAFETY: the descriptor is live; BIAS_POINTER and EPILOGUE_AUX_POINTER take device
         // pointers.
@@ -475,7 +493,7 @@ impl Blas {
         // dimensions and leading dimensions describe (checked against the arenas before the
         // call); the workspace is ours and idle outside this stream; alpha and beta are host f32
         // (scale type f32).
-        unsafe {
+        let status = unsafe {
             lt::matmul(
                 self.handle,
                 plan.desc,
@@ -494,9 +512,8 @@ impl Blas {
                 self.workspace_bytes,
                 self.stream.cu_stream() as sys::cudaStream_t,
             )
-        }
-        .map_err(|e| blas_error(&format!("matmul {}×{}×{}", call.m, call.n, call.k), e))?;
-        Ok(plan.fused_bias)
+        };
+        Ok(status.map(|()| plan.fused_bias))
     }
 }
 
