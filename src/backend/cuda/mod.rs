@@ -272,6 +272,20 @@ pub struct CudaBackend {
     dq_acc: Option<DeviceBuffer>,
 }
 
+impl Drop for CudaBackend {
+    /// Waits for the stream, then lets go of what refers to the rest first: the recorded graphs
+    /// (they name the modules' kernels and the arenas), the communicator (its work is queued on
+    /// the stream) and the dQ accumulator; the fields after them then drop in order, the buffers
+    /// before the modules, the stream and the context. Waiting first also returns freed memory to
+    /// the device before a next backend asks how much is free.
+    fn drop(&mut self) {
+        let _ = self.stream.synchronize();
+        self.graphs = None;
+        self.nccl = None;
+        self.dq_acc = None;
+    }
+}
+
 /// Recordings kept at most: one per distinct key (a training run has one, or two with a last
 /// short batch); keys beyond these run unrecorded.
 const MAX_GRAPHS: usize = 4;
@@ -475,11 +489,16 @@ impl CudaBackend {
             Err("this build has no sm_90a kernels".into())
         } else {
             match ctx.load_module(cudarc::nvrtc::Ptx::from_binary(FATBIN_SM90A.to_vec())) {
-                Ok(m) => {
-                    let sizes = functions.load_sm90a(&m, max_shared)?;
-                    module_sm90a = Some(m);
-                    Ok(sizes)
-                }
+                // A failure here leaves the default (mma.sync) attention, which needs none of it;
+                // the names it loaded are those of the wgmma kernels alone, which nothing launches
+                // without them.
+                Ok(m) => match functions.load_sm90a(&m, max_shared) {
+                    Ok(sizes) => {
+                        module_sm90a = Some(m);
+                        Ok(sizes)
+                    }
+                    Err(e) => Err(format!("loading the sm_90a kernels on {} failed: {e}", info.name)),
+                },
                 Err(e) => Err(format!("loading the sm_90a kernels on {} failed: {e}", info.name)),
             }
         };
@@ -1322,6 +1341,9 @@ impl Backend for CudaBackend {
             }
         }
         self.gelu_calls.apart += 1;
+        // Checked before slicing, which would panic on a short tensor.
+        self.ptr_n(pre, n * oc, "matmul GELU input")?;
+        self.ptr_n(out, n * oc, "matmul GELU output")?;
         self.matmul_forward(pre, inp, w, bias, n, c, oc)?;
         self.gelu_forward(out.slice(0, n * oc), pre.slice(0, n * oc))
     }
@@ -1349,6 +1371,9 @@ impl Backend for CudaBackend {
             }
         }
         self.gelu_calls.apart += 1;
+        // Checked before slicing, which would panic on a short tensor.
+        self.ptr_n(pre, n * c, "matmul GELU input")?;
+        self.ptr_n(dinp, n * c, "matmul dinp")?;
         self.matmul_backward(dinp, dw, dbias, dout, inp, w, n, c, oc)?;
         self.gelu_backward(dinp.slice(0, n * c), pre.slice(0, n * c))
     }
@@ -1765,8 +1790,9 @@ impl Backend for CudaBackend {
             return Ok(Replay::Replayed);
         }
         if g.recorded.len() < MAX_GRAPHS && g.seen.contains(&key) {
-            // Thread-local: a call of this thread that could wait on the device (an allocation,
-            // a copy to or from pageable memory) fails the recording instead of being recorded.
+            // Thread-local: a call of this thread that a capture cannot hold (waiting for the
+            // device, a legacy allocation) fails the recording instead of being recorded. The ops
+            // make none of these, nor stream-ordered allocations (a capture would record those).
             self.stream
                 .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
                 .map_err(|e| driver_error("starting to record a CUDA graph", e))?;
@@ -1783,11 +1809,15 @@ impl Backend for CudaBackend {
     fn end_recording(&mut self, ok: bool) -> Result<()> {
         let Some(g) = self.graphs.as_mut() else { return Ok(()) };
         let Some(key) = g.recording.take() else { return Ok(()) };
+        // cudarc's end_capture first reports an error a drop left behind, and then does not end
+        // the capture: take that error here, so that the stream always leaves capture mode.
+        let deferred = self.ctx.check_err();
         let graph = self.stream.end_capture(CUgraphInstantiate_flags(0));
         if !ok {
             // The failed op's error is the one to report; the partial recording is dropped.
             return Ok(());
         }
+        deferred.map_err(|e| driver_error("recording a CUDA graph", e))?;
         let graph = graph
             .map_err(|e| driver_error("recording a CUDA graph", e))?
             .ok_or_else(|| BackendError::Device("recording a CUDA graph captured no work".into()))?;

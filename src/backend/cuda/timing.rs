@@ -57,6 +57,8 @@ impl CudaBackend {
         }
         let (src_p, dst_p) = (from.at(src.offset, src.len)?, to.at(dst.offset, dst.len)?);
         let bytes = src.len * from.elem_bytes;
+        // The raw call below does not make the context current, as cudarc's own calls do.
+        self.ctx.bind_to_thread().map_err(|e| driver_error("binding the context", e))?;
         // SAFETY: both spans lie inside live allocations (checked by `at`) of this context; the
         // copy is ordered on the backend's only stream like every kernel that touches them.
         unsafe { cudarc::driver::result::memcpy_dtod_async(dst_p, src_p, bytes, self.stream.cu_stream()) }
