@@ -24,6 +24,8 @@ pub struct DeviceInfo {
     pub multiprocessors: i32,
     /// Dense bf16 tensor-core peak in FLOP/s when the model is known (for MFU).
     pub peak_bf16_flops: Option<f64>,
+    /// The loaded cuBLASLt's version (major·10000 + minor·100 + patch), when one loads.
+    pub blas_version: Option<usize>,
 }
 
 impl std::fmt::Display for DeviceInfo {
@@ -39,7 +41,11 @@ impl std::fmt::Display for DeviceInfo {
             self.multiprocessors,
             gib(self.total_memory),
             gib(self.free_memory)
-        )
+        )?;
+        if let Some(v) = self.blas_version {
+            write!(f, ", cuBLASLt {}.{}.{}", v / 10000, v / 100 % 100, v % 100)?;
+        }
+        Ok(())
     }
 }
 
@@ -48,6 +54,8 @@ pub fn peak_bf16_flops(name: &str) -> Option<f64> {
     let n = name.to_ascii_uppercase();
     if n.contains("H100") && n.contains("PCIE") {
         Some(756e12)
+    } else if n.contains("H100") && n.contains("NVL") {
+        Some(835e12)
     } else if n.contains("H100") || n.contains("H200") || n.contains("GH200") {
         Some(989e12)
     } else if n.contains("A100") {
@@ -130,6 +138,10 @@ pub fn describe(ctx: &CudaContext) -> Result<DeviceInfo, BackendError> {
     Ok(DeviceInfo {
         ordinal: ctx.ordinal(),
         peak_bf16_flops: peak_bf16_flops(&name),
+        // SAFETY: the library is only asked for its version once it is known to load.
+        blas_version: unsafe {
+            cudarc::cublaslt::sys::is_culib_present().then(|| cudarc::cublaslt::sys::cublasLtGetVersion())
+        },
         name,
         compute_capability,
         total_memory,
@@ -158,6 +170,7 @@ mod tests {
         assert_eq!(peak_bf16_flops("NVIDIA H100 80GB HBM3"), Some(989e12));
         assert_eq!(peak_bf16_flops("NVIDIA H200"), Some(989e12));
         assert_eq!(peak_bf16_flops("NVIDIA H100 PCIe"), Some(756e12));
+        assert_eq!(peak_bf16_flops("NVIDIA H100 NVL"), Some(835e12));
         assert_eq!(peak_bf16_flops("NVIDIA A100-SXM4-80GB"), Some(312e12));
         assert_eq!(peak_bf16_flops("NVIDIA GeForce RTX 4090"), None);
     }
