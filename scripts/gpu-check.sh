@@ -104,6 +104,23 @@ PY
     fi
 fi
 
+# The loader gptk uses opens libnccl.so (or libnccl.so.<CUDA major>), never NCCL's own soname
+# libnccl.so.2, which is all that the nvidia-nccl wheel and NCCL's runtime package ship: where
+# only that one is found, a link of the expected name goes first on the library path.
+nccl_found() {
+    local d
+    for d in ${LD_LIBRARY_PATH//:/ }; do
+        [ -e "$d/$1" ] && { echo "$d/$1"; return 0; }
+    done
+    ldconfig -p 2>/dev/null | awk -v n="$1" '$1 == n { print $NF; exit }' | grep .
+}
+if ! nccl_found libnccl.so >/dev/null && so2=$(nccl_found libnccl.so.2); then
+    links=$(mktemp -d)
+    ln -s "$so2" "$links/libnccl.so"
+    export LD_LIBRARY_PATH="$links${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    note "INFO  NCCL: $so2, linked as libnccl.so"
+fi
+
 # Stage limits add up to under 8 minutes; most stages take a fraction of theirs.
 stage nvidia-smi 10 nvidia-smi
 stage check-bf16 50 "$gptk" check --precision bf16

@@ -50,8 +50,9 @@ pub fn check_nccl() -> Result<()> {
         Ok(())
     } else {
         Err(BackendError::Unavailable(
-            "NCCL (libnccl.so.2) is not installed or not on the library path; it ships with the CUDA toolkit's \
-             NCCL package or the nvidia-nccl-cu13 Python wheel"
+            "NCCL could not be loaded: gptk opens libnccl.so, while NCCL's runtime package and the nvidia-nccl-cu13 \
+             wheel ship only libnccl.so.2; link it (ln -s <its folder>/libnccl.so.2 <a folder>/libnccl.so) in a \
+             folder on LD_LIBRARY_PATH, or install NCCL's development package"
                 .into(),
         ))
     }
