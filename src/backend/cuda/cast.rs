@@ -20,7 +20,15 @@ pub fn to_u32(x: usize, what: &str) -> Result<u32, BackendError> {
         .map_err(|_| BackendError::Device(format!("{what} = {x} exceeds a launch dimension (max {})", u32::MAX)))
 }
 
-/// Blocks of `block` threads covering `threads` threads (at least one block).
+/// The most blocks a grid's x dimension may have.
+pub const MAX_GRID_X: usize = (1 << 31) - 1;
+
+/// Blocks of `block` threads covering `threads` threads (at least one block, at most
+/// [`MAX_GRID_X`]).
 pub fn blocks_for(threads: usize, block: u32, what: &str) -> Result<u32, BackendError> {
-    to_u32(threads.div_ceil(block as usize).max(1), what)
+    let blocks = threads.div_ceil(block as usize).max(1);
+    if blocks > MAX_GRID_X {
+        return Err(BackendError::Device(format!("{what}: {blocks} blocks, past a grid's {MAX_GRID_X}")));
+    }
+    to_u32(blocks, what)
 }

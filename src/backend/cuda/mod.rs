@@ -52,8 +52,9 @@ use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
 
-/// Warps per block of the warp-per-row kernels.
+/// Warps per block of the warp-per-row kernels (layernorm and the simple attention).
 const ROWS_PER_BLOCK: usize = (LAYERNORM_BLOCK / 32) as usize;
+const _: () = assert!(ATTENTION_BLOCK == LAYERNORM_BLOCK, "the warp-per-row kernels share ROWS_PER_BLOCK");
 /// Bytes one vector load moves.
 const BYTES_PER_VECTOR: usize = 16;
 
@@ -1920,7 +1921,8 @@ fn bucket_by_token(ids: &[i32], cap: usize, out: &mut Vec<i32>) -> usize {
 /// kernels, FLASH90_BLOCK for the wgmma ones) with `smem` bytes of dynamic shared memory.
 fn flash_launch(blocks: usize, threads: u32, smem: usize) -> Result<LaunchConfig> {
     Ok(LaunchConfig {
-        grid_dim: (to_u32(blocks, "flash attention blocks")?, 1, 1),
+        // (A block per "thread" of blocks_for: the grid's limit checked.)
+        grid_dim: (blocks_for(blocks, 1, "flash attention blocks")?, 1, 1),
         block_dim: (threads, 1, 1),
         shared_mem_bytes: to_u32(smem, "shared memory")?,
     })
