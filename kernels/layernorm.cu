@@ -73,7 +73,8 @@ __device__ __forceinline__ void layernorm_forward(T* out, float* mean, float* rs
 // res (N,C) = x + y, rounded to T and stored, then the layernorm of the stored row exactly as
 // layernorm_forward computes it. Each lane reads back only the elements it wrote (the same
 // lane-to-channel mapping in both loops), so no barrier is needed and the result has the same bits
-// as residual_forward followed by layernorm_forward, with one launch and one read of the row fewer.
+// as residual_forward followed by layernorm_forward on the same path (vector or scalar: their sums
+// run in different orders), with one launch and one read of the row fewer.
 template <typename T, int VN>
 __device__ __forceinline__ void residual_row(T* res, const T* x, const T* y, int C) {
     for (int c = lane_id() * VN; c < C; c += WARP_SIZE * VN) residual_span<T, VN>(res, x, y, c);

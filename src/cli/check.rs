@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 
 #[derive(clap::Args)]
 pub struct CheckArgs {
-    /// Only the op families whose name contains this (e.g. `attention`, `model_step`).
+    /// Only the op family of this name, or those whose name contains it (e.g. `attention`).
     #[arg(long)]
     op: Option<String>,
     /// Storage precision of the GPU backend: bf16 (training) or f32 (tight).
