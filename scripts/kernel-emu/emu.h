@@ -2,11 +2,14 @@
 // (indexing, vector paths, warp and block reductions, online softmax, stochastic rounding) can be
 // tested on a machine without a GPU. Included before the kernel sources by check_kernels.py.
 //
-// Execution model: a launch runs its blocks one after another; each block runs blockDim.x OS
-// threads at once, one per CUDA thread, so that __syncthreads and warp shuffles behave as on a
-// GPU: shuffles exchange through a per-warp buffer between two warp barriers, __syncthreads is a
-// block barrier, and a thread that returns leaves both barriers (arrive_and_drop), as an exited
-// CUDA thread stops counting. Shared memory is what `static` gives a function-local array: one
+// Execution model: a launch runs its blocks one after another; each block runs its CUDA threads
+// as fibers (ucontext) on the launching OS thread, each running until it waits at a barrier or
+// ends, so that __syncthreads and warp shuffles behave as on a GPU: shuffles exchange through a
+// per-warp buffer between two warp barriers, __syncthreads is a block barrier, and a thread that
+// returns leaves the barriers (arrive_and_drop), as an exited CUDA thread stops counting. A block
+// whose threads all wait at barriers that none of the others will reach stops the run (it would
+// hang on a GPU). Switching fibers costs no system call, where an OS thread per CUDA thread spent
+// most of its time in the kernel. Shared memory is what `static` gives a function-local array: one
 // copy for the block running. Nothing here models timing, the memory model beyond these
 // barriers, or the hardware's float rounding modes beyond IEEE single precision.
 //
@@ -27,7 +30,8 @@
 
 #include <algorithm>
 #include <atomic>
-#include <barrier>
+#include <ucontext.h>
+
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -38,7 +42,8 @@
 #include <functional>
 #include <memory>
 #include <mutex>
-#include <thread>
+#include <tuple>
+#include <type_traits>
 #include <vector>
 
 #undef __global__
@@ -52,8 +57,9 @@
 #define __shared__ static
 #define __launch_bounds__(n)
 
-inline thread_local dim3 threadIdx;
-inline thread_local dim3 blockIdx;
+// The running CUDA thread's own variables (the fiber switch saves and restores them).
+inline dim3 threadIdx;
+inline dim3 blockIdx;
 inline dim3 blockDim;
 inline dim3 gridDim;
 
@@ -74,9 +80,40 @@ constexpr int kWarp = 32;
 // The most dynamic shared memory a Hopper block can have.
 constexpr int kMaxDynamicSmem = 227 * 1024;
 
+// Hands the OS thread from the running fiber back to the block's scheduler (see run).
+inline void yield();
+// Arrivals at barriers since the scheduler last looked: none in a whole round of the block's
+// fibers means every live one waits for a phase that cannot complete.
+inline uint64_t arrivals = 0;
+
+// A barrier among fibers, as std::barrier: a phase completes when the expected count has arrived;
+// arrive_and_drop also lowers the count for this and every later phase.
+struct Barrier {
+    explicit Barrier(int n) : expected(n) {}
+    int expected, arrived = 0;
+    uint64_t phase = 0;
+    void arrive_and_wait() {
+        arrivals++;
+        const uint64_t mine = phase;
+        if (++arrived == expected) {
+            arrived = 0;
+            phase++;
+            return;
+        }
+        while (phase == mine) yield();
+    }
+    void arrive_and_drop() {
+        arrivals++;
+        if (--expected == arrived && arrived > 0) {
+            arrived = 0;
+            phase++;
+        }
+    }
+};
+
 struct Warp {
     explicit Warp(int lanes) : barrier(lanes) {}
-    std::barrier<> barrier;
+    Barrier barrier;
     double slots[kWarp];
     // What each lane hands the warp-wide matrix instructions (ldmatrix, mma).
     const unsigned char* rows[kWarp];
@@ -85,7 +122,7 @@ struct Warp {
 
 struct Block {
     explicit Block(int threads) : barrier(threads), live(threads), fenced(threads, false) {}
-    std::barrier<> barrier;
+    Barrier barrier;
     // The proxy fences (fence_proxy_async) of the running block's threads since the view that
     // wgmma reads was last brought up to date (see shared_view below).
     std::mutex proxy;
@@ -97,7 +134,7 @@ struct Block {
 constexpr int kWarpGroup = 128;
 struct WarpGroup {
     explicit WarpGroup(int threads) : barrier(threads) {}
-    std::barrier<> barrier;
+    Barrier barrier;
     // What each thread hands a wgmma whose A comes from registers.
     uint32_t a[kWarpGroup][4];
     // What each thread issues a wgmma with (descriptors, accumulate flag), which `.aligned`
@@ -130,15 +167,15 @@ struct AsyncQueue {
     }
     bool idle() const { return open.empty() && groups.empty(); }
 };
-inline thread_local AsyncQueue copies, products;
+inline AsyncQueue copies, products;
 // Whether this thread ran wgmma.fence since its last commit.
-inline thread_local bool wgmma_fenced = false;
+inline bool wgmma_fenced = false;
 // Whether each kind is deferred in the next launch's threads.
 inline bool defer_copies = false, defer_products = false;
 
-inline thread_local Warp* current_warp = nullptr;
-inline thread_local Block* current_block = nullptr;
-inline thread_local WarpGroup* current_warpgroup = nullptr;
+inline Warp* current_warp = nullptr;
+inline Block* current_block = nullptr;
+inline WarpGroup* current_warpgroup = nullptr;
 // The kernels' dynamic shared memory: one buffer (blocks run one at a time), aligned to 2^18
 // bytes, so that the low 18 bits of an address in it are its offset, as in the GPU's shared window
 // (wgmma's descriptors hold those 18 bits).
@@ -231,11 +268,57 @@ inline void check_smem_bounds() {
     }
 }
 
+// One CUDA thread of the running block: its fiber, and its own variables while another runs.
+struct Fiber {
+    ucontext_t context;
+    bool done = false;
+    dim3 thread_idx, block_idx;
+    AsyncQueue copies, products;
+    bool wgmma_fenced = false;
+    Warp* warp = nullptr;
+    WarpGroup* warpgroup = nullptr;
+};
+constexpr size_t kFiberStack = 256 * 1024;
+inline ucontext_t scheduler;
+inline Fiber* running = nullptr;
+inline const std::function<void()>* running_kernel = nullptr;
+
+inline void switch_in(Fiber& f) {
+    threadIdx = f.thread_idx, blockIdx = f.block_idx;
+    copies = std::move(f.copies), products = std::move(f.products);
+    wgmma_fenced = f.wgmma_fenced, current_warp = f.warp, current_warpgroup = f.warpgroup;
+}
+
+inline void switch_out(Fiber& f) {
+    f.thread_idx = threadIdx, f.block_idx = blockIdx;
+    f.copies = std::move(copies), f.products = std::move(products);
+    f.wgmma_fenced = wgmma_fenced, f.warp = current_warp, f.warpgroup = current_warpgroup;
+}
+
+inline void yield() {
+    Fiber* f = running;
+    switch_out(*f);
+    swapcontext(&f->context, &scheduler);
+}
+
+// A fiber's body: the kernel, then leaving the barriers; back to the scheduler on return.
+inline void fiber_main() {
+    {
+        Exit exit;
+        (*running_kernel)();
+    }
+    switch_out(*running);
+    running->done = true;
+}
+
 // Runs `kernel` over the configured grid.
 inline void run(const std::function<void()>& kernel) {
     gridDim = config_grid;
     blockDim = config_block;
     const int threads = static_cast<int>(blockDim.x * blockDim.y * blockDim.z);
+    static std::vector<std::unique_ptr<char[]>> stacks;
+    while (stacks.size() < static_cast<size_t>(threads)) stacks.push_back(std::make_unique<char[]>(kFiberStack));
+    running_kernel = &kernel;
     for (unsigned bz = 0; bz < gridDim.z; bz++)
         for (unsigned by = 0; by < gridDim.y; by++)
             for (unsigned bx = 0; bx < gridDim.x; bx++) {
@@ -248,22 +331,43 @@ inline void run(const std::function<void()>& kernel) {
                 std::vector<std::unique_ptr<WarpGroup>> groups;
                 for (int w = 0; w < (threads + kWarpGroup - 1) / kWarpGroup; w++)
                     groups.push_back(std::make_unique<WarpGroup>(std::min(kWarpGroup, threads - w * kWarpGroup)));
-                std::vector<std::thread> pool;
+                current_block = &block;
+                std::vector<Fiber> fibers(threads);
                 for (int t = 0; t < threads; t++) {
-                    pool.emplace_back([&, t] {
-                        blockIdx = dim3(bx, by, bz);
-                        threadIdx = dim3(t, 0, 0);
-                        current_warp = warps[t / kWarp].get();
-                        current_warpgroup = groups[t / kWarpGroup].get();
-                        current_block = &block;
-                        copies.deferred = defer_copies;
-                        products.deferred = defer_products;
-                        wgmma_fenced = false;
-                        Exit exit;
-                        kernel();
-                    });
+                    Fiber& f = fibers[t];
+                    f.thread_idx = dim3(t, 0, 0);
+                    f.block_idx = dim3(bx, by, bz);
+                    f.copies.deferred = defer_copies;
+                    f.products.deferred = defer_products;
+                    f.warp = warps[t / kWarp].get();
+                    f.warpgroup = groups[t / kWarpGroup].get();
+                    getcontext(&f.context);
+                    f.context.uc_stack.ss_sp = stacks[t].get();
+                    f.context.uc_stack.ss_size = kFiberStack;
+                    f.context.uc_link = &scheduler;
+                    makecontext(&f.context, fiber_main, 0);
                 }
-                for (auto& th : pool) th.join();
+                // Round robin until every thread has ended; a round in which nobody arrived at a
+                // barrier or ended is a hang.
+                for (int left = threads; left > 0;) {
+                    const uint64_t before = arrivals;
+                    const int left_before = left;
+                    for (Fiber& f : fibers) {
+                        if (f.done) continue;
+                        running = &f;
+                        switch_in(f);
+                        swapcontext(&scheduler, &f.context);
+                        if (f.done) left--;
+                    }
+                    if (left > 0 && left == left_before && arrivals == before) {
+                        std::fprintf(stderr,
+                                     "emulation: block (%u, %u) hangs: its %d live threads all wait at barriers the "
+                                     "others do not reach\n",
+                                     bx, by, left);
+                        std::abort();
+                    }
+                }
+                running = nullptr;
                 if (config_smem > 0) {
                     blockIdx = dim3(bx, by, bz);
                     check_smem_bounds();
@@ -311,8 +415,8 @@ inline void cp_async_wait() {
 
 inline float fast_exp2(float x) { return std::exp2(x); }
 
-// Atomic adds to global memory: one lock for all (the blocks of a launch run one after another;
-// the threads of a block are OS threads).
+// Atomic adds to global memory: one lock for all (the blocks of a launch run one after another,
+// their threads as fibers of one OS thread; the lock keeps it right should that change).
 inline float atomicAdd(float* address, float v) {
     static std::mutex lock;
     std::lock_guard<std::mutex> hold(lock);
@@ -578,9 +682,48 @@ extern "C" void emu_config(unsigned gx, unsigned gy, unsigned bx, unsigned long 
 // A kernel's dynamic shared memory: emu::dynamic_smem.
 #define GPTK_DYNAMIC_SMEM(T, name) T* name = reinterpret_cast<T*>(emu::dynamic_smem)
 
+// Every entry point by name, for the emulated driver (driver.cpp): its block size bound and a
+// binder that reads its arguments as cuLaunchKernel passes them (an array of pointers to each
+// argument's value), by the entry point's own parameter types, and returns the call.
+namespace emu {
+struct EntryPoint {
+    const char* name;
+    unsigned max_threads;
+    std::function<void()> (*bind)(void** params);
+};
+inline std::vector<EntryPoint>& entry_points() {
+    static std::vector<EntryPoint> all;
+    return all;
+}
+template <typename F>
+struct Binder;
+template <typename... A>
+struct Binder<void (*)(A...)> {
+    template <void (*F)(A...)>
+    static std::function<void()> bind(void** params) {
+        return bind_at<F>(params, std::index_sequence_for<A...>{});
+    }
+    template <void (*F)(A...), size_t... I>
+    static std::function<void()> bind_at([[maybe_unused]] void** params, std::index_sequence<I...>) {
+        std::tuple<std::decay_t<A>...> values{*static_cast<std::decay_t<A>*>(params[I])...};
+        return [values] { std::apply(F, values); };
+    }
+};
+struct Registered {
+    Registered(const char* name, unsigned max_threads, std::function<void()> (*bind)(void**)) {
+        entry_points().push_back({name, max_threads, bind});
+    }
+};
+}  // namespace emu
+#define GPTK_EMU_REGISTER(fn, BLOCK) \
+    static emu::Registered fn##_registered(#fn, BLOCK, &emu::Binder<decltype(&fn)>::bind<&fn>);
+
 // Each entry point runs its template over the configured grid.
-#define GPTK_ENTRY_POINTS(name, BLOCK, PARAMS, ARGS)                           \
+#define GPTK_ENTRY_POINTS(name, BLOCK, PARAMS, ARGS)                                  \
     extern "C" void name##_f32 PARAMS(float) { emu::run([=] { name<float> ARGS; }); } \
-    extern "C" void name##_bf16 PARAMS(bf16) { emu::run([=] { name<bf16> ARGS; }); }
-#define GPTK_BF16_ENTRY_POINT(name, BLOCK, MIN_BLOCKS, PARAMS, CALL) \
-    extern "C" void name##_bf16 PARAMS { emu::run([=] { CALL; }); }
+    extern "C" void name##_bf16 PARAMS(bf16) { emu::run([=] { name<bf16> ARGS; }); } \
+    GPTK_EMU_REGISTER(name##_f32, BLOCK)                                              \
+    GPTK_EMU_REGISTER(name##_bf16, BLOCK)
+#define GPTK_BF16_ENTRY_POINT(name, BLOCK, MIN_BLOCKS, PARAMS, CALL)   \
+    extern "C" void name##_bf16 PARAMS { emu::run([=] { CALL; }); } \
+    GPTK_EMU_REGISTER(name##_bf16, BLOCK)
