@@ -23,13 +23,14 @@ import faulthandler
 import json
 import math
 import os
-import site
 import struct
 import subprocess
 import sys
 import tempfile
 
 import numpy as np
+
+import cuda_headers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -47,17 +48,7 @@ BF16_NAN = 0x7FC0  # the NaN torch rounds every NaN to
 
 
 def cuda_include():
-    nvcc = os.environ.get("NVCC")
-    candidates = []
-    if nvcc:
-        candidates.append(os.path.join(os.path.dirname(os.path.dirname(nvcc)), "include"))
-    dirs = list(sys.path) + site.getsitepackages()
-    candidates += [os.path.join(d, "nvidia", "cu13", "include") for d in dirs]
-    candidates.append("/usr/local/cuda/include")
-    for c in candidates:
-        if os.path.isfile(os.path.join(c, "cuda_bf16.h")):
-            return c
-    sys.exit("check_kernels: cuda_bf16.h not found (set NVCC or pip install nvidia-cuda-nvcc)")
+    return cuda_headers.cuda_include("cuda_bf16.h")
 
 
 def build():

@@ -12,9 +12,10 @@ headers of the nvidia-cuda-nvcc / nvidia-cuda-runtime wheels (or NVCC's folder).
 """
 
 import os
-import site
 import subprocess
 import sys
+
+import cuda_headers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -26,18 +27,7 @@ NAMES = ["libcuda.so", "libcuda.so.1", "libcublasLt.so", "libcublasLt.so.13"]
 
 def cuda_include():
     """The folder holding cuda.h and cuda_bf16.h."""
-    nvcc = os.environ.get("NVCC")
-    candidates = []
-    if nvcc:
-        candidates.append(os.path.join(os.path.dirname(os.path.dirname(nvcc)), "include"))
-    dirs = list(sys.path) + site.getsitepackages()
-    candidates += [os.path.join(d, "nvidia", "cu13", "include") for d in dirs]
-    candidates.append("/usr/local/cuda/include")
-    for c in candidates:
-        if all(os.path.isfile(os.path.join(c, h)) for h in ("cuda.h", "cuda_bf16.h")):
-            return c
-    sys.exit("emulated_gpu: cuda.h and cuda_bf16.h not found (set NVCC or pip install nvidia-cuda-nvcc "
-             "nvidia-cuda-runtime)")
+    return cuda_headers.cuda_include("cuda.h", "cuda_bf16.h")
 
 
 def build(out):
