@@ -75,6 +75,12 @@ fn emulated_gpu(test: &str) -> Option<&'static Path> {
     }
 }
 
+/// The tests of this file one at a time: each keeps the machine's cores busy.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Runs `gptk` with `args` on the emulated GPU; panics with its output unless it succeeds.
 fn gptk(dir: &Path, args: &[&str]) -> String {
     let library_path = match std::env::var_os("LD_LIBRARY_PATH") {
@@ -114,6 +120,7 @@ const F32_FAMILIES: [&str; 7] = [
 /// One test, so that the two runs do not compete for the machine's cores.
 #[test]
 fn gptk_check_passes_on_the_emulated_gpu() {
+    let _one = serial();
     let Some(dir) = emulated_gpu("gptk_check_passes_on_the_emulated_gpu") else { return };
     let table = gptk(dir, &["check", "--precision", "bf16"]);
     assert!(table.contains("Emulated GPU"), "the check did not run on the emulated GPU:\n{table}");
@@ -131,5 +138,48 @@ fn gptk_check_passes_on_the_emulated_gpu() {
         let table = gptk(dir, &["check", "--precision", "f32", "--op", family]);
         assert!(table.lines().any(|l| l.starts_with(family)), "no {family} rows:\n{table}");
         assert!(failed_rows(&table).is_empty(), "{table}");
+    }
+}
+
+/// The losses of a `gptk train` log, by step.
+fn losses(log: &str) -> Vec<(usize, f64)> {
+    log.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("step")?;
+            let step = rest.trim_start().split('/').next()?.parse().ok()?;
+            let loss = l.split("| loss ").nth(1)?.split_whitespace().next()?.parse().ok()?;
+            Some((step, loss))
+        })
+        .collect()
+}
+
+/// `gptk train --device cuda` with CUDA graphs: the training loop, validation, a checkpoint
+/// written from the device and a run resumed from it, on the emulated GPU, with the losses of the
+/// CPU backend's run on the same data to bf16's precision.
+#[test]
+fn training_runs_and_resumes_on_the_emulated_gpu() {
+    let _one = serial();
+    let Some(dir) = emulated_gpu("training_runs_and_resumes_on_the_emulated_gpu") else { return };
+    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("emulated-gpu-training");
+    let _ = std::fs::remove_dir_all(&work);
+    let common = ["--model", "tiny", "--batch-size", "2", "--seq-len", "64", "--sample-every", "0"];
+    let run = |out: &Path, device: &str, extra: &[&str]| {
+        let out = out.to_str().unwrap();
+        let mut args = vec!["train", "--device", device, "--out", out];
+        args.extend(common);
+        args.extend(extra);
+        gptk(dir, &args)
+    };
+    let (gpu_dir, cpu_dir) = (work.join("gpu"), work.join("cpu"));
+    let first =
+        run(&gpu_dir, "cuda", &["--steps", "2", "--val-every", "2", "--checkpoint-every", "2", "--cuda-graphs"]);
+    assert!(first.contains("Emulated GPU") && first.contains("val loss"), "{first}");
+    let resumed = run(&gpu_dir, "cuda", &["--steps", "3", "--val-every", "0", "--resume", "--cuda-graphs"]);
+    let gpu: Vec<(usize, f64)> = losses(&first).into_iter().chain(losses(&resumed)).collect();
+    assert_eq!(gpu.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [1, 2, 3], "{first}\n{resumed}");
+    let cpu = losses(&run(&cpu_dir, "cpu", &["--steps", "3", "--val-every", "0"]));
+    assert_eq!(cpu.len(), 3);
+    for ((step, g), (_, c)) in gpu.iter().zip(&cpu) {
+        assert!((g - c).abs() < 0.02 * c.abs(), "step {step}: loss {g} on the emulated GPU, {c} on the CPU");
     }
 }
