@@ -24,17 +24,13 @@ import json
 import math
 import os
 import struct
-import subprocess
 import sys
 import tempfile
 
 import numpy as np
 
-import cuda_headers
+import emu_build
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-KERNELS = os.path.join(ROOT, "kernels")
 
 ROWS_PER_BLOCK = 8  # warps per 256-thread block
 EPS = {"f32": 2.0**-23, "bf16": 2.0**-8}
@@ -48,23 +44,12 @@ BF16_NAN = 0x7FC0  # the NaN torch rounds every NaN to
 
 
 def cuda_include():
-    return cuda_headers.cuda_include("cuda_bf16.h")
+    return emu_build.cuda_include("cuda_bf16.h")
 
 
 def build():
     out = tempfile.mkdtemp(prefix="gptk-kernel-emu-")
-    unit = os.path.join(out, "all.cpp")
-    with open(unit, "w") as f:
-        f.write('#include "emu.h"\n')
-        for name in sorted(os.listdir(KERNELS)):
-            if name.endswith(".cu"):
-                f.write(f'#include "{name}"\n')
-    lib = os.path.join(out, "kernels.so")
-    subprocess.run(
-        ["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-x", "c++",
-         f"-I{cuda_include()}", f"-I{HERE}", f"-I{KERNELS}", unit, "-o", lib],
-        check=True,
-    )
+    lib = emu_build.compile_kernels(os.path.join(out, "kernels.so"), ["cuda_bf16.h"])
     return ctypes.CDLL(lib)
 
 

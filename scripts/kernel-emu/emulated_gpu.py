@@ -12,40 +12,24 @@ headers of the nvidia-cuda-nvcc / nvidia-cuda-runtime wheels (or NVCC's folder).
 """
 
 import os
-import subprocess
 import sys
 
-import cuda_headers
+import emu_build
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-KERNELS = os.path.join(ROOT, "kernels")
 LIBRARY = "libgptk-emulated-gpu.so"
 # The names the backend's loader tries (cudarc: lib{cuda,cublasLt}.so first).
 NAMES = ["libcuda.so", "libcuda.so.1", "libcublasLt.so", "libcublasLt.so.13"]
+HEADERS = ["cuda.h", "cuda_bf16.h"]
 
 
 def cuda_include():
-    """The folder holding cuda.h and cuda_bf16.h."""
-    return cuda_headers.cuda_include("cuda.h", "cuda_bf16.h")
+    """The folder holding the headers the build needs."""
+    return emu_build.cuda_include(*HEADERS)
 
 
 def build(out):
     os.makedirs(out, exist_ok=True)
-    unit = os.path.join(out, "emulated_gpu.cpp")
-    with open(unit, "w") as f:
-        f.write('#include "emu.h"\n')
-        for name in sorted(os.listdir(KERNELS)):
-            if name.endswith(".cu"):
-                f.write(f'#include "{name}"\n')
-        f.write('#include "driver.cpp"\n#include "cublaslt.cpp"\n')
-    lib = os.path.join(out, LIBRARY)
-    subprocess.run(
-        ["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-x", "c++",
-         f"-I{cuda_include()}", f"-I{HERE}", f"-I{KERNELS}", unit, "-o", lib + ".tmp"],
-        check=True,
-    )
-    os.replace(lib + ".tmp", lib)
+    emu_build.compile_kernels(os.path.join(out, LIBRARY), HEADERS, ["driver.cpp", "cublaslt.cpp"])
     for name in NAMES:
         link = os.path.join(out, name)
         if os.path.lexists(link):
