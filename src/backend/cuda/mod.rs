@@ -911,10 +911,6 @@ impl CudaBackend {
         })
     }
 
-    fn launch_error(name: &str, e: impl std::fmt::Debug) -> BackendError {
-        BackendError::Device(format!("launching {name}: {e:?}"))
-    }
-
     /// Launches the entry point `kernel` with `args` on the stream, after checking that `args`
     /// is the parameter list `kernel` takes.
     ///
@@ -930,7 +926,7 @@ impl CudaBackend {
         args.push(&mut l);
         // SAFETY: the arguments are `kernel`'s parameter list (checked above and, against the
         // sources and the PTX, by tests/cuda_build.rs); the caller vouches for their values.
-        unsafe { l.launch(cfg) }.map_err(|e| Self::launch_error(kernel, e))?;
+        unsafe { l.launch(cfg) }.map_err(|e| BackendError::Device(format!("launching {kernel}: {e:?}")))?;
         Ok(())
     }
 
