@@ -156,7 +156,6 @@ double now_ms() {
 
 }  // namespace drv
 
-using drv::lock;
 #define GUARD std::lock_guard<std::recursive_mutex> guard(drv::lock)
 
 // Runs `run(arg)` in stream order on `stream` (now, or at each launch of the graph the stream is
