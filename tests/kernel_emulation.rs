@@ -4,10 +4,13 @@
 //! dtype and vector path, against float64 references, its tensors between NaN guards; the
 //! tensor-core attention kernels also under each way asynchronous copies and products may
 //! complete, with wgmma's view of shared memory brought up to date only by the threads' proxy
-//! fences. A kernel whose logic is wrong fails here without a GPU.
+//! fences. A kernel whose logic is wrong fails here without a GPU. The same checks run again with
+//! the kernels built under ThreadSanitizer (`--racecheck`), which fails on a data race between two
+//! CUDA threads of a block.
 //!
-//! It needs python3 with numpy, g++, and the CUDA headers (nvcc's `include` folder: `NVCC`, or
-//! the nvidia-cuda wheels that `.ci/install-nvcc.sh` installs). Where one is missing the test
+//! It needs python3 with numpy, g++ (with its ThreadSanitizer runtime, for the race check), and the
+//! CUDA headers (nvcc's `include` folder: `NVCC`, or the nvidia-cuda wheels that
+//! `.ci/install-nvcc.sh` installs). Where one is missing the test
 //! says so and passes, unless `GPTK_REQUIRE_EMULATION` is set, as `.ci/run` sets it: in CI the
 //! emulation must run.
 
@@ -63,19 +66,25 @@ fn script_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kernel-emu")
 }
 
-#[test]
-fn every_kernel_matches_its_float64_reference_under_emulation() {
-    if let Some(what) = missing_tools() {
-        assert!(
-            std::env::var_os("GPTK_REQUIRE_EMULATION").is_none(),
-            "GPTK_REQUIRE_EMULATION is set but {what} is missing"
-        );
-        println!("note: the kernel emulation was skipped: no {what} here");
-        return;
-    }
+/// Whether the emulation can run here (`extra` names a further tool it needs, when missing);
+/// prints why not and returns false where it cannot and need not.
+fn can_run(what: &str, extra: Option<String>) -> bool {
+    let Some(missing) = missing_tools().or(extra) else { return true };
+    assert!(
+        std::env::var_os("GPTK_REQUIRE_EMULATION").is_none(),
+        "GPTK_REQUIRE_EMULATION is set but {missing} is missing"
+    );
+    println!("note: {what} was skipped: no {missing} here");
+    false
+}
+
+/// Runs check_kernels.py with `args` and fails with its failed rows and last words unless every
+/// row passed; returns its tally.
+fn run_check(args: &[&str]) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("python3")
         .arg(script_dir().join("check_kernels.py"))
+        .args(args)
         .current_dir(root)
         .env("GPTK_EMU_SHARED_BYTES", shared_bytes_json())
         .output()
@@ -87,12 +96,37 @@ fn every_kernel_matches_its_float64_reference_under_emulation() {
     let tail: Vec<&str> = stdout.lines().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect();
     assert!(
         out.status.success(),
-        "the kernel emulation failed ({}):\n{}\n{}\n{stderr}",
+        "the kernel emulation {args:?} failed ({}):\n{}\n{}\n{stderr}",
         out.status,
         failed.join("\n"),
         tail.join("\n")
     );
-    let tally = stdout.lines().last().unwrap_or_default();
-    println!("kernel emulation: {tally}");
+    let tally = stdout.lines().last().unwrap_or_default().to_string();
     assert!(tally.ends_with(" passed, 0 failed"), "unexpected last line: {tally}");
+    tally
+}
+
+#[test]
+fn every_kernel_matches_its_float64_reference_under_emulation() {
+    if can_run("the kernel emulation", None) {
+        println!("kernel emulation: {}", run_check(&[]));
+    }
+}
+
+/// g++'s ThreadSanitizer runtime, or why the race check cannot run.
+fn missing_race_checker() -> Option<String> {
+    let out = Command::new("g++").arg("-print-file-name=libtsan.so").output().ok()?;
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let found = Path::new(&path).is_absolute() && Path::new(&path).exists();
+    (!found).then(|| "ThreadSanitizer runtime for g++ (libtsan)".to_string())
+}
+
+/// The same checks with the kernels built under ThreadSanitizer, each CUDA thread a fiber of its
+/// own: two threads of a block that touch the same shared or global memory, one of them writing,
+/// with no barrier between them, fail it with both stacks (emu.h says what orders them).
+#[test]
+fn no_two_cuda_threads_race_under_emulation() {
+    if can_run("the kernel race check", missing_race_checker()) {
+        println!("kernel race check: {}", run_check(&["--racecheck"]));
+    }
 }

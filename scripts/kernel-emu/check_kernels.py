@@ -12,9 +12,14 @@ numpy has no bfloat16: a bf16 tensor is a uint16 array of its bit patterns (BF16
 float as torch's .to(torch.bfloat16) rounds (to_bf16) and read back exactly (from_bf16).
 
 This says nothing about speed, and a GPU can still disagree where the emulation cannot see
-(memory ordering between warps, hardware math functions): `gptk check` on a GPU is the real test.
+(memory ordering beyond the barriers it models, hardware math functions): `gptk check` on a GPU is
+the real test.
 
-Usage: python3 scripts/kernel-emu/check_kernels.py [--only NAME]   (needs numpy and g++)
+With --racecheck the kernels are built with ThreadSanitizer, and a data race between two CUDA
+threads of a block (shared or global memory, no barrier between them) fails the run, both stacks
+printed (emu.h says what orders two threads there).
+
+Usage: python3 scripts/kernel-emu/check_kernels.py [--only NAME] [--racecheck]   (needs numpy and g++)
 """
 
 import argparse
@@ -23,7 +28,9 @@ import faulthandler
 import json
 import math
 import os
+import shutil
 import struct
+import subprocess
 import sys
 import tempfile
 
@@ -47,10 +54,40 @@ def cuda_include():
     return emu_build.cuda_include("cuda_bf16.h")
 
 
-def build():
+def build(racecheck=False):
     out = tempfile.mkdtemp(prefix="gptk-kernel-emu-")
-    lib = emu_build.compile_kernels(os.path.join(out, "kernels.so"), ["cuda_bf16.h"])
-    return ctypes.CDLL(lib)
+    flags = ["-fsanitize=thread", "-g", "-DGPTK_EMU_RACECHECK"] if racecheck else []
+    try:
+        return ctypes.CDLL(emu_build.compile_kernels(os.path.join(out, "kernels.so"), ["cuda_bf16.h"], flags=flags))
+    finally:
+        shutil.rmtree(out, ignore_errors=True)  # a loaded library stays loaded
+
+
+# ---- race checking ------------------------------------------------------------------------------
+# With --racecheck the kernels are built with ThreadSanitizer (emu.h says what it orders), and
+# this script runs again in a Python that has the sanitizer's runtime loaded first, as it must be.
+# A data race between two CUDA threads is reported with both stacks and fails the run.
+RACECHECK_ENV = "GPTK_EMU_RACECHECK_RUNTIME"
+TSAN_OPTIONS = "halt_on_error=1 exitcode=66 history_size=4"
+
+
+def rerun_under_race_checker():
+    """Runs this script again with the sanitizer's runtime preloaded and exits with its status;
+    returns at once in that run."""
+    if os.environ.get(RACECHECK_ENV):
+        return
+    found = subprocess.run(["g++", "-print-file-name=libtsan.so"], capture_output=True, text=True)
+    runtime = os.path.realpath(found.stdout.strip()) if found.returncode == 0 else ""
+    if not os.path.isfile(runtime):
+        sys.exit("--racecheck: g++ has no ThreadSanitizer runtime (libtsan.so; on Debian: apt install libtsan2)")
+    options = " ".join(filter(None, [TSAN_OPTIONS, os.environ.get("TSAN_OPTIONS", "")]))
+    # numpy's BLAS on one thread: its worker threads synchronize in ways the checker cannot see.
+    env = dict(os.environ, LD_PRELOAD=runtime, TSAN_OPTIONS=options, OPENBLAS_NUM_THREADS="1",
+               OMP_NUM_THREADS="1", **{RACECHECK_ENV: "1"})
+    status = subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:]], env=env).returncode
+    if status == 66:
+        print("racecheck: ThreadSanitizer reported a data race between CUDA threads (above)")
+    sys.exit(status)
 
 
 LIB = None
@@ -879,12 +916,16 @@ def main():
     global LIB, RNG
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="run only the checks whose name contains this")
+    parser.add_argument("--racecheck", action="store_true",
+                        help="build the kernels with ThreadSanitizer and fail on a data race between CUDA threads")
     args = parser.parse_args()
+    if args.racecheck:
+        rerun_under_race_checker()
     RNG = np.random.default_rng(0)
     if not SHARED_BYTES:
         print("note: GPTK_EMU_SHARED_BYTES is not set: shared memory is neither poisoned nor bounded "
               "(cargo test --test kernel_emulation sets it)")
-    LIB = build()
+    LIB = build(args.racecheck)
     for name, fn in CHECKS.items():
         if args.only and args.only not in name:
             continue

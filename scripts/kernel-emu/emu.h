@@ -23,6 +23,19 @@
 // reads shared memory through the async proxy; here through a copy of the block's shared memory
 // taken when every thread has fenced (proxy_fence), and a read where that copy and the threads'
 // memory differ stops the run.
+//
+// Race checking (GPTK_EMU_RACECHECK, check_kernels.py --racecheck): built with ThreadSanitizer,
+// each CUDA thread is a sanitizer fiber of its own, switched without synchronizing, so that the
+// only happens-before order between two CUDA threads is what the GPU would give: a barrier they
+// both pass (__syncthreads, and the warp's and warpgroup's collective instructions, which are
+// taken to order memory too), the end of the block before the next one (the blocks of a launch
+// run one after another here, reusing shared memory) and the launch's beginning and end. An
+// access to shared or global memory by one thread that conflicts with another's, with no such
+// order between them, is reported with both stacks. The emulation's own bookkeeping (the fiber
+// switch, barriers, operand exchange, wgmma's view of shared memory) is hidden from the checker.
+// Atomic adds are relaxed atomics, as on the GPU: they do not order other accesses. A wgmma's
+// shared-memory reads count as the issuing thread's (the operand rows its accumulator needs),
+// made when its product runs (at issue or at the wait, as above).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -45,6 +58,17 @@
 #include <tuple>
 #include <type_traits>
 #include <vector>
+
+#ifdef GPTK_EMU_RACECHECK
+#include <sanitizer/tsan_interface.h>
+// The runtime's entry points for ignoring a thread's accesses and synchronization, and for an
+// access made outside instrumented code, which its headers do not declare.
+extern "C" void __tsan_read_range(void* address, unsigned long size);
+extern "C" void __tsan_ignore_thread_begin();
+extern "C" void __tsan_ignore_thread_end();
+extern "C" void AnnotateIgnoreSyncBegin(const char* file, int line);
+extern "C" void AnnotateIgnoreSyncEnd(const char* file, int line);
+#endif
 
 #undef __global__
 #undef __device__
@@ -77,6 +101,33 @@ inline unsigned int __float_as_uint(float x) {
 namespace emu {
 
 constexpr int kWarp = 32;
+
+// Race checking's hooks (see the top); nothing without GPTK_EMU_RACECHECK. A thread's accesses
+// and synchronization inside an `Internal` scope are the emulation's, not the kernel's: ignored.
+#ifdef GPTK_EMU_RACECHECK
+struct Internal {
+    Internal() {
+        __tsan_ignore_thread_begin();
+        AnnotateIgnoreSyncBegin(__FILE__, __LINE__);
+    }
+    ~Internal() {
+        AnnotateIgnoreSyncEnd(__FILE__, __LINE__);
+        __tsan_ignore_thread_end();
+    }
+    Internal(const Internal&) = delete;
+    Internal& operator=(const Internal&) = delete;
+};
+inline void happens_before(void* sync) { __tsan_release(sync); }
+inline void happens_after(void* sync) { __tsan_acquire(sync); }
+#else
+struct Internal {
+    Internal() {}
+    Internal(const Internal&) = delete;
+    Internal& operator=(const Internal&) = delete;
+};
+inline void happens_before(void*) {}
+inline void happens_after(void*) {}
+#endif
 // The most dynamic shared memory a Hopper block can have.
 constexpr int kMaxDynamicSmem = 227 * 1024;
 
@@ -93,16 +144,23 @@ struct Barrier {
     int expected, arrived = 0;
     uint64_t phase = 0;
     void arrive_and_wait() {
-        arrivals++;
-        const uint64_t mine = phase;
-        if (++arrived == expected) {
-            arrived = 0;
-            phase++;
-            return;
+        happens_before(this);
+        {
+            Internal in;
+            arrivals++;
+            const uint64_t mine = phase;
+            if (++arrived == expected) {
+                arrived = 0;
+                phase++;
+            } else {
+                while (phase == mine) yield();
+            }
         }
-        while (phase == mine) yield();
+        happens_after(this);
     }
     void arrive_and_drop() {
+        happens_before(this);
+        Internal in;
         arrivals++;
         if (--expected == arrived && arrived > 0) {
             arrived = 0;
@@ -150,19 +208,27 @@ struct AsyncQueue {
     std::deque<std::vector<std::function<void()>>> groups;
     void issue(std::function<void()> work) {
         if (deferred) {
+            Internal in;
             open.push_back(std::move(work));
         } else {
             work();
         }
     }
     void commit() {
+        Internal in;
         if (deferred) groups.push_back(std::exchange(open, {}));
     }
     void wait(size_t pending) {
         while (groups.size() > pending) {
-            auto group = std::move(groups.front());
-            groups.pop_front();
+            std::vector<std::function<void()>> group;
+            {
+                Internal in;
+                group = std::move(groups.front());
+                groups.pop_front();
+            }
             for (auto& work : group) work();
+            Internal in;
+            std::vector<std::function<void()>>().swap(group);
         }
     }
     bool idle() const { return open.empty() && groups.empty(); }
@@ -192,6 +258,7 @@ inline uint64_t block_serial = 0, view_block = 0;
 // fence.proxy.async by this thread; the last thread of the block to fence brings the view up to
 // date.
 inline void proxy_fence(bool leaving = false) {
+    Internal in;
     Block* b = current_block;
     std::lock_guard<std::mutex> hold(b->proxy);
     const unsigned t = threadIdx.x;
@@ -215,7 +282,7 @@ inline void proxy_fence(bool leaving = false) {
 // is a kernel error (its accumulators are gone); copies never waited for are dropped.
 struct Exit {
     ~Exit() {
-        if (!products.idle()) {
+        if (Internal in; !products.idle()) {
             std::fprintf(stderr, "emulation: thread %u of block %u ended with wgmma products not waited for\n",
                          threadIdx.x, blockIdx.x);
             std::abort();
@@ -231,7 +298,10 @@ template <typename F>
 inline F exchange(F v, int lane) {
     Warp* w = current_warp;
     const int me = threadIdx.x % kWarp;
-    w->slots[me] = static_cast<double>(v);
+    {
+        Internal in;
+        w->slots[me] = static_cast<double>(v);
+    }
     w->barrier.arrive_and_wait();
     F r = static_cast<F>(w->slots[lane]);
     w->barrier.arrive_and_wait();
@@ -283,6 +353,35 @@ inline ucontext_t scheduler;
 inline Fiber* running = nullptr;
 inline const std::function<void()>* running_kernel = nullptr;
 
+// Race checking: the sanitizer's fiber of each thread index (kept from block to block, as the
+// stacks are) and of the launching thread, which runs the scheduler. `block_order[s % 2]` is
+// what the threads of block s release when they end and those of block s + 1 acquire when they
+// start.
+inline std::vector<void*> checker_fibers;
+inline void* checker_scheduler = nullptr;
+inline char block_order[2];
+// Makes the sanitizer's fiber of thread `thread` and names it after the CUDA thread it runs.
+inline void prepare_fiber([[maybe_unused]] size_t thread, [[maybe_unused]] dim3 block) {
+#ifdef GPTK_EMU_RACECHECK
+    while (checker_fibers.size() <= thread) checker_fibers.push_back(__tsan_create_fiber(0));
+    char name[64];
+    std::snprintf(name, sizeof name, "CUDA thread %zu of block (%u, %u)", thread, block.x, block.y);
+    __tsan_set_fiber_name(checker_fibers[thread], name);
+#endif
+}
+// The sanitizer keeps a stack of calls per fiber: a function must return in the fiber it was
+// called in, so the switches are inlined into the function that also switches the stacks.
+[[gnu::always_inline]] inline void enter_fiber([[maybe_unused]] size_t thread) {
+#ifdef GPTK_EMU_RACECHECK
+    __tsan_switch_to_fiber(checker_fibers[thread], __tsan_switch_to_fiber_no_sync);
+#endif
+}
+[[gnu::always_inline]] inline void leave_fiber() {
+#ifdef GPTK_EMU_RACECHECK
+    __tsan_switch_to_fiber(checker_scheduler, __tsan_switch_to_fiber_no_sync);
+#endif
+}
+
 inline void switch_in(Fiber& f) {
     threadIdx = f.thread_idx, blockIdx = f.block_idx;
     copies = std::move(f.copies), products = std::move(f.products);
@@ -295,24 +394,36 @@ inline void switch_out(Fiber& f) {
     f.wgmma_fenced = wgmma_fenced, f.warp = current_warp, f.warpgroup = current_warpgroup;
 }
 
+// Called inside the barriers' `Internal` scope.
 inline void yield() {
     Fiber* f = running;
     switch_out(*f);
+    leave_fiber();
     swapcontext(&f->context, &scheduler);
 }
 
-// A fiber's body: the kernel, then leaving the barriers; back to the scheduler on return.
-inline void fiber_main() {
+// A fiber's body: the kernel, then leaving the barriers; back to the scheduler on return. Not
+// instrumented: it returns in the scheduler's fiber (see enter_fiber).
+__attribute__((no_sanitize_thread)) inline void fiber_main() {
+    happens_after(&block_order[(block_serial - 1) % 2]);
     {
         Exit exit;
         (*running_kernel)();
     }
-    switch_out(*running);
-    running->done = true;
+    happens_before(&block_order[block_serial % 2]);
+    {
+        Internal in;
+        switch_out(*running);
+        running->done = true;
+    }
+    leave_fiber();
 }
 
-// Runs `kernel` over the configured grid.
-inline void run(const std::function<void()>& kernel) {
+// The blocks of a launch, one after another (see run).
+inline void run_blocks(const std::function<void()>& kernel) {
+#ifdef GPTK_EMU_RACECHECK
+    checker_scheduler = __tsan_get_current_fiber();
+#endif
     gridDim = config_grid;
     blockDim = config_block;
     const int threads = static_cast<int>(blockDim.x * blockDim.y * blockDim.z);
@@ -346,6 +457,7 @@ inline void run(const std::function<void()>& kernel) {
                     f.context.uc_stack.ss_size = kFiberStack;
                     f.context.uc_link = &scheduler;
                     makecontext(&f.context, fiber_main, 0);
+                    prepare_fiber(t, f.block_idx);
                 }
                 // Round robin until every thread has ended; a round in which nobody arrived at a
                 // barrier or ended is a hang.
@@ -356,6 +468,7 @@ inline void run(const std::function<void()>& kernel) {
                         if (f.done) continue;
                         running = &f;
                         switch_in(f);
+                        enter_fiber(static_cast<size_t>(&f - fibers.data()));
                         swapcontext(&scheduler, &f.context);
                         if (f.done) left--;
                     }
@@ -373,6 +486,17 @@ inline void run(const std::function<void()>& kernel) {
                     check_smem_bounds();
                 }
             }
+}
+
+// Runs `kernel` over the configured grid. What the launching thread wrote before (the kernel's
+// arguments) comes before every block, and what the blocks wrote before whatever it does next.
+inline void run(const std::function<void()>& kernel) {
+    happens_before(&block_order[block_serial % 2]);
+    {
+        Internal in;
+        run_blocks(kernel);
+    }
+    happens_after(&block_order[block_serial % 2]);
 }
 
 }  // namespace emu
@@ -415,14 +539,11 @@ inline void cp_async_wait() {
 
 inline float fast_exp2(float x) { return std::exp2(x); }
 
-// Atomic adds to global memory: one lock for all (the blocks of a launch run one after another,
-// their threads as fibers of one OS thread; the lock keeps it right should that change).
+// Atomic adds to global memory: relaxed atomic read-modify-writes, which, as the GPU's, order no
+// other access (see race checking at the top).
 inline float atomicAdd(float* address, float v) {
-    static std::mutex lock;
-    std::lock_guard<std::mutex> hold(lock);
-    const float old = *address;
-    *address = old + v;
-    return old;
+    std::atomic_ref<float> target(*address);
+    return target.fetch_add(v, std::memory_order_relaxed);
 }
 
 namespace emu {
@@ -444,9 +565,12 @@ inline void ldmatrix(uint32_t* r, shared_addr p, bool trans) {
     Warp* w = current_warp;
     const int lane = threadIdx.x % kWarp;
     expect_aligned(reinterpret_cast<const void*>(p), 16, "an ldmatrix row");
-    w->rows[lane] = reinterpret_cast<const unsigned char*>(p);
+    {
+        Internal in;
+        w->rows[lane] = reinterpret_cast<const unsigned char*>(p);
+    }
     w->barrier.arrive_and_wait();
-    if (lane == 0) {
+    if (Internal in; lane == 0) {
         for (int i = 0; i < 4; i++) {
             int in_group[8] = {};
             for (int row = 0; row < 8; row++) in_group[(reinterpret_cast<uintptr_t>(w->rows[8 * i + row]) >> 4) & 7]++;
@@ -484,9 +608,12 @@ inline void ldmatrix_x4_trans(uint32_t* r, shared_addr p) { emu::ldmatrix(r, p, 
 inline void mma_bf16_16x8x16(float* d, const uint32_t* a, const uint32_t* b) {
     emu::Warp* w = emu::current_warp;
     const int lane = threadIdx.x % emu::kWarp;
-    for (int i = 0; i < 4; i++) w->regs[lane][i] = a[i];
-    w->regs[lane][4] = b[0];
-    w->regs[lane][5] = b[1];
+    {
+        emu::Internal in;
+        for (int i = 0; i < 4; i++) w->regs[lane][i] = a[i];
+        w->regs[lane][4] = b[0];
+        w->regs[lane][5] = b[1];
+    }
     w->barrier.arrive_and_wait();
     auto A = [&](int row, int k) {
         const int reg = (row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
@@ -527,9 +654,12 @@ inline void wgmma_issue_check(uint64_t desc_a, uint64_t desc_b, int accumulate) 
     }
     WarpGroup* wg = current_warpgroup;
     const int tid = static_cast<int>(threadIdx.x) % kWarpGroup;
-    wg->issued[tid][0] = desc_a;
-    wg->issued[tid][1] = desc_b;
-    wg->issued[tid][2] = static_cast<uint64_t>(accumulate);
+    {
+        Internal in;
+        wg->issued[tid][0] = desc_a;
+        wg->issued[tid][1] = desc_b;
+        wg->issued[tid][2] = static_cast<uint64_t>(accumulate);
+    }
     wg->barrier.arrive_and_wait();
     if (std::memcmp(wg->issued[tid], wg->issued[0], sizeof wg->issued[0]) != 0) {
         std::fprintf(stderr, "emulated wgmma: thread %u of block %u issues other operands than its warpgroup's first\n",
@@ -539,8 +669,12 @@ inline void wgmma_issue_check(uint64_t desc_a, uint64_t desc_b, int accumulate) 
     wg->barrier.arrive_and_wait();
 }
 }  // namespace emu
-inline void wgmma_fence() { emu::wgmma_fenced = true; }
+inline void wgmma_fence() {
+    emu::Internal in;
+    emu::wgmma_fenced = true;
+}
 inline void wgmma_commit() {
+    emu::Internal in;
     emu::wgmma_fenced = false;
     emu::products.commit();
 }
@@ -566,19 +700,17 @@ inline Descriptor decode(uint64_t d) {
 // The bf16 at byte `offset` of the shared window, 128-byte swizzle applied, as the async proxy
 // sees it. A read of bytes that differ from what the threads see (written through the generic
 // proxy and not yet fenced by every thread) stops the run: on the GPU it may read either.
+inline uintptr_t swizzled(uintptr_t offset) { return offset ^ ((offset >> 7) & 7) << 4; }
 inline float swizzled_bf16(uintptr_t offset) {
-    offset ^= ((offset >> 7) & 7) << 4;
-    if (view_block != block_serial || std::memcmp(async_view + offset,
-                                                  dynamic_smem + offset, 2) != 0) {
+    offset = swizzled(offset);
+    if (view_block != block_serial || half_at(async_view, offset / 2) != half_at(dynamic_smem, offset / 2)) {
         std::fprintf(stderr,
                      "emulated wgmma: block %u reads shared byte %zu, written through the generic proxy since "
                      "its threads' last fence.proxy.async\n",
                      blockIdx.x, static_cast<size_t>(offset));
         std::abort();
     }
-    uint16_t v;
-    std::memcpy(&v, async_view + offset, 2);
-    const uint32_t bits = static_cast<uint32_t>(v) << 16;
+    const uint32_t bits = static_cast<uint32_t>(half_at(async_view, offset / 2)) << 16;
     float f;
     std::memcpy(&f, &bits, 4);
     return f;
@@ -601,6 +733,39 @@ inline void accumulator_at(int i, int& row, int& col) {
 }  // namespace emu
 
 namespace emu {
+// Race checking: a product reads the 16 elements along k of its operands' rows `mn` through the
+// issuing thread (the product's own reads, from wgmma's view, are hidden from the checker).
+inline void note_operand_reads([[maybe_unused]] const Descriptor& d, [[maybe_unused]] int mn,
+                               [[maybe_unused]] bool transposed) {
+#ifdef GPTK_EMU_RACECHECK
+    if (!transposed) {
+        const uintptr_t row = d.start + (mn / 8) * d.stride + (mn % 8) * 128;
+        for (uintptr_t chunk = row; chunk < row + 32; chunk += 16) __tsan_read_range(dynamic_smem + swizzled(chunk), 16);
+    } else {
+        for (int k = 0; k < 16; k++)
+            __tsan_read_range(dynamic_smem + swizzled(d.start + (mn / 64) * d.leading + (k / 8) * d.stride +
+                                                      (k % 8) * 128 + 2 * (mn % 64)), 2);
+    }
+#endif
+}
+// The rows of A (none where A is in registers) and the columns of B whose products this thread's
+// accumulator holds (see accumulator_at).
+template <int N>
+inline void note_product_reads([[maybe_unused]] const Descriptor* a, [[maybe_unused]] bool trans_a,
+                               [[maybe_unused]] const Descriptor& b, [[maybe_unused]] bool trans_b) {
+#ifdef GPTK_EMU_RACECHECK
+    int row, col;
+    for (int i = 0; a && i < 4; i += 2) {
+        accumulator_at(i, row, col);
+        note_operand_reads(*a, row, trans_a);
+    }
+    for (int i = 0; i < N / 2; i += 4)
+        for (int e = 0; e < 2; e++) {
+            accumulator_at(i + e, row, col);
+            note_operand_reads(b, col, trans_b);
+        }
+#endif
+}
 // Element (mn, k) of an operand from shared memory: K-major, or MN-major where the instruction's
 // transpose bit is set.
 inline float operand(const Descriptor& d, int mn, int k, bool transposed) {
@@ -612,6 +777,8 @@ inline void wgmma_smem(float* d, uint64_t desc_a, uint64_t desc_b, int accumulat
     wgmma_issue_check(desc_a, desc_b, accumulate);
     const Descriptor a = decode(desc_a), b = decode(desc_b);
     products.issue([=] {
+        note_product_reads<N>(&a, trans_a, b, trans_b);
+        Internal in;
         for (int i = 0; i < N / 2; i++) {
             int row, col;
             accumulator_at(i, row, col);
@@ -639,21 +806,28 @@ inline void wgmma_rs_tb(float* d, const uint32_t* a, uint64_t desc_b, int accumu
     emu::products.issue([=] {
         emu::WarpGroup* wg = emu::current_warpgroup;
         const int tid = static_cast<int>(threadIdx.x) % emu::kWarpGroup;
-        for (int i = 0; i < 4; i++) wg->a[tid][i] = a[i];
+        {
+            emu::Internal in;
+            for (int i = 0; i < 4; i++) wg->a[tid][i] = a[i];
+        }
         wg->barrier.arrive_and_wait();
         const emu::Descriptor b = emu::decode(desc_b);
+        emu::note_product_reads<N>(nullptr, false, b, true);
         // A's (row, k) in warp row / 16's mma.m16n8k16 A layout.
         auto A = [&](int row, int k) {
             const int r = row % 16, reg = (r >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
             return emu::bf16_bits(wg->a[(row / 16) * emu::kWarp + (r % 8) * 4 + (k % 8) / 2][reg], k % 2);
         };
         float out[N / 2];
-        for (int i = 0; i < N / 2; i++) {
-            int row, col;
-            emu::accumulator_at(i, row, col);
-            float acc = accumulate ? d[i] : 0.0f;
-            for (int k = 0; k < 16; k++) acc += A(row, k) * emu::mn_major(b, k, col);
-            out[i] = acc;
+        {
+            emu::Internal in;
+            for (int i = 0; i < N / 2; i++) {
+                int row, col;
+                emu::accumulator_at(i, row, col);
+                float acc = accumulate ? d[i] : 0.0f;
+                for (int k = 0; k < 16; k++) acc += A(row, k) * emu::mn_major(b, k, col);
+                out[i] = acc;
+            }
         }
         wg->barrier.arrive_and_wait();
         for (int i = 0; i < N / 2; i++) d[i] = out[i];

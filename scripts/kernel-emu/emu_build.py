@@ -27,10 +27,10 @@ def cuda_include(*headers):
     sys.exit(f"{' and '.join(headers)} not found (set NVCC, or pip install nvidia-cuda-nvcc nvidia-cuda-runtime)")
 
 
-def compile_kernels(lib, headers, after=()):
+def compile_kernels(lib, headers, after=(), flags=()):
     """Compiles emu.h, every kernels/*.cu and then the files `after` (in this folder), as one
     translation unit, into the shared library `lib` (written whole or not at all); `headers` are
-    the CUDA headers the unit needs."""
+    the CUDA headers the unit needs, `flags` more options for g++."""
     unit = lib + ".cpp"
     with open(unit, "w") as f:
         f.write('#include "emu.h"\n')
@@ -41,7 +41,7 @@ def compile_kernels(lib, headers, after=()):
             f.write(f'#include "{name}"\n')
     subprocess.run(
         ["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-x", "c++",
-         f"-I{cuda_include(*headers)}", f"-I{HERE}", f"-I{KERNELS}", unit, "-o", lib + ".tmp"],
+         f"-I{cuda_include(*headers)}", f"-I{HERE}", f"-I{KERNELS}", *flags, unit, "-o", lib + ".tmp"],
         check=True,
     )
     os.replace(lib + ".tmp", lib)
