@@ -23,6 +23,7 @@ Usage: python3 scripts/kernel-emu/check_kernels.py [--only NAME] [--racecheck]  
 """
 
 import argparse
+import atexit
 import ctypes
 import faulthandler
 import json
@@ -57,10 +58,9 @@ def cuda_include():
 def build(racecheck=False):
     out = tempfile.mkdtemp(prefix="gptk-kernel-emu-")
     flags = ["-fsanitize=thread", "-g", "-DGPTK_EMU_RACECHECK"] if racecheck else []
-    try:
-        return ctypes.CDLL(emu_build.compile_kernels(os.path.join(out, "kernels.so"), ["cuda_bf16.h"], flags=flags))
-    finally:
-        shutil.rmtree(out, ignore_errors=True)  # a loaded library stays loaded
+    # Removed at exit, not before: the sanitizer reads the library's symbols for its reports.
+    atexit.register(shutil.rmtree, out, True)
+    return ctypes.CDLL(emu_build.compile_kernels(os.path.join(out, "kernels.so"), ["cuda_bf16.h"], flags=flags))
 
 
 # ---- race checking ------------------------------------------------------------------------------

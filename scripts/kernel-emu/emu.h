@@ -3,7 +3,7 @@
 // tested on a machine without a GPU. Included before the kernel sources by check_kernels.py.
 //
 // Execution model: a launch runs its blocks one after another; each block runs its CUDA threads
-// as fibers (ucontext) on the launching OS thread, each running until it waits at a barrier or
+// as fibers on the launching OS thread, each running until it waits at a barrier or
 // ends, so that __syncthreads and warp shuffles behave as on a GPU: shuffles exchange through a
 // per-warp buffer between two warp barriers, __syncthreads is a block barrier, and a thread that
 // returns leaves the barriers (arrive_and_drop), as an exited CUDA thread stops counting. A block
@@ -338,9 +338,76 @@ inline void check_smem_bounds() {
     }
 }
 
+// A fiber's saved registers. On x86-64 a switch is a few instructions that push the
+// callee-saved registers, swap stack pointers and pop them (swapcontext would also save and
+// restore the signal mask, two system calls per switch, most of the emulation's time);
+// elsewhere it is swapcontext.
+#if defined(__x86_64__)
+struct Context {
+    void* sp = nullptr;
+};
+}  // namespace emu
+extern "C" void gptk_emu_switch(void** save_sp, void* load_sp);
+asm(R"(
+    .text
+    .p2align 4
+    .globl gptk_emu_switch
+    .hidden gptk_emu_switch
+    .type gptk_emu_switch, @function
+gptk_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size gptk_emu_switch, .-gptk_emu_switch
+)");
+namespace emu {
+// Saves the running context in `from` and resumes `to`. Inlined, as the sanitizer's fiber
+// switches are (see enter_fiber).
+[[gnu::always_inline]] inline void switch_context(Context& from, const Context& to) {
+    gptk_emu_switch(&from.sp, to.sp);
+}
+// Makes `c` start `entry` (which must never return) on `stack` when first resumed: zeros for the
+// six registers the switch pops, then `entry` as the address it returns to, placed so that
+// `entry` starts with the stack aligned as after a call.
+inline void start_context(Context& c, char* stack, size_t size, void (*entry)()) {
+    auto top = reinterpret_cast<uintptr_t>(stack + size) & ~uintptr_t{15};
+    auto* slot = reinterpret_cast<void**>(top - 16);
+    slot[1] = nullptr;
+    slot[0] = reinterpret_cast<void*>(entry);
+    std::memset(slot - 6, 0, 6 * sizeof(void*));
+    c.sp = slot - 6;
+}
+#else
+struct Context {
+    ucontext_t uc;
+};
+[[gnu::always_inline]] inline void switch_context(Context& from, const Context& to) {
+    swapcontext(&from.uc, &to.uc);
+}
+inline void start_context(Context& c, char* stack, size_t size, void (*entry)()) {
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = stack;
+    c.uc.uc_stack.ss_size = size;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, entry, 0);
+}
+#endif
+
 // One CUDA thread of the running block: its fiber, and its own variables while another runs.
 struct Fiber {
-    ucontext_t context;
+    Context context;
     bool done = false;
     dim3 thread_idx, block_idx;
     AsyncQueue copies, products;
@@ -349,7 +416,7 @@ struct Fiber {
     WarpGroup* warpgroup = nullptr;
 };
 constexpr size_t kFiberStack = 256 * 1024;
-inline ucontext_t scheduler;
+inline Context scheduler;
 inline Fiber* running = nullptr;
 inline const std::function<void()>* running_kernel = nullptr;
 
@@ -399,12 +466,12 @@ inline void yield() {
     Fiber* f = running;
     switch_out(*f);
     leave_fiber();
-    swapcontext(&f->context, &scheduler);
+    switch_context(f->context, scheduler);
 }
 
-// A fiber's body: the kernel, then leaving the barriers; back to the scheduler on return. Not
-// instrumented: it returns in the scheduler's fiber (see enter_fiber).
-__attribute__((no_sanitize_thread)) inline void fiber_main() {
+// A fiber's body: the kernel, then leaving the barriers; back to the scheduler for good. Not
+// instrumented: the sanitizer would enter it in a fiber it never leaves (see enter_fiber).
+[[noreturn]] __attribute__((no_sanitize_thread)) inline void fiber_main() {
     happens_after(&block_order[(block_serial - 1) % 2]);
     {
         Exit exit;
@@ -417,6 +484,8 @@ __attribute__((no_sanitize_thread)) inline void fiber_main() {
         running->done = true;
     }
     leave_fiber();
+    switch_context(running->context, scheduler);
+    __builtin_unreachable();
 }
 
 // The blocks of a launch, one after another (see run).
@@ -452,11 +521,7 @@ inline void run_blocks(const std::function<void()>& kernel) {
                     f.products.deferred = defer_products;
                     f.warp = warps[t / kWarp].get();
                     f.warpgroup = groups[t / kWarpGroup].get();
-                    getcontext(&f.context);
-                    f.context.uc_stack.ss_sp = stacks[t].get();
-                    f.context.uc_stack.ss_size = kFiberStack;
-                    f.context.uc_link = &scheduler;
-                    makecontext(&f.context, fiber_main, 0);
+                    start_context(f.context, stacks[t].get(), kFiberStack, fiber_main);
                     prepare_fiber(t, f.block_idx);
                 }
                 // Round robin until every thread has ended; a round in which nobody arrived at a
@@ -469,7 +534,7 @@ inline void run_blocks(const std::function<void()>& kernel) {
                         running = &f;
                         switch_in(f);
                         enter_fiber(static_cast<size_t>(&f - fibers.data()));
-                        swapcontext(&scheduler, &f.context);
+                        switch_context(scheduler, f.context);
                         if (f.done) left--;
                     }
                     if (left > 0 && left == left_before && arrivals == before) {
