@@ -233,7 +233,8 @@ struct AsyncQueue {
     }
     bool idle() const { return open.empty() && groups.empty(); }
 };
-inline AsyncQueue copies, products;
+// The running thread's two queues (its fiber's own: a switch moves a pointer, not the queues).
+inline AsyncQueue *copies = nullptr, *products = nullptr;
 // Whether this thread ran wgmma.fence since its last commit.
 inline bool wgmma_fenced = false;
 // Whether each kind is deferred in the next launch's threads.
@@ -282,7 +283,7 @@ inline void proxy_fence(bool leaving = false) {
 // is a kernel error (its accumulators are gone); copies never waited for are dropped.
 struct Exit {
     ~Exit() {
-        if (Internal in; !products.idle()) {
+        if (Internal in; !products->idle()) {
             std::fprintf(stderr, "emulation: thread %u of block %u ended with wgmma products not waited for\n",
                          threadIdx.x, blockIdx.x);
             std::abort();
@@ -451,13 +452,12 @@ inline void prepare_fiber([[maybe_unused]] size_t thread, [[maybe_unused]] dim3 
 
 inline void switch_in(Fiber& f) {
     threadIdx = f.thread_idx, blockIdx = f.block_idx;
-    copies = std::move(f.copies), products = std::move(f.products);
+    copies = &f.copies, products = &f.products;
     wgmma_fenced = f.wgmma_fenced, current_warp = f.warp, current_warpgroup = f.warpgroup;
 }
 
 inline void switch_out(Fiber& f) {
     f.thread_idx = threadIdx, f.block_idx = blockIdx;
-    f.copies = std::move(copies), f.products = std::move(products);
     f.wgmma_fenced = wgmma_fenced, f.warp = current_warp, f.warpgroup = current_warpgroup;
 }
 
@@ -589,17 +589,17 @@ inline shared_addr shared_address(const void* p) { return reinterpret_cast<share
 inline void cp_async_bytes(shared_addr dst, const void* src, int size, int src_bytes) {
     emu::expect_aligned(reinterpret_cast<const void*>(dst), size, "cp.async's shared destination");
     emu::expect_aligned(src, size, "cp.async's global source");
-    emu::copies.issue([=] {
+    emu::copies->issue([=] {
         std::memset(reinterpret_cast<void*>(dst), 0, size);
         std::memcpy(reinterpret_cast<void*>(dst), src, src_bytes);
     });
 }
 inline void cp_async_16(shared_addr dst, const void* src, int src_bytes) { cp_async_bytes(dst, src, 16, src_bytes); }
 inline void cp_async_4(shared_addr dst, const void* src, int src_bytes) { cp_async_bytes(dst, src, 4, src_bytes); }
-inline void cp_async_commit() { emu::copies.commit(); }
+inline void cp_async_commit() { emu::copies->commit(); }
 template <int N>
 inline void cp_async_wait() {
-    emu::copies.wait(N);
+    emu::copies->wait(N);
 }
 
 inline float fast_exp2(float x) { return std::exp2(x); }
@@ -741,11 +741,11 @@ inline void wgmma_fence() {
 inline void wgmma_commit() {
     emu::Internal in;
     emu::wgmma_fenced = false;
-    emu::products.commit();
+    emu::products->commit();
 }
 template <int N>
 inline void wgmma_wait() {
-    emu::products.wait(N);
+    emu::products->wait(N);
 }
 inline void fence_proxy_async() { emu::proxy_fence(); }
 inline void wgmma_pin(float&) {}
@@ -841,7 +841,7 @@ template <int N>
 inline void wgmma_smem(float* d, uint64_t desc_a, uint64_t desc_b, int accumulate, bool trans_a, bool trans_b) {
     wgmma_issue_check(desc_a, desc_b, accumulate);
     const Descriptor a = decode(desc_a), b = decode(desc_b);
-    products.issue([=] {
+    products->issue([=] {
         note_product_reads<N>(&a, trans_a, b, trans_b);
         Internal in;
         for (int i = 0; i < N / 2; i++) {
@@ -868,7 +868,7 @@ inline void wgmma_ss_tt(float* d, uint64_t desc_a, uint64_t desc_b, int accumula
 template <int N>
 inline void wgmma_rs_tb(float* d, const uint32_t* a, uint64_t desc_b, int accumulate) {
     emu::wgmma_issue_check(0, desc_b, accumulate);
-    emu::products.issue([=] {
+    emu::products->issue([=] {
         emu::WarpGroup* wg = emu::current_warpgroup;
         const int tid = static_cast<int>(threadIdx.x) % emu::kWarpGroup;
         {
