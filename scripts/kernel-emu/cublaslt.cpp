@@ -184,6 +184,16 @@ int destroy(void* p, Kind kind, const char* fn) {
     return kSuccess;
 }
 
+// The attribute setters of layouts, descriptors and preferences: `p` must be a live object of
+// `kind` (named `what` in the message), and the attribute one it has, with its value's size.
+template <class T>
+int set_attribute(void* p, Kind kind, const char* fn, const char* what, int attr, const void* buf, size_t bytes) {
+    T* obj = live<T>(p, kind);
+    if (obj == nullptr) return fail(kInvalidValue, fn, what);
+    int s = obj->a.set(attr, buf, bytes);
+    return s ? fail(s, fn, "unknown attribute or wrong value size") : s;
+}
+
 // ---- numbers ------------------------------------------------------------------------------------
 
 float bf16_to_f32(uint16_t h) {
@@ -592,10 +602,8 @@ int cublasLtMatrixLayoutDestroy(void* layout) {
     return destroy<Layout>(layout, Kind::Layout, "cublasLtMatrixLayoutDestroy");
 }
 int cublasLtMatrixLayoutSetAttribute(void* layout, int attr, const void* buf, size_t bytes) {
-    Layout* l = live<Layout>(layout, Kind::Layout);
-    if (l == nullptr) return fail(kInvalidValue, "cublasLtMatrixLayoutSetAttribute", "layout is not live");
-    int s = l->a.set(attr, buf, bytes);
-    return s ? fail(s, "cublasLtMatrixLayoutSetAttribute", "unknown attribute or wrong value size") : s;
+    return set_attribute<Layout>(layout, Kind::Layout, "cublasLtMatrixLayoutSetAttribute", "layout is not live", attr,
+                                 buf, bytes);
 }
 
 // Descriptor: the compute type must be a cublasComputeType_t; the scale type is checked when used.
@@ -617,10 +625,8 @@ int cublasLtMatmulDescCreate(void** desc, int compute_type, int scale_type) {
 }
 int cublasLtMatmulDescDestroy(void* desc) { return destroy<Desc>(desc, Kind::Desc, "cublasLtMatmulDescDestroy"); }
 int cublasLtMatmulDescSetAttribute(void* desc, int attr, const void* buf, size_t bytes) {
-    Desc* d = live<Desc>(desc, Kind::Desc);
-    if (d == nullptr) return fail(kInvalidValue, "cublasLtMatmulDescSetAttribute", "descriptor is not live");
-    int s = d->a.set(attr, buf, bytes);
-    return s ? fail(s, "cublasLtMatmulDescSetAttribute", "unknown attribute or wrong value size") : s;
+    return set_attribute<Desc>(desc, Kind::Desc, "cublasLtMatmulDescSetAttribute", "descriptor is not live", attr, buf,
+                               bytes);
 }
 
 int cublasLtMatmulPreferenceCreate(void** pref) {
@@ -638,10 +644,8 @@ int cublasLtMatmulPreferenceDestroy(void* pref) {
     return destroy<Pref>(pref, Kind::Pref, "cublasLtMatmulPreferenceDestroy");
 }
 int cublasLtMatmulPreferenceSetAttribute(void* pref, int attr, const void* buf, size_t bytes) {
-    Pref* p = live<Pref>(pref, Kind::Pref);
-    if (p == nullptr) return fail(kInvalidValue, "cublasLtMatmulPreferenceSetAttribute", "preference is not live");
-    int s = p->a.set(attr, buf, bytes);
-    return s ? fail(s, "cublasLtMatmulPreferenceSetAttribute", "unknown attribute or wrong value size") : s;
+    return set_attribute<Pref>(pref, Kind::Pref, "cublasLtMatmulPreferenceSetAttribute", "preference is not live", attr,
+                               buf, bytes);
 }
 
 // One algorithm (needing no workspace) for a problem the emulation runs, assuming the preference's
