@@ -6,9 +6,11 @@
 //! complete, with wgmma's view of shared memory brought up to date only by the threads' proxy
 //! fences. A kernel whose logic is wrong fails here without a GPU. The same checks run again with
 //! the kernels built under ThreadSanitizer (`--racecheck`), which fails on a data race between two
-//! CUDA threads of a block.
+//! CUDA threads of a block, and under AddressSanitizer (`--memcheck`), which fails on an access
+//! outside a kernel's arrays or its dynamic shared memory.
 //!
-//! It needs python3 with numpy, g++ (with its ThreadSanitizer runtime, for the race check), and the
+//! It needs python3 with numpy, g++ (with its ThreadSanitizer and AddressSanitizer runtimes, for
+//! the race and memory checks), and the
 //! CUDA headers (nvcc's `include` folder: `NVCC`, or the nvidia-cuda wheels that
 //! `.ci/install-nvcc.sh` installs). Where one is missing the test
 //! says so and passes, unless `GPTK_REQUIRE_EMULATION` is set, as `.ci/run` sets it: in CI the
@@ -113,12 +115,12 @@ fn every_kernel_matches_its_float64_reference_under_emulation() {
     }
 }
 
-/// g++'s ThreadSanitizer runtime, or why the race check cannot run.
-fn missing_race_checker() -> Option<String> {
-    let out = Command::new("g++").arg("-print-file-name=libtsan.so").output().ok()?;
+/// Why g++'s runtime `library` for the sanitizer `name` cannot be found, or `None` when it can.
+fn missing_sanitizer(library: &str, name: &str) -> Option<String> {
+    let out = Command::new("g++").arg(format!("-print-file-name={library}")).output().ok()?;
     let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let found = Path::new(&path).is_absolute() && Path::new(&path).exists();
-    (!found).then(|| "ThreadSanitizer runtime for g++ (libtsan)".to_string())
+    (!found).then(|| format!("{name} runtime for g++ ({library})"))
 }
 
 /// The same checks with the kernels built under ThreadSanitizer, each CUDA thread a fiber of its
@@ -126,7 +128,18 @@ fn missing_race_checker() -> Option<String> {
 /// with no barrier between them, fail it with both stacks (emu.h says what orders them).
 #[test]
 fn no_two_cuda_threads_race_under_emulation() {
-    if can_run("the kernel race check", missing_race_checker()) {
+    if can_run("the kernel race check", missing_sanitizer("libtsan.so", "ThreadSanitizer")) {
         println!("kernel race check: {}", run_check(&["--racecheck"]));
+    }
+}
+
+/// The same checks with the kernels built under AddressSanitizer: a kernel that reads or writes
+/// global memory outside the arrays it is given (the bytes around each are made unaddressable),
+/// or dynamic shared memory past what the host gives its launch, fails it with the access's stack,
+/// as compute-sanitizer's memcheck would on a GPU.
+#[test]
+fn no_kernel_touches_memory_outside_its_arrays_under_emulation() {
+    if can_run("the kernel memory check", missing_sanitizer("libasan.so", "AddressSanitizer")) {
+        println!("kernel memory check: {}", run_check(&["--memcheck"]));
     }
 }

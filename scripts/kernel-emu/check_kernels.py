@@ -17,9 +17,13 @@ the real test.
 
 With --racecheck the kernels are built with ThreadSanitizer, and a data race between two CUDA
 threads of a block (shared or global memory, no barrier between them) fails the run, both stacks
-printed (emu.h says what orders two threads there).
+printed (emu.h says what orders two threads there). With --memcheck they are built with
+AddressSanitizer, and a kernel that reads or writes global memory outside the arrays it was given,
+or dynamic shared memory past what the host gives its launch, fails the run with the access's
+stack, as compute-sanitizer's memcheck would on a GPU.
 
-Usage: python3 scripts/kernel-emu/check_kernels.py [--only NAME] [--racecheck]   (needs numpy and g++)
+Usage: python3 scripts/kernel-emu/check_kernels.py [--only NAME] [--racecheck | --memcheck]
+(needs numpy and g++)
 """
 
 import argparse
@@ -34,6 +38,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import weakref
 
 import numpy as np
 
@@ -55,39 +60,78 @@ def cuda_include():
     return emu_build.cuda_include("cuda_bf16.h")
 
 
-def build(racecheck=False):
+def build(sanitizer=None):
     out = tempfile.mkdtemp(prefix="gptk-kernel-emu-")
-    flags = ["-fsanitize=thread", "-g", "-DGPTK_EMU_RACECHECK"] if racecheck else []
+    flags = SANITIZERS[sanitizer]["flags"] if sanitizer else []
     # Removed at exit, not before: the sanitizer reads the library's symbols for its reports.
     atexit.register(shutil.rmtree, out, True)
     return ctypes.CDLL(emu_build.compile_kernels(os.path.join(out, "kernels.so"), ["cuda_bf16.h"], flags=flags))
 
 
-# ---- race checking ------------------------------------------------------------------------------
-# With --racecheck the kernels are built with ThreadSanitizer (emu.h says what it orders), and
-# this script runs again in a Python that has the sanitizer's runtime loaded first, as it must be.
-# A data race between two CUDA threads is reported with both stacks and fails the run.
-RACECHECK_ENV = "GPTK_EMU_RACECHECK_RUNTIME"
-TSAN_OPTIONS = "halt_on_error=1 exitcode=66 history_size=4"
+# ---- sanitizers -----------------------------------------------------------------------------------
+# --racecheck builds the kernels with ThreadSanitizer (emu.h says what it orders): a data race
+# between two CUDA threads of a block fails the run. --memcheck builds them with
+# AddressSanitizer: a kernel's access to global memory outside the arrays it was given, or to
+# dynamic shared memory past the bytes the host gives its launch, fails the run. Either way this
+# script runs again in a Python that has the sanitizer's runtime loaded first, as it must be, and
+# the report names the access with its stack.
+SANITIZER_ENV = "GPTK_EMU_SANITIZER"
+SANITIZERS = {
+    "racecheck": {
+        "runtime": "libtsan.so", "package": "libtsan2", "name": "ThreadSanitizer", "exitcode": 66,
+        "flags": ["-fsanitize=thread", "-g", "-DGPTK_EMU_RACECHECK"],
+        "options": ("TSAN_OPTIONS", "halt_on_error=1 exitcode=66 history_size=4"),
+        "found": "a data race between CUDA threads",
+    },
+    "memcheck": {
+        "runtime": "libasan.so", "package": "libasan8", "name": "AddressSanitizer", "exitcode": 67,
+        "flags": ["-fsanitize=address", "-fno-omit-frame-pointer", "-g", "-DGPTK_EMU_MEMCHECK"],
+        # Python's own allocations are not the kernels' business: no leak report at exit.
+        "options": ("ASAN_OPTIONS", "halt_on_error=1 exitcode=67 detect_leaks=0"),
+        "found": "an access outside the memory a kernel was given",
+    },
+}
+SANITIZER = None  # the one this run is built with, if any
 
 
-def rerun_under_race_checker():
-    """Runs this script again with the sanitizer's runtime preloaded and exits with its status;
-    returns at once in that run."""
-    if os.environ.get(RACECHECK_ENV):
-        return
-    found = subprocess.run(["g++", "-print-file-name=libtsan.so"], capture_output=True, text=True)
+def sanitizer_runtime(name):
+    """The path of g++'s runtime for sanitizer `name`, or None."""
+    found = subprocess.run(["g++", f"-print-file-name={SANITIZERS[name]['runtime']}"], capture_output=True, text=True)
     runtime = os.path.realpath(found.stdout.strip()) if found.returncode == 0 else ""
-    if not os.path.isfile(runtime):
-        sys.exit("--racecheck: g++ has no ThreadSanitizer runtime (libtsan.so; on Debian: apt install libtsan2)")
-    options = " ".join(filter(None, [TSAN_OPTIONS, os.environ.get("TSAN_OPTIONS", "")]))
-    # numpy's BLAS on one thread: its worker threads synchronize in ways the checker cannot see.
-    env = dict(os.environ, LD_PRELOAD=runtime, TSAN_OPTIONS=options, OPENBLAS_NUM_THREADS="1",
-               OMP_NUM_THREADS="1", **{RACECHECK_ENV: "1"})
+    return runtime if os.path.isfile(runtime) else None
+
+
+def rerun_under(name):
+    """Runs this script again with sanitizer `name`'s runtime preloaded and exits with its status;
+    returns at once in that run."""
+    if os.environ.get(SANITIZER_ENV) == name:
+        return
+    s = SANITIZERS[name]
+    runtime = sanitizer_runtime(name)
+    if not runtime:
+        sys.exit(f"--{name}: g++ has no {s['name']} runtime ({s['runtime']}; on Debian: apt install {s['package']})")
+    variable, options = s["options"]
+    options = " ".join(filter(None, [options, os.environ.get(variable, "")]))
+    # numpy's BLAS on one thread: its worker threads synchronize in ways the race checker cannot see.
+    env = dict(os.environ, LD_PRELOAD=runtime, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
+               **{variable: options, SANITIZER_ENV: name})
     status = subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:]], env=env).returncode
-    if status == 66:
-        print("racecheck: ThreadSanitizer reported a data race between CUDA threads (above)")
+    if status == s["exitcode"]:
+        print(f"{name}: {s['name']} reported {s['found']} (above)")
     sys.exit(status)
+
+
+# With --memcheck, the bytes around each array a kernel sees are marked unaddressable (`poison`),
+# so that a kernel's read or write of them stops the run; numpy, not instrumented, still reads
+# them freely. Marked addressable again before the memory goes back to the allocator.
+def poison(address, size):
+    if SANITIZER == "memcheck" and size > 0:
+        ctypes.CDLL(None).__asan_poison_memory_region(ctypes.c_void_p(address), ctypes.c_size_t(size))
+
+
+def unpoison(address, size):
+    if SANITIZER == "memcheck" and size > 0:
+        ctypes.CDLL(None).__asan_unpoison_memory_region(ctypes.c_void_p(address), ctypes.c_size_t(size))
 
 
 LIB = None
@@ -119,6 +163,11 @@ def empty(shape, dtype):
     nbytes = math.prod(shape) * dtype.itemsize
     raw = np.empty(nbytes + ALIGN, np.uint8)  # kept alive by the view (its base)
     start = -raw.ctypes.data % ALIGN
+    if SANITIZER == "memcheck":
+        # The slack before and after the array is outside it (see poison).
+        poison(raw.ctypes.data, start)
+        poison(raw.ctypes.data + start + nbytes, ALIGN - start)
+        weakref.finalize(raw, unpoison, raw.ctypes.data, raw.nbytes)
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
@@ -521,14 +570,18 @@ GUARD = 4096
 def guarded(t):
     """t inside a buffer with GUARD NaNs before and after: (buffer, view of t in it). An input
     read past its end feeds NaN into the results; an output written past its end shows in the
-    guards."""
+    guards. With --memcheck the guards are also outside the memory the kernel may touch."""
     buf = full(t.size + 2 * GUARD, math.nan, t.dtype)
     view = buf[GUARD:GUARD + t.size].reshape(t.shape)
     view[...] = t
+    guard_bytes = GUARD * buf.itemsize
+    poison(buf.ctypes.data, guard_bytes)
+    poison(buf.ctypes.data + buf.nbytes - guard_bytes, guard_bytes)
     return buf, view
 
 
 def guards_intact(what, buf):
+    unpoison(buf.ctypes.data, buf.nbytes)
     R.rows += 1
     ok = bool(np.isnan(f64(buf[:GUARD])).all() and np.isnan(f64(buf[-GUARD:])).all())
     print(f"{what + ' guards':<70} {'ok' if ok else 'FAIL (written outside the tensor)'}")
@@ -913,19 +966,23 @@ CHECKS = {
 
 
 def main():
-    global LIB, RNG
+    global LIB, RNG, SANITIZER
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="run only the checks whose name contains this")
-    parser.add_argument("--racecheck", action="store_true",
+    checks = parser.add_mutually_exclusive_group()
+    checks.add_argument("--racecheck", action="store_true",
                         help="build the kernels with ThreadSanitizer and fail on a data race between CUDA threads")
+    checks.add_argument("--memcheck", action="store_true",
+                        help="build the kernels with AddressSanitizer and fail on an access outside a kernel's memory")
     args = parser.parse_args()
-    if args.racecheck:
-        rerun_under_race_checker()
+    SANITIZER = "racecheck" if args.racecheck else "memcheck" if args.memcheck else None
+    if SANITIZER:
+        rerun_under(SANITIZER)
     RNG = np.random.default_rng(0)
     if not SHARED_BYTES:
         print("note: GPTK_EMU_SHARED_BYTES is not set: shared memory is neither poisoned nor bounded "
               "(cargo test --test kernel_emulation sets it)")
-    LIB = build(args.racecheck)
+    LIB = build(SANITIZER)
     for name, fn in CHECKS.items():
         if args.only and args.only not in name:
             continue

@@ -36,6 +36,14 @@
 // Atomic adds are relaxed atomics, as on the GPU: they do not order other accesses. A wgmma's
 // shared-memory reads count as the issuing thread's (the operand rows its accumulator needs),
 // made when its product runs (at issue or at the wait, as above).
+//
+// Memory checking (GPTK_EMU_MEMCHECK, check_kernels.py --memcheck): built with AddressSanitizer,
+// a kernel's access outside the memory it may touch stops the run with its stack: global memory
+// outside the arrays it was given (the caller marks their surroundings unaddressable) and dynamic
+// shared memory past the bytes the host gives the launch (marked here before each block, in the
+// threads' view and in wgmma's). Each CUDA thread's stack is a sanitizer fiber. Static
+// `__shared__` arrays inside kernel templates are not bounded: g++ pads no variable that
+// templates share across translation units (COMDAT), and these are such variables.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -68,6 +76,10 @@ extern "C" void __tsan_ignore_thread_begin();
 extern "C" void __tsan_ignore_thread_end();
 extern "C" void AnnotateIgnoreSyncBegin(const char* file, int line);
 extern "C" void AnnotateIgnoreSyncEnd(const char* file, int line);
+#endif
+
+#ifdef GPTK_EMU_MEMCHECK
+#include <sanitizer/asan_interface.h>
 #endif
 
 #undef __global__
@@ -130,6 +142,19 @@ inline void happens_after(void*) {}
 #endif
 // The most dynamic shared memory a Hopper block can have.
 constexpr int kMaxDynamicSmem = 227 * 1024;
+
+// Memory checking's hooks (see the top); nothing without GPTK_EMU_MEMCHECK: `n` bytes at `p`
+// made unaddressable to the kernels, or addressable again.
+inline void poison([[maybe_unused]] const void* p, [[maybe_unused]] size_t n) {
+#ifdef GPTK_EMU_MEMCHECK
+    __asan_poison_memory_region(p, n);
+#endif
+}
+inline void unpoison([[maybe_unused]] const void* p, [[maybe_unused]] size_t n) {
+#ifdef GPTK_EMU_MEMCHECK
+    __asan_unpoison_memory_region(p, n);
+#endif
+}
 
 // Hands the OS thread from the running fiber back to the block's scheduler (see run).
 inline void yield();
@@ -256,6 +281,16 @@ alignas(kSmemWindowAlign) inline unsigned char dynamic_smem[kMaxDynamicSmem];
 inline unsigned char async_view[kMaxDynamicSmem];
 inline uint64_t block_serial = 0, view_block = 0;
 
+// With `config_smem` set, the bytes of dynamic shared memory the host gives the launch (less any
+// alignment slack the kernel spends), each block starts with the whole of dynamic_smem poisoned
+// (0xFF: NaN in f32 and bf16), so that a read of shared memory nothing wrote shows in the
+// results, and a block that writes past `config_smem` stops the run (with memory checking, the
+// access itself does, and so does a read).
+inline size_t config_smem = 0;
+constexpr unsigned char kSmemPoison = 0xFF;
+// The bytes of dynamic shared memory a block may touch.
+inline size_t smem_in_use() { return config_smem > 0 ? config_smem : sizeof dynamic_smem; }
+
 // fence.proxy.async by this thread; the last thread of the block to fence brings the view up to
 // date.
 inline void proxy_fence(bool leaving = false) {
@@ -273,7 +308,7 @@ inline void proxy_fence(bool leaving = false) {
         b->fenced_count++;
     }
     if (b->fenced_count < b->live) return;
-    std::memcpy(async_view, dynamic_smem, sizeof async_view);
+    std::memcpy(async_view, dynamic_smem, smem_in_use());
     view_block = block_serial;
     std::fill(b->fenced.begin(), b->fenced.end(), false);
     b->fenced_count = 0;
@@ -322,13 +357,6 @@ inline void expect_aligned(const void* p, int bytes, const char* where) {
 inline dim3 config_grid{1, 1, 1};
 inline dim3 config_block{1, 1, 1};
 
-// With `config_smem` set, the bytes of dynamic shared memory the host gives the launch (less any
-// alignment slack the kernel spends), each block starts with the whole of dynamic_smem poisoned
-// (0xFF: NaN in f32 and bf16), so that a read of shared memory nothing wrote shows in the
-// results, and a block that writes past `config_smem` stops the run.
-inline size_t config_smem = 0;
-constexpr unsigned char kSmemPoison = 0xFF;
-
 inline void check_smem_bounds() {
     const unsigned char* past = std::find_if(dynamic_smem + config_smem, dynamic_smem + kMaxDynamicSmem,
                                              [](unsigned char b) { return b != kSmemPoison; });
@@ -337,6 +365,22 @@ inline void check_smem_bounds() {
                      blockIdx.x, static_cast<size_t>(past - dynamic_smem), config_smem);
         std::abort();
     }
+}
+
+// A block's shared memory before it starts and after it ends (see config_smem): both views
+// poisoned, and the bytes past config_smem unaddressable to the block.
+inline void start_block_smem() {
+    if (config_smem == 0) return;
+    std::memset(dynamic_smem, kSmemPoison, sizeof dynamic_smem);
+    std::memset(async_view, kSmemPoison, sizeof async_view);
+    poison(dynamic_smem + config_smem, sizeof dynamic_smem - config_smem);
+    poison(async_view + config_smem, sizeof async_view - config_smem);
+}
+inline void end_block_smem() {
+    if (config_smem == 0) return;
+    unpoison(dynamic_smem, sizeof dynamic_smem);
+    unpoison(async_view, sizeof async_view);
+    check_smem_bounds();
 }
 
 // A fiber's saved registers. On x86-64 a switch is a few instructions that push the
@@ -415,6 +459,8 @@ struct Fiber {
     bool wgmma_fenced = false;
     Warp* warp = nullptr;
     WarpGroup* warpgroup = nullptr;
+    char* stack = nullptr;
+    void* checker_stack = nullptr;  // memory checking: the sanitizer's saved state of this stack
 };
 constexpr size_t kFiberStack = 256 * 1024;
 inline Context scheduler;
@@ -437,16 +483,55 @@ inline void prepare_fiber([[maybe_unused]] size_t thread, [[maybe_unused]] dim3 
     __tsan_set_fiber_name(checker_fibers[thread], name);
 #endif
 }
-// The sanitizer keeps a stack of calls per fiber: a function must return in the fiber it was
-// called in, so the switches are inlined into the function that also switches the stacks.
-[[gnu::always_inline]] inline void enter_fiber([[maybe_unused]] size_t thread) {
+// Memory checking: the stack the scheduler runs on, as the sanitizer gave it to the first fiber
+// that started, and the sanitizer's saved state of it while a fiber runs.
+inline const void* scheduler_stack = nullptr;
+inline size_t scheduler_stack_size = 0;
+inline void* scheduler_checker_stack = nullptr;
+
+#ifdef GPTK_EMU_MEMCHECK
+// A report names the CUDA thread that made the access (the stack names the kernel).
+inline const bool death_note = [] {
+    __sanitizer_set_death_callback([] {
+        if (running)
+            std::fprintf(stderr, "emulation: the access above was made by CUDA thread %u of block (%u, %u)\n",
+                         threadIdx.x, blockIdx.x, blockIdx.y);
+    });
+    return true;
+}();
+#endif
+
+// The sanitizers' side of a switch. ThreadSanitizer keeps a stack of calls per fiber: a function
+// must return in the fiber it was called in, so its switches are inlined into the function that
+// also switches the stacks. AddressSanitizer is told of each switch before it (the stack it goes
+// to) and after it (in the code that runs next on the stack switched to).
+[[gnu::always_inline]] inline void enter_fiber([[maybe_unused]] size_t thread, [[maybe_unused]] const Fiber& f) {
 #ifdef GPTK_EMU_RACECHECK
     __tsan_switch_to_fiber(checker_fibers[thread], __tsan_switch_to_fiber_no_sync);
 #endif
+#ifdef GPTK_EMU_MEMCHECK
+    __sanitizer_start_switch_fiber(&scheduler_checker_stack, f.stack, kFiberStack);
+#endif
 }
-[[gnu::always_inline]] inline void leave_fiber() {
+// In the scheduler, back from a fiber.
+inline void back_in_scheduler() {
+#ifdef GPTK_EMU_MEMCHECK
+    __sanitizer_finish_switch_fiber(scheduler_checker_stack, nullptr, nullptr);
+#endif
+}
+// `ending`: the fiber will not be resumed (its stack is then the next block's thread's).
+[[gnu::always_inline]] inline void leave_fiber([[maybe_unused]] Fiber& f, [[maybe_unused]] bool ending) {
 #ifdef GPTK_EMU_RACECHECK
     __tsan_switch_to_fiber(checker_scheduler, __tsan_switch_to_fiber_no_sync);
+#endif
+#ifdef GPTK_EMU_MEMCHECK
+    __sanitizer_start_switch_fiber(ending ? nullptr : &f.checker_stack, scheduler_stack, scheduler_stack_size);
+#endif
+}
+// In a fiber, started or resumed.
+inline void in_fiber([[maybe_unused]] Fiber& f) {
+#ifdef GPTK_EMU_MEMCHECK
+    __sanitizer_finish_switch_fiber(f.checker_stack, &scheduler_stack, &scheduler_stack_size);
 #endif
 }
 
@@ -465,13 +550,15 @@ inline void switch_out(Fiber& f) {
 inline void yield() {
     Fiber* f = running;
     switch_out(*f);
-    leave_fiber();
+    leave_fiber(*f, false);
     switch_context(f->context, scheduler);
+    in_fiber(*f);
 }
 
 // A fiber's body: the kernel, then leaving the barriers; back to the scheduler for good. Not
 // instrumented: the sanitizer would enter it in a fiber it never leaves (see enter_fiber).
 [[noreturn]] __attribute__((no_sanitize_thread)) inline void fiber_main() {
+    in_fiber(*running);
     happens_after(&block_order[(block_serial - 1) % 2]);
     {
         Exit exit;
@@ -483,7 +570,7 @@ inline void yield() {
         switch_out(*running);
         running->done = true;
     }
-    leave_fiber();
+    leave_fiber(*running, true);
     switch_context(running->context, scheduler);
     __builtin_unreachable();
 }
@@ -504,7 +591,7 @@ inline void run_blocks(const std::function<void()>& kernel) {
             for (unsigned bx = 0; bx < gridDim.x; bx++) {
                 Block block(threads);
                 block_serial++;
-                if (config_smem > 0) std::memset(dynamic_smem, kSmemPoison, sizeof dynamic_smem);
+                start_block_smem();
                 std::vector<std::unique_ptr<Warp>> warps;
                 for (int w = 0; w < (threads + kWarp - 1) / kWarp; w++)
                     warps.push_back(std::make_unique<Warp>(std::min(kWarp, threads - w * kWarp)));
@@ -521,7 +608,9 @@ inline void run_blocks(const std::function<void()>& kernel) {
                     f.products.deferred = defer_products;
                     f.warp = warps[t / kWarp].get();
                     f.warpgroup = groups[t / kWarpGroup].get();
-                    start_context(f.context, stacks[t].get(), kFiberStack, fiber_main);
+                    f.stack = stacks[t].get();
+                    unpoison(f.stack, kFiberStack);  // the frames the last block's thread left there
+                    start_context(f.context, f.stack, kFiberStack, fiber_main);
                     prepare_fiber(t, f.block_idx);
                 }
                 // Round robin until every thread has ended; a round in which nobody arrived at a
@@ -533,8 +622,9 @@ inline void run_blocks(const std::function<void()>& kernel) {
                         if (f.done) continue;
                         running = &f;
                         switch_in(f);
-                        enter_fiber(static_cast<size_t>(&f - fibers.data()));
+                        enter_fiber(static_cast<size_t>(&f - fibers.data()), f);
                         switch_context(scheduler, f.context);
+                        back_in_scheduler();
                         if (f.done) left--;
                     }
                     if (left > 0 && left == left_before && arrivals == before) {
@@ -546,10 +636,8 @@ inline void run_blocks(const std::function<void()>& kernel) {
                     }
                 }
                 running = nullptr;
-                if (config_smem > 0) {
-                    blockIdx = dim3(bx, by, bz);
-                    check_smem_bounds();
-                }
+                blockIdx = dim3(bx, by, bz);
+                end_block_smem();
             }
 }
 
