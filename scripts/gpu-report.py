@@ -61,6 +61,10 @@ def stages(summary):
     return rows, total
 
 
+# The tensor column of the row that closes each gptk check case: its guards held (or not).
+GUARD_ROW = "guards (outside the tensors)"
+
+
 def check_section(log, name):
     """Totals, the most tolerance each op used, and the failing rows of one gptk check log."""
     lines = [f"### {name}", ""]
@@ -71,11 +75,19 @@ def check_section(log, name):
     # row per tensor): [in the epilogue, cases].
     paths = {"GELU": [0, 0], "bias gradient": [0, 0]}
     cases = set()
+    # Cases whose guards around the tensors held: [intact, cases].
+    guards = [0, 0]
     for line in log.splitlines():
         if re.match(r"\d+ passed, \d+ failed$", line.strip()):
             total = line.strip()
             continue
         fields = line.split()
+        if GUARD_ROW in line and fields[-1] in ("ok", "FAIL"):
+            guards[0] += fields[-1] == "ok"
+            guards[1] += 1
+            if fields[-1] == "FAIL":
+                failing.append(line.rstrip())
+            continue
         if len(fields) >= 8 and fields[-1] in ("ok", "FAIL") and fields[-2].endswith("%"):
             try:
                 used = float(fields[-2].rstrip("%"))
@@ -100,6 +112,8 @@ def check_section(log, name):
         last = [line.strip() for line in log.splitlines() if line.strip()]
         if last:
             lines += [f"Its last line: `{last[-1]}`", ""]
+    if guards[1]:
+        lines += [f"Guards around the tensors intact in {guards[0]} of {guards[1]} cases.", ""]
     counted = [f"{what} in the epilogue in {fused} of {n} cases" for what, (fused, n) in paths.items() if n]
     if counted:
         lines += ["cuBLASLt epilogues: " + "; ".join(counted) + ".", ""]

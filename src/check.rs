@@ -5,7 +5,8 @@
 //! numbers), poisons the GPU's overwritten outputs with NaN (so a kernel that skips an element
 //! fails), seeds `+=` outputs with the same random values on both sides, runs the op on both and
 //! compares every output tensor. Shapes include odd sizes and misaligned spans, which take the
-//! kernels' scalar paths.
+//! kernels' scalar paths. Every tensor sits between guards in its arena, which must hold their
+//! bits through the case: a kernel that writes outside its tensors fails the case's guard row.
 //!
 //! The comparison, as llm.c reports it: per tensor the maximum absolute error, the relative L2
 //! error ‖gpu − cpu‖ / ‖cpu‖, and the share of the tolerance used, max |gpu − cpu| / tol with
@@ -145,25 +146,41 @@ pub fn compare(gpu: &[f32], cpu: &[f32], eps: f64, k: f64) -> (f64, f64, f64, us
     (max_abs, rel_l2, share, non_finite)
 }
 
-/// Arena space of one case, handed out in aligned spans before the backends exist.
+/// Elements of guard before and after every tensor of a case (a multiple of [`TENSOR_ALIGN`], so
+/// tensors stay aligned): [`GUARD_VALUE`] in the GPU's float arenas, checked bit for bit after
+/// the case ([`Pair::guard_row`]). A kernel that writes past its tensors changes them; one that
+/// reads past them feeds NaN into its outputs.
+const GUARD: usize = 16 * TENSOR_ALIGN;
+
+/// A NaN with a payload of its own (bf16: 0x7FE5 once quieted), so that a NaN a kernel computes
+/// from a guard it read (the GPU's arithmetic and conversions give the canonical NaN) and wrote
+/// back out of bounds still shows. Only a verbatim copy of guard bits would not.
+const GUARD_VALUE: u32 = 0x7FA5_A5A5;
+
+/// The float arenas, whose guards are checked (kernels only read the token ids of `Inputs`).
+const FLOAT_ARENAS: [Arena; 7] =
+    [Arena::Params, Arena::Grads, Arena::OptM, Arena::OptV, Arena::Acts, Arena::ActGrads, Arena::Stats];
+
+/// Arena space of one case, handed out in aligned spans between guards before the backends
+/// exist.
 #[derive(Default)]
 struct Plan {
-    param_like: usize,
-    acts: usize,
-    act_grads: usize,
-    stats: usize,
-    inputs: usize,
+    /// Elements handed out per group of arenas that share offsets (see `group`).
+    next: [usize; 5],
+    /// Every span handed out.
+    spans: Vec<Tensor>,
     scratch: ScratchSizes,
 }
 
 impl Plan {
-    fn counter(&mut self, arena: Arena) -> &mut usize {
+    /// The parameter-like arenas (parameters, gradients, moments) share one plan of offsets.
+    fn group(arena: Arena) -> usize {
         match arena {
-            Arena::Params | Arena::Grads | Arena::OptM | Arena::OptV => &mut self.param_like,
-            Arena::Acts => &mut self.acts,
-            Arena::ActGrads => &mut self.act_grads,
-            Arena::Stats => &mut self.stats,
-            Arena::Inputs => &mut self.inputs,
+            Arena::Params | Arena::Grads | Arena::OptM | Arena::OptV => 0,
+            Arena::Acts => 1,
+            Arena::ActGrads => 2,
+            Arena::Stats => 3,
+            Arena::Inputs => 4,
         }
     }
 
@@ -174,24 +191,53 @@ impl Plan {
 
     /// A span starting `skew` elements past an aligned offset (to exercise unaligned paths).
     fn take_skewed(&mut self, arena: Arena, len: usize, skew: usize) -> Tensor {
-        let next = self.counter(arena);
-        let t = Tensor { arena, offset: *next + skew, len };
-        *next = (t.end()).div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN;
+        let next = &mut self.next[Plan::group(arena)];
+        let t = Tensor { arena, offset: *next + GUARD + skew, len };
+        *next = t.end().div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN;
+        self.spans.push(t);
         t
     }
 
+    /// Elements of `arena`: its spans and the guard after the last.
+    fn size(&self, arena: Arena) -> usize {
+        (self.next[Plan::group(arena)] + GUARD).div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN
+    }
+
+    /// The spans of `arena` outside every tensor handed out: its guards.
+    fn guards(&self, arena: Arena) -> Vec<Tensor> {
+        let mut taken: Vec<(usize, usize)> = (self.spans.iter())
+            .filter(|t| Plan::group(t.arena) == Plan::group(arena))
+            .map(|t| (t.offset, t.end()))
+            .collect();
+        taken.sort_unstable();
+        let mut guards = Vec::new();
+        let mut at = 0;
+        for (start, end) in taken.into_iter().chain([(self.size(arena), 0)]) {
+            if start > at {
+                guards.push(Tensor { arena, offset: at, len: start - at });
+            }
+            at = at.max(end);
+        }
+        guards
+    }
+
     fn build(&self, precision: Precision, device: usize, seed: u64) -> Result<Pair, BackendError> {
-        let round = |n: usize| n.div_ceil(TENSOR_ALIGN).max(1) * TENSOR_ALIGN;
         let sizes = ArenaSizes {
-            params: round(self.param_like),
-            acts: round(self.acts),
-            act_grads: round(self.act_grads),
-            stats: round(self.stats),
-            inputs: round(self.inputs),
+            params: self.size(Arena::Params),
+            acts: self.size(Arena::Acts),
+            act_grads: self.size(Arena::ActGrads),
+            stats: self.size(Arena::Stats),
+            inputs: self.size(Arena::Inputs),
         };
         let gpu = CudaBackend::with_sizes(sizes, self.scratch, precision, device, None)?;
         let cpu = CpuBackend::with_sizes(sizes.params, [sizes.acts, sizes.act_grads, sizes.stats, sizes.inputs]);
-        Ok(Pair { cpu, gpu, precision, rng: Rng::new(seed) })
+        let mut pair = Pair { cpu, gpu, precision, rng: Rng::new(seed), guards: Vec::new() };
+        for g in FLOAT_ARENAS.iter().flat_map(|&a| self.guards(a)) {
+            pair.gpu.upload(g, &vec![f32::from_bits(GUARD_VALUE); g.len])?;
+            let bits = pair.guard_bits(g)?;
+            pair.guards.push((g, bits));
+        }
+        Ok(pair)
     }
 }
 
@@ -247,6 +293,8 @@ struct Pair {
     gpu: CudaBackend,
     precision: Precision,
     rng: Rng,
+    /// The GPU's guards (see [`GUARD`]) and their bits as first read back.
+    guards: Vec<(Tensor, Vec<u32>)>,
 }
 
 /// Arenas held in the storage type (the others are f32 or i32).
@@ -328,6 +376,43 @@ impl Pair {
     /// NaN in the GPU copy of an output the op must overwrite.
     fn poison(&mut self, t: Tensor) -> Result<(), BackendError> {
         self.gpu.upload(t, &vec![f32::NAN; t.len])
+    }
+
+    /// The bits of guard `g` on the GPU (in `Params`, the master weights' and the storage copy's).
+    fn guard_bits(&mut self, g: Tensor) -> Result<Vec<u32>, BackendError> {
+        let mut seen = self.gpu.download(g)?;
+        if g.arena == Arena::Params && self.precision == Precision::Bf16 {
+            seen.extend(self.gpu.download_storage(g)?);
+        }
+        Ok(seen.into_iter().map(f32::to_bits).collect())
+    }
+
+    /// A row that passes when every guard of the GPU holds the bits it was given: nothing was
+    /// written outside the case's tensors. `max abs` is the largest value found written there
+    /// (NaN when a NaN was), `rel L2` the share of guard elements changed.
+    fn guard_row(&mut self, op: &str, case: &str) -> Result<Comparison, BackendError> {
+        let (mut elems, mut changed, mut max_abs) = (0, 0, 0.0f64);
+        for (g, want) in std::mem::take(&mut self.guards) {
+            let seen = self.guard_bits(g)?;
+            elems += seen.len();
+            for (&got, _) in seen.iter().zip(&want).filter(|(got, want)| got != want) {
+                changed += 1;
+                let written = f64::from(f32::from_bits(got).abs());
+                max_abs = if written.is_nan() || max_abs.is_nan() { f64::NAN } else { max_abs.max(written) };
+            }
+            self.guards.push((g, want));
+        }
+        Ok(Comparison {
+            op: op.into(),
+            case: case.into(),
+            tensor: "guards (outside the tensors)".into(),
+            elems,
+            max_abs,
+            rel_l2: if elems > 0 { changed as f64 / elems as f64 } else { 0.0 },
+            tol_share: if changed == 0 { 0.0 } else { f64::INFINITY },
+            non_finite: 0,
+            passed: changed == 0,
+        })
     }
 
     fn compare(&mut self, op: &str, case: &str, name: &str, t: Tensor) -> Result<Comparison, BackendError> {
@@ -523,6 +608,7 @@ impl Ctx {
                 p.gpu.encoder_forward(out, tokens, wte, wpe, b, t, c)?;
                 rows.push(p.compare(op, &case, "out", out)?);
             }
+            rows.push(p.guard_row(op, &case)?);
         }
         Ok(rows)
     }
@@ -566,6 +652,7 @@ impl Ctx {
                 rows.push(p.compare(op, &case, "mean", mean)?);
                 rows.push(p.compare(op, &case, "rstd", rstd)?);
             }
+            rows.push(p.guard_row(op, &case)?);
         }
         Ok(rows)
     }
@@ -621,6 +708,7 @@ impl Ctx {
                 let (fused, two) = (p.gpu.download(fused)?, p.gpu.download(two)?);
                 rows.push(bitwise_row(op, &case, &format!("{name} = 2 launches (bitwise)"), &fused, &two));
             }
+            rows.push(p.guard_row(op, &case)?);
         }
         Ok(rows)
     }
@@ -659,6 +747,7 @@ impl Ctx {
                 p.gpu.matmul_forward(out, inp, w, bias, n, c, oc)?;
                 rows.push(p.compare(op, &case, "out", out)?);
             }
+            rows.push(p.guard_row(op, &case)?);
         }
         Ok(rows)
     }
@@ -722,6 +811,7 @@ impl Ctx {
             for (name, t) in compared {
                 rows.push(p.compare(op, &case, name, t)?);
             }
+            rows.push(p.guard_row(op, &case)?);
         }
         Ok(rows)
     }
@@ -821,6 +911,7 @@ impl Ctx {
                 rows.push(p.compare_with(op, &case, "out", out, eps, k_fwd)?);
                 rows.push(p.compare(op, &case, "lse", lse)?);
             }
+            rows.push(p.guard_row(op, &case)?);
         }
         Ok(rows)
     }
@@ -861,6 +952,7 @@ impl Ctx {
                 .collect();
             let got = p.gpu.download(d)?;
             rows.push(row(op, case, "d", &got, &want, F32_EPS, K_F32));
+            rows.push(p.guard_row(op, case)?);
         }
         Ok(rows)
     }
@@ -884,6 +976,7 @@ impl Ctx {
             p.gpu.attention_cached(out, qkv, kv, b, t_max, pos, nh, hs)?;
             rows.push(p.compare(op, &case, "out", out)?);
             rows.push(p.compare(op, &case, "kv cache", kv)?);
+            rows.push(p.guard_row(op, &case)?);
         }
         Ok(rows)
     }
@@ -918,6 +1011,7 @@ impl Ctx {
                     rows.push(p.compare(op, &case, "out", out)?);
                 }
             }
+            rows.push(p.guard_row(op, &case)?);
         }
         Ok(rows)
     }
@@ -950,6 +1044,7 @@ impl Ctx {
             if with_grad {
                 rows.push(p.compare(op, &case, "dlogits", logits)?);
             }
+            rows.push(p.guard_row(op, &case)?);
         }
         Ok(rows)
     }
@@ -964,10 +1059,12 @@ impl Ctx {
             let mut p = self.pair(&plan, 700 + i as u64)?;
             optimizer_state(&mut p, all, 0.01)?;
             let step = AdamWStep { grad_scale: 0.7, seed: self.seed ^ 0xADA, ..CHECK_ADAMW };
-            let decay_end = n / 2 + 5;
+            // Offsets into the arena, where `all` starts after a guard.
+            let decay_end = all.offset + n / 2 + 5;
             // The last case updates one shard only, as a data-parallel rank does: the elements
             // outside it must not move.
-            let range = if i == 2 { TENSOR_ALIGN..n - 2 * TENSOR_ALIGN } else { 0..n };
+            let range =
+                if i == 2 { all.offset + TENSOR_ALIGN..all.end() - 2 * TENSOR_ALIGN } else { all.offset..all.end() };
             p.cpu.adamw(&step, decay_end, range.clone())?;
             p.gpu.adamw(&step, decay_end, range)?;
             rows.push(p.compare_with(op, &case, "params (master)", all, F32_EPS, K_F32)?);
@@ -976,6 +1073,7 @@ impl Ctx {
             if self.precision == Precision::Bf16 {
                 rows.extend(stochastic_rounding_rows(&mut p, all, &case)?);
             }
+            rows.push(p.guard_row(op, &case)?);
         }
         Ok(rows)
     }
@@ -989,9 +1087,11 @@ impl Ctx {
             let all = plan.take(Arena::Grads, n);
             let mut p = self.pair(&plan, 800 + i as u64)?;
             p.fill(all, 0.1)?;
-            let range = if i == 1 { TENSOR_ALIGN..n - TENSOR_ALIGN } else { 0..n };
+            let range =
+                if i == 1 { all.offset + TENSOR_ALIGN..all.end() - TENSOR_ALIGN } else { all.offset..all.end() };
             let (g, c) = (p.gpu.grad_norm_squared(range.clone())?, p.cpu.grad_norm_squared(range)?);
             rows.push(row(op, &case, "Σg²", &[g as f32], &[c as f32], F32_EPS, K_F32));
+            rows.push(p.guard_row(op, &case)?);
         }
         Ok(rows)
     }
@@ -1017,11 +1117,11 @@ impl Ctx {
             }
             p.set_exact(losses, &l)?;
             let step = AdamWStep { seed: self.seed ^ 0x5EED, ..CHECK_ADAMW };
-            let decay_end = n / 2 + 5;
+            let decay_end = all.offset + n / 2 + 5;
             p.cpu.set_step(&step, clip)?;
             p.gpu.set_step(&step, clip)?;
-            p.cpu.optimizer_step(losses, losses.len, decay_end, 0..n)?;
-            p.gpu.optimizer_step(losses, losses.len, decay_end, 0..n)?;
+            p.cpu.optimizer_step(losses, losses.len, decay_end, all.offset..all.end())?;
+            p.gpu.optimizer_step(losses, losses.len, decay_end, all.offset..all.end())?;
             let (c, g) = (p.cpu.step_outcome()?, p.gpu.step_outcome()?);
             if !nan_loss {
                 rows.push(row(op, &case, "Σ losses", &[g.loss_sum as f32], &[c.loss_sum as f32], F32_EPS, K_F32));
@@ -1037,6 +1137,7 @@ impl Ctx {
             rows.push(p.compare_with(op, &case, "params (master)", all, F32_EPS, K_F32)?);
             rows.push(p.compare(op, &case, "m", all.in_arena(Arena::OptM))?);
             rows.push(p.compare(op, &case, "v", all.in_arena(Arena::OptV))?);
+            rows.push(p.guard_row(op, &case)?);
         }
         Ok(rows)
     }
@@ -1183,6 +1284,42 @@ mod tests {
         z[1] = 0.0;
         assert!(!bitwise_row("op", "case", "t", &z, &a).passed);
         assert!(!bitwise_row("op", "case", "t", &a[..3], &a).passed);
+    }
+
+    #[test]
+    fn every_tensor_of_a_plan_sits_aligned_between_guards_that_cover_the_rest() {
+        let mut plan = Plan::default();
+        let taken = [
+            plan.take(Arena::Params, 100),
+            plan.take_skewed(Arena::Params, 7, 1),
+            plan.take(Arena::Acts, 1),
+            plan.take_skewed(Arena::Acts, 4096, 3),
+            plan.take(Arena::Stats, 64),
+            plan.take(Arena::Grads, 5),
+        ];
+        let skews = [0, 1, 0, 3, 0, 0];
+        for (t, skew) in taken.iter().zip(skews) {
+            assert_eq!((t.offset - skew) % TENSOR_ALIGN, 0, "{t:?} off alignment");
+        }
+        for arena in FLOAT_ARENAS {
+            let group = |a: Arena| Plan::group(a) == Plan::group(arena);
+            let mine: Vec<Tensor> = taken.iter().copied().filter(|t| group(t.arena)).collect();
+            let guards = plan.guards(arena);
+            // Guards and tensors tile the arena exactly, and each tensor has a whole guard on
+            // either side.
+            let mut spans: Vec<(usize, usize)> = guards.iter().chain(&mine).map(|t| (t.offset, t.end())).collect();
+            spans.sort_unstable();
+            assert_eq!(spans.first().map(|s| s.0), Some(0), "{arena:?}");
+            assert!(spans.windows(2).all(|w| w[0].1 == w[1].0), "{arena:?}: {spans:?}");
+            assert_eq!(spans.last().map(|s| s.1), Some(plan.size(arena)), "{arena:?}");
+            for t in &mine {
+                let before = guards.iter().find(|g| g.end() == t.offset).expect("a guard before");
+                let after = guards.iter().find(|g| g.offset == t.end()).expect("a guard after");
+                assert!(before.len >= GUARD && after.len >= GUARD, "{t:?}: {before:?} {after:?}");
+            }
+        }
+        // An arena with no tensors is one guard.
+        assert_eq!(plan.guards(Arena::ActGrads), [Tensor { arena: Arena::ActGrads, offset: 0, len: GUARD }]);
     }
 
     #[test]

@@ -48,7 +48,10 @@ fn the_report_collects_stages_checks_training_and_benchmarks() {
     check += &case_row("matmul_backward_gelu", "N=5 C=7 OC=3 bias, apart, bias grad apart", "dinp", 20.0, "ok");
     check += &case_row("matmul_gelu_forward", "N=5 C=7 OC=3 bias, apart", "out", 20.0, "ok");
     check += &case_row("matmul_backward", "N=1 C=1 OC=1 bias, bias grad apart", "dbias", 20.0, "ok");
-    check += "8 passed, 1 failed\nError: 1 of 9 comparisons failed\n";
+    // Each case's guard row: counted apart, not as a case or an op's tolerance.
+    check += &case_row("matmul_backward_gelu", gelu_bwd, "guards (outside the tensors)", 0.0, "ok");
+    check += &case_row("layernorm_forward", "N=5 C=8", "guards (outside the tensors)", f64::INFINITY, "FAIL");
+    check += "9 passed, 2 failed\nError: 2 of 11 comparisons failed\n";
     write("check-bf16.log", &check);
     write("check-f32.log", &format!("=== check-f32\n{}1 passed, 0 failed\n", row("adamw", "params", 3.0, "ok")));
     let step = |s: usize, loss: f64, tps: f64| {
@@ -76,7 +79,8 @@ fn the_report_collects_stages_checks_training_and_benchmarks() {
         "| check-bf16 | FAIL | exit 1 (12s) |",
         "| memcheck | SKIP | compute-sanitizer is not installed |",
         "| nvidia-smi | PASS | 0s |",
-        "Result: **8 passed, 1 failed**",
+        "Result: **9 passed, 2 failed**",
+        "Guards around the tensors intact in 1 of 2 cases.",
         "cuBLASLt epilogues: GELU in the epilogue in 1 of 3 cases; bias gradient in the epilogue in 1 of 3 cases.",
         "| attention_forward | 180.0% |",
         "| layernorm_forward | 40.0% |",
@@ -87,8 +91,10 @@ fn the_report_collects_stages_checks_training_and_benchmarks() {
     ] {
         assert!(page.contains(want), "missing {want:?} in:\n{page}");
     }
-    // The failing row is quoted whole.
+    // The failing rows are quoted whole; a guard row's infinite share is not an op's tolerance.
     assert!(page.lines().any(|l| l.starts_with("attention_forward") && l.ends_with("FAIL")), "{page}");
+    assert!(page.lines().any(|l| l.starts_with("layernorm_forward") && l.contains("guards") && l.ends_with("FAIL")));
+    assert!(!page.contains("| layernorm_forward | inf%"), "{page}");
 
     // Not a gpu-check.sh folder: one line, non-zero.
     let empty = temp_dir("run-report-empty");
