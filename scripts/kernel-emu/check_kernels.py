@@ -22,8 +22,12 @@ AddressSanitizer, and a kernel that reads or writes global memory outside the ar
 or dynamic shared memory past what the host gives its launch, fails the run with the access's
 stack, as compute-sanitizer's memcheck would on a GPU.
 
+The blocks of a launch run one after another, by index or, with --reverse-blocks, the other way
+round: a kernel whose block reads what another block of its launch writes gives other numbers one
+way or the other.
+
 Usage: python3 scripts/kernel-emu/check_kernels.py [--only NAME] [--racecheck | --memcheck]
-(needs numpy and g++)
+[--reverse-blocks]   (needs numpy and g++)
 """
 
 import argparse
@@ -974,6 +978,8 @@ def main():
                         help="build the kernels with ThreadSanitizer and fail on a data race between CUDA threads")
     checks.add_argument("--memcheck", action="store_true",
                         help="build the kernels with AddressSanitizer and fail on an access outside a kernel's memory")
+    parser.add_argument("--reverse-blocks", action="store_true",
+                        help="run the blocks of every launch in reverse order (a GPU may take any)")
     args = parser.parse_args()
     SANITIZER = "racecheck" if args.racecheck else "memcheck" if args.memcheck else None
     if SANITIZER:
@@ -983,6 +989,7 @@ def main():
         print("note: GPTK_EMU_SHARED_BYTES is not set: shared memory is neither poisoned nor bounded "
               "(cargo test --test kernel_emulation sets it)")
     LIB = build(SANITIZER)
+    LIB.emu_set_block_order(int(args.reverse_blocks))
     for name, fn in CHECKS.items():
         if args.only and args.only not in name:
             continue

@@ -2,9 +2,9 @@
 // (indexing, vector paths, warp and block reductions, online softmax, stochastic rounding) can be
 // tested on a machine without a GPU. Included before the kernel sources by check_kernels.py.
 //
-// Execution model: a launch runs its blocks one after another; each block runs its CUDA threads
-// as fibers on the launching OS thread, each running until it waits at a barrier or
-// ends, so that __syncthreads and warp shuffles behave as on a GPU: shuffles exchange through a
+// Execution model: a launch runs its blocks one after another (by index, or in reverse:
+// emu_set_block_order); each block runs its CUDA threads as fibers on the launching OS thread,
+// each running until it waits at a barrier or ends, so that __syncthreads and warp shuffles behave as on a GPU: shuffles exchange through a
 // per-warp buffer between two warp barriers, __syncthreads is a block barrier, and a thread that
 // returns leaves the barriers (arrive_and_drop), as an exited CUDA thread stops counting. A block
 // whose threads all wait at barriers that none of the others will reach stops the run (it would
@@ -264,6 +264,8 @@ inline AsyncQueue *copies = nullptr, *products = nullptr;
 inline bool wgmma_fenced = false;
 // Whether each kind is deferred in the next launch's threads.
 inline bool defer_copies = false, defer_products = false;
+// Whether the next launches run their blocks in reverse index order.
+inline bool reverse_blocks = false;
 
 inline Warp* current_warp = nullptr;
 inline Block* current_block = nullptr;
@@ -586,59 +588,63 @@ inline void run_blocks(const std::function<void()>& kernel) {
     static std::vector<std::unique_ptr<char[]>> stacks;
     while (stacks.size() < static_cast<size_t>(threads)) stacks.push_back(std::make_unique<char[]>(kFiberStack));
     running_kernel = &kernel;
-    for (unsigned bz = 0; bz < gridDim.z; bz++)
-        for (unsigned by = 0; by < gridDim.y; by++)
-            for (unsigned bx = 0; bx < gridDim.x; bx++) {
-                Block block(threads);
-                block_serial++;
-                start_block_smem();
-                std::vector<std::unique_ptr<Warp>> warps;
-                for (int w = 0; w < (threads + kWarp - 1) / kWarp; w++)
-                    warps.push_back(std::make_unique<Warp>(std::min(kWarp, threads - w * kWarp)));
-                std::vector<std::unique_ptr<WarpGroup>> groups;
-                for (int w = 0; w < (threads + kWarpGroup - 1) / kWarpGroup; w++)
-                    groups.push_back(std::make_unique<WarpGroup>(std::min(kWarpGroup, threads - w * kWarpGroup)));
-                current_block = &block;
-                std::vector<Fiber> fibers(threads);
-                for (int t = 0; t < threads; t++) {
-                    Fiber& f = fibers[t];
-                    f.thread_idx = dim3(t, 0, 0);
-                    f.block_idx = dim3(bx, by, bz);
-                    f.copies.deferred = defer_copies;
-                    f.products.deferred = defer_products;
-                    f.warp = warps[t / kWarp].get();
-                    f.warpgroup = groups[t / kWarpGroup].get();
-                    f.stack = stacks[t].get();
-                    unpoison(f.stack, kFiberStack);  // the frames the last block's thread left there
-                    start_context(f.context, f.stack, kFiberStack, fiber_main);
-                    prepare_fiber(t, f.block_idx);
-                }
-                // Round robin until every thread has ended; a round in which nobody arrived at a
-                // barrier or ended is a hang.
-                for (int left = threads; left > 0;) {
-                    const uint64_t before = arrivals;
-                    const int left_before = left;
-                    for (Fiber& f : fibers) {
-                        if (f.done) continue;
-                        running = &f;
-                        switch_in(f);
-                        enter_fiber(static_cast<size_t>(&f - fibers.data()), f);
-                        switch_context(scheduler, f.context);
-                        back_in_scheduler();
-                        if (f.done) left--;
-                    }
-                    if (left > 0 && left == left_before && arrivals == before) {
-                        std::fprintf(stderr,
-                                     "emulation: block (%u, %u) hangs: its %d live threads all wait at barriers the "
-                                     "others do not reach\n",
-                                     bx, by, left);
-                        std::abort();
-                    }
-                }
-                running = nullptr;
-                blockIdx = dim3(bx, by, bz);
-                end_block_smem();
+    // Blocks in index order, or the reverse (emu_set_block_order): a GPU runs them in any order.
+    const uint64_t blocks = uint64_t{gridDim.x} * gridDim.y * gridDim.z;
+    for (uint64_t n = 0; n < blocks; n++) {
+        const uint64_t index = reverse_blocks ? blocks - 1 - n : n;
+        const auto bx = static_cast<unsigned>(index % gridDim.x);
+        const auto by = static_cast<unsigned>(index / gridDim.x % gridDim.y);
+        const auto bz = static_cast<unsigned>(index / gridDim.x / gridDim.y);
+        Block block(threads);
+        block_serial++;
+        start_block_smem();
+        std::vector<std::unique_ptr<Warp>> warps;
+        for (int w = 0; w < (threads + kWarp - 1) / kWarp; w++)
+            warps.push_back(std::make_unique<Warp>(std::min(kWarp, threads - w * kWarp)));
+        std::vector<std::unique_ptr<WarpGroup>> groups;
+        for (int w = 0; w < (threads + kWarpGroup - 1) / kWarpGroup; w++)
+            groups.push_back(std::make_unique<WarpGroup>(std::min(kWarpGroup, threads - w * kWarpGroup)));
+        current_block = &block;
+        std::vector<Fiber> fibers(threads);
+        for (int t = 0; t < threads; t++) {
+            Fiber& f = fibers[t];
+            f.thread_idx = dim3(t, 0, 0);
+            f.block_idx = dim3(bx, by, bz);
+            f.copies.deferred = defer_copies;
+            f.products.deferred = defer_products;
+            f.warp = warps[t / kWarp].get();
+            f.warpgroup = groups[t / kWarpGroup].get();
+            f.stack = stacks[t].get();
+            unpoison(f.stack, kFiberStack);  // the frames the last block's thread left there
+            start_context(f.context, f.stack, kFiberStack, fiber_main);
+            prepare_fiber(t, f.block_idx);
+        }
+        // Round robin until every thread has ended; a round in which nobody arrived at a
+        // barrier or ended is a hang.
+        for (int left = threads; left > 0;) {
+            const uint64_t before = arrivals;
+            const int left_before = left;
+            for (Fiber& f : fibers) {
+                if (f.done) continue;
+                running = &f;
+                switch_in(f);
+                enter_fiber(static_cast<size_t>(&f - fibers.data()), f);
+                switch_context(scheduler, f.context);
+                back_in_scheduler();
+                if (f.done) left--;
             }
+            if (left > 0 && left == left_before && arrivals == before) {
+                std::fprintf(stderr,
+                             "emulation: block (%u, %u) hangs: its %d live threads all wait at barriers the "
+                             "others do not reach\n",
+                             bx, by, left);
+                std::abort();
+            }
+        }
+        running = nullptr;
+        blockIdx = dim3(bx, by, bz);
+        end_block_smem();
+    }
 }
 
 // Runs `kernel` over the configured grid. What the launching thread wrote before (the kernel's
@@ -992,6 +998,12 @@ extern "C" void emu_set_deferred(int copies, int products) {
     emu::defer_copies = copies != 0;
     emu::defer_products = products != 0;
 }
+
+// The order in which launches run their blocks from now on: by index (0) or reversed (1). The
+// blocks of a launch may run in any order on a GPU, so a kernel's results must not depend on it;
+// one whose block reads what another block of the same launch writes gives other numbers one
+// way or the other.
+extern "C" void emu_set_block_order(int reverse) { emu::reverse_blocks = reverse != 0; }
 
 // The ldmatrix phases run and the extra wavefronts their bank conflicts cost since the last call
 // (see ldmatrix_phases); both counters restart.
