@@ -195,8 +195,10 @@ struct Barrier {
 };
 
 struct Warp {
-    explicit Warp(int lanes) : barrier(lanes) {}
+    explicit Warp(int lanes) : barrier(lanes), live(lanes == kWarp ? ~0u : (1u << lanes) - 1) {}
     Barrier barrier;
+    // The lanes that exist and have not ended.
+    uint32_t live;
     double slots[kWarp];
     // What each lane hands the warp-wide matrix instructions (ldmatrix, mma).
     const unsigned char* rows[kWarp];
@@ -326,21 +328,45 @@ struct Exit {
             std::abort();
         }
         proxy_fence(true);
+        {
+            Internal in;
+            current_warp->live &= ~(1u << threadIdx.x % kWarp);
+        }
         current_warp->barrier.arrive_and_drop();
         current_warpgroup->barrier.arrive_and_drop();
         current_block->barrier.arrive_and_drop();
     }
 };
 
+// The rules of a warp's collective instructions that the emulation would otherwise pass over:
+// the lanes `needed` must be in the instruction's `mask` and still running. On a GPU a shuffle
+// by a lane outside its mask, or reading a lane that has ended or is outside the mask, is
+// undefined, and ldmatrix and mma (`.aligned`) need every lane of the warp.
+inline void expect_lanes(const Warp* w, uint32_t mask, uint32_t needed, const char* what) {
+    if (const uint32_t missing = needed & ~(mask & w->live)) {
+        std::fprintf(stderr,
+                     "emulation: %s by thread %u of block (%u, %u) needs lanes %08x, which have ended or are "
+                     "outside its mask %08x (undefined on a GPU)\n",
+                     what, threadIdx.x, blockIdx.x, blockIdx.y, missing, mask);
+        std::abort();
+    }
+}
+
+// A shuffle: this lane gives `v` and gets lane `lane`'s.
 template <typename F>
-inline F exchange(F v, int lane) {
+inline F exchange(F v, int lane, uint32_t mask) {
     Warp* w = current_warp;
     const int me = threadIdx.x % kWarp;
     {
         Internal in;
+        expect_lanes(w, mask, 1u << me, "a warp shuffle");
         w->slots[me] = static_cast<double>(v);
     }
     w->barrier.arrive_and_wait();
+    {
+        Internal in;
+        expect_lanes(w, mask, 1u << lane, "a warp shuffle");
+    }
     F r = static_cast<F>(w->slots[lane]);
     w->barrier.arrive_and_wait();
     return r;
@@ -662,13 +688,13 @@ inline void run(const std::function<void()>& kernel) {
 
 #define GPTK_EXPECT_ALIGNED(p, bytes) emu::expect_aligned((p), (bytes), __func__)
 
-inline float __shfl_xor_sync(unsigned, float v, int offset) {
-    return emu::exchange(v, (threadIdx.x % emu::kWarp) ^ offset);
+inline float __shfl_xor_sync(unsigned mask, float v, int offset) {
+    return emu::exchange(v, (threadIdx.x % emu::kWarp) ^ offset, mask);
 }
-inline double __shfl_xor_sync(unsigned, double v, int offset) {
-    return emu::exchange(v, (threadIdx.x % emu::kWarp) ^ offset);
+inline double __shfl_xor_sync(unsigned mask, double v, int offset) {
+    return emu::exchange(v, (threadIdx.x % emu::kWarp) ^ offset, mask);
 }
-inline int __shfl_sync(unsigned, int v, int lane) { return emu::exchange(v, lane); }
+inline int __shfl_sync(unsigned mask, int v, int lane) { return emu::exchange(v, lane, mask); }
 inline void __syncthreads() { emu::current_block->barrier.arrive_and_wait(); }
 inline void __syncwarp(unsigned = 0xffffffffu) { emu::current_warp->barrier.arrive_and_wait(); }
 
@@ -726,6 +752,7 @@ inline void ldmatrix(uint32_t* r, shared_addr p, bool trans) {
     expect_aligned(reinterpret_cast<const void*>(p), 16, "an ldmatrix row");
     {
         Internal in;
+        expect_lanes(w, ~0u, ~0u, "ldmatrix");
         w->rows[lane] = reinterpret_cast<const unsigned char*>(p);
     }
     w->barrier.arrive_and_wait();
@@ -769,6 +796,7 @@ inline void mma_bf16_16x8x16(float* d, const uint32_t* a, const uint32_t* b) {
     const int lane = threadIdx.x % emu::kWarp;
     {
         emu::Internal in;
+        emu::expect_lanes(w, ~0u, ~0u, "mma");
         for (int i = 0; i < 4; i++) w->regs[lane][i] = a[i];
         w->regs[lane][4] = b[0];
         w->regs[lane][5] = b[1];
