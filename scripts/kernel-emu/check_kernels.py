@@ -20,7 +20,8 @@ threads of a block (shared or global memory, no barrier between them) fails the 
 printed (emu.h says what orders two threads there). With --memcheck they are built with
 AddressSanitizer, and a kernel that reads or writes global memory outside the arrays it was given,
 or dynamic shared memory past what the host gives its launch, fails the run with the access's
-stack, as compute-sanitizer's memcheck would on a GPU.
+stack, as compute-sanitizer's memcheck would on a GPU; UndefinedBehaviorSanitizer comes with it
+(a signed integer overflow in an index, a shift past the width, ...).
 
 The blocks of a launch run one after another, by index or, with --reverse-blocks, the other way
 round: a kernel whose block reads what another block of its launch writes gives other numbers one
@@ -76,7 +77,8 @@ def build(sanitizer=None):
 # --racecheck builds the kernels with ThreadSanitizer (emu.h says what it orders): a data race
 # between two CUDA threads of a block fails the run. --memcheck builds them with
 # AddressSanitizer: a kernel's access to global memory outside the arrays it was given, or to
-# dynamic shared memory past the bytes the host gives its launch, fails the run. Either way this
+# dynamic shared memory past the bytes the host gives its launch, fails the run, and so does
+# undefined behaviour in C++ terms (UndefinedBehaviorSanitizer, built in too). Either way this
 # script runs again in a Python that has the sanitizer's runtime loaded first, as it must be, and
 # the report names the access with its stack.
 SANITIZER_ENV = "GPTK_EMU_SANITIZER"
@@ -84,15 +86,19 @@ SANITIZERS = {
     "racecheck": {
         "runtime": "libtsan.so", "package": "libtsan2", "name": "ThreadSanitizer", "exitcode": 66,
         "flags": ["-fsanitize=thread", "-g", "-DGPTK_EMU_RACECHECK"],
-        "options": ("TSAN_OPTIONS", "halt_on_error=1 exitcode=66 history_size=4"),
+        "options": {"TSAN_OPTIONS": "halt_on_error=1 exitcode=66 history_size=4"},
         "found": "a data race between CUDA threads",
     },
     "memcheck": {
-        "runtime": "libasan.so", "package": "libasan8", "name": "AddressSanitizer", "exitcode": 67,
-        "flags": ["-fsanitize=address", "-fno-omit-frame-pointer", "-g", "-DGPTK_EMU_MEMCHECK"],
+        "runtime": "libasan.so", "package": "libasan8", "exitcode": 67,
+        "name": "AddressSanitizer (with UndefinedBehaviorSanitizer)",
+        "flags": ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g",
+                  "-DGPTK_EMU_MEMCHECK"],
         # Python's own allocations are not the kernels' business: no leak report at exit.
-        "options": ("ASAN_OPTIONS", "halt_on_error=1 exitcode=67 detect_leaks=0"),
-        "found": "an access outside the memory a kernel was given",
+        "options": {"ASAN_OPTIONS": "halt_on_error=1 exitcode=67 detect_leaks=0",
+                    "UBSAN_OPTIONS": "halt_on_error=1 exitcode=67 print_stacktrace=1"},
+        "found": "an access outside the memory a kernel was given, or undefined behaviour (an integer "
+                 "overflow, a shift past the width, ...)",
     },
 }
 SANITIZER = None  # the one this run is built with, if any
@@ -114,11 +120,10 @@ def rerun_under(name):
     runtime = sanitizer_runtime(name)
     if not runtime:
         sys.exit(f"--{name}: g++ has no {s['name']} runtime ({s['runtime']}; on Debian: apt install {s['package']})")
-    variable, options = s["options"]
-    options = " ".join(filter(None, [options, os.environ.get(variable, "")]))
+    options = {v: " ".join(filter(None, [o, os.environ.get(v, "")])) for v, o in s["options"].items()}
     # numpy's BLAS on one thread: its worker threads synchronize in ways the race checker cannot see.
     env = dict(os.environ, LD_PRELOAD=runtime, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
-               **{variable: options, SANITIZER_ENV: name})
+               **options, **{SANITIZER_ENV: name})
     status = subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:]], env=env).returncode
     if status == s["exitcode"]:
         print(f"{name}: {s['name']} reported {s['found']} (above)")
