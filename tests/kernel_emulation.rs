@@ -137,9 +137,9 @@ fn no_two_cuda_threads_race_under_emulation() {
 /// global memory outside the arrays it is given (the bytes around each are made unaddressable),
 /// or dynamic shared memory past what the host gives its launch, fails it with the access's stack,
 /// as compute-sanitizer's memcheck would on a GPU; UndefinedBehaviorSanitizer, built in too,
-/// fails it on a signed overflow or another undefined operation. The blocks of each launch run in reverse order
-/// here (by index in the plain run): a kernel whose results depend on the order of its blocks
-/// fails one of the two.
+/// fails it on a signed overflow or another undefined operation. The blocks of each launch run
+/// in reverse order here (by index in the plain run): a kernel whose results depend on the order
+/// of its blocks fails one of the two.
 #[test]
 fn no_kernel_touches_memory_outside_its_arrays_under_emulation() {
     if can_run("the kernel memory check", missing_sanitizer("libasan.so", "AddressSanitizer")) {
