@@ -83,6 +83,11 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 /// Runs `gptk` with `args` on the emulated GPU; panics with its output unless it succeeds.
 fn gptk(dir: &Path, args: &[&str]) -> String {
+    gptk_with(dir, args, &[])
+}
+
+/// `gptk` with further environment variables `envs`.
+fn gptk_with(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> String {
     let library_path = match std::env::var_os("LD_LIBRARY_PATH") {
         Some(p) => format!("{}:{}", dir.display(), p.to_string_lossy()),
         None => dir.display().to_string(),
@@ -90,6 +95,7 @@ fn gptk(dir: &Path, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_gptk"))
         .args(args)
         .env("LD_LIBRARY_PATH", library_path)
+        .envs(envs.iter().copied())
         .output()
         .expect("gptk runs");
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -122,7 +128,10 @@ const F32_FAMILIES: [&str; 7] = [
 fn gptk_check_passes_on_the_emulated_gpu() {
     let _one = serial();
     let Some(dir) = emulated_gpu("gptk_check_passes_on_the_emulated_gpu") else { return };
-    let table = gptk(dir, &["check", "--precision", "bf16"]);
+    // Every launch's blocks in reverse order here (by index everywhere else, `tests/gpu_backend.rs`
+    // on the emulated GPU included): a GPU may run them in any order, so no result may depend on it.
+    let reverse = [("GPTK_EMU_BLOCK_ORDER", "reverse")];
+    let table = gptk_with(dir, &["check", "--precision", "bf16"], &reverse);
     assert!(table.contains("Emulated GPU"), "the check did not run on the emulated GPU:\n{table}");
     assert!(failed_rows(&table).is_empty(), "{table}");
     // Every family ran, the Hopper-only ones included (the emulated device is compute

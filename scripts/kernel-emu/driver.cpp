@@ -11,7 +11,8 @@
 // are filled with 0xFF bytes (a NaN in f32 and bf16), as a GPU's are not zeroed.
 //
 // Streams run their work at once, in the calling thread, in issue order: every stream is
-// synchronous, which is one of the orders a GPU may take. While a stream is captured, its work is
+// synchronous, which is one of the orders a GPU may take. A launch runs its blocks by index, or
+// in reverse with GPTK_EMU_BLOCK_ORDER=reverse (see cuInit). While a stream is captured, its work is
 // recorded into the graph instead and runs at each launch of the graph. What the real driver
 // refuses during a capture is refused here too, and the capture is then invalidated: waiting for
 // the stream or the context, allocating memory, and copies between host and device (the backend
@@ -192,7 +193,13 @@ CUresult cuGetErrorString(CUresult error, const char** str) {
 
 CUresult cuGetErrorName(CUresult error, const char** str) { return cuGetErrorString(error, str); }
 
-CUresult cuInit(unsigned int flags) { return flags == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE; }
+// GPTK_EMU_BLOCK_ORDER=reverse runs every launch's blocks in reverse index order (a GPU may take
+// any): results that depend on the order show against a run by index.
+CUresult cuInit(unsigned int flags) {
+    const char* order = std::getenv("GPTK_EMU_BLOCK_ORDER");
+    emu_set_block_order(order && std::strcmp(order, "reverse") == 0);
+    return flags == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
 
 CUresult cuDriverGetVersion(int* version) {
     if (!version) return CUDA_ERROR_INVALID_VALUE;
