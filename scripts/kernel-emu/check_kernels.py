@@ -245,24 +245,20 @@ LDMATRIX = {}
 LAUNCH_TIMEOUT_S = 300
 
 
-# Bytes of dynamic shared memory the Rust host gives each kernel that takes some, by name, from
-# the JSON object in GPTK_EMU_SHARED_BYTES (tests/kernel_emulation.rs sets it from the host's
-# tables); the wgmma kernels align their tiles to 1 KB themselves and may spend up to that much of
-# it, which the emulation, whose shared memory is aligned already, does not. A launch of a kernel
-# named there starts each block with its shared memory poisoned and fails one that writes past
-# what it is given (emu.h).
+# Bytes of dynamic shared memory each kernel that takes some may use, by name, from the JSON
+# object in GPTK_EMU_SHARED_BYTES (tests/kernel_emulation.rs sets it from the host's tables: what
+# the host gives the launch, less the alignment slack that the wgmma kernels spend on aligning
+# their tiles themselves, which the emulation, whose shared memory is aligned already, does not).
+# A launch of a kernel named there starts each block with its shared memory poisoned and fails
+# one that touches more (emu.h).
 SHARED_BYTES = json.loads(os.environ.get("GPTK_EMU_SHARED_BYTES", "{}"))
-WGMMA_ALIGN_SLACK = 1024
 
 
-def usable_shared_bytes(name):
-    given = SHARED_BYTES.get(name, 0)
-    return max(0, given - WGMMA_ALIGN_SLACK) if given and ("_sm90a" in name or name == "wgmma_probe") else given
 
 
 def launch(name, dt, grid, block, *args):
     gx, gy = grid if isinstance(grid, tuple) else (grid, 1)
-    LIB.emu_config(max(1, int(gx)), max(1, int(gy)), int(block), ctypes.c_ulonglong(usable_shared_bytes(name)))
+    LIB.emu_config(max(1, int(gx)), max(1, int(gy)), int(block), ctypes.c_ulonglong(SHARED_BYTES.get(name, 0)))
     faulthandler.dump_traceback_later(LAUNCH_TIMEOUT_S, exit=True)
     try:
         getattr(LIB, f"{name}_{dt}")(*args)

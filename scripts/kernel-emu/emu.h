@@ -890,6 +890,11 @@ inline Descriptor decode(uint64_t d) {
 inline uintptr_t swizzled(uintptr_t offset) { return offset ^ ((offset >> 7) & 7) << 4; }
 inline float swizzled_bf16(uintptr_t offset) {
     offset = swizzled(offset);
+    if (offset + 2 > smem_in_use()) {
+        std::fprintf(stderr, "emulated wgmma: block %u reads shared byte %zu, past the %zu bytes the host gives it\n",
+                     blockIdx.x, static_cast<size_t>(offset), smem_in_use());
+        std::abort();
+    }
     if (view_block != block_serial || half_at(async_view, offset / 2) != half_at(dynamic_smem, offset / 2)) {
         std::fprintf(stderr,
                      "emulated wgmma: block %u reads shared byte %zu, written through the generic proxy since "

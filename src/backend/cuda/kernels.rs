@@ -128,8 +128,8 @@ pub const FLASH90_DKV_KEYS: usize = 128;
 pub const FLASH90_DKV_ROWS_HS64: usize = 64;
 pub const FLASH90_DKV_ROWS_HS128: usize = 32;
 /// Alignment the swizzled tiles need (one 8-row atom); the kernels align their shared memory
-/// themselves and are given this much more.
-const WGMMA_ATOM_BYTES: usize = 1024;
+/// themselves and are given this much more, which they may spend on the alignment.
+pub const WGMMA_ATOM_BYTES: usize = 1024;
 /// Dynamic shared memory of the wgmma layout probe: the alignment slack and two 64×128 bf16
 /// tiles.
 pub const WGMMA_PROBE_SHARED_BYTES: usize = WGMMA_ATOM_BYTES + 2 * 64 * 128 * BYTES_PER_BF16;
