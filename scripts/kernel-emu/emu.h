@@ -340,8 +340,8 @@ struct Exit {
 
 // The rules of a warp's collective instructions that the emulation would otherwise pass over:
 // the lanes `needed` must be in the instruction's `mask` and still running. On a GPU a shuffle
-// by a lane outside its mask, or reading a lane that has ended or is outside the mask, is
-// undefined, and ldmatrix and mma (`.aligned`) need every lane of the warp.
+// or __syncwarp by a lane outside its mask, or a shuffle reading a lane that has ended or is
+// outside the mask, is undefined, and ldmatrix and mma (`.aligned`) need every lane of the warp.
 inline void expect_lanes(const Warp* w, uint32_t mask, uint32_t needed, const char* what) {
     if (const uint32_t missing = needed & ~(mask & w->live)) {
         std::fprintf(stderr,
@@ -696,7 +696,13 @@ inline double __shfl_xor_sync(unsigned mask, double v, int offset) {
 }
 inline int __shfl_sync(unsigned mask, int v, int lane) { return emu::exchange(v, lane, mask); }
 inline void __syncthreads() { emu::current_block->barrier.arrive_and_wait(); }
-inline void __syncwarp(unsigned = 0xffffffffu) { emu::current_warp->barrier.arrive_and_wait(); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    {
+        emu::Internal in;
+        emu::expect_lanes(emu::current_warp, mask, 1u << threadIdx.x % emu::kWarp, "__syncwarp");
+    }
+    emu::current_warp->barrier.arrive_and_wait();
+}
 
 // ---- the tensor-core kernels' primitives (common.cuh declares them for the GPU) ----------------
 // Shared memory is ordinary memory here, so its "addresses" are plain pointers; the asynchronous
