@@ -12,11 +12,11 @@
 //
 // Streams run their work at once, in the calling thread, in issue order: every stream is
 // synchronous, which is one of the orders a GPU may take. A launch runs its blocks by index, or
-// in reverse with GPTK_EMU_BLOCK_ORDER=reverse (see cuInit). While a stream is captured, its work is
-// recorded into the graph instead and runs at each launch of the graph. What the real driver
-// refuses during a capture is refused here too, and the capture is then invalidated: waiting for
-// the stream or the context, allocating memory, and copies between host and device (the backend
-// records no host copies in its graph).
+// in reverse with GPTK_EMU_BLOCK_ORDER=reverse (see cuInit). While a stream is captured, its
+// work is recorded into the graph instead and runs at each launch of the graph. What the real
+// driver refuses during a capture is refused here too, and the capture is then invalidated:
+// waiting for the stream or the context, allocating memory, and copies between host and device
+// (the backend records no host copies in its graph).
 //
 // Checks that a GPU makes and the emulation adds: a launch's block no larger than the kernel's
 // __launch_bounds__, its dynamic shared memory within what the function was allowed (48 KB
