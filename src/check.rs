@@ -198,9 +198,9 @@ impl Plan {
         t
     }
 
-    /// Elements of `arena`: its spans and the guard after the last.
+    /// Elements of `arena`: its spans and the guard after the last (`next` stays aligned).
     fn size(&self, arena: Arena) -> usize {
-        (self.next[Plan::group(arena)] + GUARD).div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN
+        self.next[Plan::group(arena)] + GUARD
     }
 
     /// The spans of `arena` outside every tensor handed out: its guards.
@@ -234,7 +234,7 @@ impl Plan {
         let mut pair = Pair { cpu, gpu, precision, rng: Rng::new(seed), guards: Vec::new() };
         for g in FLOAT_ARENAS.iter().flat_map(|&a| self.guards(a)) {
             pair.gpu.upload(g, &vec![f32::from_bits(GUARD_VALUE); g.len])?;
-            let bits = pair.guard_bits(g)?;
+            let bits = guard_bits(&mut pair.gpu, precision, g)?;
             pair.guards.push((g, bits));
         }
         Ok(pair)
@@ -295,6 +295,15 @@ struct Pair {
     rng: Rng,
     /// The GPU's guards (see [`GUARD`]) and their bits as first read back.
     guards: Vec<(Tensor, Vec<u32>)>,
+}
+
+/// The bits of guard `g` on the GPU (in `Params`, the master weights' and the storage copy's).
+fn guard_bits(gpu: &mut CudaBackend, precision: Precision, g: Tensor) -> Result<Vec<u32>, BackendError> {
+    let mut seen = gpu.download(g)?;
+    if g.arena == Arena::Params && precision == Precision::Bf16 {
+        seen.extend(gpu.download_storage(g)?);
+    }
+    Ok(seen.into_iter().map(f32::to_bits).collect())
 }
 
 /// Arenas held in the storage type (the others are f32 or i32).
@@ -378,29 +387,19 @@ impl Pair {
         self.gpu.upload(t, &vec![f32::NAN; t.len])
     }
 
-    /// The bits of guard `g` on the GPU (in `Params`, the master weights' and the storage copy's).
-    fn guard_bits(&mut self, g: Tensor) -> Result<Vec<u32>, BackendError> {
-        let mut seen = self.gpu.download(g)?;
-        if g.arena == Arena::Params && self.precision == Precision::Bf16 {
-            seen.extend(self.gpu.download_storage(g)?);
-        }
-        Ok(seen.into_iter().map(f32::to_bits).collect())
-    }
-
     /// A row that passes when every guard of the GPU holds the bits it was given: nothing was
     /// written outside the case's tensors. `max abs` is the largest value found written there
     /// (NaN when a NaN was), `rel L2` the share of guard elements changed.
     fn guard_row(&mut self, op: &str, case: &str) -> Result<Comparison, BackendError> {
         let (mut elems, mut changed, mut max_abs) = (0, 0, 0.0f64);
-        for (g, want) in std::mem::take(&mut self.guards) {
-            let seen = self.guard_bits(g)?;
+        for (g, want) in &self.guards {
+            let seen = guard_bits(&mut self.gpu, self.precision, *g)?;
             elems += seen.len();
-            for (&got, _) in seen.iter().zip(&want).filter(|(got, want)| got != want) {
+            for (&got, _) in seen.iter().zip(want).filter(|(got, want)| got != want) {
                 changed += 1;
                 let written = f64::from(f32::from_bits(got).abs());
                 max_abs = if written.is_nan() || max_abs.is_nan() { f64::NAN } else { max_abs.max(written) };
             }
-            self.guards.push((g, want));
         }
         Ok(Comparison {
             op: op.into(),

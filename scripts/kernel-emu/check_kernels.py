@@ -35,6 +35,7 @@ import argparse
 import atexit
 import ctypes
 import faulthandler
+import functools
 import json
 import math
 import os
@@ -133,14 +134,20 @@ def rerun_under(name):
 # With --memcheck, the bytes around each array a kernel sees are marked unaddressable (`poison`),
 # so that a kernel's read or write of them stops the run; numpy, not instrumented, still reads
 # them freely. Marked addressable again before the memory goes back to the allocator.
+@functools.cache
+def sanitizer_calls():
+    """The preloaded AddressSanitizer runtime's entry points (this process's symbols)."""
+    return ctypes.CDLL(None)
+
+
 def poison(address, size):
     if SANITIZER == "memcheck" and size > 0:
-        ctypes.CDLL(None).__asan_poison_memory_region(ctypes.c_void_p(address), ctypes.c_size_t(size))
+        sanitizer_calls().__asan_poison_memory_region(ctypes.c_void_p(address), ctypes.c_size_t(size))
 
 
 def unpoison(address, size):
     if SANITIZER == "memcheck" and size > 0:
-        ctypes.CDLL(None).__asan_unpoison_memory_region(ctypes.c_void_p(address), ctypes.c_size_t(size))
+        sanitizer_calls().__asan_unpoison_memory_region(ctypes.c_void_p(address), ctypes.c_size_t(size))
 
 
 LIB = None
@@ -252,8 +259,6 @@ LAUNCH_TIMEOUT_S = 300
 # A launch of a kernel named there starts each block with its shared memory poisoned and fails
 # one that touches more (emu.h).
 SHARED_BYTES = json.loads(os.environ.get("GPTK_EMU_SHARED_BYTES", "{}"))
-
-
 
 
 def launch(name, dt, grid, block, *args):

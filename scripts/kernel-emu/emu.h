@@ -4,8 +4,8 @@
 //
 // Execution model: a launch runs its blocks one after another (by index, or in reverse:
 // emu_set_block_order); each block runs its CUDA threads as fibers on the launching OS thread,
-// each running until it waits at a barrier or ends, so that __syncthreads and warp shuffles behave as on a GPU: shuffles exchange through a
-// per-warp buffer between two warp barriers, __syncthreads is a block barrier, and a thread that
+// each running until it waits at a barrier or ends, so that __syncthreads and warp shuffles
+// behave as on a GPU: shuffles exchange through a per-warp buffer between two warp barriers, __syncthreads is a block barrier, and a thread that
 // returns leaves the barriers (arrive_and_drop), as an exited CUDA thread stops counting. A block
 // whose threads all wait at barriers that none of the others will reach stops the run (it would
 // hang on a GPU). Switching fibers costs no system call, where an OS thread per CUDA thread spent
@@ -511,13 +511,13 @@ inline void prepare_fiber([[maybe_unused]] size_t thread, [[maybe_unused]] dim3 
     __tsan_set_fiber_name(checker_fibers[thread], name);
 #endif
 }
-// Memory checking: the stack the scheduler runs on, as the sanitizer gave it to the first fiber
-// that started, and the sanitizer's saved state of it while a fiber runs.
+#ifdef GPTK_EMU_MEMCHECK
+// The stack the scheduler runs on, as the sanitizer gave it to the first fiber that started, and
+// the sanitizer's saved state of it while a fiber runs.
 inline const void* scheduler_stack = nullptr;
 inline size_t scheduler_stack_size = 0;
 inline void* scheduler_checker_stack = nullptr;
 
-#ifdef GPTK_EMU_MEMCHECK
 // A report names the CUDA thread that made the access (the stack names the kernel).
 inline const bool death_note = [] {
     __sanitizer_set_death_callback([] {
