@@ -32,9 +32,13 @@
 //   side of it, only tiles crossing it or T are masked. Rows at or past T are zero-filled by
 //   cp.async, masked and never stored.
 //
-// Not here yet, FlashAttention-3's other steps (docs/attention.md): TMA copies with mbarriers,
-// warp specialization with setmaxnreg, explicit ping-pong of the softmax of one warpgroup with
-// the matrix work of the other.
+// - forward, warp-specialized (`--attention-kernels wgmma-tma`): the same rounds, but the block
+//   is three warpgroups, a producer issuing every copy as TMA box copies (tma.cuh) and two
+//   consumers; key/value tiles go through four stages with mbarriers instead of block barriers.
+//
+// Not here yet, FlashAttention-3's other steps (docs/attention.md): TMA in the backward, register
+// reallocation (setmaxnreg: not needed while the consumers fit the launch's 168 registers),
+// explicit ping-pong of the softmax of one warpgroup with the matrix work of the other.
 //
 // Resources, sm_90a (ptxas, nvcc 13.0; no spills), FLASH90_BLOCK = 256 threads per block; blocks
 // per SM from 64K registers and 228 KB of shared memory (1 KB reserved per block); every kernel
@@ -49,11 +53,16 @@
 //   dQ             128   128 q × 64 k               208    148,480       1 (regs)    8
 //   dK/dV+dQ       64    128 k × 64 q               218    117,248       1 (regs)    8   (atomic dQ)
 //   dK/dV+dQ       128   128 k × 32 q               241    132,864       1 (regs)    8   (atomic dQ)
+//   forward, TMA   64    128 q × 128 k, 4 stages    168    148,608       1 (smem)   12   (384 threads)
+//   forward, TMA   128   128 q × 64 k, 4 stages     168    164,992       1 (smem)   12   (384 threads)
+// The TMA forward's 168 registers are the launch's cap (65,536 / 384); in its SASS the consumers
+// use 152 (HS = 64) and 136 (HS = 128), the producer a few.
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #error "flash_attention_sm90a.cu needs sm_90a: build.rs compiles it for that target only"
 #endif
 
 #include "flash_common.cuh"
+#include "tma.cuh"
 #include "wgmma.cuh"
 
 #define FLASH90_BLOCK 256
@@ -394,6 +403,179 @@ __device__ __forceinline__ void flash_forward_sm90(bf16* out, float* lse, const 
     }
     wgmma_wait<0>();
     flash90_pin<HS / 2>(o);
+
+    // out = O / l, LSE = max + log(l) in natural log.
+    float inv[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float sum = l[r];
+        sum += __shfl_xor_sync(FULL_MASK, sum, 1);
+        sum += __shfl_xor_sync(FULL_MASK, sum, 2);
+        inv[r] = sum > 0.0f ? 1.0f / sum : 0.0f;
+        const int row = row_lo + 8 * r;
+        if (t == 0 && row < seq) {
+            lse[static_cast<long long>(bh) * seq + row] = sum > 0.0f ? m[r] * FLASH90_LN2 + logf(sum) : -INFINITY;
+        }
+    }
+    flash90_store_rows<DT>(out + f.head_c, C, o, row_lo, seq, inv);
+}
+
+// ---- forward, warp-specialized, fed by TMA (FlashAttention-3's producer/consumer split) ---------
+// A block is three warpgroups: a producer whose one thread issues every copy of the block as TMA
+// box copies (tma.cuh), and two consumers of 64 queries each doing the products and the softmax
+// as flash_forward_sm90 does. The key and value tiles go through FLASH90_TMA_STAGES stages, each
+// with its mbarriers: keys full and values full (the copies' bytes landed), empty (both consumers
+// done with the stage). So no block-wide barrier remains in the loop: each consumer runs at its
+// own pace, and the copies of later tiles are in flight while it computes. No thread spends
+// registers or issue slots on addresses: one instruction moves a 64 × 64 box. Rows at or past T
+// lie outside the tensor map and are zero-filled by the copies. The rescaling and the epilogue
+// repeat flash_forward_sm90's lines: moved into shared helpers, ptxas serialized the wgmmas of
+// flash_forward_sm90 (its C7515).
+#define FLASH90_WS_BLOCK 384
+#define FLASH90_TMA_STAGES 4
+#define FLASH90_TMA_BOX 64  // rows of one box copy (its columns: one 128-byte row of 64 bf16)
+
+// The mbarriers after the tiles: queries full, then per stage keys full, values full, empty.
+struct Flash90Barriers {
+    shared_addr base;
+    __device__ __forceinline__ shared_addr q_full() const { return base; }
+    __device__ __forceinline__ shared_addr k_full(int s) const { return base + 8 * (1 + s); }
+    __device__ __forceinline__ shared_addr v_full(int s) const { return base + 8 * (1 + FLASH90_TMA_STAGES + s); }
+    __device__ __forceinline__ shared_addr empty(int s) const { return base + 8 * (1 + 2 * FLASH90_TMA_STAGES + s); }
+};
+
+// Copies ROWS rows of qkv from row `row0` of batch b, head columns from `col0`, into the swizzled
+// tile at dst ([HS/64][ROWS][64], as flash90_load_tile lays it out), completing on bar.
+template <int HS, int ROWS>
+__device__ __forceinline__ void flash90_tma_tile(shared_addr dst, const CUtensorMap* map, int col0, int row0, int b,
+                                                 shared_addr bar) {
+    static_assert(ROWS % FLASH90_TMA_BOX == 0, "whole boxes");
+#pragma unroll
+    for (int cb = 0; cb < HS / 64; cb++)
+#pragma unroll
+        for (int rb = 0; rb < ROWS / FLASH90_TMA_BOX; rb++)
+            tma_load_3d(dst + (cb * ROWS + rb * FLASH90_TMA_BOX) * WGMMA_ROW_BYTES, map, col0 + 64 * cb,
+                        row0 + rb * FLASH90_TMA_BOX, b, bar);
+}
+
+// out (B,T,C), lse (B,NH,T) from qkv (B,T,3C), as flash_forward_sm90; `map` is qkv as a (B, T, 3C)
+// tensor in boxes of 64 rows × 64 columns with the 128-byte swizzle. Grid: ⌈T/128⌉·B·NH, the
+// longest causal rows first.
+//
+// A consumer's round j: wait for its O += P_{j−2}·V_{j−2}, release that tile's stage, rescale O
+// and convert P_{j−1} to bf16; wait for K_j and V_{j−1}; issue S_j = Q·K_jᵀ, then
+// O += P_{j−1}·V_{j−1}, and run the softmax of S_j while the second product runs on.
+template <int HS>
+__device__ __forceinline__ void flash_forward_tma_sm90(const CUtensorMap* map, bf16* out, float* lse,
+                                                       const bf16* qkv, int B, int seq, int NH, int causal,
+                                                       float scale) {
+    using G = Flash90Tile<HS>;
+    constexpr int BR = FLASH90_ROWS, BC = G::KEYS, S = FLASH90_TMA_STAGES;
+    constexpr int DT = HS / 8;  // 8-column groups of the output
+    GPTK_DYNAMIC_SMEM(unsigned char, raw);
+    const shared_addr aq = flash90_base(raw);     // [HS/64][BR][64] queries
+    const shared_addr ak = aq + G::Q_BYTES;       // [S][HS/64][BC][64] keys
+    const shared_addr av = ak + S * G::KV_BYTES;  // [S][HS/64][BC][64] values
+    const Flash90Barriers bars{av + S * G::KV_BYTES};
+
+    const FlashHead f = flash_head<HS>(qkv, BR, seq, NH);
+    const int q0 = f.first_query(BR, causal), bh = f.bh, C = f.C;
+    const int kv_end = causal ? min(seq, q0 + BR) : seq;
+    const int kv_tiles = (kv_end + BC - 1) / BC;
+    const int group = warpgroup_index();
+
+    if (threadIdx.x == 0) {
+        mbar_init(bars.q_full(), 1);
+        for (int s = 0; s < S; s++) {
+            mbar_init(bars.k_full(s), 1);
+            mbar_init(bars.v_full(s), 1);
+            mbar_init(bars.empty(s), 2 * FLASH90_WARPGROUP);
+        }
+        mbar_init_fence();
+    }
+    __syncthreads();
+
+    if (group == 0) {
+        // The producer: queries once, then each key/value tile into its stage once both consumers
+        // have released the tile that stage held.
+        if (threadIdx.x == 0) {
+            const int b = bh / NH, head = (bh % NH) * HS;
+            mbar_arrive_expect_tx(bars.q_full(), G::Q_BYTES);
+            flash90_tma_tile<HS, BR>(aq, map, head, q0, b, bars.q_full());
+            for (int j = 0; j < kv_tiles; j++) {
+                const int s = j % S;
+                if (j >= S) mbar_wait(bars.empty(s), (j / S - 1) & 1);
+                mbar_arrive_expect_tx(bars.k_full(s), G::KV_BYTES);
+                flash90_tma_tile<HS, BC>(ak + s * G::KV_BYTES, map, C + head, j * BC, b, bars.k_full(s));
+                mbar_arrive_expect_tx(bars.v_full(s), G::KV_BYTES);
+                flash90_tma_tile<HS, BC>(av + s * G::KV_BYTES, map, 2 * C + head, j * BC, b, bars.v_full(s));
+            }
+        }
+        return;
+    }
+
+    const int cg = group - 1;  // this consumer's half of the queries
+    const int warp = (static_cast<int>(threadIdx.x) % FLASH90_WARPGROUP) / WARP_SIZE, lane = lane_id();
+    const int t = lane & 3;
+    const int group_row0 = q0 + cg * 64;
+    const int row_lo = group_row0 + warp * 16 + (lane >> 2);  // this thread's rows: row_lo, row_lo + 8
+    // Causal: a consumer stops at the last tile holding a key not after its last query. The tiles
+    // it skips are the block's last (at most one), whose stages the producer never waits for.
+    const int my_tiles = causal ? min(kv_tiles, (group_row0 + 63) / BC + 1) : kv_tiles;
+    const float scale_log2 = scale * FLASH90_LOG2E;
+
+    float o[HS / 2];
+    flash90_zero<HS / 2>(o);
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // log2 units; this lane's share
+    float s[BC / 2], alpha[2];    // the scores, then P, of the latest tile; its rescaling of O
+    uint32_t pa[BC / 16][4];      // P of the tile before, bf16: the A operand of its P·V
+
+    mbar_wait(bars.q_full(), 0);
+    for (int j = 0; j <= my_tiles; j++) {
+        if (j > 0) {
+            // P_{j−2}·V_{j−2} done: its stage is free as far as this consumer goes; O rescaled to
+            // tile j − 1's maximum, P_{j−1} to bf16.
+            wgmma_wait<0>();
+            flash90_pin<HS / 2>(o);
+            if (j >= 2) mbar_arrive(bars.empty((j - 2) % S));
+#pragma unroll
+            for (int d = 0; d < DT; d++) {
+                o[d * 4] *= alpha[0];
+                o[d * 4 + 1] *= alpha[0];
+                o[d * 4 + 2] *= alpha[1];
+                o[d * 4 + 3] *= alpha[1];
+            }
+#pragma unroll
+            for (int kk = 0; kk < BC / 16; kk++) flash90_acc_to_a(pa[kk], s, kk);
+            mbar_wait(bars.v_full((j - 1) % S), ((j - 1) / S) & 1);
+        }
+        if (j < my_tiles) {
+            mbar_wait(bars.k_full(j % S), (j / S) & 1);
+            // S_j, then (from the second round) P_{j−1}·V_{j−1}, each its own group; the softmax of
+            // S_j once the first is done.
+            wgmma_fence();
+            flash90_scores<HS, BC>(s, aq, ak + (j % S) * G::KV_BYTES, cg);
+            wgmma_commit();
+            if (j > 0) {
+                wgmma_fence();
+                flash90_pv<HS, BC>(o, pa, av + ((j - 1) % S) * G::KV_BYTES);
+                wgmma_commit();
+                wgmma_wait<1>();
+            } else {
+                wgmma_wait<0>();
+            }
+            flash90_pin<BC / 2>(s);
+            flash90_softmax<BC>(s, m, l, alpha, j * BC, row_lo, group_row0, seq, causal, scale_log2);
+        } else {
+            // This consumer's last P·V.
+            wgmma_fence();
+            flash90_pv<HS, BC>(o, pa, av + ((j - 1) % S) * G::KV_BYTES);
+            wgmma_commit();
+        }
+    }
+    wgmma_wait<0>();
+    flash90_pin<HS / 2>(o);
+
 
     // out = O / l, LSE = max + log(l) in natural log.
     float inv[2];
@@ -771,6 +953,13 @@ GPTK_BF16_ENTRY_POINT(flash_forward_sm90a_hs64, FLASH90_BLOCK, 1, FLASH90_FWD_PA
                       flash_forward_sm90<64>(out, lse, qkv, B, seq, NH, causal, scale))
 GPTK_BF16_ENTRY_POINT(flash_forward_sm90a_hs128, FLASH90_BLOCK, 1, FLASH90_FWD_PARAMS,
                       flash_forward_sm90<128>(out, lse, qkv, B, seq, NH, causal, scale))
+#define FLASH90_TMA_PARAMS                                                                                     \
+    (const __grid_constant__ CUtensorMap qkv_map, bf16 * out, float* lse, const bf16* qkv, int B, int seq, int NH, \
+     int causal, float scale)
+GPTK_BF16_ENTRY_POINT(flash_forward_tma_sm90a_hs64, FLASH90_WS_BLOCK, 1, FLASH90_TMA_PARAMS,
+                      flash_forward_tma_sm90<64>(&qkv_map, out, lse, qkv, B, seq, NH, causal, scale))
+GPTK_BF16_ENTRY_POINT(flash_forward_tma_sm90a_hs128, FLASH90_WS_BLOCK, 1, FLASH90_TMA_PARAMS,
+                      flash_forward_tma_sm90<128>(&qkv_map, out, lse, qkv, B, seq, NH, causal, scale))
 #define FLASH90_BWD_PARAMS                                                                                      \
     (bf16 * dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* delta, int B, int seq, int NH, \
      int causal, float scale)

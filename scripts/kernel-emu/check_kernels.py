@@ -261,12 +261,20 @@ LAUNCH_TIMEOUT_S = 300
 SHARED_BYTES = json.loads(os.environ.get("GPTK_EMU_SHARED_BYTES", "{}"))
 
 
-def launch(name, dt, grid, block, *args):
+def launch(name, dt, grid, block, *args, by_params=False):
+    """Runs entry point `name`_`dt` over `grid` (blocks, or (x, y)) of `block` threads, with the
+    ctypes values `args`: as a call, or, `by_params`, as cuLaunchKernel passes them (pointers to
+    each value; an argument that is an address already is taken as the pointer to its value)."""
     gx, gy = grid if isinstance(grid, tuple) else (grid, 1)
     LIB.emu_config(max(1, int(gx)), max(1, int(gy)), int(block), ctypes.c_ulonglong(SHARED_BYTES.get(name, 0)))
     faulthandler.dump_traceback_later(LAUNCH_TIMEOUT_S, exit=True)
     try:
-        getattr(LIB, f"{name}_{dt}")(*args)
+        if by_params:
+            values = [a.address if isinstance(a, ByValue) else ctypes.addressof(a) for a in args]
+            if LIB.emu_launch(f"{name}_{dt}".encode(), (ctypes.c_void_p * len(values))(*values)) != 0:
+                sys.exit(f"no entry point {name}_{dt}")
+        else:
+            getattr(LIB, f"{name}_{dt}")(*args)
     finally:
         faulthandler.cancel_dump_traceback_later()
     phases = ctypes.c_longlong(0)
@@ -275,6 +283,27 @@ def launch(name, dt, grid, block, *args):
         seen = LDMATRIX.setdefault(f"{name}_{dt}", [0, 0])
         seen[0] += phases.value
         seen[1] += extra
+
+
+class ByValue:
+    """A kernel argument passed by value from memory of its own (a launch `by_params` passes its
+    address): a CUtensorMap, 128 bytes aligned to 128, which ctypes cannot pass itself."""
+
+    def __init__(self, nbytes, align):
+        self.buf = np.zeros(nbytes + align, np.uint8)
+        self.address = self.buf.ctypes.data + (-self.buf.ctypes.data) % align
+
+
+def tensor_map(t, box_rows, box_cols):
+    """The tiled tensor map of a 3-D bf16 array t (B, T, W), as the host encodes qkv's: boxes of
+    box_rows × box_cols elements, the 128-byte swizzle, zeros outside."""
+    B, T, W = t.shape
+    m = ByValue(128, 128)
+    U64s, U32s = ctypes.c_uint64 * 3, ctypes.c_uint32 * 3
+    rc = LIB.emu_tensor_map_encode(ctypes.c_void_p(m.address), 2, 3, P(t), U64s(W, T, B),
+                                   U64s(W * 2, T * W * 2, 0), U32s(box_cols, box_rows, 1), U32s(1, 1, 1), 128, 0)
+    assert rc == 0, "the tensor map was refused"
+    return m
 
 
 def check_bank_conflicts(kernels):
@@ -600,6 +629,7 @@ def guards_intact(what, buf):
 
 
 FLASH90_BLOCK = 256
+FLASH90_WS_BLOCK = 384  # the warp-specialized forward: a producer and two consumer warpgroups
 FLASH90_ROWS = 128
 
 # The two sets of tensor-core kernels: flash_attention.cu (mma.sync) and flash_attention_sm90a.cu
@@ -622,15 +652,21 @@ def flash_case(dt, B, T, NH, HS, causal, kernels, note=""):
     _, qkv = guarded(qkv)
     heads = lambda x: x.reshape(B, T, NH, HS).swapaxes(1, 2)
     q64, k64, v64 = (heads(qkv64[..., i * C:(i + 1) * C]) for i in range(3))
-    out_buf, out = guarded(full((B, T, C), math.nan, DTYPE[dt]))
-    lse_buf, lse = guarded(full(rows, math.nan, np.float32))
-    launch(f"flash_forward{sfx}_hs{HS}", dt, tiles(kernels["forward"]), block,
-           P(out), P(lse), P(qkv), I(B), I(T), I(NH), I(int(causal)), F(scale))
     ref, ref_lse = attention_reference(q64, k64, v64, causal)
-    R.compare(f"flash_forward{sfx} out {tag}", out, ref.swapaxes(1, 2).reshape(B, T, C), dt, K_FLASH_FORWARD)
-    R.compare(f"flash_forward{sfx} lse {tag}", lse, ref_lse.reshape(-1), "f32")
-    guards_intact(f"flash_forward{sfx} out {tag}", out_buf)
-    guards_intact(f"flash_forward{sfx} lse {tag}", lse_buf)
+    # The forward of the set; with the wgmma kernels also the warp-specialized one, fed by TMA
+    # through a map of qkv (passed by value, so launched as cuLaunchKernel passes arguments).
+    forwards = [(f"flash_forward{sfx}", block, [], False)]
+    if kernels is WGMMA_KERNELS:
+        forwards.append((f"flash_forward_tma{sfx}", FLASH90_WS_BLOCK, [tensor_map(qkv, 64, 64)], True))
+    for name, threads, lead, by_params in forwards:
+        out_buf, out = guarded(full((B, T, C), math.nan, DTYPE[dt]))
+        lse_buf, lse = guarded(full(rows, math.nan, np.float32))
+        launch(f"{name}_hs{HS}", dt, tiles(kernels["forward"]), threads, *lead, P(out), P(lse), P(qkv), I(B), I(T),
+               I(NH), I(int(causal)), F(scale), by_params=by_params)
+        R.compare(f"{name} out {tag}", out, ref.swapaxes(1, 2).reshape(B, T, C), dt, K_FLASH_FORWARD)
+        R.compare(f"{name} lse {tag}", lse, ref_lse.reshape(-1), "f32")
+        guards_intact(f"{name} out {tag}", out_buf)
+        guards_intact(f"{name} lse {tag}", lse_buf)
     out_stored = store(ref.swapaxes(1, 2).reshape(B, T, C), DTYPE[dt])
     _, lse = guarded(store(ref_lse.reshape(-1), np.float32))
     dout, dout64 = rnd((B, T, C), dt)

@@ -22,14 +22,20 @@
 // registers (accumulator, A operand) before waiting for it, with products at the wait. wgmma
 // reads shared memory through the async proxy; here through a copy of the block's shared memory
 // taken when every thread has fenced (proxy_fence), and a read where that copy and the threads'
-// memory differ stops the run.
+// memory differ stops the run. TMA copies (cp.async.bulk.tensor) are a third kind: they write
+// both views (they are the async proxy's writes) and complete on an mbarrier, at issue or, with
+// copies deferred, when a thread first waits for that barrier; an mbarrier is a phase counter of
+// arrivals and announced bytes, waited for by parity as on the GPU (one waited for with the wrong
+// parity, or never completed, leaves the block hanging, which stops the run).
 //
 // Race checking (GPTK_EMU_RACECHECK, check_kernels.py --racecheck): built with ThreadSanitizer,
 // each CUDA thread is a sanitizer fiber of its own, switched without synchronizing, so that the
 // only happens-before order between two CUDA threads is what the GPU would give: a barrier they
 // both pass (__syncthreads, and the warp's and warpgroup's collective instructions, which are
-// taken to order memory too), the end of the block before the next one (the blocks of a launch
-// run one after another here, reusing shared memory) and the launch's beginning and end. An
+// taken to order memory too), an mbarrier's phase (what came before an arrival, and a TMA copy
+// with what its issuing thread saw before it, comes before a wait that sees the phase complete),
+// the end of the block before the next one (the blocks of a launch run one after another here,
+// reusing shared memory) and the launch's beginning and end. An
 // access to shared or global memory by one thread that conflicts with another's, with no such
 // order between them, is reported with both stacks. The emulation's own bookkeeping (the fiber
 // switch, barriers, operand exchange, wgmma's view of shared memory) is hidden from the checker.
@@ -46,6 +52,7 @@
 // templates share across translation units (COMDAT), and these are such variables.
 #pragma once
 
+#include <cuda.h>
 #include <cuda_bf16.h>
 #include <vector_types.h>
 
@@ -59,6 +66,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <utility>
 #include <functional>
 #include <memory>
@@ -87,11 +95,13 @@ extern "C" void AnnotateIgnoreSyncEnd(const char* file, int line);
 #undef __forceinline__
 #undef __shared__
 #undef __launch_bounds__
+#undef __grid_constant__
 #define __global__
 #define __device__
 #define __forceinline__ inline
 #define __shared__ static
 #define __launch_bounds__(n)
+#define __grid_constant__
 
 // The running CUDA thread's own variables (the fiber switch saves and restores them).
 inline dim3 threadIdx;
@@ -205,9 +215,22 @@ struct Warp {
     uint32_t regs[kWarp][6];
 };
 
+// An mbarrier of shared memory (mbarrier.init): a phase completes when `expected` arrivals have
+// been made and every byte of the transactions announced to it (expect_tx) has landed
+// (complete_tx, by the TMA copies that signal it). Copies that complete at their wait (see the top)
+// wait here until a thread waits for this barrier.
+struct MBarrier {
+    int expected = 0, pending = 0;
+    long long tx = 0;
+    uint64_t phase = 0;
+    std::vector<std::function<void()>> copies;
+};
+
 struct Block {
     explicit Block(int threads) : barrier(threads), live(threads), fenced(threads, false) {}
     Barrier barrier;
+    // The mbarriers initialised by the block's threads, by shared address.
+    std::map<uintptr_t, MBarrier> mbarriers;
     // The proxy fences (fence_proxy_async) of the running block's threads since the view that
     // wgmma reads was last brought up to date (see shared_view below).
     std::mutex proxy;
@@ -401,6 +424,7 @@ inline void start_block_smem() {
     if (config_smem == 0) return;
     std::memset(dynamic_smem, kSmemPoison, sizeof dynamic_smem);
     std::memset(async_view, kSmemPoison, sizeof async_view);
+    view_block = block_serial;  // the two views agree: nothing has been written
     poison(dynamic_smem + config_smem, sizeof dynamic_smem - config_smem);
     poison(async_view + config_smem, sizeof async_view - config_smem);
 }
@@ -1032,6 +1056,202 @@ inline void wgmma_rs_tb(float* d, const uint32_t* a, uint64_t desc_b, int accumu
     });
 }
 
+// ---- TMA and mbarriers (tma.cuh declares them for the GPU) ----------------------------------------
+// A tensor map (cuTensorMapEncodeTiled) is 128 opaque bytes that the driver encodes; here
+// emu_tensor_map_encode writes this into them, for the emulated driver and check_kernels.py alike.
+// A tensor copy (cp.async.bulk.tensor, tile mode) moves one box of the map's tensor into shared
+// memory: elements outside the tensor are filled (zeros, or NaN), the box's rows are stored one
+// after another and, with the 128-byte swizzle, 16-byte chunk c of a row at c ^ (address bits 7–9),
+// as wgmma's descriptors read them. It writes through the async proxy, so wgmma sees it without a
+// fence (both views of shared memory are written), and it completes on its mbarrier: at issue, or
+// with copies deferred (emu_set_deferred), when a thread first waits for that barrier.
+namespace emu {
+constexpr uint64_t kTensorMapMagic = 0x676d7074656e736fULL;
+struct TensorMap {
+    uint64_t magic;
+    const unsigned char* base;
+    uint32_t rank, elem_bytes, swizzle, oob_nan;
+    uint64_t dims[3], strides[2];
+    uint32_t box[3];
+};
+static_assert(sizeof(TensorMap) <= 128, "a tensor map is 128 bytes");
+
+inline MBarrier& mbarrier_at(shared_addr bar, const char* what) {
+    auto it = current_block->mbarriers.find(bar);
+    if (it == current_block->mbarriers.end()) {
+        std::fprintf(stderr, "emulation: %s by thread %u of block %u on shared byte %zu, which is no mbarrier\n", what,
+                     threadIdx.x, blockIdx.x, static_cast<size_t>(bar - shared_address(dynamic_smem)));
+        std::abort();
+    }
+    return it->second;
+}
+
+// The current phase completes once every arrival and every announced byte are in.
+inline void mbarrier_settle(MBarrier& b) {
+    arrivals++;
+    if (b.pending == 0 && b.tx == 0) {
+        b.phase++;
+        b.pending = b.expected;
+    }
+}
+
+inline void mbarrier_arrive(shared_addr bar, long long tx, const char* what) {
+    MBarrier& b = mbarrier_at(bar, what);
+    happens_before(&b);
+    Internal in;
+    if (b.pending == 0) {
+        std::fprintf(stderr, "emulation: %s by thread %u of block %u: more arrivals than the mbarrier's count %d\n",
+                     what, threadIdx.x, blockIdx.x, b.expected);
+        std::abort();
+    }
+    b.tx += tx;
+    b.pending--;
+    mbarrier_settle(b);
+}
+
+// One box of `map` at coordinates c into shared memory at dst, as the hardware lays it out.
+inline void tensor_copy(shared_addr dst, const TensorMap& m, const int* c) {
+    const size_t offset = dst - shared_address(dynamic_smem);
+    size_t at = offset;
+    for (uint32_t z = 0; z < m.box[2]; z++) {
+        for (uint32_t y = 0; y < m.box[1]; y++) {
+            const long long cy = static_cast<long long>(c[1]) + y, cz = static_cast<long long>(c[2]) + z;
+            for (uint32_t x = 0; x < m.box[0]; x++, at += m.elem_bytes) {
+                const long long cx = static_cast<long long>(c[0]) + x;
+                unsigned char e[8];
+                if (cx < 0 || cy < 0 || cz < 0 || cx >= static_cast<long long>(m.dims[0]) ||
+                    cy >= static_cast<long long>(m.dims[1]) || cz >= static_cast<long long>(m.dims[2])) {
+                    // NaN fill: all exponent and mantissa bits set, as kSmemPoison.
+                    std::memset(e, m.oob_nan ? 0xFF : 0, m.elem_bytes);
+                    if (m.oob_nan) e[m.elem_bytes - 1] = 0x7F;
+                } else {
+                    std::memcpy(e, m.base + cx * m.elem_bytes + cy * m.strides[0] + cz * m.strides[1], m.elem_bytes);
+                }
+                const size_t to = m.swizzle == 128 ? swizzled(at) : at;
+                if (to + m.elem_bytes > smem_in_use()) {
+                    std::fprintf(stderr,
+                                 "emulation: a TMA copy of block %u writes shared byte %zu, past the %zu bytes the host "
+                                 "gives it\n",
+                                 blockIdx.x, to, smem_in_use());
+                    std::abort();
+                }
+                std::memcpy(dynamic_smem + to, e, m.elem_bytes);
+                std::memcpy(async_view + to, e, m.elem_bytes);
+            }
+        }
+    }
+}
+}  // namespace emu
+
+// Writes a tiled tensor map into `map` (128 bytes): `rank` dimensions (1 to 3 here) of
+// `elem_bytes`-byte elements at `base`, sizes `dims` innermost first, byte strides of dimensions
+// 1.. in `strides`, a box of `box` elements, element strides `elem_strides` (1 only), the
+// 128-byte swizzle (`swizzle_bytes` 128) or none (0), NaN or zero fill. Returns 0, or 1 after saying
+// on stderr what cuTensorMapEncodeTiled would refuse (or what the emulation does not model).
+extern "C" int emu_tensor_map_encode(void* map, unsigned elem_bytes, unsigned rank, const void* base,
+                                     const uint64_t* dims, const uint64_t* strides, const uint32_t* box,
+                                     const uint32_t* elem_strides, unsigned swizzle_bytes, int oob_nan) {
+    auto refuse = [](const char* why) {
+        std::fprintf(stderr, "emulated cuTensorMapEncodeTiled: %s\n", why);
+        return 1;
+    };
+    if (reinterpret_cast<uintptr_t>(map) % 64 != 0) return refuse("the tensor map is not 64-byte aligned");
+    if (rank < 1 || rank > 3) return refuse("only ranks 1 to 3 are modelled");
+    if (elem_bytes != 1 && elem_bytes != 2 && elem_bytes != 4 && elem_bytes != 8)
+        return refuse("an element of 1, 2, 4 or 8 bytes");
+    if (reinterpret_cast<uintptr_t>(base) % 16 != 0) return refuse("the global address is not 16-byte aligned");
+    if (swizzle_bytes != 0 && swizzle_bytes != 128) return refuse("only no swizzle and the 128-byte swizzle are modelled");
+    emu::TensorMap m{};
+    m.magic = emu::kTensorMapMagic;
+    m.base = static_cast<const unsigned char*>(base);
+    m.rank = rank, m.elem_bytes = elem_bytes, m.swizzle = swizzle_bytes, m.oob_nan = oob_nan != 0;
+    for (unsigned d = 0; d < 3; d++) {
+        m.dims[d] = d < rank ? dims[d] : 1;
+        m.box[d] = d < rank ? box[d] : 1;
+        if (d < rank && (dims[d] == 0 || dims[d] > (uint64_t{1} << 32))) return refuse("a dimension of 0 or over 2^32");
+        if (d < rank && (box[d] == 0 || box[d] > 256)) return refuse("a box dimension of 0 or over 256");
+        if (d < rank && elem_strides[d] != 1) return refuse("only element strides of 1 are modelled");
+    }
+    for (unsigned d = 0; d + 1 < rank; d++) {
+        if (strides[d] % 16 != 0 || strides[d] >= (uint64_t{1} << 40))
+            return refuse("a global stride that is not a multiple of 16 bytes under 2^40");
+        m.strides[d] = strides[d];
+    }
+    const uint64_t row = uint64_t{m.box[0]} * elem_bytes;
+    if (row % 16 != 0) return refuse("the box's inner dimension is not a multiple of 16 bytes");
+    if (swizzle_bytes == 128 && row != 128) return refuse("the 128-byte swizzle with a box row other than 128 bytes");
+    std::memset(map, 0, 128);
+    std::memcpy(map, &m, sizeof m);
+    return 0;
+}
+
+inline void mbar_init(shared_addr bar, int count) {
+    emu::expect_aligned(reinterpret_cast<const void*>(bar), 8, "an mbarrier");
+    std::memset(reinterpret_cast<void*>(bar), 0, 8);  // the barrier's bytes, as the GPU's object
+    emu::Internal in;
+    emu::MBarrier& b = emu::current_block->mbarriers[bar];
+    b = emu::MBarrier{};
+    b.expected = b.pending = count;
+}
+inline void mbar_init_fence() {}
+inline void mbar_arrive(shared_addr bar) { emu::mbarrier_arrive(bar, 0, "mbarrier.arrive"); }
+inline void mbar_arrive_expect_tx(shared_addr bar, uint32_t bytes) {
+    emu::mbarrier_arrive(bar, bytes, "mbarrier.arrive.expect_tx");
+}
+// Waits until the phase of parity `parity` has completed, running the copies that complete on it
+// where they were deferred to this wait.
+inline void mbar_wait(shared_addr bar, int parity) {
+    emu::MBarrier& b = emu::mbarrier_at(bar, "mbarrier.try_wait");
+    for (;;) {
+        std::vector<std::function<void()>> copies;
+        {
+            emu::Internal in;
+            if ((b.phase & 1) != static_cast<uint64_t>(parity & 1)) break;
+            copies.swap(b.copies);
+            if (copies.empty()) {
+                emu::yield();
+                continue;
+            }
+        }
+        for (auto& copy : copies) copy();
+    }
+    emu::happens_after(&b);
+}
+// One box of the tensor map at coordinates (c0, c1, c2) into shared memory at dst, completing
+// its bytes on the mbarrier bar.
+inline void tma_load_3d(shared_addr dst, const CUtensorMap* map, int c0, int c1, int c2, shared_addr bar) {
+    emu::TensorMap m;
+    std::memcpy(&m, map, sizeof m);
+    if (m.magic != emu::kTensorMapMagic) {
+        std::fprintf(stderr, "emulation: thread %u of block %u copies through a tensor map that was not encoded\n",
+                     threadIdx.x, blockIdx.x);
+        std::abort();
+    }
+    emu::expect_aligned(reinterpret_cast<const void*>(dst), m.swizzle == 128 ? 1024 : 128,
+                        "a TMA copy's shared destination");
+    emu::MBarrier& b = emu::mbarrier_at(bar, "a TMA copy");
+    const long long bytes = static_cast<long long>(m.box[0]) * m.box[1] * m.box[2] * m.elem_bytes;
+    // Run later (deferred) by whichever thread waits, the copy still comes after everything its
+    // issuing thread saw when it issued it (what the race check orders by).
+    auto issued = std::make_shared<char>();
+    emu::happens_before(issued.get());
+    auto copy = [dst, m, c0, c1, c2, bar, bytes, issued] {
+        emu::happens_after(issued.get());
+        const int at[3] = {c0, c1, c2};
+        emu::tensor_copy(dst, m, at);
+        emu::MBarrier& mb = emu::mbarrier_at(bar, "a TMA copy's completion");
+        emu::happens_before(&mb);
+        emu::Internal in;
+        mb.tx -= bytes;
+        emu::mbarrier_settle(mb);
+    };
+    if (emu::defer_copies) {
+        emu::Internal in;
+        b.copies.push_back(copy);
+    } else {
+        copy();
+    }
+}
 // Where asynchronous work completes, per kind: at issue (0) or at its wait (1).
 extern "C" void emu_set_deferred(int copies, int products) {
     emu::defer_copies = copies != 0;
@@ -1093,6 +1313,19 @@ struct Registered {
     }
 };
 }  // namespace emu
+// Runs the entry point `name` with its arguments as cuLaunchKernel takes them (an array of
+// pointers to each argument's value), over the configured grid; returns 1 when there is no such
+// entry point. check_kernels.py launches through it the kernels whose parameters ctypes cannot
+// pass by value (a 64-byte-aligned CUtensorMap).
+extern "C" int emu_launch(const char* name, void** params) {
+    for (const emu::EntryPoint& e : emu::entry_points()) {
+        if (std::strcmp(e.name, name) == 0) {
+            e.bind(params)();
+            return 0;
+        }
+    }
+    return 1;
+}
 #define GPTK_EMU_REGISTER(fn, BLOCK) \
     static emu::Registered fn##_registered(#fn, BLOCK, &emu::Binder<decltype(&fn)>::bind<&fn>);
 

@@ -40,7 +40,7 @@ def compile_kernels(lib, headers, after=(), flags=()):
         for name in after:
             f.write(f'#include "{name}"\n')
     subprocess.run(
-        ["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-x", "c++",
+        ["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-Wno-psabi", "-x", "c++",
          f"-I{cuda_include(*headers)}", f"-I{HERE}", f"-I{KERNELS}", *flags, unit, "-o", lib + ".tmp"],
         check=True,
     )
