@@ -737,15 +737,16 @@ def atomic_dq_case(dt, B, T, NH, HS, causal, kernels, case):
 
 def check_flash_attention_sm90a(dt):
     """The wgmma kernels of flash_attention_sm90a.cu (bf16 only), forward, backward and the
-    opt-in atomic-dQ backward, on the shapes of the mma.sync ones plus ones spanning several tiles
-    (128 keys per forward tile at HS = 64, 128 keys per dK/dV block; seven forward tiles at T =
-    420, HS = 128, so that each of the three value stages is refilled). Their shared memory starts
+    opt-in atomic-dQ backward, and the warp-specialized TMA forward, on the shapes of the mma.sync
+    ones plus ones spanning several tiles (128 keys per forward tile at HS = 64, 128 keys per dK/dV
+    block; seven forward tiles at T = 420, HS = 128, so that each of the three value stages is
+    refilled, and the TMA forward's four stages at both head sizes). Their shared memory starts
     on a 1024-byte boundary here; on the GPU the kernels align it themselves."""
     if dt != "bf16":
         return
     flash_cases(dt, [(1, 1, 1, 64, True), (1, 17, 2, 64, True), (2, 65, 1, 64, False), (1, 63, 1, 128, True),
                      (1, 300, 1, 64, True), (1, 130, 1, 128, False), (1, 200, 1, 128, True), (1, 257, 2, 64, False),
-                     (1, 420, 1, 128, False)], WGMMA_KERNELS)
+                     (1, 420, 1, 128, False), (1, 600, 1, 64, False)], WGMMA_KERNELS)
 
 
 def check_wgmma_probe(dt):
