@@ -1075,3 +1075,39 @@ __device__ __forceinline__ void wgmma_probe(float* d, const bf16* a, const bf16*
 
 GPTK_BF16_ENTRY_POINT(wgmma_probe, FLASH90_BLOCK, 1, (float* d, const bf16* a, const bf16* b, int mode),
                       wgmma_probe(d, a, b, mode))
+
+// ---- the TMA probe -------------------------------------------------------------------------------
+// One box copy of a tensor map, as tma.cuh lays it into shared memory, copied out byte for byte:
+// the smallest test on hardware of the tensor map the host encodes and of the layout the TMA
+// forward's products read (gptk check's family `tma_layout`), so that a failure of that kernel can
+// be told apart from a copy that lands elsewhere. out (64 rows of 128 bytes) receives the tile as
+// it sits in shared memory: the host expects chunk c of box row r at chunk c ^ (r % 8), and zeros
+// for rows outside the tensor. Shared: 1 KB (alignment) + 8 KB + the mbarrier.
+#define TMA_PROBE_BLOCK 128
+#define TMA_PROBE_SMEM (WGMMA_ATOM_BYTES + FLASH90_TMA_BOX * WGMMA_ROW_BYTES + 8)
+
+__device__ __forceinline__ void tma_probe(const CUtensorMap* map, bf16* out, int c0, int c1, int c2) {
+    constexpr int BYTES = FLASH90_TMA_BOX * WGMMA_ROW_BYTES;
+    GPTK_DYNAMIC_SMEM(unsigned char, raw);
+    const shared_addr tile = flash90_base(raw);
+    const shared_addr bar = tile + BYTES;
+    if (threadIdx.x == 0) {
+        mbar_init(bar, 1);
+        mbar_init_fence();
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        mbar_arrive_expect_tx(bar, BYTES);
+        tma_load_3d(tile, map, c0, c1, c2, bar);
+    }
+    mbar_wait(bar, 0);
+    const uint4* from = reinterpret_cast<const uint4*>(raw + (tile - shared_address(raw)));
+    for (int i = static_cast<int>(threadIdx.x); i < BYTES / 16; i += TMA_PROBE_BLOCK) {
+        GPTK_EXPECT_ALIGNED(out + 8 * i, 16);
+        reinterpret_cast<uint4*>(out)[i] = from[i];
+    }
+}
+
+GPTK_BF16_ENTRY_POINT(tma_probe, TMA_PROBE_BLOCK, 1,
+                      (const __grid_constant__ CUtensorMap map, bf16 * out, int c0, int c1, int c2),
+                      tma_probe(&map, out, c0, c1, c2))

@@ -630,6 +630,7 @@ def guards_intact(what, buf):
 
 FLASH90_BLOCK = 256
 FLASH90_WS_BLOCK = 384  # the warp-specialized forward: a producer and two consumer warpgroups
+TMA_PROBE_BLOCK = 128
 FLASH90_ROWS = 128
 
 # The two sets of tensor-core kernels: flash_attention.cu (mma.sync) and flash_attention_sm90a.cu
@@ -764,6 +765,33 @@ def check_wgmma_probe(dt):
         launch("wgmma_probe", dt, 1, FLASH90_BLOCK, P(d), P(a), P(b), I(mode))
         want = (a64.T if mode == 2 else a64) @ (b64.T if mode == 0 else b64)
         R.compare(f"wgmma_probe mode {mode} [{dt}]", d, want, "f32")
+
+
+def check_tma_probe(dt):
+    """The TMA probe: one box copy of a (B, T, W) tensor's map, the shared tile copied out byte
+    for byte, against the layout the wgmma descriptors read (chunk c of box row r at c ^ (r % 8))
+    with rows past T zero; a box inside the tensor and one over its end."""
+    if dt != "bf16":
+        return
+    B, T, W = 2, 100, 192
+    t, _ = rnd((B, T, W), dt)
+    for c0, c1, c2 in [(64, 0, 1), (128, 64, 0)]:
+        out = full((64, 64), math.nan, DTYPE[dt])
+        launch("tma_probe", dt, 1, TMA_PROBE_BLOCK, tensor_map(t, 64, 64), P(out), I(c0), I(c1), I(c2),
+               by_params=True)
+        box = np.zeros((64, 64), BF16)
+        rows = min(64, T - c1)
+        box[:rows] = t[c2, c1:c1 + rows, c0:c0 + 64]
+        want = np.empty_like(box)
+        for r in range(64):
+            for c in range(8):
+                want[r, 8 * (c ^ (r % 8)):8 * (c ^ (r % 8)) + 8] = box[r, 8 * c:8 * c + 8]
+        R.rows += 1
+        ok = np.array_equal(out, want)
+        what = f"tma_probe box at ({c0}, {c1}, {c2}) [{dt}]"
+        print(f"{what:<70} {'ok' if ok else 'FAIL (not the swizzled box)'}")
+        if not ok:
+            R.failed.append(what)
 
 
 def check_attention_cached(dt):
@@ -1005,6 +1033,7 @@ CHECKS = {
     "flash_attention": check_flash_attention,
     "flash_attention_sm90a": check_flash_attention_sm90a,
     "wgmma_probe": check_wgmma_probe,
+    "tma_probe": check_tma_probe,
     "cross_entropy": check_cross_entropy,
     "adamw": check_adamw,
     "step": check_step,
