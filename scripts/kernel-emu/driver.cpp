@@ -18,14 +18,19 @@
 // waiting for the stream or the context, allocating memory, and copies between host and device
 // (the backend records no host copies in its graph).
 //
+// Tensor maps (cuTensorMapEncodeTiled, for the kernels' TMA copies) are encoded by emu.h's
+// emu_tensor_map_encode after the driver's enums are mapped to what it takes; it refuses what the
+// real driver would (or what it does not model), and so do the enums here.
+//
 // Checks that a GPU makes and the emulation adds: a launch's block no larger than the kernel's
 // __launch_bounds__, its dynamic shared memory within what the function was allowed (48 KB
 // without the attribute), a grid within the device's limits, copies and fills inside one
-// allocation, frees of live allocations only. A failed check returns the driver's error for it
-// and prints one line to stderr saying which.
+// allocation, a tensor map's tensor inside one allocation, frees of live allocations only. A
+// failed check returns the driver's error for it and prints one line to stderr saying which.
 //
 // Not modelled: concurrency between streams, timing (events measure the host's time), memory
-// access faults inside kernels, multi-dimensional blocks, three-dimensional grids.
+// access faults inside kernels, multi-dimensional blocks, three-dimensional grids, tensor maps of
+// other than tiled layout, the rounding data types (TF32, FTZ) and the swizzles with atoms.
 
 #include <cuda.h>
 
@@ -544,6 +549,65 @@ CUresult cuLaunchKernel(CUfunction function, unsigned gx, unsigned gy, unsigned 
         emu_config(gx, gy, bx, smem);
         call();
     });
+}
+
+// ---- tensor maps ------------------------------------------------------------------------------
+
+CUresult cuTensorMapEncodeTiled(CUtensorMap* map, CUtensorMapDataType type, cuuint32_t rank, void* base,
+                                const cuuint64_t* dims, const cuuint64_t* strides, const cuuint32_t* box,
+                                const cuuint32_t* elem_strides, CUtensorMapInterleave interleave,
+                                CUtensorMapSwizzle swizzle, CUtensorMapL2promotion l2, CUtensorMapFloatOOBfill fill) {
+    GUARD;
+    auto refuse = [](const char* why) {
+        char line[200];
+        std::snprintf(line, sizeof line, "cuTensorMapEncodeTiled: %s", why);
+        return drv::fail(CUDA_ERROR_INVALID_VALUE, line);
+    };
+    if (!map || !dims || !box || !elem_strides || (rank > 1 && !strides)) return refuse("a null pointer");
+    unsigned elem_bytes;
+    switch (type) {
+        case CU_TENSOR_MAP_DATA_TYPE_UINT8: elem_bytes = 1; break;
+        case CU_TENSOR_MAP_DATA_TYPE_UINT16:
+        case CU_TENSOR_MAP_DATA_TYPE_FLOAT16:
+        case CU_TENSOR_MAP_DATA_TYPE_BFLOAT16: elem_bytes = 2; break;
+        case CU_TENSOR_MAP_DATA_TYPE_UINT32:
+        case CU_TENSOR_MAP_DATA_TYPE_INT32:
+        case CU_TENSOR_MAP_DATA_TYPE_FLOAT32: elem_bytes = 4; break;
+        case CU_TENSOR_MAP_DATA_TYPE_UINT64:
+        case CU_TENSOR_MAP_DATA_TYPE_INT64:
+        case CU_TENSOR_MAP_DATA_TYPE_FLOAT64: elem_bytes = 8; break;
+        default: return refuse("a data type the emulation does not model (one that rounds, or a packed one)");
+    }
+    if (interleave != CU_TENSOR_MAP_INTERLEAVE_NONE) return refuse("an interleaved layout, which is not modelled");
+    unsigned swizzle_bytes;
+    switch (swizzle) {
+        case CU_TENSOR_MAP_SWIZZLE_NONE: swizzle_bytes = 0; break;
+        case CU_TENSOR_MAP_SWIZZLE_32B: swizzle_bytes = 32; break;
+        case CU_TENSOR_MAP_SWIZZLE_64B: swizzle_bytes = 64; break;
+        case CU_TENSOR_MAP_SWIZZLE_128B: swizzle_bytes = 128; break;
+        default: return refuse("a swizzle the emulation does not model");
+    }
+    // A cache hint: no effect here.
+    if (l2 != CU_TENSOR_MAP_L2_PROMOTION_NONE && l2 != CU_TENSOR_MAP_L2_PROMOTION_L2_64B &&
+        l2 != CU_TENSOR_MAP_L2_PROMOTION_L2_128B && l2 != CU_TENSOR_MAP_L2_PROMOTION_L2_256B)
+        return refuse("an unknown L2 promotion");
+    if (fill != CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE && fill != CU_TENSOR_MAP_FLOAT_OOB_FILL_NAN_REQUEST_ZERO_FMA)
+        return refuse("an unknown out-of-bounds fill");
+    const int nan_fill = fill == CU_TENSOR_MAP_FLOAT_OOB_FILL_NAN_REQUEST_ZERO_FMA;
+    // (emu_tensor_map_encode says why on stderr.)
+    if (emu_tensor_map_encode(map, elem_bytes, rank, base, dims, strides, box, elem_strides, swizzle_bytes, nan_fill))
+        return CUDA_ERROR_INVALID_VALUE;
+    // The tensor's last byte, from the dimensions and strides the encode accepted (each under
+    // 2^32 and 2^40: the sum fits 128 bits).
+    unsigned __int128 extent = elem_bytes;
+    for (cuuint32_t d = 0; d < rank; d++)
+        extent += static_cast<unsigned __int128>(dims[d] - 1) * (d == 0 ? elem_bytes : strides[d - 1]);
+    const auto start = reinterpret_cast<uintptr_t>(base);
+    if (extent > SIZE_MAX - start || !drv::inside(start, static_cast<size_t>(extent))) {
+        std::memset(map, 0, sizeof *map);
+        return refuse("the tensor is not inside one allocation");
+    }
+    return CUDA_SUCCESS;
 }
 
 // ---- events -----------------------------------------------------------------------------------
