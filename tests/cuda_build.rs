@@ -117,6 +117,9 @@ fn block_sizes_match_the_kernel_sources() {
         ("flash_attention_sm90a.cu", "FLASH90_DKV_KEYS", kernels::FLASH90_DKV_KEYS),
         ("flash_attention_sm90a.cu", "FLASH90_DKV_ROWS_HS64", kernels::FLASH90_DKV_ROWS_HS64),
         ("flash_attention_sm90a.cu", "FLASH90_DKV_ROWS_HS128", kernels::FLASH90_DKV_ROWS_HS128),
+        ("flash_attention_sm90a.cu", "FLASH90_WS_BLOCK", kernels::FLASH90_WS_BLOCK as usize),
+        ("flash_attention_sm90a.cu", "FLASH90_TMA_STAGES", kernels::FLASH90_TMA_STAGES),
+        ("flash_attention_sm90a.cu", "FLASH90_TMA_BOX", kernels::FLASH90_TMA_BOX),
     ];
     for (file, name, value) in expect {
         let d = defines(&kernel_source(file));
@@ -156,13 +159,16 @@ fn split_top_level(s: &str) -> Vec<&str> {
     parts
 }
 
-/// How one C parameter declaration (`const T* dout`, `long long n`) is passed, and its name in
-/// lower case.
+/// How one C parameter declaration (`const T* dout`, `long long n`, `const __grid_constant__
+/// CUtensorMap map`) is passed, and its name in lower case.
 fn c_param(decl: &str) -> (String, Param) {
     let name_at = decl.rfind(|c: char| !(c.is_alphanumeric() || c == '_')).map_or(0, |i| i + 1);
     let (ty, name) = (decl[..name_at].trim(), &decl[name_at..]);
     let kind = match ty {
         _ if ty.contains('*') => Param::Ptr,
+        // A tensor map goes by value, and must stay in the parameter space (`__grid_constant__`):
+        // TMA copies read it from there.
+        "const __grid_constant__ CUtensorMap" => Param::TensorMap,
         "int" => Param::I32,
         "long long" => Param::I64,
         "unsigned long long" => Param::U64,
@@ -214,10 +220,24 @@ fn backend_entry_points() -> Vec<(&'static str, Vec<String>)> {
     pairs.chain(bf16).collect()
 }
 
+/// The parameters of one entry point's line of the PTX parameter lists, each as build.rs spells
+/// it (`.u64`; an aggregate as `.align 128 .b8 [128]`).
+fn ptx_params(list: &str) -> Vec<String> {
+    let mut params: Vec<String> = Vec::new();
+    for word in list.split_whitespace() {
+        match params.last_mut() {
+            // An aggregate's words run to its size.
+            Some(p) if p.starts_with(".align") && !p.ends_with(']') => *p += &format!(" {word}"),
+            _ => params.push(word.to_string()),
+        }
+    }
+    params
+}
+
 /// The launches pass each kernel the parameters it declares: every entry point has exactly one
 /// parameter list in `args`, whose names, order and pointer-or-value match the source's, and
 /// whose widths and classes match the PTX nvcc made of it (a pointer or a `long long` is `.u64`,
-/// an `int` `.u32`, a `float` `.f32`).
+/// an `int` `.u32`, a `float` `.f32`, a tensor map 128 bytes as aligned as the launch's copy).
 #[test]
 fn launch_parameter_lists_match_the_kernels() {
     let entry_points = backend_entry_points();
@@ -239,23 +259,37 @@ fn launch_parameter_lists_match_the_kernels() {
     if skip_without_nvcc("launch_parameter_lists_match_the_kernels (against the PTX)") {
         return;
     }
-    let ptx: BTreeMap<&str, Vec<&str>> = kernels::PTX_PARAMS
+    let ptx: BTreeMap<&str, Vec<String>> = kernels::PTX_PARAMS
         .lines()
-        .filter_map(|l| l.split_once(' ').map(|(n, rest)| (n, rest.split(' ').collect())).or(Some((l, vec![]))))
+        .map(|l| l.split_once(' ').map_or((l, vec![]), |(n, rest)| (n, ptx_params(rest))))
         .collect();
+    // A tensor map is 128 bytes, aligned to 64 by CUDA 12's header and to 128 by CUDA 13's (which
+    // cudarc's type follows): the launch's copy must be at least as aligned as the parameter.
+    let map_size = size_of::<args::TensorMap>();
+    let map_fits = |ptx: &str| {
+        let align = ptx.strip_prefix(".align ").and_then(|r| r.strip_suffix(&format!(" .b8 [{map_size}]")));
+        align
+            .and_then(|a| a.parse::<usize>().ok())
+            .is_some_and(|a| a >= 64 && align_of::<args::TensorMap>().is_multiple_of(a))
+    };
     let mut seen = 0;
     for (name, ptx_names) in &entry_points {
-        let want: Vec<&str> = args::params_of(name)
-            .unwrap()
-            .iter()
-            .map(|(_, k)| match k {
-                Param::Ptr | Param::I64 | Param::U64 => ".u64",
-                Param::I32 => ".u32",
-                Param::F32 => ".f32",
-            })
-            .collect();
+        let params = args::params_of(name).unwrap();
         for full in ptx_names {
             let got = ptx.get(full.as_str()).unwrap_or_else(|| panic!("{full} is not in the PTX"));
+            // The PTX's spelling of each parameter where it fits the launch's, for one comparison.
+            let want: Vec<&str> = params
+                .iter()
+                .enumerate()
+                .map(|(i, (_, k))| match k {
+                    Param::Ptr | Param::I64 | Param::U64 => ".u64",
+                    Param::I32 => ".u32",
+                    Param::F32 => ".f32",
+                    Param::TensorMap => {
+                        got.get(i).map(String::as_str).filter(|g| map_fits(g)).unwrap_or("a 128-byte tensor map")
+                    }
+                })
+                .collect();
             assert_eq!(got, &want, "{full}: the PTX's parameters (left) and the launch's (right)");
             seen += 1;
         }

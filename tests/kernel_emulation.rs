@@ -61,6 +61,8 @@ fn shared_bytes_json() -> String {
             sizes.push(format!("\"flash_{kind}_hs{hs}\": {mma}"));
             sizes.push(format!("\"flash_{kind}_sm90a_hs{hs}\": {}", wgmma - slack));
         }
+        let tma = kernels::flash90_tma_forward_shared_bytes(hs).expect("a built head size");
+        sizes.push(format!("\"flash_forward_tma_sm90a_hs{hs}\": {}", tma - slack));
     }
     sizes.push(format!("\"wgmma_probe\": {}", kernels::WGMMA_PROBE_SHARED_BYTES - slack));
     format!("{{{}}}", sizes.join(", "))

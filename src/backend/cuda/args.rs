@@ -6,7 +6,7 @@
 //! them (each parameter's width and class), so that a kernel and its launch cannot drift apart
 //! unseen. A launch whose struct does not list the entry point fails before anything is queued.
 
-use cudarc::driver::{LaunchArgs, PushKernelArg};
+use cudarc::driver::{DeviceRepr, LaunchArgs, PushKernelArg, sys};
 
 /// How a C parameter is passed: a device address, or a value of one of the C types used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,7 +21,22 @@ pub enum Param {
     U64,
     /// `float`.
     F32,
+    /// `const __grid_constant__ CUtensorMap`: a TMA descriptor, 128 bytes by value.
+    TensorMap,
 }
+
+/// A TMA tensor map (`CUtensorMap`, encoded by `cuTensorMapEncodeTiled`), passed to a kernel by
+/// value: 128 bytes, aligned as the CUDA version's header aligns it (64 bytes in CUDA 12, 128 in
+/// CUDA 13), which the kernel parameter's PTX declaration follows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TensorMap(pub sys::CUtensorMap);
+
+const _: () = assert!(std::mem::size_of::<TensorMap>() == 128 && std::mem::align_of::<TensorMap>() >= 64);
+
+// SAFETY: a plain 128-byte value that the kernel receives as the bytes of its CUtensorMap
+// parameter, which it only reads.
+unsafe impl DeviceRepr for TensorMap {}
 
 /// A kernel's arguments, in its parameter order.
 pub trait KernelArgs {
@@ -49,6 +64,9 @@ macro_rules! param_type {
     };
     (F32) => {
         f32
+    };
+    (TensorMap) => {
+        TensorMap
     };
 }
 
@@ -126,6 +144,11 @@ kernel_args! {
     ] {
         out: Ptr, lse: Ptr, qkv: Ptr, b: I32, seq: I32, nh: I32, causal: I32, scale: F32,
     }
+    /// flash_attention_sm90a.cu: the warp-specialized forward, its producer loading qkv's tiles
+    /// through `qkv_map` (qkv viewed as (B, T, 3C)), per head size.
+    FlashForwardTma for ["flash_forward_tma_sm90a_hs64", "flash_forward_tma_sm90a_hs128"] {
+        qkv_map: TensorMap, out: Ptr, lse: Ptr, qkv: Ptr, b: I32, seq: I32, nh: I32, causal: I32, scale: F32,
+    }
     /// flash_attention.cu and flash_attention_sm90a.cu: the deterministic backward's dK/dV and dQ
     /// passes, per head size.
     FlashBackward for [
@@ -185,6 +208,14 @@ kernel_args! {
     BiasAdd for ["bias_add"] { out: Ptr, bias: Ptr, oc: I32, total: I64, vec: I32 }
     /// matmul.cu: per-chunk column sums of dout.
     BiasGradPartials for ["bias_grad_partials"] { partials: Ptr, dout: Ptr, n: I32, oc: I32, rows_per_chunk: I32 }
+}
+
+impl FlashForward {
+    /// The same arguments for the TMA forward, which reads qkv's tiles through `qkv_map` too.
+    pub fn with_tensor_map(self, qkv_map: TensorMap) -> FlashForwardTma {
+        let FlashForward { out, lse, qkv, b, seq, nh, causal, scale } = self;
+        FlashForwardTma { qkv_map, out, lse, qkv, b, seq, nh, causal, scale }
+    }
 }
 
 /// The parameter list `kernel` takes, if any struct above lists it.

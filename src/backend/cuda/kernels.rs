@@ -100,11 +100,14 @@ pub const BF16_KERNELS: &[(&str, &str)] = &[
 ];
 
 /// Kernels of Hopper's own instruction set (kernels/*_sm90a.cu, in the second fatbin
-/// `FATBIN_SM90A`, bf16 only, loaded on compute capability 9.0): the wgmma attention, forward,
-/// deterministic backward and atomic-dQ backward, one entry point per head size.
+/// `FATBIN_SM90A`, bf16 only, loaded on compute capability 9.0): the wgmma attention, forward
+/// (also as the warp-specialized TMA forward), deterministic backward and atomic-dQ backward, one
+/// entry point per head size.
 pub const SM90A_KERNELS: &[(&str, &str)] = &[
     ("flash_forward_sm90a_hs64", "flash_attention_sm90a.cu"),
     ("flash_forward_sm90a_hs128", "flash_attention_sm90a.cu"),
+    ("flash_forward_tma_sm90a_hs64", "flash_attention_sm90a.cu"),
+    ("flash_forward_tma_sm90a_hs128", "flash_attention_sm90a.cu"),
     ("flash_backward_dkv_sm90a_hs64", "flash_attention_sm90a.cu"),
     ("flash_backward_dkv_sm90a_hs128", "flash_attention_sm90a.cu"),
     ("flash_backward_dq_sm90a_hs64", "flash_attention_sm90a.cu"),
@@ -127,6 +130,17 @@ pub const FLASH90_DQ_KEYS: usize = 64;
 pub const FLASH90_DKV_KEYS: usize = 128;
 pub const FLASH90_DKV_ROWS_HS64: usize = 64;
 pub const FLASH90_DKV_ROWS_HS128: usize = 32;
+/// Threads per block of the warp-specialized TMA forward: one producer warpgroup, which issues
+/// the tile copies, and two consumer warpgroups of 64 query rows each (FLASH90_ROWS per block,
+/// FLASH90_KEYS_HS* keys per tile, as the wgmma forward).
+pub const FLASH90_WS_BLOCK: u32 = 384;
+/// Stages of key and value tiles the TMA forward's copies run ahead by.
+pub const FLASH90_TMA_STAGES: usize = 4;
+/// Bytes of the TMA forward's mbarriers, after its tiles.
+pub const FLASH90_TMA_BARRIER_BYTES: usize = 128;
+/// Rows of qkv one TMA box copy moves; its columns are one 128-byte swizzle row of bf16.
+pub const FLASH90_TMA_BOX: usize = 64;
+pub const FLASH90_TMA_BOX_COLS: usize = 128 / BYTES_PER_BF16;
 /// Alignment the swizzled tiles need (one 8-row atom); the kernels align their shared memory
 /// themselves and are given this much more, which they may spend on the alignment.
 pub const WGMMA_ATOM_BYTES: usize = 1024;
@@ -157,6 +171,19 @@ pub fn flash90_shared_bytes(hs: usize) -> Option<(usize, usize, usize, usize)> {
     // key a 128-byte row (half used).
     let dkvq = dkv + dkv_rows / 32 * FLASH90_DKV_KEYS * 128;
     Some((forward, dkv, dq, dkvq))
+}
+
+/// Bytes of dynamic shared memory of the TMA forward at head size `hs`, as it lays it out: the
+/// alignment slack, the query tile, FLASH90_TMA_STAGES stages of key and value tiles, the
+/// mbarriers.
+pub fn flash90_tma_forward_shared_bytes(hs: usize) -> Option<usize> {
+    let keys = match hs {
+        64 => FLASH90_KEYS_HS64,
+        128 => FLASH90_KEYS_HS128,
+        _ => return None,
+    };
+    let row = hs * BYTES_PER_BF16;
+    Some(WGMMA_ATOM_BYTES + (FLASH90_ROWS + 2 * FLASH90_TMA_STAGES * keys) * row + FLASH90_TMA_BARRIER_BYTES)
 }
 
 /// The tiling of flash_attention.cu for head size `hs`, `None` for head sizes it is not built
@@ -382,6 +409,9 @@ ptxas info    : Used 255 registers, used 1 barriers, 256 bytes smem, 364 bytes c
         assert_eq!(flash90_shared_bytes(64), Some((99_328, 84_480, 66_560, 117_248)));
         assert_eq!(flash90_shared_bytes(128), Some((115_712, 116_480, 148_480, 132_864)));
         assert_eq!(flash90_shared_bytes(96), None);
+        assert_eq!(flash90_tma_forward_shared_bytes(64), Some(148_608));
+        assert_eq!(flash90_tma_forward_shared_bytes(128), Some(164_992));
+        assert_eq!(flash90_tma_forward_shared_bytes(96), None);
         assert_eq!(WGMMA_PROBE_SHARED_BYTES, 33_792);
     }
 
