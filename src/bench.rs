@@ -29,7 +29,7 @@
 
 use crate::backend::cuda::plan::storage_bytes;
 use crate::backend::cuda::{ArenaSizes, CudaBackend, EpilogueCalls, ScratchSizes};
-use crate::backend::{AdamWStep, Backend, BackendError, Precision};
+use crate::backend::{AdamWStep, AttentionKernels, Backend, BackendError, Precision};
 use crate::model::config::{GPT2_VOCAB_SIZE, ModelConfig};
 use crate::model::layout::{ActLayout, Arena, ParamLayout, Recompute, TENSOR_ALIGN, Tensor};
 use crate::model::schedule::{self, Attention};
@@ -948,14 +948,14 @@ pub struct AttentionCase {
     pub causal: bool,
     /// The opt-in backward whose dQ is summed with atomics (its passes: bwd and fwd+bwd).
     pub atomic_dq: bool,
-    /// On Hopper's wgmma kernels (compute capability 9.0 only).
-    pub wgmma: bool,
+    /// The tensor-core kernels (other than mma.sync: Hopper's, compute capability 9.0 only).
+    pub kernels: AttentionKernels,
     copies: Vec<AttentionTensors>,
 }
 
 impl AttentionCase {
     pub fn new(b: usize, t: usize, nh: usize, hs: usize, causal: bool) -> Self {
-        AttentionCase { b, t, nh, hs, causal, atomic_dq: false, wgmma: false, copies: Vec::new() }
+        AttentionCase { b, t, nh, hs, causal, atomic_dq: false, kernels: AttentionKernels::Mma, copies: Vec::new() }
     }
 
     /// The same shape with the atomic-dQ backward.
@@ -965,12 +965,12 @@ impl AttentionCase {
 
     /// The same shape on the wgmma kernels.
     pub fn wgmma(b: usize, t: usize, nh: usize, hs: usize, causal: bool) -> Self {
-        AttentionCase { wgmma: true, ..Self::new(b, t, nh, hs, causal) }
+        AttentionCase { kernels: AttentionKernels::Wgmma, ..Self::new(b, t, nh, hs, causal) }
     }
 
     /// The same shape on the wgmma kernels with the atomic-dQ backward.
     pub fn wgmma_atomic_dq(b: usize, t: usize, nh: usize, hs: usize, causal: bool) -> Self {
-        AttentionCase { wgmma: true, atomic_dq: true, ..Self::new(b, t, nh, hs, causal) }
+        AttentionCase { atomic_dq: true, ..Self::wgmma(b, t, nh, hs, causal) }
     }
 
     /// FLOPs of the forward: 4·B·NH·T²·HS, halved when causal.
@@ -994,13 +994,14 @@ impl Case for AttentionCase {
     }
 
     fn name(&self) -> String {
-        let name = attention_case_name(self.b, self.t, self.nh, self.hs, self.causal);
-        match (self.wgmma, self.atomic_dq) {
-            (true, true) => name + ", wgmma, atomic dQ",
-            (false, true) => name + ", atomic dQ",
-            (true, false) => name + ", wgmma",
-            (false, false) => name,
+        let mut name = attention_case_name(self.b, self.t, self.nh, self.hs, self.causal);
+        if self.kernels != AttentionKernels::Mma {
+            name += &format!(", {}", self.kernels.name());
         }
+        if self.atomic_dq {
+            name += ", atomic dQ";
+        }
+        name
     }
 
     fn passes(&self) -> Vec<(&'static str, Work)> {
@@ -1043,7 +1044,7 @@ impl Case for AttentionCase {
             gpu.set_atomic_attention_dq(Some(self.b * self.t * self.nh * self.hs))?;
         }
         // Unavailable off compute capability 9.0: `run` skips the case.
-        gpu.set_wgmma_attention(self.wgmma)?;
+        gpu.set_attention_kernels(self.kernels)?;
         // The backward reads the forward's output and LSE.
         for copy in 0..self.copies.len() {
             self.run(gpu, 0, copy)?;
@@ -1878,8 +1879,8 @@ pub struct StepPaths {
     pub gelu: EpilogueCalls,
     pub bias_grad: EpilogueCalls,
     pub graph_launches: usize,
-    /// Whether the attention ran on the wgmma kernels.
-    pub wgmma_attention: bool,
+    /// The kernels the attention ran on.
+    pub attention: AttentionKernels,
 }
 
 /// The name of a gptk step variant: `gptk`, then what differs from the default (recomputation,
@@ -1907,26 +1908,27 @@ fn step_variant(opts: &BenchOptions, paths: StepPaths) -> String {
     if graphs {
         v += &format!(", CUDA graph ({} launches)", paths.graph_launches);
     }
-    match (paths.wgmma_attention, atomic) {
-        (true, true) => v += ", attention on wgmma, dQ by atomics",
-        (true, false) => v += ", attention on wgmma",
-        (false, true) => v += ", attention dQ by atomics",
-        (false, false) => {}
+    match (paths.attention, atomic) {
+        (AttentionKernels::Mma, true) => v += ", attention dQ by atomics",
+        (AttentionKernels::Mma, false) => {}
+        (kernels, true) => v += &format!(", attention on {}, dQ by atomics", kernels.name()),
+        (kernels, false) => v += &format!(", attention on {}", kernels.name()),
     }
     v
 }
 
 /// What a step variant turns on of the switches that are off by default: (whole-step CUDA
-/// graphs, the atomic-dQ attention backward, the wgmma attention: `Some(true)` required,
-/// `Some(false)` where the device has it, `None` off).
-fn step_switches(variant: Option<StepVariant>) -> (bool, bool, Option<bool>) {
+/// graphs, the atomic-dQ attention backward, Hopper's attention kernels: `Some((kernels, true))`
+/// required, `Some((kernels, false))` where the device has them, `None` off).
+fn step_switches(variant: Option<StepVariant>) -> (bool, bool, Option<(AttentionKernels, bool)>) {
+    use AttentionKernels::Wgmma;
     use StepVariant::*;
     match variant {
         Some(CudaGraphs) => (true, false, None),
         Some(AtomicAttention) => (false, true, None),
-        Some(WgmmaAttention) => (false, false, Some(true)),
-        Some(WgmmaAtomicAttention) => (false, true, Some(true)),
-        Some(AllOptIns) => (true, true, Some(false)),
+        Some(WgmmaAttention) => (false, false, Some((Wgmma, true))),
+        Some(WgmmaAtomicAttention) => (false, true, Some((Wgmma, true))),
+        Some(AllOptIns) => (true, true, Some((Wgmma, false))),
         Some(GeluApart | BiasGradApart) | None => (false, false, None),
     }
 }
@@ -1945,15 +1947,16 @@ pub fn run_step(opts: &BenchOptions) -> Result<StepResult, BenchError> {
     let mut model = Gpt::new(cfg.clone(), acts, |p, a| CudaBackend::new(p, a, Precision::Bf16, device))?;
     model.backend.set_gelu_epilogue(opts.step_variant != Some(StepVariant::GeluApart));
     model.backend.set_bias_grad_epilogue(opts.step_variant != Some(StepVariant::BiasGradApart));
-    let (graphs, atomic, wgmma) = step_switches(opts.step_variant);
+    let (graphs, atomic, attention) = step_switches(opts.step_variant);
     model.backend.set_cuda_graphs(graphs);
     // dQ is (B, T, C), the shape of the blocks' gradient buffer.
     model.backend.set_atomic_attention_dq(atomic.then_some(model.acts.dbtc.len))?;
-    match wgmma {
-        Some(true) => model.backend.set_wgmma_attention(true)?,
-        // Where the device has no wgmma kernels the attention stays on mma.sync.
-        Some(false) => model.backend.set_wgmma_attention(true).unwrap_or(()),
-        None => {}
+    if let Some((kernels, required)) = attention {
+        match model.backend.set_attention_kernels(kernels) {
+            // Where the device has no wgmma kernels the attention stays on mma.sync.
+            Err(BackendError::Unavailable(_)) if !required => {}
+            other => other?,
+        }
     }
     let host = init_params(&cfg, &model.params, opts.seed);
     model.load_params(&host)?;
@@ -2008,7 +2011,7 @@ pub fn run_step(opts: &BenchOptions) -> Result<StepResult, BenchError> {
                 gelu: model.backend.gelu_epilogue_calls(),
                 bias_grad: model.backend.bias_grad_epilogue_calls(),
                 graph_launches: model.backend.graph_launches(),
-                wgmma_attention: model.backend.uses_wgmma_attention(cfg.head_size()),
+                attention: model.backend.attention_kernels(cfg.head_size()),
             },
         ),
         median_ms,
@@ -2040,6 +2043,10 @@ mod tests {
         assert_eq!(passes[1], ("bwd", Work::Flops(2.5 * c.forward_flops())));
         assert_eq!(passes[2], ("fwd+bwd", Work::Flops(3.5 * c.forward_flops())));
         assert_eq!(c.name(), "B=8 NH=12 T=1024 HS=64 bidirectional");
+        assert_eq!(
+            AttentionCase::wgmma_atomic_dq(8, 1024, 12, 64, true).name(),
+            "B=8 NH=12 T=1024 HS=64 causal, wgmma, atomic dQ"
+        );
     }
 
     #[test]
@@ -2096,7 +2103,8 @@ mod tests {
             step_variant: None,
         };
         let fused = EpilogueCalls { fused: 24, apart: 0 };
-        let all_fused = StepPaths { gelu: fused, bias_grad: fused, graph_launches: 0, wgmma_attention: false };
+        let all_fused =
+            StepPaths { gelu: fused, bias_grad: fused, graph_launches: 0, attention: AttentionKernels::Mma };
         assert_eq!(step_variant(&opts, all_fused), "gptk");
         let refused = StepPaths { gelu: EpilogueCalls { fused: 20, apart: 4 }, ..all_fused };
         assert_eq!(step_variant(&opts, refused), "gptk, GELU apart in 4 of 24 calls (no cuBLASLt algorithm)");
@@ -2118,8 +2126,10 @@ mod tests {
         let atomic = BenchOptions { step_variant: Some(StepVariant::AtomicAttention), ..opts.clone() };
         assert_eq!(step_variant(&atomic, all_fused), "gptk, attention dQ by atomics");
         let both = BenchOptions { step_variant: Some(StepVariant::WgmmaAtomicAttention), ..opts.clone() };
-        let on_wgmma = StepPaths { wgmma_attention: true, ..all_fused };
+        let on_wgmma = StepPaths { attention: AttentionKernels::Wgmma, ..all_fused };
         assert_eq!(step_variant(&both, on_wgmma), "gptk, attention on wgmma, dQ by atomics");
+        let on_tma = StepPaths { attention: AttentionKernels::WgmmaTma, ..all_fused };
+        assert_eq!(step_variant(&opts, on_tma), "gptk, attention on wgmma-tma");
         let all = BenchOptions { step_variant: Some(StepVariant::AllOptIns), ..opts };
         assert_eq!(
             step_variant(&all, StepPaths { graph_launches: 41, ..on_wgmma }),

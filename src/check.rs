@@ -19,7 +19,7 @@
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::{ArenaSizes, CudaBackend, EpilogueCalls, ScratchSizes};
-use crate::backend::{AdamWStep, Backend, BackendError, Precision};
+use crate::backend::{AdamWStep, AttentionKernels, Backend, BackendError, Precision};
 use crate::model::config::ModelConfig;
 use crate::model::layout::{ActLayout, Arena, TENSOR_ALIGN, Tensor};
 use crate::model::{Gpt, ModelError, init_params};
@@ -554,11 +554,11 @@ impl Ctx {
             "matmul_backward" => self.matmul(true),
             "matmul_gelu_forward" => self.matmul_gelu(false),
             "matmul_backward_gelu" => self.matmul_gelu(true),
-            "attention_forward" => self.attention(false, false),
-            "attention_backward" => self.attention(true, false),
+            "attention_forward" => self.attention(op, false, AttentionKernels::Mma),
+            "attention_backward" => self.attention(op, true, AttentionKernels::Mma),
             "wgmma_layouts" => self.wgmma_layouts(),
-            "wgmma_forward" => self.attention(false, true),
-            "wgmma_backward" => self.attention(true, true),
+            "wgmma_forward" => self.attention(op, false, AttentionKernels::Wgmma),
+            "wgmma_backward" => self.attention(op, true, AttentionKernels::Wgmma),
             "attention_cached" => self.attention_cached(),
             "gelu_forward" | "gelu_backward" | "residual_forward" => self.elementwise(op),
             "cross_entropy" => self.cross_entropy(),
@@ -815,15 +815,11 @@ impl Ctx {
         Ok(rows)
     }
 
-    /// The attention forward or backward; with `wgmma` on Hopper's wgmma kernels, at the shapes
-    /// the tensor-core kernels take, on a compute capability 9.0 device only (no rows elsewhere).
-    fn attention(&self, backward: bool, wgmma: bool) -> Rows {
-        let op = match (backward, wgmma) {
-            (false, false) => "attention_forward",
-            (true, false) => "attention_backward",
-            (false, true) => "wgmma_forward",
-            (true, true) => "wgmma_backward",
-        };
+    /// The attention forward or backward (family `op`) on the tensor-core `kernels` where they
+    /// run; with Hopper's wgmma kernels at the shapes the tensor-core kernels
+    /// take, on a compute capability 9.0 device only (no rows elsewhere).
+    fn attention(&self, op: &str, backward: bool, kernels: AttentionKernels) -> Rows {
+        let wgmma = kernels != AttentionKernels::Mma;
         let mut rows = Vec::new();
         // Head sizes 64 and 128 take the tensor-core kernels in bf16 (the simple ones in f32):
         // T = 1, odd T and T past one or several tiles, several B·NH; the others the simple kernels.
@@ -868,13 +864,13 @@ impl Ctx {
                     return Ok(rows);
                 }
                 // On Hopper the sm_90a kernels must load: a failure is this family's.
-                p.gpu.set_wgmma_attention(true).map_err(|e| BackendError::Device(e.to_string()))?;
+                p.gpu.set_attention_kernels(kernels).map_err(|e| BackendError::Device(e.to_string()))?;
             }
             let case = format!(
                 "B={b} T={t} NH={nh} HS={hs} {} {}",
                 if causal { "causal" } else { "bidir" },
                 if wgmma {
-                    "wgmma"
+                    kernels.name()
                 } else if flash {
                     "flash"
                 } else {

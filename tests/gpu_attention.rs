@@ -2,11 +2,12 @@
 //! at GPT-2 sizes, beyond the small shapes of `gptk check`, it matches the CPU reference under
 //! the checker's tolerances, and two runs on the same inputs give the same bits (the backward
 //! sums in a fixed order, without atomics); the opt-in atomic-dQ backward matches the CPU too, and
-//! so do Hopper's wgmma kernels (both backwards) on a compute capability 9.0 device.
+//! so do Hopper's wgmma kernels (both backwards) and their warp-specialized TMA forward on a
+//! compute capability 9.0 device.
 
 use gptk::backend::cpu::attention::{attention_backward, attention_forward};
 use gptk::backend::cuda::{ArenaSizes, CudaBackend, ScratchSizes};
-use gptk::backend::{Backend, Precision};
+use gptk::backend::{AttentionKernels, Backend, Precision};
 use gptk::check::{BF16_EPS, F32_EPS, K_ATTENTION_BF16_BACKWARD, K_ATTENTION_BF16_FORWARD, K_F32, compare};
 use gptk::model::layout::{Arena, TENSOR_ALIGN, Tensor};
 use gptk::rng::Rng;
@@ -66,14 +67,14 @@ fn flash_attention_matches_the_cpu_at_gpt2_sizes_and_repeats_bit_for_bit() {
         };
 
         // The mma.sync kernels, then, on a compute capability 9.0 device (where they must load),
-        // Hopper's wgmma kernels: the same tolerances against the CPU, the same bits twice.
+        // Hopper's wgmma kernels and their TMA forward: the same tolerances against the CPU, the
+        // same bits twice.
         let hopper = gpu.device_info().compute_capability == (9, 0);
-        for wgmma in [false, true].into_iter().filter(|&w| !w || hopper) {
-            let what = format!("{what}{}", if wgmma { ", wgmma" } else { "" });
-            if wgmma {
-                gpu.set_wgmma_attention(true).expect("the sm_90a kernels load on compute capability 9.0");
-                assert!(gpu.uses_wgmma_attention(hs), "HS={hs} should take the wgmma kernels");
-            }
+        let all = [AttentionKernels::Mma, AttentionKernels::Wgmma, AttentionKernels::WgmmaTma];
+        for kernels in all.into_iter().filter(|&k| k == AttentionKernels::Mma || hopper) {
+            let what = format!("{what}, {}", kernels.name());
+            gpu.set_attention_kernels(kernels).expect("the sm_90a kernels load on compute capability 9.0");
+            assert_eq!(gpu.attention_kernels(hs), kernels, "HS={hs} should take the {} kernels", kernels.name());
             // Forward, twice: the same bits; against the CPU.
             let mut fwd = Vec::new();
             for _ in 0..2 {
@@ -86,6 +87,10 @@ fn flash_attention_matches_the_cpu_at_gpt2_sizes_and_repeats_bit_for_bit() {
             assert!(bits(&fwd[0].1) == bits(&fwd[1].1), "{what}: LSE differs between runs");
             assert_within(&format!("out {what}"), &fwd[0].0, &o_cpu, BF16_EPS, K_ATTENTION_BF16_FORWARD);
             assert_within(&format!("lse {what}"), &fwd[0].1, &l_cpu, F32_EPS, K_F32);
+            if kernels == AttentionKernels::WgmmaTma {
+                // Its backward is the wgmma kernels', checked in the round before.
+                continue;
+            }
 
             // Backward from the CPU's output and LSE, twice; against the CPU.
             gpu.upload(out, &o_stored).unwrap();
@@ -109,14 +114,13 @@ fn flash_attention_matches_the_cpu_at_gpt2_sizes_and_repeats_bit_for_bit() {
             assert_within(&name, &atomic, &d_cpu, BF16_EPS, K_ATTENTION_BF16_BACKWARD);
             assert!(kv(&atomic) == kv(&runs[0]), "{what}: dK/dV differ between the two backwards");
             gpu.set_atomic_attention_dq(None).unwrap();
-            gpu.set_wgmma_attention(false).unwrap();
         }
     }
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn the_wgmma_forward_is_refused_with_its_reason_off_hopper() {
+fn the_wgmma_kernels_are_refused_with_their_reason_off_hopper() {
     let sizes = ArenaSizes {
         params: TENSOR_ALIGN,
         acts: TENSOR_ALIGN,
@@ -126,15 +130,17 @@ fn the_wgmma_forward_is_refused_with_its_reason_off_hopper() {
     };
     let mut f32_gpu =
         CudaBackend::with_sizes(sizes, ScratchSizes::default(), Precision::F32, 0, None).expect("a GPU backend");
-    let err = f32_gpu.set_wgmma_attention(true).unwrap_err().to_string();
-    assert!(err.contains("bf16"), "f32 storage: {err}");
     let mut gpu =
         CudaBackend::with_sizes(sizes, ScratchSizes::default(), Precision::Bf16, 0, None).expect("a GPU backend");
-    match gpu.device_info().compute_capability {
-        (9, 0) => gpu.set_wgmma_attention(true).expect("compute capability 9.0 has the wgmma kernels"),
-        cc => {
-            let err = gpu.set_wgmma_attention(true).unwrap_err().to_string();
-            assert!(err.contains("compute capability 9.0"), "{cc:?}: {err}");
+    for kernels in [AttentionKernels::Wgmma, AttentionKernels::WgmmaTma] {
+        let err = f32_gpu.set_attention_kernels(kernels).unwrap_err().to_string();
+        assert!(err.contains("bf16") && err.contains(kernels.name()), "f32 storage: {err}");
+        match gpu.device_info().compute_capability {
+            (9, 0) => gpu.set_attention_kernels(kernels).expect("compute capability 9.0 has the wgmma kernels"),
+            cc => {
+                let err = gpu.set_attention_kernels(kernels).unwrap_err().to_string();
+                assert!(err.contains("compute capability 9.0"), "{cc:?}: {err}");
+            }
         }
     }
 }

@@ -410,15 +410,30 @@ pub enum AttentionBackward {
     Atomic,
 }
 
-/// Which kernels run the GPU's tensor-core attention.
+/// Which kernels run the GPU's tensor-core attention. Named alike on the command line and in
+/// configuration files (`mma`, `wgmma`, `wgmma-tma`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum AttentionKernels {
     /// `mma.sync` (Ampere's instructions, every GPU from sm_80 on).
     #[default]
     Mma,
     /// Hopper's warpgroup instructions (`wgmma`, sm_90a): compute capability 9.0 only.
     Wgmma,
+    /// As `wgmma`, with the forward on a warp-specialized kernel whose producer warpgroup loads
+    /// the key and value tiles by TMA (the tensor memory accelerator); the same backward.
+    WgmmaTma,
+}
+
+impl AttentionKernels {
+    /// The name the command line and configuration files give it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionKernels::Mma => "mma",
+            AttentionKernels::Wgmma => "wgmma",
+            AttentionKernels::WgmmaTma => "wgmma-tma",
+        }
+    }
 }
 
 /// Where a model runs, as chosen on the command line.
@@ -441,6 +456,16 @@ impl Arena {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attention_kernels_have_one_name_everywhere() {
+        use clap::ValueEnum;
+        for k in AttentionKernels::value_variants() {
+            assert_eq!(k.to_possible_value().unwrap().get_name(), k.name());
+            assert_eq!(serde_json::to_string(k).unwrap(), format!("\"{}\"", k.name()));
+            assert_eq!(serde_json::from_str::<AttentionKernels>(&format!("\"{}\"", k.name())).unwrap(), *k);
+        }
+    }
 
     #[test]
     fn losses_are_summed_in_strided_lanes() {

@@ -137,8 +137,8 @@ pub fn run(cfg: &TrainConfig) -> Result<()> {
                     "warning: --attention-backward atomic has no effect on the CPU (its backward is deterministic)"
                 );
             }
-            if cfg.attention_kernels == AttentionKernels::Wgmma && lead {
-                eprintln!("warning: --attention-kernels wgmma has no effect on the CPU");
+            if cfg.attention_kernels != AttentionKernels::Mma && lead {
+                eprintln!("warning: --attention-kernels {} has no effect on the CPU", cfg.attention_kernels.name());
             }
             let build = move |p: &ParamLayout, a: &ActLayout| {
                 let k = CpuBackend::<f32>::new(p.padded_total(world), a);
@@ -167,13 +167,13 @@ pub fn run(cfg: &TrainConfig) -> Result<()> {
                 g.broadcast(&mut id, cuda::NCCL_ID_BYTES)?;
                 Some(id)
             };
-            let (precision, ordinal, graphs) = (cfg.precision, info.ordinal, cfg.cuda_graphs);
+            let (precision, ordinal, graphs, kernels) =
+                (cfg.precision, info.ordinal, cfg.cuda_graphs, cfg.attention_kernels);
             let atomic_dq = cfg.attention_backward == AttentionBackward::Atomic;
-            let wgmma = cfg.attention_kernels == AttentionKernels::Wgmma;
             let build = move |p: &ParamLayout, a: &ActLayout| {
                 let mut k = CudaBackend::for_world(p, a, precision, ordinal, world)?;
                 k.set_cuda_graphs(graphs);
-                k.set_wgmma_attention(wgmma)?;
+                k.set_attention_kernels(kernels)?;
                 // dQ of (B, T, C), the shape of the blocks' gradient buffer.
                 k.set_atomic_attention_dq(atomic_dq.then_some(a.dbtc.len))?;
                 match &nccl_id {

@@ -189,9 +189,10 @@ pub struct TrainConfig {
     #[arg(long, value_enum, default_value_t = AttentionBackward::Deterministic)]
     #[serde(default)]
     pub attention_backward: AttentionBackward,
-    /// Which kernels run the GPU's tensor-core attention: `mma` (mma.sync, every GPU) or `wgmma`
+    /// Which kernels run the GPU's tensor-core attention: `mma` (mma.sync, every GPU), `wgmma`
     /// (Hopper's warpgroup instructions, compute capability 9.0 only: the forward and either
-    /// backward; the same results to rounding).
+    /// backward; the same results to rounding) or `wgmma-tma` (as `wgmma`, the forward on a
+    /// warp-specialized kernel that loads its tiles by TMA).
     #[arg(long, value_enum, default_value_t = AttentionKernels::Mma)]
     #[serde(default)]
     pub attention_kernels: AttentionKernels,

@@ -35,7 +35,7 @@ pub use device::{DeviceInfo, NVCC_INSTALL_HINT, device_count, is_compiled, peak_
 pub use nccl::{NCCL_ID_BYTES, NcclComm, check_nccl, new_id as new_nccl_id};
 pub use plan::{ArenaSizes, MemoryPlan, ScratchSizes};
 
-use super::{AdamWStep, Backend, BackendError, Precision, Replay, Result, StepOutcome};
+use super::{AdamWStep, AttentionKernels, Backend, BackendError, Precision, Replay, Result, StepOutcome};
 use crate::model::config::LAYERNORM_EPS;
 use crate::model::layout::{ActLayout, Arena, ParamLayout, Tensor};
 use args::*;
@@ -47,7 +47,9 @@ use cudarc::driver::{
 };
 use half::bf16;
 use kernels::*;
-use plan::{BLAS_WORKSPACE_BYTES, BYTES_PER_F32, BYTES_PER_F64, MAX_PARTIALS, NORM_MAX_BLOCKS, storage_bytes};
+use plan::{
+    BLAS_WORKSPACE_BYTES, BYTES_PER_BF16, BYTES_PER_F32, BYTES_PER_F64, MAX_PARTIALS, NORM_MAX_BLOCKS, storage_bytes,
+};
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
@@ -165,16 +167,18 @@ impl Functions {
         Ok(Functions { by_name, flash_head_sizes, wgmma_head_sizes: Err("not loaded".into()) })
     }
 
-    /// Loads the wgmma kernels from the sm_90a module, raising each one's shared memory; the head
-    /// sizes they were loaded for.
+    /// Loads the wgmma kernels (the TMA forward too) from the sm_90a module, raising each one's
+    /// shared memory; the head sizes they were loaded for.
     fn load_sm90a(&mut self, module: &Arc<CudaModule>, max_shared_bytes: usize) -> Result<Vec<usize>> {
         let mut sizes = Vec::new();
         for hs in FLASH_HEAD_SIZES {
             let kernels = wgmma_kernels(hs).expect("the wgmma kernels exist for every flash head size");
-            if kernels.passes().iter().any(|p| p.smem > max_shared_bytes) {
+            let tma = tma_forward(hs).expect("the TMA forward exists for every flash head size");
+            let passes: Vec<FlashPass> = kernels.passes().into_iter().chain([tma]).collect();
+            if passes.iter().any(|p| p.smem > max_shared_bytes) {
                 continue;
             }
-            for FlashPass { name, smem: bytes, .. } in kernels.passes() {
+            for FlashPass { name, smem: bytes, .. } in passes {
                 let full = format!("{name}_bf16");
                 let f = module.load_function(&full).map_err(|e| {
                     driver_error(
@@ -255,8 +259,8 @@ pub struct CudaBackend {
     _module: Arc<CudaModule>,
     /// The sm_90a kernels, on a compute capability 9.0 device.
     _module_sm90a: Option<Arc<CudaModule>>,
-    /// Whether the attention runs on the wgmma kernels (where they are loaded).
-    wgmma_attention: bool,
+    /// The kernels the tensor-core attention runs on (the wgmma ones only where they are loaded).
+    attention_kernels: AttentionKernels,
     stream: Arc<CudaStream>,
     ctx: Arc<CudaContext>,
     /// The data-parallel communicator (none: a world of one).
@@ -538,7 +542,7 @@ impl CudaBackend {
             functions,
             _module: module,
             _module_sm90a: module_sm90a,
-            wgmma_attention: false,
+            attention_kernels: AttentionKernels::Mma,
             info,
             plan,
             stream,
@@ -656,15 +660,20 @@ impl CudaBackend {
         self.batch_tokens = self.batch_tokens.filter(|b| !b.overlaps(t));
     }
 
-    /// Runs the tensor-core attention on Hopper's wgmma kernels (`on`) or on the mma.sync ones
-    /// (the default): the forward and the backward, deterministic or with atomic dQ. Fails,
-    /// saying why, where the wgmma kernels are not loaded (another GPU, f32 storage, a build
-    /// without them).
-    pub fn set_wgmma_attention(&mut self, on: bool) -> Result<()> {
-        if on && let Err(why) = &self.functions.wgmma_head_sizes {
-            return Err(BackendError::Unavailable(format!("the wgmma attention kernels are not available: {why}")));
+    /// Runs the tensor-core attention on the mma.sync kernels (the default) or on Hopper's wgmma
+    /// kernels, the forward and the backward (deterministic or with atomic dQ), with the forward
+    /// on the warp-specialized TMA kernel for `WgmmaTma`. Fails, saying why, where the wgmma
+    /// kernels are not loaded (another GPU, f32 storage, a build without them).
+    pub fn set_attention_kernels(&mut self, kernels: AttentionKernels) -> Result<()> {
+        if kernels != AttentionKernels::Mma
+            && let Err(why) = &self.functions.wgmma_head_sizes
+        {
+            return Err(BackendError::Unavailable(format!(
+                "the {} attention kernels are not available: {why}",
+                kernels.name()
+            )));
         }
-        self.wgmma_attention = on;
+        self.attention_kernels = kernels;
         Ok(())
     }
 
@@ -701,9 +710,12 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// Whether the attention at head size `hs` runs on the wgmma kernels.
-    pub fn uses_wgmma_attention(&self, hs: usize) -> bool {
-        self.wgmma_attention && self.functions.wgmma_head_sizes.as_ref().is_ok_and(|s| s.contains(&hs))
+    /// The kernels the tensor-core attention at head size `hs` runs on: those set, where they are
+    /// loaded for `hs`, else the mma.sync ones (`Mma` also where no tensor-core kernel takes `hs`,
+    /// see [`CudaBackend::uses_flash_attention`]).
+    pub fn attention_kernels(&self, hs: usize) -> AttentionKernels {
+        let wgmma_loaded = self.functions.wgmma_head_sizes.as_ref().is_ok_and(|s| s.contains(&hs));
+        if wgmma_loaded { self.attention_kernels } else { AttentionKernels::Mma }
     }
 
     /// Turns the GELU epilogue of `matmul_gelu_forward` and `matmul_backward_gelu` on (the
@@ -954,13 +966,17 @@ impl CudaBackend {
 
     /// The tensor-core attention kernels that attention at head size `hs` over these tensors
     /// takes, when it can take them (see [`CudaBackend::uses_flash_attention`]; every pointer
-    /// 16-byte aligned): the wgmma ones where they run, else the mma.sync ones.
+    /// 16-byte aligned): those of [`CudaBackend::attention_kernels`].
     fn flash_kernels_for(&self, hs: usize, ptrs: &[u64]) -> Option<FlashKernels> {
         let aligned = ptrs.iter().all(|p| p % BYTES_PER_VECTOR as u64 == 0);
         if !aligned || !self.uses_flash_attention(hs) {
             return None;
         }
-        if self.uses_wgmma_attention(hs) { wgmma_kernels(hs) } else { mma_kernels(hs) }
+        match self.attention_kernels(hs) {
+            AttentionKernels::Mma => mma_kernels(hs),
+            AttentionKernels::Wgmma => wgmma_kernels(hs),
+            AttentionKernels::WgmmaTma => Some(FlashKernels { forward: tma_forward(hs)?, ..wgmma_kernels(hs)? }),
+        }
     }
 
     /// Splits `n` rows into at most MAX_PARTIALS chunks for a column reduction of `columns`
@@ -1400,7 +1416,7 @@ impl Backend for CudaBackend {
         }
         if let Some(kernels) = self.flash_kernels_for(hs, &[out_p, qkv_p]) {
             let pass = kernels.forward;
-            let cfg = flash_launch(t.div_ceil(pass.rows) * b * nh, kernels.threads, pass.smem)?;
+            let cfg = flash_launch(t.div_ceil(pass.rows) * b * nh, pass.threads, pass.smem)?;
             let args = FlashForward {
                 out: out_p,
                 lse: lse_p,
@@ -1411,6 +1427,13 @@ impl Backend for CudaBackend {
                 causal: causal_i,
                 scale,
             };
+            if FlashForwardTma::KERNELS.contains(&pass.name) {
+                let args = args.with_tensor_map(qkv_tensor_map(qkv_p, b, t, c)?);
+                // SAFETY: as the launch below; qkv_map spans exactly qkv's B·T·3C elements (its
+                // loads past T are filled with zeros, never read from memory) and holds qkv's
+                // address as the kernel's qkv does; the block is the kernel's 384 threads.
+                return unsafe { self.launch(pass.name, cfg, &args) };
+            }
             // SAFETY: the kernel's HS is hs; out holds B·T·C, lse B·NH·T, qkv B·T·3C (checked);
             // out and qkv are 16-byte aligned and C = NH·HS is a multiple of 8, so every row the
             // kernel moves 16 bytes at a time is aligned; rows past T are neither read nor
@@ -1490,7 +1513,7 @@ impl Backend for CudaBackend {
                 .memset_zeros(&mut buf.mem.slice_mut(range))
                 .map_err(|e| driver_error("zeroing the attention dQ accumulator", e))?;
             let pass = kernels.dkvq;
-            let cfg = flash_launch(t.div_ceil(pass.rows) * b * nh, kernels.threads, pass.smem)?;
+            let cfg = flash_launch(t.div_ceil(pass.rows) * b * nh, pass.threads, pass.smem)?;
             let args = FlashBackwardDkvq {
                 dqkv: dqkv_p,
                 dq_acc: acc_p,
@@ -1532,7 +1555,7 @@ impl Backend for CudaBackend {
                 scale,
             };
             for pass in [kernels.dkv, kernels.dq] {
-                let cfg = flash_launch(t.div_ceil(pass.rows) * b * nh, kernels.threads, pass.smem)?;
+                let cfg = flash_launch(t.div_ceil(pass.rows) * b * nh, pass.threads, pass.smem)?;
                 // SAFETY: the kernel's HS is hs; dqkv and qkv hold B·T·3C, dout B·T·C, lse and
                 // delta B·NH·T (checked; delta was just written on this stream); the bf16 spans
                 // are 16-byte aligned with C a multiple of 8; rows past T are neither read nor
@@ -1769,8 +1792,8 @@ impl Backend for CudaBackend {
         let switches = u64::from(self.gelu_epilogue)
             | u64::from(self.bias_grad_epilogue) << 1
             | u64::from(self.dq_acc.is_some()) << 2
-            | u64::from(self.wgmma_attention) << 3;
-        let key = key.wrapping_mul(16).wrapping_add(switches);
+            | (self.attention_kernels as u64) << 3;
+        let key = key.wrapping_mul(32).wrapping_add(switches);
         if self.graphs.is_none() {
             return Ok(Replay::Run);
         }
@@ -1914,7 +1937,8 @@ fn bucket_by_token(ids: &[i32], cap: usize, out: &mut Vec<i32>) -> usize {
 }
 
 /// The launch of a flash kernel: `blocks` blocks of `threads` (FLASH_BLOCK for the mma.sync
-/// kernels, FLASH90_BLOCK for the wgmma ones) with `smem` bytes of dynamic shared memory.
+/// kernels, FLASH90_BLOCK for the wgmma ones, FLASH90_WS_BLOCK for the TMA forward) with `smem`
+/// bytes of dynamic shared memory.
 fn flash_launch(blocks: usize, threads: u32, smem: usize) -> Result<LaunchConfig> {
     Ok(LaunchConfig {
         // (A block per "thread" of blocks_for: the grid's limit checked.)
@@ -1943,19 +1967,19 @@ fn bias_corrections(step: &AdamWStep) -> (f32, f32) {
     ((1.0 - (step.beta1 as f64).powi(t)) as f32, (1.0 - (step.beta2 as f64).powi(t)) as f32)
 }
 
-/// One pass of the tensor-core attention: its entry point (without `_bf16`), the rows (queries
-/// or keys) a block owns, and its dynamic shared memory.
+/// One pass of the tensor-core attention: its entry point (without `_bf16`), its block size, the
+/// rows (queries or keys) a block owns, and its dynamic shared memory.
 #[derive(Clone, Copy, Debug)]
 struct FlashPass {
     name: &'static str,
+    threads: u32,
     rows: usize,
     smem: usize,
 }
 
-/// The passes of one set of tensor-core attention kernels and their block size: the forward,
-/// the deterministic backward's dK/dV and dQ, and the opt-in backward's dK/dV with atomic dQ.
+/// The passes of one set of tensor-core attention kernels: the forward, the deterministic
+/// backward's dK/dV and dQ, and the opt-in backward's dK/dV with atomic dQ.
 struct FlashKernels {
-    threads: u32,
     forward: FlashPass,
     dkv: FlashPass,
     dq: FlashPass,
@@ -1977,9 +2001,8 @@ fn mma_kernels(hs: usize) -> Option<FlashKernels> {
     } else {
         ["flash_forward_hs128", "flash_backward_dkv_hs128", "flash_backward_dq_hs128", "flash_backward_dkvq_hs128"]
     };
-    let pass = |i: usize, rows, smem| FlashPass { name: names[i], rows, smem };
+    let pass = |i: usize, rows, smem| FlashPass { name: names[i], threads: FLASH_BLOCK, rows, smem };
     Some(FlashKernels {
-        threads: FLASH_BLOCK,
         forward: pass(0, tiles.fwd_rows, fwd),
         dkv: pass(1, tiles.dkv_keys, dkv),
         dq: pass(2, tiles.dq_rows, dq),
@@ -2005,14 +2028,67 @@ fn wgmma_kernels(hs: usize) -> Option<FlashKernels> {
             "flash_backward_dkvq_sm90a_hs128",
         ]
     };
-    let pass = |i: usize, rows, smem| FlashPass { name: names[i], rows, smem };
+    let pass = |i: usize, rows, smem| FlashPass { name: names[i], threads: FLASH90_BLOCK, rows, smem };
     Some(FlashKernels {
-        threads: FLASH90_BLOCK,
         forward: pass(0, FLASH90_ROWS, fwd),
         dkv: pass(1, FLASH90_DKV_KEYS, dkv),
         dq: pass(2, FLASH90_ROWS, dq),
         dkvq: pass(3, FLASH90_DKV_KEYS, dkvq),
     })
+}
+
+/// The warp-specialized TMA forward for a head size it is built for (64, 128): the wgmma
+/// forward's rows per block, in blocks of three warpgroups.
+fn tma_forward(hs: usize) -> Option<FlashPass> {
+    let name = match hs {
+        64 => "flash_forward_tma_sm90a_hs64",
+        128 => "flash_forward_tma_sm90a_hs128",
+        _ => return None,
+    };
+    let smem = flash90_tma_forward_shared_bytes(hs)?;
+    Some(FlashPass { name, threads: FLASH90_WS_BLOCK, rows: FLASH90_ROWS, smem })
+}
+
+/// The tensor map the TMA forward loads qkv's tiles through: qkv (bf16, at device address `qkv`)
+/// viewed as a (B, T, 3C) array, in boxes of FLASH90_TMA_BOX rows × FLASH90_TMA_BOX_COLS
+/// columns, swizzled by 128 bytes in shared memory as wgmma reads them, rows past T read as zeros.
+/// An encoding the driver refuses (a dimension or stride past its limits) is an error naming
+/// the shape.
+fn qkv_tensor_map(qkv: u64, b: usize, t: usize, c: usize) -> Result<TensorMap> {
+    use cudarc::driver::sys::{
+        CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave, CUtensorMapL2promotion, CUtensorMapSwizzle,
+    };
+    let row_bytes = 3 * c * BYTES_PER_BF16;
+    // Innermost first; the strides (bytes) of every dimension but the innermost.
+    let dims = [3 * c, t, b].map(|n| n as u64);
+    let strides = [row_bytes, t * row_bytes].map(|n| n as u64);
+    let boxes = [to_u32(FLASH90_TMA_BOX_COLS, "TMA box")?, to_u32(FLASH90_TMA_BOX, "TMA box")?, 1];
+    let element_strides = [1u32; 3];
+    let mut map = std::mem::MaybeUninit::<cudarc::driver::sys::CUtensorMap>::uninit();
+    // SAFETY: the arrays hold `rank` (3) dims, box sizes and element strides and rank − 1
+    // strides, and live through the call; the driver writes the whole map, reading nothing at
+    // `qkv` (an address it only encodes).
+    let encoded = unsafe {
+        cudarc::driver::sys::cuTensorMapEncodeTiled(
+            map.as_mut_ptr(),
+            CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            3,
+            qkv as *mut std::ffi::c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            element_strides.as_ptr(),
+            CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    };
+    encoded
+        .result()
+        .map_err(|e| driver_error(&format!("encoding the TMA map of qkv (B={b}, T={t}, 3C={})", 3 * c), e))?;
+    // SAFETY: the encode succeeded, so it wrote the whole map.
+    Ok(TensorMap(unsafe { map.assume_init() }))
 }
 
 /// 1/√HS, the score scale.
@@ -2051,9 +2127,14 @@ mod tests {
                     assert!(pass.rows > 0 && pass.smem > 0, "{pass:?}");
                 }
             }
-            assert_eq!((mma.threads, wgmma.threads), (FLASH_BLOCK, FLASH90_BLOCK));
+            assert!(mma.passes().iter().all(|p| p.threads == FLASH_BLOCK), "{hs}");
+            assert!(wgmma.passes().iter().all(|p| p.threads == FLASH90_BLOCK), "{hs}");
+            let tma = tma_forward(hs).unwrap();
+            assert!(listed(SM90A_KERNELS, tma.name) && tma.name.ends_with(&format!("_hs{hs}")), "{tma:?}");
+            assert_eq!(FlashForwardTma::KERNELS.iter().filter(|k| **k == tma.name).count(), 1);
+            assert_eq!((tma.threads, tma.rows), (FLASH90_WS_BLOCK, wgmma.forward.rows));
         }
-        assert!(mma_kernels(96).is_none() && wgmma_kernels(96).is_none());
+        assert!(mma_kernels(96).is_none() && wgmma_kernels(96).is_none() && tma_forward(96).is_none());
     }
 
     #[test]
