@@ -79,10 +79,12 @@ pub const OPS: &[&str] = &[
     "model_step",
     // Last: Hopper's wgmma kernels (rows on compute capability 9.0 only), so that a fault in the
     // newest kernels, which can spoil the device context, cannot hide the other families' rows;
-    // first the layout probe, which tells a layout error from an error of the attention kernels.
+    // first the layout probe, which tells a layout error from an error of the attention kernels;
+    // the newest of them, the TMA forward, after the wgmma forward whose products it shares.
     "wgmma_layouts",
     "wgmma_forward",
     "wgmma_backward",
+    "wgmma_tma_forward",
 ];
 
 /// (N, C, skew) of the layernorm checks: degenerate, odd, unaligned and GPT-2-sized rows.
@@ -558,6 +560,7 @@ impl Ctx {
             "attention_backward" => self.attention(op, true, AttentionKernels::Mma),
             "wgmma_layouts" => self.wgmma_layouts(),
             "wgmma_forward" => self.attention(op, false, AttentionKernels::Wgmma),
+            "wgmma_tma_forward" => self.attention(op, false, AttentionKernels::WgmmaTma),
             "wgmma_backward" => self.attention(op, true, AttentionKernels::Wgmma),
             "attention_cached" => self.attention_cached(),
             "gelu_forward" | "gelu_backward" | "residual_forward" => self.elementwise(op),
@@ -816,7 +819,7 @@ impl Ctx {
     }
 
     /// The attention forward or backward (family `op`) on the tensor-core `kernels` where they
-    /// run; with Hopper's wgmma kernels at the shapes the tensor-core kernels
+    /// run; with Hopper's wgmma kernels (either forward) at the shapes the tensor-core kernels
     /// take, on a compute capability 9.0 device only (no rows elsewhere).
     fn attention(&self, op: &str, backward: bool, kernels: AttentionKernels) -> Rows {
         let wgmma = kernels != AttentionKernels::Mma;
@@ -1323,6 +1326,9 @@ mod tests {
         assert_eq!(select(Some("matmul_backward")).unwrap(), ["matmul_backward"]);
         assert_eq!(select(Some("layernorm_f")).unwrap(), ["layernorm_forward", "residual_layernorm_forward"]);
         assert_eq!(select(None).unwrap(), OPS);
+        // Every Hopper family, the TMA forward's included, by one name.
+        assert_eq!(select(Some("wgmma")).unwrap(), OPS[OPS.len() - 4..]);
+        assert_eq!(select(Some("wgmma_tma")).unwrap(), ["wgmma_tma_forward"]);
         assert!(select(Some("nothing")).is_err());
     }
 }
