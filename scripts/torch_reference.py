@@ -17,7 +17,8 @@ C=768, NH=12, V=50257, Vp=50304, N = B·T:
   PyTorch ops are timed for both of gptk's variants, since eager PyTorch runs them apart;
 - attention: F.scaled_dot_product_attention with the flash backend forced; backward alone is
   its fwd+bwd (torch.autograd.grad of q, k, v) minus its fwd; timed again beside gptk's opt-in
-  atomic-dQ backward, its wgmma kernels (Hopper) and both together at T=1024;
+  atomic-dQ backward, its wgmma kernels (Hopper), their TMA forward and the wgmma kernels with the
+  atomic-dQ backward at T=1024;
 - attention_cached: one generation step at the last position of a full context: the new k, v copied into a
   (B, Tmax, 2C) cache laid out like gptk's, then SDPA of the one query over it (PyTorch picks the backend);
 - gelu: F.gelu(approximate="tanh"); backward aten.gelu_backward;
@@ -182,12 +183,13 @@ def cases(s):
                             [("bwd", "flops", 2.0 * f)] if backward else [("fwd", "flops", f)],
                             setup_matmul_gelu, n=N, c=c, oc=oc, backward=backward))
     # Every shape; then at T = s.T gptk's opt-in atomic-dQ backward (PyTorch's side is its SDPA backward
-    # again, whose flash backend sums dQ with atomics itself), its wgmma kernels (Hopper; SDPA again) and
-    # both together.
+    # again, whose flash backend sums dQ with atomics itself), its wgmma kernels (Hopper; SDPA again), their
+    # warp-specialized TMA forward (SDPA's forward again) and the wgmma kernels with the atomic-dQ backward.
     all_passes, backward = ("fwd", "bwd", "fwd+bwd"), ("bwd", "fwd+bwd")
     at_t = [a for a in s.attention if a[1] == s.T]
     for shapes, suffix, passes in ((s.attention, "", all_passes), (at_t, ", atomic dQ", backward),
-                                   (at_t, ", wgmma", all_passes), (at_t, ", wgmma, atomic dQ", backward)):
+                                   (at_t, ", wgmma", all_passes), (at_t, ", wgmma-tma", ("fwd",)),
+                                   (at_t, ", wgmma, atomic dQ", backward)):
         for B, t, NH, HS in shapes:
             for causal in (True, False):
                 f = 4.0 * B * NH * t * t * HS / (2 if causal else 1)

@@ -367,6 +367,9 @@ pub enum StepVariant {
     WgmmaAttention,
     /// Both: the wgmma kernels with the atomic-dQ backward.
     WgmmaAtomicAttention,
+    /// The attention on the wgmma kernels with the warp-specialized TMA forward (`gptk train
+    /// --attention-kernels wgmma-tma`; compute capability 9.0 only).
+    WgmmaTmaAttention,
     /// Every speedup that is off by default at once: the whole step as a CUDA graph, the
     /// atomic-dQ attention backward, and the wgmma attention where the device has it (the
     /// mma.sync kernels elsewhere; the variant's name says which ran). The configuration to hold
@@ -939,7 +942,8 @@ struct AttentionTensors {
 }
 
 /// Attention forward, backward and both at one shape (bf16 storage: the tensor-core kernels
-/// where the head size has them).
+/// where the head size has them); on the TMA forward, the forward alone (its backward is the
+/// wgmma kernels').
 pub struct AttentionCase {
     pub b: usize,
     pub t: usize,
@@ -966,6 +970,11 @@ impl AttentionCase {
     /// The same shape on the wgmma kernels.
     pub fn wgmma(b: usize, t: usize, nh: usize, hs: usize, causal: bool) -> Self {
         AttentionCase { kernels: AttentionKernels::Wgmma, ..Self::new(b, t, nh, hs, causal) }
+    }
+
+    /// The same shape's forward on the warp-specialized TMA kernel.
+    pub fn wgmma_tma(b: usize, t: usize, nh: usize, hs: usize, causal: bool) -> Self {
+        AttentionCase { kernels: AttentionKernels::WgmmaTma, ..Self::new(b, t, nh, hs, causal) }
     }
 
     /// The same shape on the wgmma kernels with the atomic-dQ backward.
@@ -1011,8 +1020,10 @@ impl Case for AttentionCase {
             ("bwd", Work::Flops(ATTENTION_BACKWARD_FACTOR * f)),
             ("fwd+bwd", Work::Flops((1.0 + ATTENTION_BACKWARD_FACTOR) * f)),
         ];
-        // The forward does not change with the backward's dQ.
-        passes.into_iter().filter(|(pass, _)| !self.atomic_dq || *pass != "fwd").collect()
+        // The forward does not change with the backward's dQ, nor the backward with the TMA
+        // forward.
+        let tma = self.kernels == AttentionKernels::WgmmaTma;
+        passes.into_iter().filter(|(pass, _)| (!self.atomic_dq || *pass != "fwd") && (!tma || *pass == "fwd")).collect()
     }
 
     fn bytes_per_copy(&self) -> usize {
@@ -1610,9 +1621,11 @@ pub fn cases() -> Vec<Box<dyn Case>> {
             v.push(Box::new(AttentionCase::new(b, t, nh, hs, causal)));
         }
     }
-    // The opt-in atomic-dQ backward, the wgmma kernels and both together at T = 1024, both head
-    // sizes, causal and not.
-    for variant in [AttentionCase::atomic_dq, AttentionCase::wgmma, AttentionCase::wgmma_atomic_dq] {
+    // The opt-in atomic-dQ backward, the wgmma kernels, their TMA forward and the wgmma kernels
+    // with the atomic-dQ backward at T = 1024, both head sizes, causal and not.
+    let variants =
+        [AttentionCase::atomic_dq, AttentionCase::wgmma, AttentionCase::wgmma_tma, AttentionCase::wgmma_atomic_dq];
+    for variant in variants {
         for &(b, t, nh, hs) in ATTENTION_SHAPES.iter().filter(|s| s.1 == T) {
             for causal in [true, false] {
                 v.push(Box::new(variant(b, t, nh, hs, causal)));
@@ -1921,12 +1934,13 @@ fn step_variant(opts: &BenchOptions, paths: StepPaths) -> String {
 /// graphs, the atomic-dQ attention backward, Hopper's attention kernels: `Some((kernels, true))`
 /// required, `Some((kernels, false))` where the device has them, `None` off).
 fn step_switches(variant: Option<StepVariant>) -> (bool, bool, Option<(AttentionKernels, bool)>) {
-    use AttentionKernels::Wgmma;
+    use AttentionKernels::{Wgmma, WgmmaTma};
     use StepVariant::*;
     match variant {
         Some(CudaGraphs) => (true, false, None),
         Some(AtomicAttention) => (false, true, None),
         Some(WgmmaAttention) => (false, false, Some((Wgmma, true))),
+        Some(WgmmaTmaAttention) => (false, false, Some((WgmmaTma, true))),
         Some(WgmmaAtomicAttention) => (false, true, Some((Wgmma, true))),
         Some(AllOptIns) => (true, true, Some((Wgmma, false))),
         Some(GeluApart | BiasGradApart) | None => (false, false, None),
@@ -2043,6 +2057,10 @@ mod tests {
         assert_eq!(passes[1], ("bwd", Work::Flops(2.5 * c.forward_flops())));
         assert_eq!(passes[2], ("fwd+bwd", Work::Flops(3.5 * c.forward_flops())));
         assert_eq!(c.name(), "B=8 NH=12 T=1024 HS=64 bidirectional");
+        // The TMA forward's case times its forward alone.
+        let tma = AttentionCase::wgmma_tma(8, 1024, 12, 64, true);
+        assert_eq!(tma.name(), "B=8 NH=12 T=1024 HS=64 causal, wgmma-tma");
+        assert_eq!(tma.passes(), [("fwd", Work::Flops(causal.forward_flops()))]);
         assert_eq!(
             AttentionCase::wgmma_atomic_dq(8, 1024, 12, 64, true).name(),
             "B=8 NH=12 T=1024 HS=64 causal, wgmma, atomic dQ"
@@ -2079,9 +2097,10 @@ mod tests {
     fn the_op_filter_names_the_known_families() {
         // A filter is a substring of the family: `attention` takes the cached step too.
         let s = select(Some("attention")).unwrap();
-        // Every shape causal and not, the atomic-dQ backward, the wgmma kernels and both at T =
-        // 1024 (two shapes, causal and not), the cached step.
-        assert_eq!((s.cases.len(), s.step), (2 * ATTENTION_SHAPES.len() + 3 * 4 + 1, false));
+        // Every shape causal and not, the atomic-dQ backward, the wgmma kernels, their TMA forward
+        // and the wgmma kernels with the atomic-dQ backward at T = 1024 (two shapes, causal and
+        // not), the cached step.
+        assert_eq!((s.cases.len(), s.step), (2 * ATTENTION_SHAPES.len() + 4 * 4 + 1, false));
         assert_eq!(select(Some("attention_cached")).unwrap().cases.len(), 1);
         let s = select(Some("step")).unwrap();
         assert!(s.cases.is_empty() && s.step);
@@ -2128,8 +2147,9 @@ mod tests {
         let both = BenchOptions { step_variant: Some(StepVariant::WgmmaAtomicAttention), ..opts.clone() };
         let on_wgmma = StepPaths { attention: AttentionKernels::Wgmma, ..all_fused };
         assert_eq!(step_variant(&both, on_wgmma), "gptk, attention on wgmma, dQ by atomics");
+        let tma = BenchOptions { step_variant: Some(StepVariant::WgmmaTmaAttention), ..opts.clone() };
         let on_tma = StepPaths { attention: AttentionKernels::WgmmaTma, ..all_fused };
-        assert_eq!(step_variant(&opts, on_tma), "gptk, attention on wgmma-tma");
+        assert_eq!(step_variant(&tma, on_tma), "gptk, attention on wgmma-tma");
         let all = BenchOptions { step_variant: Some(StepVariant::AllOptIns), ..opts };
         assert_eq!(
             step_variant(&all, StepPaths { graph_launches: 41, ..on_wgmma }),
