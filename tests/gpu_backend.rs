@@ -3,7 +3,7 @@
 //! the GPU with falling loss and repeats itself bitwise.
 
 use gptk::backend::cuda::{CudaBackend, EpilogueCalls};
-use gptk::backend::{AdamWStep, Backend, Precision};
+use gptk::backend::{AdamWStep, AttentionKernels, Backend, Precision};
 use gptk::check::{self, CheckOptions};
 use gptk::model::config::ModelConfig;
 use gptk::model::layout::{ActLayout, Arena, Recompute, Tensor};
@@ -54,6 +54,8 @@ struct Setup {
     whole_steps: bool,
     /// Distinct batches, taken in turn (1: the same batch every step).
     batches: usize,
+    /// The tensor-core attention's kernels (Hopper's must load where asked for).
+    attention: AttentionKernels,
 }
 
 impl Setup {
@@ -64,6 +66,7 @@ impl Setup {
         cuda_graphs: false,
         whole_steps: false,
         batches: 1,
+        attention: AttentionKernels::Mma,
     };
 }
 
@@ -86,6 +89,8 @@ fn run(precision: Precision, n_head: usize, steps: u64, setup: Setup) -> Outcome
     model.backend.set_gelu_epilogue(setup.gelu_epilogue);
     model.backend.set_bias_grad_epilogue(setup.bias_grad_epilogue);
     model.backend.set_cuda_graphs(setup.cuda_graphs);
+    model.backend.set_attention_kernels(setup.attention).expect("the attention kernels load");
+    assert_eq!(model.backend.attention_kernels(cfg.head_size()), setup.attention);
     let host = init_params(&cfg, &model.params, 3);
     model.load_params(&host).unwrap();
     let mut rng = Rng::new(11);
@@ -202,6 +207,25 @@ fn cuda_graphs_replay_the_same_bits() {
             assert!(bits(&graphed.params) == bits(&plain.params), "{precision}, {n_head} heads: parameters differ");
         }
     }
+}
+
+/// On Hopper, the same with the attention on the wgmma kernels and their TMA forward, whose tensor
+/// map of qkv the host encodes at each launch, as it is recorded too: the graph's bits are the
+/// ops' one by one.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_graphs_replay_the_tma_attention_forward() {
+    let device = gptk::backend::cuda::probe_device(0).expect("a GPU");
+    if device.compute_capability != (9, 0) {
+        println!("note: {} is not compute capability 9.0; nothing to check", device.name);
+        return;
+    }
+    let setup = Setup { batches: 3, attention: AttentionKernels::WgmmaTma, ..Setup::DEFAULT };
+    let plain = run(Precision::Bf16, 2, 4, setup);
+    let graphed = run(Precision::Bf16, 2, 4, Setup { cuda_graphs: true, ..setup });
+    assert_eq!(graphed.graph_launches, 3, "the graph was not used");
+    assert_eq!(bits(&graphed.losses), bits(&plain.losses), "losses differ");
+    assert!(bits(&graphed.params) == bits(&plain.params), "parameters differ");
 }
 
 /// A whole step (`Gpt::train_step`: the gradients zeroed, the forward and backward, the norm,
