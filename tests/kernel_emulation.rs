@@ -65,6 +65,7 @@ fn shared_bytes_json() -> String {
         sizes.push(format!("\"flash_forward_tma_sm90a_hs{hs}\": {}", tma - slack));
     }
     sizes.push(format!("\"wgmma_probe\": {}", kernels::WGMMA_PROBE_SHARED_BYTES - slack));
+    sizes.push(format!("\"tma_probe\": {}", kernels::TMA_PROBE_SHARED_BYTES - slack));
     format!("{{{}}}", sizes.join(", "))
 }
 

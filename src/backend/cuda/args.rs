@@ -171,6 +171,9 @@ kernel_args! {
     FlashDqStore for ["flash_dq_store"] { dqkv: Ptr, dq_acc: Ptr, c: I32, total: I64 }
     /// flash_attention_sm90a.cu: one wgmma product per operand form.
     WgmmaProbe for ["wgmma_probe"] { d: Ptr, a: Ptr, b: Ptr, mode: I32 }
+    /// flash_attention_sm90a.cu: one TMA box copy of `map` at (c0, c1, c2), its shared tile
+    /// copied out byte for byte.
+    TmaProbe for ["tma_probe"] { map: TensorMap, out: Ptr, c0: I32, c1: I32, c2: I32 }
 
     /// gelu.cu: out = gelu(inp).
     GeluForward for ["gelu_forward"] { out: Ptr, inp: Ptr, n: I64, vec: I32 }

@@ -115,6 +115,7 @@ pub const SM90A_KERNELS: &[(&str, &str)] = &[
     ("flash_backward_dkvq_sm90a_hs64", "flash_attention_sm90a.cu"),
     ("flash_backward_dkvq_sm90a_hs128", "flash_attention_sm90a.cu"),
     ("wgmma_probe", "flash_attention_sm90a.cu"),
+    ("tma_probe", "flash_attention_sm90a.cu"),
 ];
 /// Threads per block of the wgmma attention: two warpgroups.
 pub const FLASH90_BLOCK: u32 = 256;
@@ -141,12 +142,19 @@ pub const FLASH90_TMA_BARRIER_BYTES: usize = 128;
 /// Rows of qkv one TMA box copy moves; its columns are one 128-byte swizzle row of bf16.
 pub const FLASH90_TMA_BOX: usize = 64;
 pub const FLASH90_TMA_BOX_COLS: usize = 128 / BYTES_PER_BF16;
+/// Threads of the TMA probe's one block.
+pub const TMA_PROBE_BLOCK: u32 = 128;
 /// Alignment the swizzled tiles need (one 8-row atom); the kernels align their shared memory
 /// themselves and are given this much more, which they may spend on the alignment.
 pub const WGMMA_ATOM_BYTES: usize = 1024;
 /// Dynamic shared memory of the wgmma layout probe: the alignment slack and two 64×128 bf16
 /// tiles.
 pub const WGMMA_PROBE_SHARED_BYTES: usize = WGMMA_ATOM_BYTES + 2 * 64 * 128 * BYTES_PER_BF16;
+/// Bytes of one mbarrier in shared memory.
+pub const BYTES_PER_MBARRIER: usize = 8;
+/// Dynamic shared memory of the TMA probe: the alignment slack, one box and its mbarrier.
+pub const TMA_PROBE_SHARED_BYTES: usize =
+    WGMMA_ATOM_BYTES + FLASH90_TMA_BOX * FLASH90_TMA_BOX_COLS * BYTES_PER_BF16 + BYTES_PER_MBARRIER;
 
 /// Bytes of dynamic shared memory of the wgmma kernels at head size `hs`, as they lay it out
 /// (the alignment slack first; no padding, the tiles are swizzled): (forward, dK/dV, dQ, dK/dV
@@ -413,6 +421,7 @@ ptxas info    : Used 255 registers, used 1 barriers, 256 bytes smem, 364 bytes c
         assert_eq!(flash90_tma_forward_shared_bytes(128), Some(164_992));
         assert_eq!(flash90_tma_forward_shared_bytes(96), None);
         assert_eq!(WGMMA_PROBE_SHARED_BYTES, 33_792);
+        assert_eq!(TMA_PROBE_SHARED_BYTES, 9_224);
     }
 
     #[test]

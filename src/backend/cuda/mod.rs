@@ -168,7 +168,7 @@ impl Functions {
     }
 
     /// Loads the wgmma kernels (the TMA forward too) from the sm_90a module, raising each one's
-    /// shared memory; the head sizes they were loaded for.
+    /// shared memory, and the probes; the head sizes they were loaded for.
     fn load_sm90a(&mut self, module: &Arc<CudaModule>, max_shared_bytes: usize) -> Result<Vec<usize>> {
         let mut sizes = Vec::new();
         for hs in FLASH_HEAD_SIZES {
@@ -195,10 +195,13 @@ impl Functions {
             }
             sizes.push(hs);
         }
-        let probe = module
-            .load_function("wgmma_probe_bf16")
-            .map_err(|e| driver_error("kernel wgmma_probe_bf16 is missing from the sm_90a module", e))?;
-        self.by_name.insert("wgmma_probe", probe);
+        for probe in ["wgmma_probe", "tma_probe"] {
+            let full = format!("{probe}_bf16");
+            let f = module
+                .load_function(&full)
+                .map_err(|e| driver_error(&format!("kernel {full} is missing from the sm_90a module"), e))?;
+            self.by_name.insert(probe, f);
+        }
         Ok(sizes)
     }
 
@@ -665,13 +668,8 @@ impl CudaBackend {
     /// on the warp-specialized TMA kernel for `WgmmaTma`. Fails, saying why, where the wgmma
     /// kernels are not loaded (another GPU, f32 storage, a build without them).
     pub fn set_attention_kernels(&mut self, kernels: AttentionKernels) -> Result<()> {
-        if kernels != AttentionKernels::Mma
-            && let Err(why) = &self.functions.wgmma_head_sizes
-        {
-            return Err(BackendError::Unavailable(format!(
-                "the {} attention kernels are not available: {why}",
-                kernels.name()
-            )));
+        if kernels != AttentionKernels::Mma {
+            self.require_sm90a(&format!("the {} attention", kernels.name()))?;
         }
         self.attention_kernels = kernels;
         Ok(())
@@ -684,9 +682,7 @@ impl CudaBackend {
     /// from shared memory, B 32 wide): d (64×32) = aᵀ · b with a (128×64), b (128×32). a and b
     /// are bf16 activations, d an f32 statistics tensor.
     pub fn wgmma_probe(&mut self, d: Tensor, a: Tensor, b: Tensor, mode: u32) -> Result<()> {
-        if let Err(why) = &self.functions.wgmma_head_sizes {
-            return Err(BackendError::Unavailable(format!("the wgmma kernels are not available: {why}")));
-        }
+        self.require_sm90a("the wgmma probe")?;
         Self::expect_arena(a, &[Arena::Acts], "probe a")?;
         Self::expect_arena(b, &[Arena::Acts], "probe b")?;
         Self::expect_arena(d, &[Arena::Stats], "probe d")?;
@@ -708,6 +704,53 @@ impl CudaBackend {
         // shared memory is under the 48 KB a block gets without raising the limit.
         unsafe { self.launch("wgmma_probe", cfg, &args) }?;
         Ok(())
+    }
+
+    /// Runs the TMA probe (compute capability 9.0 only): one box copy, as the TMA forward makes
+    /// them through a map like its map of qkv, of `src` (a bf16 activation of B·T·W elements,
+    /// viewed as (B, T, W)) at (column, row, batch) `at`, the tile written to `out` (FLASH90_TMA_BOX
+    /// rows of FLASH90_TMA_BOX_COLS activations) as it sits in shared memory: 16-byte chunk c of
+    /// box row r at chunk c ^ (r mod 8), where the wgmma descriptors read it; elements outside the
+    /// tensor zero.
+    pub fn tma_probe(
+        &mut self,
+        out: Tensor,
+        src: Tensor,
+        (b, t, w): (usize, usize, usize),
+        at: (usize, usize, usize),
+    ) -> Result<()> {
+        self.require_sm90a("the TMA probe")?;
+        Self::expect_arena(src, &[Arena::Acts], "probe source")?;
+        Self::expect_arena(out, &[Arena::Acts], "probe output")?;
+        let src_p = self.ptr_n(src, b * t * w, "probe source")?;
+        let out_p = self.ptr_n(out, FLASH90_TMA_BOX * FLASH90_TMA_BOX_COLS, "probe output")?;
+        if [src_p, out_p].iter().any(|p| p % BYTES_PER_VECTOR as u64 != 0) {
+            return Err(BackendError::Device("the TMA probe's tensors must be 16-byte aligned".into()));
+        }
+        let args = TmaProbe {
+            map: bf16_tensor_map(src_p, b, t, w)?,
+            out: out_p,
+            c0: to_i32(at.0, "probe column")?,
+            c1: to_i32(at.1, "probe row")?,
+            c2: to_i32(at.2, "probe batch")?,
+        };
+        let cfg = flash_launch(1, TMA_PROBE_BLOCK, TMA_PROBE_SHARED_BYTES)?;
+        // SAFETY: the map spans src's B·T·W elements (checked), and a box copy fills what lies
+        // outside with zeros instead of reading it; out holds the box's elements, 16-byte aligned
+        // (checked); sm_90a code loaded only on a compute capability 9.0 device; its shared memory
+        // is under the 48 KB a block gets without raising the limit.
+        unsafe { self.launch("tma_probe", cfg, &args) }
+    }
+
+    /// Fails, saying why, where the sm_90a kernels are not loaded (another GPU, f32 storage, a
+    /// build without them); `what` names what needs them.
+    fn require_sm90a(&self, what: &str) -> Result<()> {
+        match &self.functions.wgmma_head_sizes {
+            Err(why) => Err(BackendError::Unavailable(format!(
+                "{what} needs the sm_90a kernels, which are not available: {why}"
+            ))),
+            Ok(_) => Ok(()),
+        }
     }
 
     /// The kernels the tensor-core attention at head size `hs` runs on: those set, where they are
@@ -1428,7 +1471,7 @@ impl Backend for CudaBackend {
                 scale,
             };
             if FlashForwardTma::KERNELS.contains(&pass.name) {
-                let args = args.with_tensor_map(qkv_tensor_map(qkv_p, b, t, c)?);
+                let args = args.with_tensor_map(bf16_tensor_map(qkv_p, b, t, 3 * c)?);
                 // SAFETY: as the launch below; qkv_map spans exactly qkv's B·T·3C elements (its
                 // loads past T are filled with zeros, never read from memory) and holds qkv's
                 // address as the kernel's qkv does; the block is the kernel's 384 threads.
@@ -2049,31 +2092,31 @@ fn tma_forward(hs: usize) -> Option<FlashPass> {
     Some(FlashPass { name, threads: FLASH90_WS_BLOCK, rows: FLASH90_ROWS, smem })
 }
 
-/// The tensor map the TMA forward loads qkv's tiles through: qkv (bf16, at device address `qkv`)
-/// viewed as a (B, T, 3C) array, in boxes of FLASH90_TMA_BOX rows × FLASH90_TMA_BOX_COLS
-/// columns, swizzled by 128 bytes in shared memory as wgmma reads them, rows past T read as zeros.
-/// An encoding the driver refuses (a dimension or stride past its limits) is an error naming
-/// the shape.
-fn qkv_tensor_map(qkv: u64, b: usize, t: usize, c: usize) -> Result<TensorMap> {
+/// The tensor map the TMA forward loads qkv's tiles through (qkv as a (B, T, 3C) array), and the
+/// TMA probe its box: the bf16 array at device address `base` viewed as (B, T, W), in boxes of
+/// FLASH90_TMA_BOX rows × FLASH90_TMA_BOX_COLS columns, swizzled by 128 bytes in shared memory as
+/// wgmma reads them, elements outside it (rows past T) read as zeros. An encoding the driver
+/// refuses (a dimension or stride past its limits) is an error naming the shape.
+fn bf16_tensor_map(base: u64, b: usize, t: usize, w: usize) -> Result<TensorMap> {
     use cudarc::driver::sys::{
         CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave, CUtensorMapL2promotion, CUtensorMapSwizzle,
     };
-    let row_bytes = 3 * c * BYTES_PER_BF16;
+    let row_bytes = w * BYTES_PER_BF16;
     // Innermost first; the strides (bytes) of every dimension but the innermost.
-    let dims = [3 * c, t, b].map(|n| n as u64);
+    let dims = [w, t, b].map(|n| n as u64);
     let strides = [row_bytes, t * row_bytes].map(|n| n as u64);
     let boxes = [to_u32(FLASH90_TMA_BOX_COLS, "TMA box")?, to_u32(FLASH90_TMA_BOX, "TMA box")?, 1];
     let element_strides = [1u32; 3];
     let mut map = std::mem::MaybeUninit::<cudarc::driver::sys::CUtensorMap>::uninit();
     // SAFETY: the arrays hold `rank` (3) dims, box sizes and element strides and rank − 1
     // strides, and live through the call; the driver writes the whole map, reading nothing at
-    // `qkv` (an address it only encodes).
+    // `base` (an address it only encodes).
     let encoded = unsafe {
         cudarc::driver::sys::cuTensorMapEncodeTiled(
             map.as_mut_ptr(),
             CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
             3,
-            qkv as *mut std::ffi::c_void,
+            base as *mut std::ffi::c_void,
             dims.as_ptr(),
             strides.as_ptr(),
             boxes.as_ptr(),
@@ -2086,7 +2129,7 @@ fn qkv_tensor_map(qkv: u64, b: usize, t: usize, c: usize) -> Result<TensorMap> {
     };
     encoded
         .result()
-        .map_err(|e| driver_error(&format!("encoding the TMA map of qkv (B={b}, T={t}, 3C={})", 3 * c), e))?;
+        .map_err(|e| driver_error(&format!("encoding the TMA map of a (B={b}, T={t}, W={w}) bf16 array"), e))?;
     // SAFETY: the encode succeeded, so it wrote the whole map.
     Ok(TensorMap(unsafe { map.assume_init() }))
 }
