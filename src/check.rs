@@ -18,6 +18,7 @@
 //! passes when the share is at most 1 and the GPU produced no NaN or infinity.
 
 use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::kernels::{FLASH90_TMA_BOX, FLASH90_TMA_BOX_COLS};
 use crate::backend::cuda::{ArenaSizes, CudaBackend, EpilogueCalls, ScratchSizes};
 use crate::backend::{AdamWStep, AttentionKernels, Backend, BackendError, Precision};
 use crate::model::config::ModelConfig;
@@ -79,11 +80,12 @@ pub const OPS: &[&str] = &[
     "model_step",
     // Last: Hopper's wgmma kernels (rows on compute capability 9.0 only), so that a fault in the
     // newest kernels, which can spoil the device context, cannot hide the other families' rows;
-    // first the layout probe, which tells a layout error from an error of the attention kernels;
-    // the newest of them, the TMA forward, after the wgmma forward whose products it shares.
+    // each layout probe before the kernels that rest on it, so that a layout error can be told
+    // from an error of the attention kernels; the newest, the TMA forward, last.
     "wgmma_layouts",
     "wgmma_forward",
     "wgmma_backward",
+    "tma_layout",
     "wgmma_tma_forward",
 ];
 
@@ -562,6 +564,7 @@ impl Ctx {
             "wgmma_forward" => self.attention(op, false, AttentionKernels::Wgmma),
             "wgmma_tma_forward" => self.attention(op, false, AttentionKernels::WgmmaTma),
             "wgmma_backward" => self.attention(op, true, AttentionKernels::Wgmma),
+            "tma_layout" => self.tma_layout(),
             "attention_cached" => self.attention_cached(),
             "gelu_forward" | "gelu_backward" | "residual_forward" => self.elementwise(op),
             "cross_entropy" => self.cross_entropy(),
@@ -955,6 +958,50 @@ impl Ctx {
         Ok(rows)
     }
 
+    /// The TMA probe (`CudaBackend::tma_probe`): box copies of a (B, T, W) bf16 array, one inside
+    /// it and one over its end in T, each bit for bit against the tile the wgmma descriptors of the
+    /// TMA forward read (16-byte chunk c of box row r at chunk c ^ (r mod 8), zeros outside the
+    /// array); in bf16 storage on a compute capability 9.0 device only (no rows elsewhere).
+    fn tma_layout(&self) -> Rows {
+        let op = "tma_layout";
+        let mut rows = Vec::new();
+        if self.precision != Precision::Bf16 {
+            return Ok(rows);
+        }
+        let (b, t, w) = (2, 100, 192);
+        let (box_rows, box_cols) = (FLASH90_TMA_BOX, FLASH90_TMA_BOX_COLS);
+        // Elements per 16-byte chunk.
+        let chunk = 8;
+        for (i, at) in [(64, 0, 1), (128, 64, 0)].into_iter().enumerate() {
+            let case = format!("B={b} T={t} W={w} box ({}, {}, {})", at.0, at.1, at.2);
+            let mut plan = Plan::default();
+            let (src, out) = (plan.take(Arena::Acts, b * t * w), plan.take(Arena::Acts, box_rows * box_cols));
+            let mut p = self.pair(&plan, 600 + i as u64)?;
+            if p.gpu.device_info().compute_capability != (9, 0) {
+                return Ok(rows);
+            }
+            p.fill(src, 1.0)?;
+            p.poison(out)?;
+            // On Hopper the sm_90a kernels must load: a failure is this family's.
+            p.gpu.tma_probe(out, src, (b, t, w), at).map_err(|e| BackendError::Device(e.to_string()))?;
+            let x = p.cpu.download(src)?;
+            // Element e of chunk c of box row r lies at chunk c ^ (r mod 8): the element stored at
+            // (r, col) is that of chunk (col / chunk) ^ (r mod 8).
+            let want: Vec<f32> = (0..box_rows * box_cols)
+                .map(|k| {
+                    let (r, col) = (k / box_cols, k % box_cols);
+                    let (row, column) = (at.1 + r, at.0 + ((col / chunk) ^ (r % 8)) * chunk + col % chunk);
+                    if row < t && column < w { x[(at.2 * t + row) * w + column] } else { 0.0 }
+                })
+                .collect();
+            let got = p.gpu.download(out)?;
+            // k = 0: bit for bit.
+            rows.push(row(op, &case, "tile", &got, &want, BF16_EPS, 0.0));
+            rows.push(p.guard_row(op, &case)?);
+        }
+        Ok(rows)
+    }
+
     fn attention_cached(&self) -> Rows {
         let op = "attention_cached";
         let mut rows = Vec::new();
@@ -1326,9 +1373,11 @@ mod tests {
         assert_eq!(select(Some("matmul_backward")).unwrap(), ["matmul_backward"]);
         assert_eq!(select(Some("layernorm_f")).unwrap(), ["layernorm_forward", "residual_layernorm_forward"]);
         assert_eq!(select(None).unwrap(), OPS);
-        // Every Hopper family, the TMA forward's included, by one name.
-        assert_eq!(select(Some("wgmma")).unwrap(), OPS[OPS.len() - 4..]);
-        assert_eq!(select(Some("wgmma_tma")).unwrap(), ["wgmma_tma_forward"]);
+        // The wgmma families, the TMA forward's included, by one name; the TMA forward and its
+        // probe by another.
+        let wgmma = ["wgmma_layouts", "wgmma_forward", "wgmma_backward", "wgmma_tma_forward"];
+        assert_eq!(select(Some("wgmma")).unwrap(), wgmma);
+        assert_eq!(select(Some("tma")).unwrap(), ["tma_layout", "wgmma_tma_forward"]);
         assert!(select(Some("nothing")).is_err());
     }
 }
