@@ -137,8 +137,8 @@ if [ -n "$sanitizer" ]; then
     # Every attention family: the tensor-core kernels (odd T, both head sizes), the simple ones,
     # the cached step; `gelu` takes the matmul+GELU ops too, whose cuBLASLt epilogue writes the
     # GELU's input through a pointer and leading dimension of gptk's; `optimizer` the recorded
-    # step's optimizer; last, on Hopper, the wgmma kernels (no rows elsewhere).
-    stage memcheck 50 bash -c "for op in attention layernorm encoder cross_entropy gelu residual adamw optimizer wgmma; do
+    # step's optimizer; last, on Hopper, the wgmma kernels and the TMA probe (no rows elsewhere).
+    stage memcheck 50 bash -c "for op in attention layernorm encoder cross_entropy gelu residual adamw optimizer wgmma tma_layout; do
         '$sanitizer' --tool memcheck --error-exitcode 1 '$gptk' check --precision bf16 --op \$op || exit 1; done"
     # Shared-memory hazards of the double-buffered tensor-core attention (the mma.sync kernels;
     # the wgmma ones are families of their own, `--op wgmma`, left to memcheck within this time).
@@ -166,12 +166,13 @@ stage launch-1gpu 35 "$gptk" launch --gpus 1 -- train "${quick[@]}" --model tiny
 # In a full run the two stages share what the stages above leave of the 8 minutes: fewer
 # iterations, PyTorch eager only. Alone (every ONLY prefix a bench stage) they take the whole call:
 # default iterations, and the torch.compile'd step with a budget for its compilation. gptk's d12
-# step runs eight times: as the trainer runs it; with every off-by-default speedup on at once
+# step runs nine times: as the trainer runs it; with every off-by-default speedup on at once
 # (CUDA graph, wgmma attention, atomic dQ: the one to hold against torch.compile, run second so
 # that a stage cut short still has it); with the MLP's GELU and then the bias gradients apart
 # from their GEMMs instead of in cuBLASLt's epilogues, replayed from a CUDA graph, with
-# attention's dQ summed by atomics, with attention on wgmma, and on wgmma with atomic dQ: each
-# optimisation's before and after in one run.
+# attention's dQ summed by atomics, with attention on wgmma, on wgmma with atomic dQ, and on wgmma
+# with the warp-specialized TMA forward (last, the newest kernel): each optimisation's before and
+# after in one run.
 bench_alone=false
 if [ -n "${ONLY:-}" ]; then
     bench_alone=true
@@ -182,11 +183,11 @@ fi
 if $bench_alone; then
     torch_limit=270 gptk_limit=150
     torch_args=(--compile --compile-budget 150)
-    gptk_args=(--step-variants all-opt-ins,gelu-apart,bias-grad-apart,cuda-graphs,atomic-attention,wgmma-attention,wgmma-atomic-attention)
+    gptk_args=(--step-variants all-opt-ins,gelu-apart,bias-grad-apart,cuda-graphs,atomic-attention,wgmma-attention,wgmma-atomic-attention,wgmma-tma-attention)
 else
     torch_limit=40 gptk_limit=55
     torch_args=(--warmup 3 --iters 20 --step-iters 10)
-    gptk_args=(--warmup 3 --iters 20 --step-iters 10 --step-variants all-opt-ins,gelu-apart,bias-grad-apart,cuda-graphs,atomic-attention,wgmma-attention,wgmma-atomic-attention)
+    gptk_args=(--warmup 3 --iters 20 --step-iters 10 --step-variants all-opt-ins,gelu-apart,bias-grad-apart,cuda-graphs,atomic-attention,wgmma-attention,wgmma-atomic-attention,wgmma-tma-attention)
 fi
 if "$gptk" bench --help >/dev/null 2>&1; then
     torch_json="$OUT/bench_torch.json"

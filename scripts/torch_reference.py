@@ -183,13 +183,14 @@ def cases(s):
                             [("bwd", "flops", 2.0 * f)] if backward else [("fwd", "flops", f)],
                             setup_matmul_gelu, n=N, c=c, oc=oc, backward=backward))
     # Every shape; then at T = s.T gptk's opt-in atomic-dQ backward (PyTorch's side is its SDPA backward
-    # again, whose flash backend sums dQ with atomics itself), its wgmma kernels (Hopper; SDPA again), their
-    # warp-specialized TMA forward (SDPA's forward again) and the wgmma kernels with the atomic-dQ backward.
+    # again, whose flash backend sums dQ with atomics itself), its wgmma kernels (Hopper; SDPA again), the
+    # wgmma kernels with the atomic-dQ backward and, last (the newest kernel), their warp-specialized TMA
+    # forward (SDPA's forward again).
     all_passes, backward = ("fwd", "bwd", "fwd+bwd"), ("bwd", "fwd+bwd")
     at_t = [a for a in s.attention if a[1] == s.T]
     for shapes, suffix, passes in ((s.attention, "", all_passes), (at_t, ", atomic dQ", backward),
-                                   (at_t, ", wgmma", all_passes), (at_t, ", wgmma-tma", ("fwd",)),
-                                   (at_t, ", wgmma, atomic dQ", backward)):
+                                   (at_t, ", wgmma", all_passes), (at_t, ", wgmma, atomic dQ", backward),
+                                   (at_t, ", wgmma-tma", ("fwd",))):
         for B, t, NH, HS in shapes:
             for causal in (True, False):
                 f = 4.0 * B * NH * t * t * HS / (2 if causal else 1)

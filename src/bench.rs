@@ -1624,7 +1624,7 @@ pub fn cases() -> Vec<Box<dyn Case>> {
     // The opt-in atomic-dQ backward, the wgmma kernels, their TMA forward and the wgmma kernels
     // with the atomic-dQ backward at T = 1024, both head sizes, causal and not.
     let variants =
-        [AttentionCase::atomic_dq, AttentionCase::wgmma, AttentionCase::wgmma_tma, AttentionCase::wgmma_atomic_dq];
+        [AttentionCase::atomic_dq, AttentionCase::wgmma, AttentionCase::wgmma_atomic_dq, AttentionCase::wgmma_tma];
     for variant in variants {
         for &(b, t, nh, hs) in ATTENTION_SHAPES.iter().filter(|s| s.1 == T) {
             for causal in [true, false] {
