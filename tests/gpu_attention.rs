@@ -24,10 +24,21 @@ fn take(next: &mut usize, arena: Arena, len: usize) -> Tensor {
     t
 }
 
-fn assert_within(what: &str, gpu: &[f32], cpu: &[f32], eps: f64, k: f64) {
-    let (max_abs, rel_l2, share, non_finite) = compare(gpu, cpu, eps, k);
+/// How much further than `gptk check` the largest element error may go here. The checker's
+/// factors bound the largest error of 10³–10⁵ elements; these shapes have 10⁶–10⁷, whose largest
+/// lies further into the tail (as √(2 ln N), about 1.3 times further). The emulation of the
+/// kernels measured up to 105% (forward) and 121% (backward) of the checker's own factors at
+/// B=2, T=1023/1024.
+const LARGE_SHAPES: f64 = 1.5;
+
+/// Every element within LARGE_SHAPES · k of the checker's tolerance, and the error's relative L2
+/// norm, which does not grow with the count, within `l2` (so that a wider bound on the extremes
+/// lets no error of the bulk through).
+fn assert_within(what: &str, gpu: &[f32], cpu: &[f32], eps: f64, k: f64, l2: f64) {
+    let (max_abs, rel_l2, share, non_finite) = compare(gpu, cpu, eps, LARGE_SHAPES * k);
     println!("{what}: max abs {max_abs:.3e}, rel L2 {rel_l2:.3e}, tol used {:.1}%", 100.0 * share);
     assert!(non_finite == 0 && share <= 1.0, "{what}: {non_finite} non-finite, tol used {:.1}%", 100.0 * share);
+    assert!(rel_l2 <= l2, "{what}: relative L2 error {rel_l2:.3e} over {l2:.3e}");
 }
 
 #[test]
@@ -85,8 +96,8 @@ fn flash_attention_matches_the_cpu_at_gpt2_sizes_and_repeats_bit_for_bit() {
             }
             assert!(bits(&fwd[0].0) == bits(&fwd[1].0), "{what}: forward output differs between runs");
             assert!(bits(&fwd[0].1) == bits(&fwd[1].1), "{what}: LSE differs between runs");
-            assert_within(&format!("out {what}"), &fwd[0].0, &o_cpu, BF16_EPS, K_ATTENTION_BF16_FORWARD);
-            assert_within(&format!("lse {what}"), &fwd[0].1, &l_cpu, F32_EPS, K_F32);
+            assert_within(&format!("out {what}"), &fwd[0].0, &o_cpu, BF16_EPS, K_ATTENTION_BF16_FORWARD, BF16_EPS);
+            assert_within(&format!("lse {what}"), &fwd[0].1, &l_cpu, F32_EPS, K_F32, 16.0 * F32_EPS);
             if kernels == AttentionKernels::WgmmaTma {
                 // Its backward is the wgmma kernels', checked in the round before.
                 continue;
@@ -102,7 +113,7 @@ fn flash_attention_matches_the_cpu_at_gpt2_sizes_and_repeats_bit_for_bit() {
                 runs.push(gpu.download(dqkv).unwrap());
             }
             assert!(bits(&runs[0]) == bits(&runs[1]), "{what}: dqkv differs between runs");
-            assert_within(&format!("dqkv {what}"), &runs[0], &d_cpu, BF16_EPS, K_ATTENTION_BF16_BACKWARD);
+            assert_within(&format!("dqkv {what}"), &runs[0], &d_cpu, BF16_EPS, K_ATTENTION_BF16_BACKWARD, BF16_EPS);
 
             // The opt-in backward with dQ summed by atomics: the same tolerance against the CPU;
             // dK and dV (summed without atomics) keep the deterministic backward's bits.
@@ -111,7 +122,7 @@ fn flash_attention_matches_the_cpu_at_gpt2_sizes_and_repeats_bit_for_bit() {
             gpu.attention_backward(dqkv, dout, qkv, out, lse, b, t, nh, hs, causal).unwrap();
             let atomic = gpu.download(dqkv).unwrap();
             let name = format!("dqkv (atomic dQ) {what}");
-            assert_within(&name, &atomic, &d_cpu, BF16_EPS, K_ATTENTION_BF16_BACKWARD);
+            assert_within(&name, &atomic, &d_cpu, BF16_EPS, K_ATTENTION_BF16_BACKWARD, BF16_EPS);
             assert!(kv(&atomic) == kv(&runs[0]), "{what}: dK/dV differ between the two backwards");
             gpu.set_atomic_attention_dq(None).unwrap();
         }
