@@ -1111,8 +1111,7 @@ inline void mbarrier_arrive(shared_addr bar, long long tx, const char* what) {
 
 // One box of `map` at coordinates c into shared memory at dst, as the hardware lays it out.
 inline void tensor_copy(shared_addr dst, const TensorMap& m, const int* c) {
-    const size_t offset = dst - shared_address(dynamic_smem);
-    size_t at = offset;
+    size_t at = dst - shared_address(dynamic_smem);  // the box's next byte, before the swizzle
     for (uint32_t z = 0; z < m.box[2]; z++) {
         for (uint32_t y = 0; y < m.box[1]; y++) {
             const long long cy = static_cast<long long>(c[1]) + y, cz = static_cast<long long>(c[2]) + z;
@@ -1121,7 +1120,7 @@ inline void tensor_copy(shared_addr dst, const TensorMap& m, const int* c) {
                 unsigned char e[8];
                 if (cx < 0 || cy < 0 || cz < 0 || cx >= static_cast<long long>(m.dims[0]) ||
                     cy >= static_cast<long long>(m.dims[1]) || cz >= static_cast<long long>(m.dims[2])) {
-                    // NaN fill: all exponent and mantissa bits set, as kSmemPoison.
+                    // NaN fill: sign clear, every exponent and mantissa bit set.
                     std::memset(e, m.oob_nan ? 0xFF : 0, m.elem_bytes);
                     if (m.oob_nan) e[m.elem_bytes - 1] = 0x7F;
                 } else {
