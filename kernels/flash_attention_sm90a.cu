@@ -576,7 +576,6 @@ __device__ __forceinline__ void flash_forward_tma_sm90(const CUtensorMap* map, b
     wgmma_wait<0>();
     flash90_pin<HS / 2>(o);
 
-
     // out = O / l, LSE = max + log(l) in natural log.
     float inv[2];
 #pragma unroll

@@ -1070,7 +1070,7 @@ constexpr uint64_t kTensorMapMagic = 0x676d7074656e736fULL;
 struct TensorMap {
     uint64_t magic;
     const unsigned char* base;
-    uint32_t rank, elem_bytes, swizzle, oob_nan;
+    uint32_t elem_bytes, swizzle, oob_nan;  // dimensions past the rank have size 1
     uint64_t dims[3], strides[2];
     uint32_t box[3];
 };
@@ -1163,7 +1163,7 @@ extern "C" int emu_tensor_map_encode(void* map, unsigned elem_bytes, unsigned ra
     emu::TensorMap m{};
     m.magic = emu::kTensorMapMagic;
     m.base = static_cast<const unsigned char*>(base);
-    m.rank = rank, m.elem_bytes = elem_bytes, m.swizzle = swizzle_bytes, m.oob_nan = oob_nan != 0;
+    m.elem_bytes = elem_bytes, m.swizzle = swizzle_bytes, m.oob_nan = oob_nan != 0;
     for (unsigned d = 0; d < 3; d++) {
         m.dims[d] = d < rank ? dims[d] : 1;
         m.box[d] = d < rank ? box[d] : 1;
@@ -1234,15 +1234,14 @@ inline void tma_load_3d(shared_addr dst, const CUtensorMap* map, int c0, int c1,
     // issuing thread saw when it issued it (what the race check orders by).
     auto issued = std::make_shared<char>();
     emu::happens_before(issued.get());
-    auto copy = [dst, m, c0, c1, c2, bar, bytes, issued] {
+    auto copy = [dst, m, c0, c1, c2, mb = &b, bytes, issued] {
         emu::happens_after(issued.get());
         const int at[3] = {c0, c1, c2};
         emu::tensor_copy(dst, m, at);
-        emu::MBarrier& mb = emu::mbarrier_at(bar, "a TMA copy's completion");
-        emu::happens_before(&mb);
+        emu::happens_before(mb);
         emu::Internal in;
-        mb.tx -= bytes;
-        emu::mbarrier_settle(mb);
+        mb->tx -= bytes;
+        emu::mbarrier_settle(*mb);
     };
     if (emu::defer_copies) {
         emu::Internal in;
